@@ -1,0 +1,37 @@
+//! Contracts, policy, tokens, errors and instrumentation shared by every session backend.
+//!
+//! Two kinds of session share one policy and one error type here:
+//! - the **user session** ([`UserSessionStore`]): who is signed in, as whom, until when;
+//! - the **database session** ([`DbSessionProvider`]): a pooled connection with a transaction scope.
+//!
+//! ```
+//! use session_core::{NewUserSession, SessionPolicy, SessionToken};
+//! let token = SessionToken::generate()?;               // 256 bits from the OS CSPRNG
+//! let session = NewUserSession::new("u-42").email("a@example.com")
+//!     .into_session(&token, &SessionPolicy::default())?;
+//! assert_eq!(&session.handle, token.handle());          // stores key by this hash, never the token
+//! # Ok::<(), session_core::SessionError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod instrument;
+pub mod policy;
+pub mod session;
+pub mod store;
+pub mod token;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use db::{DbSessionProvider, IsolationLevel, PoolConfig, PoolState, ScopeFn, ScopeOptions};
+pub use error::{BoxError, Result, SessionError};
+pub use instrument::Instrumented;
+pub use policy::{Expiry, SessionPolicy};
+pub use session::{Attributes, IssuedSession, NewUserSession, UserSession};
+pub use store::{PurgeTask, StorageDump, UserSessionStore};
+pub use token::{SessionHandle, SessionToken};
+
+/// Re-exported so backends and tests name one version.
+pub use async_trait::async_trait;

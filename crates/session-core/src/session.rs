@@ -1,0 +1,289 @@
+//! The user session and what a caller supplies to create one.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SessionError};
+use crate::policy::SessionPolicy;
+use crate::token::{SessionHandle, SessionToken};
+
+/// Small, size-limited application data kept with a session (e.g. a CSRF secret, a locale).
+pub type Attributes = BTreeMap<String, serde_json::Value>;
+
+/// Who signed in, as whom, until when. Returned by every read; it never contains the token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UserSession {
+    /// The session's public name (a hash of its token). Use it to list and revoke.
+    pub handle: SessionHandle,
+    /// The signed-in user. Fixed for the session's life: another user signs in with a new session.
+    pub user_id: String,
+    /// The user's company.
+    pub company_name: String,
+    /// The user's e-mail address.
+    pub email: String,
+    /// Whether the user has root (administrator) rights.
+    pub is_root: bool,
+    /// Whether the session uses the longer "remember me" timeouts.
+    pub remember_me: bool,
+    /// Application data, limited by [`SessionPolicy::max_attributes_bytes`].
+    pub attributes: Attributes,
+    /// Sign-in time.
+    #[serde(with = "humantime_serde")]
+    pub created_at: SystemTime,
+    /// Last time a touch was written.
+    #[serde(with = "humantime_serde")]
+    pub last_seen_at: SystemTime,
+    /// When the session expires unless touched; never after `absolute_expires_at`.
+    #[serde(with = "humantime_serde")]
+    pub idle_expires_at: SystemTime,
+    /// When the session expires regardless of activity.
+    #[serde(with = "humantime_serde")]
+    pub absolute_expires_at: SystemTime,
+    /// Bumped by every successful `update`; the compare-and-set token.
+    pub version: u64,
+}
+
+/// What a caller supplies to sign a user in.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct NewUserSession {
+    /// The signed-in user (required, non-empty).
+    pub user_id: String,
+    /// The user's company.
+    pub company_name: String,
+    /// The user's e-mail address.
+    pub email: String,
+    /// Whether the user has root rights.
+    pub is_root: bool,
+    /// Use the "remember me" timeouts.
+    pub remember_me: bool,
+    /// Initial application data.
+    pub attributes: Attributes,
+}
+
+impl NewUserSession {
+    /// A new session for `user_id` with every other field empty.
+    pub fn new(user_id: impl Into<String>) -> Self {
+        Self {
+            user_id: user_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the company name.
+    #[must_use]
+    pub fn company_name(mut self, company_name: impl Into<String>) -> Self {
+        self.company_name = company_name.into();
+        self
+    }
+
+    /// Sets the e-mail address.
+    #[must_use]
+    pub fn email(mut self, email: impl Into<String>) -> Self {
+        self.email = email.into();
+        self
+    }
+
+    /// Sets the root flag.
+    #[must_use]
+    pub fn root(mut self, is_root: bool) -> Self {
+        self.is_root = is_root;
+        self
+    }
+
+    /// Chooses the "remember me" tier.
+    #[must_use]
+    pub fn remember_me(mut self, remember_me: bool) -> Self {
+        self.remember_me = remember_me;
+        self
+    }
+
+    /// Adds one attribute.
+    #[must_use]
+    pub fn attribute(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Validates against `policy` and builds the session a store will keep under `token`.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidInput`] or [`SessionError::PayloadTooLarge`].
+    pub fn into_session(self, token: &SessionToken, policy: &SessionPolicy) -> Result<UserSession> {
+        validate_fields(&self.user_id, &self.company_name, &self.email, policy)?;
+        validate_attributes(&self.attributes, policy)?;
+        let now = policy.now();
+        let expiry = policy.initial_expiry(now, self.remember_me);
+        Ok(UserSession {
+            handle: token.handle().clone(),
+            user_id: self.user_id,
+            company_name: self.company_name,
+            email: self.email,
+            is_root: self.is_root,
+            remember_me: self.remember_me,
+            attributes: self.attributes,
+            created_at: now,
+            last_seen_at: now,
+            idle_expires_at: expiry.idle_expires_at,
+            absolute_expires_at: expiry.absolute_expires_at,
+            version: 1,
+        })
+    }
+}
+
+impl UserSession {
+    /// Validates the caller-editable fields before an `update` is sent to a store.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidInput`] or [`SessionError::PayloadTooLarge`].
+    pub fn validate(&self, policy: &SessionPolicy) -> Result<()> {
+        validate_fields(&self.user_id, &self.company_name, &self.email, policy)?;
+        validate_attributes(&self.attributes, policy)
+    }
+
+    /// The attributes as JSON, the encoding every backend stores.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidInput`] if a value cannot be encoded.
+    pub fn attributes_json(&self) -> Result<String> {
+        encode_attributes(&self.attributes)
+    }
+
+    /// Sets (or replaces) one attribute. Size is checked when the session is written.
+    pub fn set_attribute(&mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) {
+        self.attributes.insert(key.into(), value.into());
+    }
+}
+
+/// Encodes attributes as JSON.
+///
+/// # Errors
+/// [`SessionError::InvalidInput`] if a value cannot be encoded.
+pub fn encode_attributes(attributes: &Attributes) -> Result<String> {
+    serde_json::to_string(attributes)
+        .map_err(|e| SessionError::invalid_input("attributes", e.to_string()))
+}
+
+fn validate_fields(
+    user_id: &str,
+    company_name: &str,
+    email: &str,
+    policy: &SessionPolicy,
+) -> Result<()> {
+    if user_id.is_empty() {
+        return Err(SessionError::invalid_input("user_id", "must not be empty"));
+    }
+    for (field, value) in [
+        ("user_id", user_id),
+        ("company_name", company_name),
+        ("email", email),
+    ] {
+        if value.len() > policy.max_field_bytes {
+            return Err(SessionError::PayloadTooLarge {
+                what: field,
+                size: value.len(),
+                limit: policy.max_field_bytes,
+            });
+        }
+        if value.chars().any(char::is_control) {
+            return Err(SessionError::invalid_input(
+                field,
+                "must not contain control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_attributes(attributes: &Attributes, policy: &SessionPolicy) -> Result<()> {
+    // Counted without allocating the encoding: the writer only adds up lengths.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, attributes)
+        .map_err(|e| SessionError::invalid_input("attributes", e.to_string()))?;
+    if counter.0 > policy.max_attributes_bytes {
+        return Err(SessionError::PayloadTooLarge {
+            what: "attributes",
+            size: counter.0,
+            limit: policy.max_attributes_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// A session together with its secret token: returned only by `create` and `rotate`.
+#[derive(Clone, Debug)]
+pub struct IssuedSession {
+    /// The secret to hand to the client (cookie or bearer). Never store or log it.
+    pub token: SessionToken,
+    /// The session as stored.
+    pub session: UserSession,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_and_empty_fields_are_rejected() {
+        let policy = SessionPolicy::default();
+        let token = SessionToken::generate().unwrap();
+        assert!(matches!(
+            NewUserSession::new("").into_session(&token, &policy),
+            Err(SessionError::InvalidInput {
+                field: "user_id",
+                ..
+            })
+        ));
+        assert!(matches!(
+            NewUserSession::new("u")
+                .email("x".repeat(1000))
+                .into_session(&token, &policy),
+            Err(SessionError::PayloadTooLarge { what: "email", .. })
+        ));
+        assert!(matches!(
+            NewUserSession::new("u")
+                .attribute("blob", "x".repeat(5000))
+                .into_session(&token, &policy),
+            Err(SessionError::PayloadTooLarge {
+                what: "attributes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            NewUserSession::new("u\n").into_session(&token, &policy),
+            Err(SessionError::InvalidInput {
+                field: "user_id",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn serialised_session_carries_no_token() {
+        let token = SessionToken::generate().unwrap();
+        let s = NewUserSession::new("u1")
+            .into_session(&token, &SessionPolicy::default())
+            .unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains(token.expose_secret()));
+        assert!(json.contains(token.handle().as_str()));
+    }
+}

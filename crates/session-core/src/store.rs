@@ -1,0 +1,184 @@
+//! The user-session contract every backend implements.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::policy::SessionPolicy;
+use crate::session::{IssuedSession, NewUserSession, UserSession};
+use crate::token::{SessionHandle, SessionToken};
+
+/// Storage for user sessions.
+///
+/// The contract, identical on every backend:
+/// - **Expiry**: a session is expired once the policy clock reaches its `idle_expires_at` or its
+///   `absolute_expires_at`. No method ever returns, touches, updates or rotates an expired session,
+///   whether or not a sweeper has removed it yet; to every method an expired session is absent.
+/// - **Tokens**: the store issues every token (`create`, `rotate`) and never adopts one a caller
+///   invents: a token the store did not issue finds nothing. Only a hash of the token is kept.
+/// - **Errors**: driver failures are [`crate::SessionError`]s; connectivity problems and time-outs
+///   are temporary ([`crate::SessionError::is_temporary`]).
+///
+/// The trait is object safe: the facade holds an `Arc<dyn UserSessionStore>`.
+#[async_trait]
+pub trait UserSessionStore: Send + Sync + fmt::Debug {
+    /// A short name for logs and metrics, e.g. `memory`, `redis`, `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// The policy this store enforces.
+    fn policy(&self) -> &SessionPolicy;
+
+    /// Signs a user in: validates `new` against the policy, issues a fresh token and stores the
+    /// session at version 1. With a per-user cap, the user's oldest live sessions are evicted so that
+    /// at most the cap remain, the new one included.
+    async fn create(&self, new: NewUserSession) -> Result<IssuedSession>;
+
+    /// The live session for `token`, or `None` if there is none or it has expired. Never writes.
+    async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>>;
+
+    /// Records activity: slides the idle expiry forward (capped by the absolute expiry) and sets
+    /// `last_seen_at`, but writes at most once per `touch_interval`; a touch inside the interval is
+    /// a read. Returns the session as it now stands, or `None` if absent or expired. Does not change
+    /// `version`, so a touch never makes a concurrent `update` conflict.
+    async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>>;
+
+    /// Writes `session`'s editable fields (`company_name`, `email`, `is_root`, `attributes`) if the
+    /// stored version still equals `session.version` (compare-and-set), and returns the stored session
+    /// with `version + 1`. Expiry is not extended.
+    ///
+    /// # Errors
+    /// [`crate::SessionError::Conflict`] if the stored version differs (no write happens);
+    /// [`crate::SessionError::NotFound`] if the session is absent or expired;
+    /// [`crate::SessionError::InvalidInput`] if `user_id` differs from the stored one.
+    async fn update(&self, session: &UserSession) -> Result<UserSession>;
+
+    /// Replaces the token (session-fixation defence): the session keeps its data, version and expiry
+    /// under a new token and handle; the old token finds nothing from then on. One atomic step: no
+    /// observer sees both tokens live or neither holding the data once this returns.
+    /// `None` if absent or expired.
+    async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>>;
+
+    /// Signs out: removes the session. True if a live session was removed.
+    async fn delete(&self, token: &SessionToken) -> Result<bool>;
+
+    /// Removes a session by its public handle (revocation from a session list). True if removed.
+    async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool>;
+
+    /// The user's live sessions, oldest first.
+    async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>>;
+
+    /// Removes every session of the user except `except` ("sign out everywhere else").
+    /// Returns how many live sessions were removed.
+    async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64>;
+
+    /// Removes expired sessions and their index entries; returns how many sessions were removed.
+    /// Correctness never depends on calling it: expired sessions are invisible regardless.
+    async fn purge_expired(&self) -> Result<u64>;
+
+    /// Checks that the backend answers.
+    async fn health(&self) -> Result<()>;
+}
+
+/// A diagnostic view of everything a store keeps, as text, so tests can prove the raw token is
+/// stored nowhere. Not for production use: it reads the whole store.
+#[async_trait]
+pub trait StorageDump: Send + Sync {
+    /// Every key and value the store holds for its sessions, rendered as text.
+    async fn dump_raw(&self) -> Result<Vec<String>>;
+}
+
+/// A background task that calls [`UserSessionStore::purge_expired`] periodically.
+/// Stops when dropped, when [`PurgeTask::stop`] is called, or when the store is dropped.
+#[derive(Debug)]
+pub struct PurgeTask {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl PurgeTask {
+    /// Spawns the task on the current tokio runtime. Holds only a weak reference to the store.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn spawn(store: &Arc<dyn UserSessionStore>, every: Duration) -> Self {
+        let weak: Weak<dyn UserSessionStore> = Arc::downgrade(store);
+        let handle = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(store) = weak.upgrade() else { break };
+                match store.purge_expired().await {
+                    Ok(n) => {
+                        tracing::debug!(backend = store.backend(), purged = n, "session.purge")
+                    }
+                    Err(e) => {
+                        tracing::warn!(backend = store.backend(), error = %e, "session.purge failed");
+                    }
+                }
+            }
+        });
+        Self { handle }
+    }
+
+    /// Stops the task and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.handle.abort();
+        // A cancelled task reports `JoinError::Cancelled`; that is the expected outcome here.
+        let _ = (&mut self.handle).await;
+    }
+}
+
+impl Drop for PurgeTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Forwards to the shared store, so `Arc<dyn UserSessionStore>` can be wrapped by layers.
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl<T: UserSessionStore + ?Sized> UserSessionStore for Arc<T> {
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    fn policy(&self) -> &SessionPolicy {
+        (**self).policy()
+    }
+    async fn create(&self, new: NewUserSession) -> Result<IssuedSession> {
+        (**self).create(new).await
+    }
+    async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        (**self).get(token).await
+    }
+    async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        (**self).touch(token).await
+    }
+    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+        (**self).update(session).await
+    }
+    async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
+        (**self).rotate(token).await
+    }
+    async fn delete(&self, token: &SessionToken) -> Result<bool> {
+        (**self).delete(token).await
+    }
+    async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
+        (**self).delete_by_handle(handle).await
+    }
+    async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
+        (**self).list_by_user(user_id).await
+    }
+    async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64> {
+        (**self).delete_by_user(user_id, except).await
+    }
+    async fn purge_expired(&self) -> Result<u64> {
+        (**self).purge_expired().await
+    }
+    async fn health(&self) -> Result<()> {
+        (**self).health().await
+    }
+}

@@ -1,0 +1,10 @@
+//! The whole conformance suite on the in-memory store.
+
+use std::sync::Arc;
+
+use session_memory::MemoryStore;
+use session_testkit::SharedTestStore;
+
+session_testkit::conformance_tests!(|policy| async move {
+    Arc::new(MemoryStore::new(policy).expect("valid policy")) as SharedTestStore
+});

@@ -1,0 +1,641 @@
+//! The conformance cases. Each takes a factory and opens the store(s) it needs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use session_core::{NewUserSession, SessionError, SessionHandle, SessionToken, UserSessionStore};
+
+use crate::{Fixture, StoreFactory};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const MS: Duration = Duration::from_millis(1);
+
+fn alice() -> NewUserSession {
+    NewUserSession::new("alice")
+        .company_name("Acme Ltd")
+        .email("alice@acme.test")
+        .root(true)
+        .attribute("locale", "en-GB")
+        .attribute("prefs", json!({"theme": "dark", "n": 3}))
+}
+
+/// Every field survives create → get unchanged, and only `create` shows the token.
+pub async fn round_trip_every_field(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let now = fx.store().policy().now();
+    let issued = fx.store().create(alice()).await.unwrap();
+    let s = &issued.session;
+    assert_eq!(&s.handle, issued.token.handle());
+    assert_eq!(s.user_id, "alice");
+    assert_eq!(s.company_name, "Acme Ltd");
+    assert_eq!(s.email, "alice@acme.test");
+    assert!(s.is_root);
+    assert!(!s.remember_me);
+    assert_eq!(s.attributes["locale"], json!("en-GB"));
+    assert_eq!(s.attributes["prefs"], json!({"theme": "dark", "n": 3}));
+    assert_eq!(s.created_at, now);
+    assert_eq!(s.last_seen_at, now);
+    assert_eq!(s.idle_expires_at, now + 30 * MINUTE);
+    assert_eq!(s.absolute_expires_at, now + 12 * 60 * MINUTE);
+    assert_eq!(s.version, 1);
+
+    let read = fx
+        .store()
+        .get(&issued.token)
+        .await
+        .unwrap()
+        .expect("session is live");
+    assert_eq!(&read, s, "get returns exactly what create stored");
+
+    // A non-root user with empty optional fields round-trips too.
+    let plain = fx.store().create(NewUserSession::new("bob")).await.unwrap();
+    let read = fx.store().get(&plain.token).await.unwrap().unwrap();
+    assert_eq!(read, plain.session);
+    assert!(!read.is_root && read.email.is_empty() && read.attributes.is_empty());
+}
+
+/// A well-formed token the store never issued finds nothing anywhere, and is never stored.
+pub async fn unissued_token_is_never_adopted(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    fx.store().create(alice()).await.unwrap();
+    let invented = SessionToken::generate().unwrap();
+    assert_eq!(fx.store().get(&invented).await.unwrap(), None);
+    assert_eq!(fx.store().touch(&invented).await.unwrap(), None);
+    assert!(fx.store().rotate(&invented).await.unwrap().is_none());
+    assert!(!fx.store().delete(&invented).await.unwrap());
+    assert!(
+        !fx.store()
+            .delete_by_handle(invented.handle())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        fx.store().get(&invented).await.unwrap(),
+        None,
+        "reads never create"
+    );
+    let dump = fx.dump().await;
+    assert!(!dump.contains(invented.expose_secret()));
+    assert!(!dump.contains(invented.handle().as_str()));
+    // Each create issues its own fresh token.
+    let a = fx.store().create(alice()).await.unwrap();
+    let b = fx.store().create(alice()).await.unwrap();
+    assert_ne!(a.token.expose_secret(), b.token.expose_secret());
+    assert_ne!(a.token.expose_secret(), invented.expose_secret());
+}
+
+/// Malformed input is rejected before any store is asked; long but valid tokens simply miss.
+pub async fn malformed_and_oversized_tokens(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    for bad in [
+        "",
+        "x",
+        "not a token at all, spaces",
+        "%00%00%00%00%00%00%00%00%00%00%00%00",
+    ] {
+        assert!(matches!(
+            SessionToken::parse(bad),
+            Err(SessionError::InvalidToken { .. })
+        ));
+    }
+    let oversized = "A".repeat(10_000);
+    assert!(matches!(
+        SessionToken::parse(&oversized),
+        Err(SessionError::InvalidToken { .. })
+    ));
+    let longest = SessionToken::parse(&"z".repeat(128)).unwrap();
+    assert_eq!(fx.store().get(&longest).await.unwrap(), None);
+    assert_eq!(fx.store().touch(&longest).await.unwrap(), None);
+    let tagged = SessionToken::parse("zz.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
+    assert_eq!(fx.store().get(&tagged).await.unwrap(), None);
+    assert!(SessionHandle::parse("../../etc/passwd").is_err());
+}
+
+/// A session unused for the idle timeout is gone for every method, purged or not.
+pub async fn idle_expiry(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    fx.clock.advance(30 * MINUTE - MS);
+    assert!(
+        fx.store().get(&issued.token).await.unwrap().is_some(),
+        "live 1ms before idle expiry"
+    );
+    fx.clock.advance(MS);
+    let store = fx.store();
+    assert_eq!(
+        store.get(&issued.token).await.unwrap(),
+        None,
+        "expired at idle_expires_at"
+    );
+    assert_eq!(
+        store.touch(&issued.token).await.unwrap(),
+        None,
+        "touch cannot revive it"
+    );
+    assert!(store.rotate(&issued.token).await.unwrap().is_none());
+    assert!(matches!(
+        store.update(&issued.session).await,
+        Err(SessionError::NotFound)
+    ));
+    assert!(store.list_by_user("alice").await.unwrap().is_empty());
+    assert!(
+        !store.delete(&issued.token).await.unwrap(),
+        "deleting an expired session removes nothing live"
+    );
+}
+
+/// Touch slides the idle expiry but never past the absolute expiry, which ends the session.
+pub async fn absolute_expiry_caps_touch(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |p| {
+        p.idle_timeout = 30 * MINUTE;
+        p.absolute_timeout = 60 * MINUTE;
+    })
+    .await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    let absolute = issued.session.absolute_expires_at;
+    for _ in 0..2 {
+        fx.clock.advance(20 * MINUTE);
+        let s = fx
+            .store()
+            .touch(&issued.token)
+            .await
+            .unwrap()
+            .expect("kept alive by touch");
+        assert!(s.idle_expires_at <= absolute);
+        assert_eq!(s.absolute_expires_at, absolute);
+    }
+    // At 40 min: the slide to 70 min is capped at 60.
+    let s = fx.store().get(&issued.token).await.unwrap().unwrap();
+    assert_eq!(s.idle_expires_at, absolute);
+    fx.clock.advance(20 * MINUTE - MS);
+    assert!(fx.store().touch(&issued.token).await.unwrap().is_some());
+    fx.clock.advance(MS);
+    assert_eq!(
+        fx.store().touch(&issued.token).await.unwrap(),
+        None,
+        "expired at absolute_expires_at"
+    );
+    assert_eq!(fx.store().get(&issued.token).await.unwrap(), None);
+}
+
+/// A "remember me" session lives by the longer timeouts.
+pub async fn remember_me_uses_longer_timeouts(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice().remember_me(true)).await.unwrap();
+    let s = &issued.session;
+    assert!(s.remember_me);
+    assert_eq!(
+        s.idle_expires_at,
+        s.created_at + Duration::from_secs(7 * 24 * 3600)
+    );
+    assert_eq!(
+        s.absolute_expires_at,
+        s.created_at + Duration::from_secs(30 * 24 * 3600)
+    );
+    fx.clock.advance(24 * 60 * MINUTE);
+    let touched = fx
+        .store()
+        .touch(&issued.token)
+        .await
+        .unwrap()
+        .expect("alive after a day");
+    assert!(touched.remember_me);
+    assert_eq!(
+        touched.idle_expires_at,
+        touched.last_seen_at + Duration::from_secs(7 * 24 * 3600)
+    );
+}
+
+/// Touches inside the interval write nothing; the first one after it slides the expiry.
+pub async fn touch_is_throttled(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |p| p.touch_interval = MINUTE).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    let created = issued.session.clone();
+    fx.clock.advance(MINUTE - MS);
+    let s = fx.store().touch(&issued.token).await.unwrap().unwrap();
+    assert_eq!(
+        s.last_seen_at, created.last_seen_at,
+        "inside the interval: no write"
+    );
+    assert_eq!(s.idle_expires_at, created.idle_expires_at);
+    let stored = fx.store().get(&issued.token).await.unwrap().unwrap();
+    assert_eq!(stored.idle_expires_at, created.idle_expires_at);
+    fx.clock.advance(MS);
+    let now = fx.store().policy().now();
+    let s = fx.store().touch(&issued.token).await.unwrap().unwrap();
+    assert_eq!(s.last_seen_at, now);
+    assert_eq!(s.idle_expires_at, now + 30 * MINUTE);
+    assert_eq!(
+        s.version, created.version,
+        "touch does not bump the CAS version"
+    );
+    let stored = fx.store().get(&issued.token).await.unwrap().unwrap();
+    assert_eq!(stored, s, "the due touch was written");
+}
+
+/// A write against a stale version is a conflict and changes nothing.
+pub async fn update_is_compare_and_set(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    let mut first = issued.session.clone();
+    first.email = "first@acme.test".into();
+    first.set_attribute("step", 1);
+    let written = fx.store().update(&first).await.unwrap();
+    assert_eq!(written.version, 2);
+    assert_eq!(written.email, "first@acme.test");
+
+    let mut stale = issued.session.clone();
+    stale.email = "stale@acme.test".into();
+    match fx.store().update(&stale).await {
+        Err(SessionError::Conflict { expected, actual }) => assert_eq!((expected, actual), (1, 2)),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    let stored = fx.store().get(&issued.token).await.unwrap().unwrap();
+    assert_eq!(stored, written, "the losing write changed nothing");
+    // A touch between read and write does not make the write conflict.
+    fx.clock.advance(2 * MINUTE);
+    fx.store().touch(&issued.token).await.unwrap().unwrap();
+    let mut next = stored.clone();
+    next.is_root = false;
+    let written = fx.store().update(&next).await.unwrap();
+    assert_eq!(written.version, 3);
+    assert!(!written.is_root);
+}
+
+/// `update` validates its input, cannot move a session to another user, and does not extend expiry.
+pub async fn update_validates_and_keeps_user_and_expiry(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    let mut other_user = issued.session.clone();
+    other_user.user_id = "mallory".into();
+    assert!(matches!(
+        fx.store().update(&other_user).await,
+        Err(SessionError::InvalidInput {
+            field: "user_id",
+            ..
+        })
+    ));
+    let mut control = issued.session.clone();
+    control.company_name = "Bad\u{0}Co".into();
+    assert!(matches!(
+        fx.store().update(&control).await,
+        Err(SessionError::InvalidInput { .. })
+    ));
+    fx.clock.advance(10 * MINUTE);
+    let mut changed = issued.session.clone();
+    changed.company_name = "Acme Group".into();
+    let written = fx.store().update(&changed).await.unwrap();
+    assert_eq!(written.idle_expires_at, issued.session.idle_expires_at);
+    assert_eq!(written.last_seen_at, issued.session.last_seen_at);
+    assert_eq!(written.user_id, "alice");
+    let mut unknown = issued.session.clone();
+    unknown.handle = SessionToken::generate().unwrap().handle().clone();
+    assert!(matches!(
+        fx.store().update(&unknown).await,
+        Err(SessionError::NotFound)
+    ));
+}
+
+/// 64 tasks each add one to a counter by read-modify-update, retrying on conflict: none is lost.
+pub async fn concurrent_increments_lose_nothing(factory: &dyn StoreFactory) {
+    const TASKS: u64 = 64;
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx
+        .store()
+        .create(alice().attribute("count", 0))
+        .await
+        .unwrap();
+    let token = Arc::new(issued.token);
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (store, token) = (fx.store.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u64;
+            loop {
+                let mut s = store.get(&token).await.unwrap().unwrap();
+                let n = s.attributes["count"].as_u64().unwrap();
+                s.set_attribute("count", n + 1);
+                // Let other tasks read the same version, so in-memory stores race as networked ones do.
+                tokio::task::yield_now().await;
+                match store.update(&s).await {
+                    Ok(_) => return conflicts,
+                    Err(SessionError::Conflict { .. }) => {
+                        conflicts += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let s = fx.store().get(&token).await.unwrap().unwrap();
+    assert_eq!(s.attributes["count"], json!(TASKS));
+    assert_eq!(s.version, TASKS + 1);
+}
+
+/// Rotation issues a new token for the same data; the old token is dead everywhere.
+pub async fn rotate_kills_old_token_and_keeps_data(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    fx.clock.advance(5 * MINUTE);
+    let rotated = fx
+        .store()
+        .rotate(&issued.token)
+        .await
+        .unwrap()
+        .expect("live session rotates");
+    assert_ne!(rotated.token.expose_secret(), issued.token.expose_secret());
+    assert_ne!(rotated.session.handle, issued.session.handle);
+    assert_eq!(&rotated.session.handle, rotated.token.handle());
+    let mut expected = issued.session.clone();
+    expected.handle = rotated.session.handle.clone();
+    assert_eq!(
+        rotated.session, expected,
+        "same data, version and expiry under the new handle"
+    );
+
+    assert_eq!(fx.store().get(&issued.token).await.unwrap(), None);
+    assert_eq!(fx.store().touch(&issued.token).await.unwrap(), None);
+    assert!(fx.store().rotate(&issued.token).await.unwrap().is_none());
+    assert!(matches!(
+        fx.store().update(&issued.session).await,
+        Err(SessionError::NotFound)
+    ));
+    assert_eq!(
+        fx.store().get(&rotated.token).await.unwrap().unwrap(),
+        rotated.session
+    );
+    let listed = fx.store().list_by_user("alice").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].handle, rotated.session.handle);
+    // The new token is fully functional.
+    let mut s = rotated.session.clone();
+    s.email = "rotated@acme.test".into();
+    assert_eq!(fx.store().update(&s).await.unwrap().version, 2);
+    assert!(fx.store().delete(&rotated.token).await.unwrap());
+}
+
+/// Concurrent rotations of one token: exactly one wins; the session is never duplicated or lost.
+pub async fn concurrent_rotations_issue_one_token(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    let token = Arc::new(issued.token);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, token) = (fx.store.clone(), token.clone());
+            tokio::spawn(async move { store.rotate(&token).await.unwrap() })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        if let Some(issued) = task.await.unwrap() {
+            winners.push(issued);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one rotation wins");
+    let listed = fx.store().list_by_user("alice").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].handle, winners[0].session.handle);
+    assert!(fx.store().get(&winners[0].token).await.unwrap().is_some());
+}
+
+/// Delete by token and by handle remove exactly that session; repeats report false.
+pub async fn delete_and_delete_by_handle(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let a = fx.store().create(alice()).await.unwrap();
+    let b = fx.store().create(alice()).await.unwrap();
+    let c = fx.store().create(alice()).await.unwrap();
+    assert!(fx.store().delete(&a.token).await.unwrap());
+    assert!(!fx.store().delete(&a.token).await.unwrap());
+    assert_eq!(fx.store().get(&a.token).await.unwrap(), None);
+    assert!(
+        fx.store()
+            .delete_by_handle(&b.session.handle)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !fx.store()
+            .delete_by_handle(&b.session.handle)
+            .await
+            .unwrap()
+    );
+    assert_eq!(fx.store().get(&b.token).await.unwrap(), None);
+    assert!(
+        fx.store().get(&c.token).await.unwrap().is_some(),
+        "others untouched"
+    );
+    let listed: Vec<_> = fx
+        .store()
+        .list_by_user("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.handle)
+        .collect();
+    assert_eq!(listed, vec![c.session.handle.clone()]);
+}
+
+/// Listing is per user, oldest first; "sign out everywhere else" keeps exactly the exception.
+pub async fn list_and_delete_by_user_except(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let mut alice_handles = Vec::new();
+    for _ in 0..3 {
+        alice_handles.push(fx.store().create(alice()).await.unwrap());
+        fx.clock.advance(MS * 10);
+    }
+    let bob = fx.store().create(NewUserSession::new("bob")).await.unwrap();
+    let listed: Vec<_> = fx
+        .store()
+        .list_by_user("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.handle)
+        .collect();
+    let expected: Vec<_> = alice_handles
+        .iter()
+        .map(|i| i.session.handle.clone())
+        .collect();
+    assert_eq!(listed, expected, "oldest first");
+    assert!(fx.store().list_by_user("nobody").await.unwrap().is_empty());
+
+    let keep = &alice_handles[1];
+    assert_eq!(
+        fx.store()
+            .delete_by_user("alice", Some(&keep.session.handle))
+            .await
+            .unwrap(),
+        2
+    );
+    let listed: Vec<_> = fx
+        .store()
+        .list_by_user("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.handle)
+        .collect();
+    assert_eq!(listed, vec![keep.session.handle.clone()]);
+    assert!(fx.store().get(&keep.token).await.unwrap().is_some());
+    assert_eq!(fx.store().get(&alice_handles[0].token).await.unwrap(), None);
+    assert!(
+        fx.store().get(&bob.token).await.unwrap().is_some(),
+        "other users untouched"
+    );
+
+    assert_eq!(fx.store().delete_by_user("alice", None).await.unwrap(), 1);
+    assert!(fx.store().list_by_user("alice").await.unwrap().is_empty());
+    assert_eq!(fx.store().delete_by_user("alice", None).await.unwrap(), 0);
+}
+
+/// With a cap of 2, a third sign-in evicts the oldest session.
+pub async fn per_user_cap_evicts_oldest(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |p| p.max_sessions_per_user = Some(2)).await;
+    let first = fx.store().create(alice()).await.unwrap();
+    fx.clock.advance(MS * 10);
+    let second = fx.store().create(alice()).await.unwrap();
+    fx.clock.advance(MS * 10);
+    let bob = fx.store().create(NewUserSession::new("bob")).await.unwrap();
+    let third = fx.store().create(alice()).await.unwrap();
+    assert_eq!(
+        fx.store().get(&first.token).await.unwrap(),
+        None,
+        "oldest evicted"
+    );
+    assert!(fx.store().get(&second.token).await.unwrap().is_some());
+    assert!(fx.store().get(&third.token).await.unwrap().is_some());
+    assert!(
+        fx.store().get(&bob.token).await.unwrap().is_some(),
+        "the cap is per user"
+    );
+    let listed: Vec<_> = fx
+        .store()
+        .list_by_user("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.handle)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![second.session.handle.clone(), third.session.handle.clone()]
+    );
+    // Expired sessions do not count against the cap.
+    fx.clock.advance(31 * MINUTE);
+    let a = fx.store().create(alice()).await.unwrap();
+    let b = fx.store().create(alice()).await.unwrap();
+    assert!(fx.store().get(&a.token).await.unwrap().is_some());
+    assert!(fx.store().get(&b.token).await.unwrap().is_some());
+}
+
+/// Purge removes the expired sessions, reports how many, and leaves live ones alone.
+pub async fn purge_expired_removes_only_expired(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let old1 = fx.store().create(alice()).await.unwrap();
+    let old2 = fx.store().create(NewUserSession::new("bob")).await.unwrap();
+    fx.clock.advance(20 * MINUTE);
+    let young = fx.store().create(alice()).await.unwrap();
+    fx.clock.advance(11 * MINUTE);
+    assert_eq!(fx.store().purge_expired().await.unwrap(), 2);
+    assert_eq!(
+        fx.store().purge_expired().await.unwrap(),
+        0,
+        "each expired session is purged once"
+    );
+    assert!(fx.store().get(&young.token).await.unwrap().is_some());
+    let dump = fx.dump().await;
+    assert!(
+        !dump.contains(old1.session.handle.as_str()),
+        "purged session and its index entry gone"
+    );
+    assert!(!dump.contains(old2.session.handle.as_str()));
+    assert!(dump.contains(young.session.handle.as_str()));
+    let listed = fx.store().list_by_user("alice").await.unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+/// Oversized attributes are refused on create and update and nothing stored changes.
+pub async fn oversized_attributes_are_rejected(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |p| p.max_attributes_bytes = 256).await;
+    let too_big = alice().attribute("blob", "x".repeat(300));
+    assert!(matches!(
+        fx.store().create(too_big).await,
+        Err(SessionError::PayloadTooLarge {
+            what: "attributes",
+            limit: 256,
+            ..
+        })
+    ));
+    assert!(
+        fx.store().list_by_user("alice").await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    let issued = fx.store().create(alice()).await.unwrap();
+    let mut grown = issued.session.clone();
+    grown.set_attribute("blob", "x".repeat(300));
+    assert!(matches!(
+        fx.store().update(&grown).await,
+        Err(SessionError::PayloadTooLarge { .. })
+    ));
+    assert_eq!(
+        fx.store().get(&issued.token).await.unwrap().unwrap(),
+        issued.session
+    );
+    let huge_field = NewUserSession::new("u").email("e".repeat(10_000));
+    assert!(matches!(
+        fx.store().create(huge_field).await,
+        Err(SessionError::PayloadTooLarge { what: "email", .. })
+    ));
+}
+
+/// The raw token appears nowhere in what the store keeps; the handle is what it keys by.
+pub async fn raw_token_is_stored_nowhere(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        tokens.push(
+            fx.store()
+                .create(alice().attribute("i", i))
+                .await
+                .unwrap()
+                .token,
+        );
+    }
+    let rotated = fx.store().rotate(&tokens[0]).await.unwrap().unwrap();
+    tokens.push(rotated.token.clone());
+    fx.clock.advance(2 * MINUTE);
+    fx.store().touch(&tokens[1]).await.unwrap().unwrap();
+    let dump = fx.dump().await;
+    assert!(!dump.is_empty());
+    let mut seen = HashSet::new();
+    for token in &tokens {
+        assert!(
+            !dump.contains(token.expose_secret()),
+            "raw token found in storage"
+        );
+        // Nor any long run of it (e.g. the token without its routing tag).
+        let secret = token.expose_secret();
+        assert!(
+            !dump.contains(&secret[secret.len() - 24..]),
+            "token fragment found in storage"
+        );
+        seen.insert(token.handle().clone());
+    }
+    assert!(
+        dump.contains(rotated.session.handle.as_str()),
+        "sessions are keyed by handle"
+    );
+    assert_eq!(seen.len(), tokens.len());
+}
+
+/// `health` answers on a working store.
+pub async fn health_answers(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    fx.store().health().await.unwrap();
+}

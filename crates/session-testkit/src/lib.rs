@@ -1,0 +1,119 @@
+//! Conformance cases every [`UserSessionStore`] backend runs.
+//!
+//! Each case is a plain `pub async fn case(factory: &dyn StoreFactory)` in [`cases`]; a backend's
+//! test file runs them all with one macro call:
+//!
+//! ```text
+//! session_testkit::conformance_tests!(|policy| async move {
+//!     std::sync::Arc::new(session_memory::MemoryStore::new(policy).unwrap()) as session_testkit::SharedTestStore
+//! });
+//! ```
+//!
+//! The factory receives the policy a case needs (with a [`ManualClock`] injected, so expiry needs no
+//! sleeping) and returns a fresh, isolated store (its own key prefix, schema or database).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // test support: a panic is the failure report
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use session_core::{ManualClock, SessionPolicy, StorageDump, UserSessionStore};
+
+pub mod cases;
+
+/// A store the conformance suite can run on: the contract plus a raw view of what it keeps.
+pub trait TestStore: UserSessionStore + StorageDump {}
+impl<T: UserSessionStore + StorageDump> TestStore for T {}
+
+/// A shared [`TestStore`], what a factory returns.
+pub type SharedTestStore = Arc<dyn TestStore>;
+
+/// Opens a fresh, isolated store enforcing the given policy.
+#[async_trait]
+pub trait StoreFactory: Send + Sync {
+    /// Opens the store.
+    async fn open(&self, policy: SessionPolicy) -> SharedTestStore;
+}
+
+#[async_trait]
+impl<F, Fut> StoreFactory for F
+where
+    F: Fn(SessionPolicy) -> Fut + Send + Sync,
+    Fut: Future<Output = SharedTestStore> + Send,
+{
+    async fn open(&self, policy: SessionPolicy) -> SharedTestStore {
+        self(policy).await
+    }
+}
+
+/// A store under test and the clock its policy reads.
+pub struct Fixture {
+    /// The store.
+    pub store: SharedTestStore,
+    /// Its clock; advance it to expire sessions.
+    pub clock: ManualClock,
+}
+
+impl Fixture {
+    /// Opens a store with the default policy, adjusted by `tweak`, on a manual clock set to now.
+    pub async fn open(factory: &dyn StoreFactory, tweak: impl FnOnce(&mut SessionPolicy)) -> Self {
+        let clock = ManualClock::starting_now();
+        let mut policy = SessionPolicy::default().with_clock(clock.clone());
+        tweak(&mut policy);
+        policy.validate().unwrap();
+        Self {
+            store: factory.open(policy).await,
+            clock,
+        }
+    }
+
+    /// The store as the contract trait.
+    pub fn store(&self) -> &dyn UserSessionStore {
+        &*self.store
+    }
+
+    /// Everything the store keeps, as one string.
+    pub async fn dump(&self) -> String {
+        self.store.dump_raw().await.unwrap().join("\n")
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling the case with `$factory`.
+/// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@cases $factory;
+            round_trip_every_field,
+            unissued_token_is_never_adopted,
+            malformed_and_oversized_tokens,
+            idle_expiry,
+            absolute_expiry_caps_touch,
+            remember_me_uses_longer_timeouts,
+            touch_is_throttled,
+            update_is_compare_and_set,
+            update_validates_and_keeps_user_and_expiry,
+            concurrent_increments_lose_nothing,
+            rotate_kills_old_token_and_keeps_data,
+            concurrent_rotations_issue_one_token,
+            delete_and_delete_by_handle,
+            list_and_delete_by_user_except,
+            per_user_cap_evicts_oldest,
+            purge_expired_removes_only_expired,
+            oversized_attributes_are_rejected,
+            raw_token_is_stored_nowhere,
+            health_answers,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                $crate::cases::$case(&factory).await;
+            }
+        )*
+    };
+}

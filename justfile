@@ -1,0 +1,27 @@
+# Recipes for the sessions workspace. `just --list` shows them.
+
+# Run the demo (for now: an example on the in-memory store).
+run:
+    cargo run -p session-memory --example quickstart
+
+# Run the whole test suite (needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 for the server-backed tests).
+test:
+    cargo test --workspace --all-features
+
+# Format check and clippy, as CI runs them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# Release-mode benchmark: ops/s, p50 and p99 per operation at 1 and 32 tasks.
+bench *ARGS:
+    cargo run --release -p session-bench -- {{ARGS}}
+
+# Start the local services the tests use, if they are not running.
+services:
+    redis-cli -h 127.0.0.1 ping || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    pg_isready -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start
+
+# Everything CI runs.
+ci:
+    bash .ci/run

@@ -1,0 +1,1 @@
+//! Workspace-level tests live beside this file, one file per concern; see `Cargo.toml`.
