@@ -13,8 +13,9 @@ use crate::token::{SessionHandle, SessionToken};
 pub type Attributes = BTreeMap<String, serde_json::Value>;
 
 /// Who signed in, as whom, until when. Returned by every read; it never contains the token.
+///
+/// Exhaustive on purpose: backends in other crates rebuild it from what they stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct UserSession {
     /// The session's public name (a hash of its token). Use it to list and revoke.
     pub handle: SessionHandle,

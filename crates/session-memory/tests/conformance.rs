@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use session_memory::MemoryStore;
-use session_testkit::SharedTestStore;
+use session_testkit::Opened;
 
 session_testkit::conformance_tests!(|policy| async move {
-    Arc::new(MemoryStore::new(policy).expect("valid policy")) as SharedTestStore
+    Opened::new(Arc::new(MemoryStore::new(policy).expect("valid policy")))
 });

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! session_testkit::conformance_tests!(|policy| async move {
-//!     std::sync::Arc::new(session_memory::MemoryStore::new(policy).unwrap()) as session_testkit::SharedTestStore
+//!     session_testkit::Opened::new(Arc::new(MemoryStore::new(policy).unwrap()))
 //! });
 //! ```
 //!
@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use session_core::{ManualClock, SessionPolicy, StorageDump, UserSessionStore};
 
 pub mod cases;
+pub mod servers;
 
 /// A store the conformance suite can run on: the contract plus a raw view of what it keeps.
 pub trait TestStore: UserSessionStore + StorageDump {}
@@ -30,30 +31,64 @@ impl<T: UserSessionStore + StorageDump> TestStore for T {}
 /// A shared [`TestStore`], what a factory returns.
 pub type SharedTestStore = Arc<dyn TestStore>;
 
+/// A store a factory opened, and how to remove everything it wrote once the case ends.
+pub struct Opened {
+    store: SharedTestStore,
+    cleanup: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Opened {
+    /// A store that needs no cleanup (it lives in memory).
+    pub fn new(store: SharedTestStore) -> Self {
+        Self {
+            store,
+            cleanup: None,
+        }
+    }
+
+    /// A store whose data `cleanup` removes (e.g. deleting a key prefix or dropping a schema). It runs
+    /// when the case ends, also when the case panics; it must not need the async runtime.
+    pub fn with_cleanup(store: SharedTestStore, cleanup: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            store,
+            cleanup: Some(Box::new(cleanup)),
+        }
+    }
+}
+
 /// Opens a fresh, isolated store enforcing the given policy.
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
     /// Opens the store.
-    async fn open(&self, policy: SessionPolicy) -> SharedTestStore;
+    async fn open(&self, policy: SessionPolicy) -> Opened;
 }
 
 #[async_trait]
 impl<F, Fut> StoreFactory for F
 where
     F: Fn(SessionPolicy) -> Fut + Send + Sync,
-    Fut: Future<Output = SharedTestStore> + Send,
+    Fut: Future<Output = Opened> + Send,
 {
-    async fn open(&self, policy: SessionPolicy) -> SharedTestStore {
+    async fn open(&self, policy: SessionPolicy) -> Opened {
         self(policy).await
     }
 }
 
-/// A store under test and the clock its policy reads.
+/// A store under test and the clock its policy reads. Runs the store's cleanup when dropped.
 pub struct Fixture {
     /// The store.
     pub store: SharedTestStore,
     /// Its clock; advance it to expire sessions.
     pub clock: ManualClock,
+    cleanup: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup();
+        }
+    }
 }
 
 impl Fixture {
@@ -63,9 +98,11 @@ impl Fixture {
         let mut policy = SessionPolicy::default().with_clock(clock.clone());
         tweak(&mut policy);
         policy.validate().unwrap();
+        let opened = factory.open(policy).await;
         Self {
-            store: factory.open(policy).await,
+            store: opened.store,
             clock,
+            cleanup: opened.cleanup,
         }
     }
 

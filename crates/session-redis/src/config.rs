@@ -1,0 +1,329 @@
+//! Configuration of the Redis store.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use session_core::{Result, SessionError};
+
+/// How sessions are laid out in Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Layout {
+    /// Keys are `{prefix}{tag}:s:<token hash>`, with a per-user index `{prefix}{tag}:u:<user id>`;
+    /// no token at rest; Redis Cluster ready. The default.
+    #[default]
+    Standard,
+    /// A session is a hash at the raw session id (no prefix, no hashing) with the fields `user_id`,
+    /// `company_name`, `email` and `is_root` (`"Y"`/`"N"`), so a service in another language sharing
+    /// the Redis reads and writes the same sessions. Gives up: token at rest (the key *is* the token),
+    /// the per-user index (`list_by_user`, `delete_by_user`, `delete_by_handle` and the per-user cap
+    /// are unsupported), and Cluster slot placement for `rotate`.
+    Compatible,
+}
+
+/// Settings of a [`crate::RedisStore`]. Every field has a default; durations accept `500ms`, `2s`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://...` (TLS, with the `tls` feature).
+    /// Default `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// Prepended to every key (standard layout). `[A-Za-z0-9:._-]`, at most 64 bytes. Default `session:`.
+    pub key_prefix: String,
+    /// The key layout. Default [`Layout::Standard`].
+    pub layout: Layout,
+    /// Most pooled connections. Default `16`.
+    pub pool_max_size: u32,
+    /// Idle connections kept open. Default: none.
+    pub pool_min_idle: Option<u32>,
+    /// Longest wait for a pooled connection (including connecting) before `Timeout`. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    /// Longest wait for one reply before `Timeout`; the connection is then discarded. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// PING every connection as it is checked out. Default `false`: it costs one extra round trip
+    /// per operation (see docs/backends.md for the measurement); broken connections are detected
+    /// from their first error instead, after which checkouts ping until the pool is healthy again.
+    pub test_on_checkout: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".to_owned(),
+            key_prefix: "session:".to_owned(),
+            layout: Layout::Standard,
+            pool_max_size: 16,
+            pool_min_idle: None,
+            checkout_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(1),
+            test_on_checkout: false,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("layout", &self.layout)
+            .field("pool_max_size", &self.pool_max_size)
+            .field("pool_min_idle", &self.pool_min_idle)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("test_on_checkout", &self.test_on_checkout)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl RedisConfig {
+    /// A default configuration for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key prefix.
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the layout.
+    #[must_use]
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Sets the pool size.
+    #[must_use]
+    pub fn pool_max_size(mut self, size: u32) -> Self {
+        self.pool_max_size = size;
+        self
+    }
+
+    /// Sets the checkout timeout.
+    #[must_use]
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.checkout_timeout = timeout;
+        self
+    }
+
+    /// Sets the response timeout.
+    #[must_use]
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Turns checkout pings on or off.
+    #[must_use]
+    pub fn test_on_checkout(mut self, on: bool) -> Self {
+        self.test_on_checkout = on;
+        self
+    }
+
+    /// Checks every setting and parses the URL.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] naming the key and the fix.
+    pub fn validate(&self) -> Result<redis::ConnectionInfo> {
+        let scheme = self.url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("redis" | "unix" | "redis+unix") => {}
+            Some("rediss") if cfg!(feature = "tls") => {}
+            Some("rediss") => {
+                return Err(SessionError::config(
+                    "url",
+                    "rediss:// needs TLS support: enable the `tls` feature of session-redis",
+                ));
+            }
+            _ => {
+                return Err(SessionError::config(
+                    "url",
+                    format!(
+                        "`{}` is not a Redis URL; expected redis://host:port/db or rediss://...",
+                        redact_url(&self.url)
+                    ),
+                ));
+            }
+        }
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).map_err(|e| {
+                SessionError::config("url", format!("`{}`: {e}", redact_url(&self.url)))
+            })?;
+        if self.layout == Layout::Standard {
+            if self.key_prefix.len() > 64
+                || !self
+                    .key_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b":._-".contains(&b))
+            {
+                return Err(SessionError::config(
+                    "key_prefix",
+                    "use at most 64 characters of [A-Za-z0-9:._-] (braces would break Cluster hash tags)",
+                ));
+            }
+        } else if !self.key_prefix.is_empty()
+            && self.key_prefix != RedisConfig::default().key_prefix
+        {
+            return Err(SessionError::config(
+                "key_prefix",
+                "the compatible layout keys sessions by the bare session id; leave key_prefix unset",
+            ));
+        }
+        if self.pool_max_size == 0 {
+            return Err(SessionError::config("pool_max_size", "must be at least 1"));
+        }
+        if self.pool_min_idle.is_some_and(|m| m > self.pool_max_size) {
+            return Err(SessionError::config(
+                "pool_min_idle",
+                "must not exceed pool_max_size",
+            ));
+        }
+        if self.checkout_timeout.is_zero() {
+            return Err(SessionError::config(
+                "checkout_timeout",
+                "must be greater than zero (e.g. `2s`)",
+            ));
+        }
+        if self.response_timeout.is_zero() {
+            return Err(SessionError::config(
+                "response_timeout",
+                "must be greater than zero (e.g. `1s`)",
+            ));
+        }
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(err: SessionError) -> String {
+        match err {
+            SessionError::Config { key, .. } => key,
+            other => panic!("expected Config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_parse_database_numbers() {
+        RedisConfig::default().validate().unwrap();
+        let info = RedisConfig::new("redis://127.0.0.1:6380/5")
+            .validate()
+            .unwrap();
+        assert_eq!(info.redis_settings().db(), 5);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(
+            key_of(RedisConfig::new("http://x").validate().unwrap_err()),
+            "url"
+        );
+        assert_eq!(
+            key_of(
+                RedisConfig::new("redis://host:notaport")
+                    .validate()
+                    .unwrap_err()
+            ),
+            "url"
+        );
+        assert_eq!(
+            key_of(
+                RedisConfig::default()
+                    .key_prefix("a{b}")
+                    .validate()
+                    .unwrap_err()
+            ),
+            "key_prefix"
+        );
+        assert_eq!(
+            key_of(
+                RedisConfig::default()
+                    .key_prefix("x".repeat(65))
+                    .validate()
+                    .unwrap_err()
+            ),
+            "key_prefix"
+        );
+        assert_eq!(
+            key_of(
+                RedisConfig::default()
+                    .pool_max_size(0)
+                    .validate()
+                    .unwrap_err()
+            ),
+            "pool_max_size"
+        );
+        assert_eq!(
+            key_of(
+                RedisConfig::default()
+                    .checkout_timeout(Duration::ZERO)
+                    .validate()
+                    .unwrap_err()
+            ),
+            "checkout_timeout"
+        );
+        let compat = RedisConfig::default()
+            .layout(Layout::Compatible)
+            .key_prefix("app:");
+        assert_eq!(key_of(compat.validate().unwrap_err()), "key_prefix");
+    }
+
+    #[test]
+    fn rediss_without_the_tls_feature_names_the_feature() {
+        let result = RedisConfig::new("rediss://127.0.0.1:6380/0").validate();
+        if cfg!(feature = "tls") {
+            result.unwrap();
+        } else {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("`tls` feature"), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let cfg = RedisConfig::new("redis://app:s3cret@127.0.0.1:6379/0");
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("app:***@127.0.0.1"));
+        assert!(!format!("{:?}", RedisConfig::new("redis://:pw@h/0")).contains("pw@"));
+    }
+
+    #[test]
+    fn parses_from_json_with_human_durations() {
+        let cfg: RedisConfig =
+            serde_json::from_str(r#"{"url":"redis://127.0.0.1/1","checkout_timeout":"250ms","layout":"compatible","key_prefix":""}"#)
+                .unwrap();
+        assert_eq!(cfg.checkout_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.layout, Layout::Compatible);
+        cfg.validate().unwrap();
+    }
+}

@@ -1,0 +1,75 @@
+//! Conversion of Redis and pool errors into [`SessionError`], in one place.
+
+use std::time::Duration;
+
+use redis::RedisError;
+use session_core::{SessionError, SessionHandle};
+
+use crate::pool::breaks_connection;
+
+pub(crate) const BACKEND: &str = "redis";
+
+/// Converts a command's error. Data that does not fit the session schema is `Decode`, naming the
+/// session; connectivity is `Unavailable`; a reply that did not come in time is `Timeout`.
+pub(crate) fn from_redis(
+    err: RedisError,
+    handle: Option<&SessionHandle>,
+    response_timeout: Duration,
+) -> SessionError {
+    if err.is_timeout() {
+        return SessionError::Timeout {
+            backend: BACKEND,
+            operation: "command",
+            after: response_timeout,
+        };
+    }
+    if err.is_connection_refusal() || breaks_connection(&err) {
+        return SessionError::Unavailable {
+            backend: BACKEND,
+            source: Box::new(err),
+        };
+    }
+    if err.code() == Some("WRONGTYPE") || err.kind() == redis::ErrorKind::UnexpectedReturnType {
+        return SessionError::Decode {
+            backend: BACKEND,
+            handle: handle.cloned(),
+            reason: err.to_string(),
+        };
+    }
+    SessionError::Backend {
+        backend: BACKEND,
+        source: Box::new(err),
+    }
+}
+
+/// Converts a checkout failure.
+pub(crate) fn from_pool(
+    err: bb8::RunError<RedisError>,
+    checkout_timeout: Duration,
+    response_timeout: Duration,
+) -> SessionError {
+    match err {
+        bb8::RunError::TimedOut => SessionError::Timeout {
+            backend: BACKEND,
+            operation: "checkout",
+            after: checkout_timeout,
+        },
+        bb8::RunError::User(err) => match from_redis(err, None, response_timeout) {
+            // Failing to connect at all is unavailability, whatever the driver called it.
+            SessionError::Backend { source, .. } => SessionError::Unavailable {
+                backend: BACKEND,
+                source,
+            },
+            other => other,
+        },
+    }
+}
+
+/// A `Decode` error for `handle`.
+pub(crate) fn decode(handle: &SessionHandle, reason: impl Into<String>) -> SessionError {
+    SessionError::Decode {
+        backend: BACKEND,
+        handle: Some(handle.clone()),
+        reason: reason.into(),
+    }
+}

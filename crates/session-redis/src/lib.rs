@@ -1,0 +1,35 @@
+//! A Redis [`UserSessionStore`](session_core::UserSessionStore) on a bb8 pool of bb8-redis connections.
+//!
+//! - One network round trip per operation (`HGETALL`, or one `EVALSHA` of a script loaded once).
+//! - Expiry enforced by Redis itself (`PEXPIREAT` at the policy's idle expiry), and checked against the
+//!   policy clock on every read.
+//! - A per-user index (sorted set scored by expiry), trimmed on every write and carrying its own TTL,
+//!   so it never outlives the user's sessions.
+//! - No token in the keyspace: keys hold the token's SHA-256.
+//! - Cluster-ready: a user's keys share one hash tag, so every atomic script touches one slot.
+//! - A [`Layout::Compatible`] mode for sharing sessions with a service in another language.
+//!
+//! ```no_run
+//! # async fn demo() -> session_core::Result<()> {
+//! use session_core::{NewUserSession, SessionPolicy, UserSessionStore};
+//! use session_redis::{RedisConfig, RedisStore};
+//! let store = RedisStore::connect(RedisConfig::new("redis://127.0.0.1:6379/0"), SessionPolicy::default()).await?;
+//! let issued = store.create(NewUserSession::new("u-1")).await?;
+//! assert!(store.get(&issued.token).await?.is_some());
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod codec;
+mod config;
+mod error;
+mod pool;
+mod scripts;
+mod store;
+
+pub use config::{Layout, RedisConfig, redact_url};
+pub use store::RedisStore;
+
+/// The driver crates, re-exported so users name the same versions.
+pub use {bb8, bb8_redis, redis};

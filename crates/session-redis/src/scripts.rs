@@ -1,0 +1,249 @@
+//! Lua scripts: each operation that must read-then-write is one `EVALSHA` (one round trip, atomic).
+//!
+//! Conventions shared by every script:
+//! - `ARGV[1]` is the policy clock's "now" in epoch milliseconds: expiry is judged by the policy's
+//!   clock as well as by Redis's own TTLs, so a session is never returned once the policy says it
+//!   has expired, even before Redis deletes it.
+//! - In the standard layout a user's keys share the hash tag `{tag}`: `base` is `<prefix>{tag}:`,
+//!   session keys are `base .. 's:' .. <hash>`, the user index is `base .. 'u:' .. <user id>`, a
+//!   sorted set of session hashes scored by idle expiry. Keys derived inside a script from `base`
+//!   are in the same slot as `KEYS[1]` by construction.
+//! - An empty `base` means the compatible layout: no index.
+//! - A session hash's bookkeeping fields may be absent in the compatible layout (a session written
+//!   by another service); `PTTL` then stands in for the idle expiry.
+//! - After any change to an index: expired members are trimmed and the index's own TTL is set to its
+//!   latest member's expiry, so an index never outlives its sessions.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared Lua helpers, prepended to the scripts that need them.
+const HELPERS: &str = r"
+local function expired(now, ie, ae)
+  return (ie ~= nil and now >= ie) or (ae ~= nil and now >= ae)
+end
+-- Sets field `name` of the flat HGETALL reply `h` to `value`, appending it if absent.
+local function set_field(h, name, value)
+  for i = 1, #h, 2 do
+    if h[i] == name then h[i + 1] = tostring(value); return end
+  end
+  h[#h + 1] = name
+  h[#h + 1] = tostring(value)
+end
+local function retire_index(idx, now)
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+  local last = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', idx, last[2]) end
+end
+";
+
+fn with_helpers(body: &str) -> Script {
+    Script::new(&format!("{HELPERS}\n{body}"))
+}
+
+/// KEYS: session, [index]. ARGV: now, hash, idle_expires_at, absolute_expires_at, cap, base,
+/// field, value, ... Evicts the user's oldest live sessions beyond `cap - 1` (cap 0: none).
+pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+if KEYS[2] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  local cap = tonumber(ARGV[5])
+  if cap > 0 then
+    local members = redis.call('ZRANGE', KEYS[2], 0, -1)
+    local excess = #members + 1 - cap
+    if excess > 0 then
+      local aged = {}
+      for i, m in ipairs(members) do
+        aged[i] = {tonumber(redis.call('HGET', ARGV[6] .. 's:' .. m, 'created_at')) or 0, m}
+      end
+      table.sort(aged, function(a, b)
+        if a[1] == b[1] then return a[2] < b[2] end
+        return a[1] < b[1]
+      end)
+      for i = 1, excess do
+        redis.call('DEL', ARGV[6] .. 's:' .. aged[i][2])
+        redis.call('ZREM', KEYS[2], aged[i][2])
+      end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+if KEYS[2] then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+  retire_index(KEYS[2], now)
+end
+return 1
+",
+    )
+});
+
+/// KEYS: session. ARGV: now, touch interval ms, idle ms, remember-me idle ms, absolute ms, base,
+/// hash. Returns `{HGETALL, PTTL}` (PTTL -3 when not needed) or nil when absent or expired. Writes
+/// only when the interval has passed since `last_seen_at`.
+pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return nil end
+local f = {}
+for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+local ie = tonumber(f['idle_expires_at'])
+local ae = tonumber(f['absolute_expires_at'])
+-- Only a session written by another service lacks the idle expiry; its TTL stands in.
+local pttl = -3
+if ie == nil then pttl = redis.call('PTTL', KEYS[1]) end
+if expired(now, ie, ae) then return nil end
+local ls = tonumber(f['last_seen_at'])
+if ls ~= nil and now - ls < tonumber(ARGV[2]) then return {h, pttl} end
+local idle = tonumber(ARGV[3])
+if f['remember_me'] == 'Y' then idle = tonumber(ARGV[4]) end
+if ae == nil then
+  -- A session another service wrote: its absolute lifetime starts when this library first sees it.
+  ae = now + tonumber(ARGV[5])
+  redis.call('HSET', KEYS[1], 'absolute_expires_at', ae)
+  set_field(h, 'absolute_expires_at', ae)
+  if f['created_at'] == nil then
+    redis.call('HSET', KEYS[1], 'created_at', now)
+    set_field(h, 'created_at', now)
+  end
+end
+local nie = math.min(now + idle, ae)
+redis.call('HSET', KEYS[1], 'last_seen_at', now, 'idle_expires_at', nie)
+redis.call('PEXPIREAT', KEYS[1], nie)
+set_field(h, 'last_seen_at', now)
+set_field(h, 'idle_expires_at', nie)
+if ARGV[6] ~= '' then
+  local idx = ARGV[6] .. 'u:' .. f['user_id']
+  redis.call('ZADD', idx, 'XX', nie, ARGV[7])
+  retire_index(idx, now)
+end
+return {h, -3}
+",
+    )
+});
+
+/// KEYS: session. ARGV: now, expected version, user_id, field, value, ...
+/// Returns `{'ok', HGETALL}`, `{'missing'}`, `{'user'}` or `{'conflict', version}`.
+pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'version', 'idle_expires_at', 'absolute_expires_at')
+if not f[1] then return {'missing'} end
+if expired(now, tonumber(f[3]), tonumber(f[4])) then return {'missing'} end
+if f[1] ~= ARGV[3] then return {'user'} end
+local v = tonumber(f[2]) or 0
+if v ~= tonumber(ARGV[2]) then return {'conflict', tostring(v)} end
+redis.call('HSET', KEYS[1], 'version', v + 1, unpack(ARGV, 4))
+return {'ok', redis.call('HGETALL', KEYS[1])}
+",
+    )
+});
+
+/// KEYS: old session, new session. ARGV: now, base, old hash, new hash.
+/// Returns `{HGETALL, PTTL}` of the renamed session, or nil. `RENAME` keeps the TTL.
+pub(crate) static ROTATE: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
+if not f[1] then return nil end
+if expired(now, tonumber(f[2]), tonumber(f[3])) then return nil end
+redis.call('RENAME', KEYS[1], KEYS[2])
+if ARGV[2] ~= '' then
+  local idx = ARGV[2] .. 'u:' .. f[1]
+  local score = redis.call('ZSCORE', idx, ARGV[3]) or f[2]
+  redis.call('ZREM', idx, ARGV[3])
+  redis.call('ZADD', idx, score, ARGV[4])
+end
+local pttl = -3
+if not f[2] then pttl = redis.call('PTTL', KEYS[2]) end
+return {redis.call('HGETALL', KEYS[2]), pttl}
+",
+    )
+});
+
+/// KEYS: session. ARGV: now, base, hash. Returns 1 if a live session was removed, else 0.
+pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
+if not f[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then
+  local idx = ARGV[2] .. 'u:' .. f[1]
+  redis.call('ZREM', idx, ARGV[3])
+  retire_index(idx, now)
+end
+if expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
+return 1
+",
+    )
+});
+
+/// KEYS: index. ARGV: now, base. Returns `{hash, HGETALL, hash, HGETALL, ...}` of live members.
+pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local out = {}
+for _, m in ipairs(members) do
+  local h = redis.call('HGETALL', ARGV[2] .. 's:' .. m)
+  if #h > 0 then
+    out[#out + 1] = m
+    out[#out + 1] = h
+  end
+end
+return out
+",
+    )
+});
+
+/// KEYS: index. ARGV: now, base, hash to keep ('' for none). Returns how many live sessions went.
+pub(crate) static DELETE_BY_USER: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local n = 0
+for _, m in ipairs(members) do
+  if m ~= ARGV[3] then
+    local key = ARGV[2] .. 's:' .. m
+    local f = redis.call('HMGET', key, 'idle_expires_at', 'absolute_expires_at')
+    if f[1] and not expired(now, tonumber(f[1]), tonumber(f[2])) then n = n + 1 end
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], m)
+  end
+end
+retire_index(KEYS[1], now)
+return n
+",
+    )
+});
+
+/// KEYS: index. ARGV: now, base. Deletes sessions whose expiry has passed and their index entries;
+/// returns how many index entries were removed.
+pub(crate) static PURGE_INDEX: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(members) do
+  local key = ARGV[2] .. 's:' .. m
+  local f = redis.call('HMGET', key, 'idle_expires_at', 'absolute_expires_at')
+  if f[1] == false or expired(now, tonumber(f[1]), tonumber(f[2])) then
+    redis.call('DEL', key)
+  end
+end
+retire_index(KEYS[1], now)
+return #members
+",
+    )
+});

@@ -1,0 +1,696 @@
+//! The Redis store.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use redis::{RedisError, Value};
+use session_core::clock::millis_since_epoch;
+use session_core::{
+    IssuedSession, NewUserSession, PoolState, Result, SessionError, SessionHandle, SessionPolicy,
+    SessionToken, StorageDump, UserSession, UserSessionStore,
+};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{all_fields, decode_session, editable_fields, hash_fields};
+use crate::config::{Layout, RedisConfig};
+use crate::error::{BACKEND, decode, from_pool, from_redis};
+use crate::pool::{ConnectFailures, Connection, Manager, breaks_connection};
+use crate::scripts;
+
+/// Characters of a user's routing tag: 24 bits of SHA-256 of the user id, spread over all 16,384
+/// Cluster slots.
+const TAG_LEN: usize = 4;
+
+type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
+
+/// A [`UserSessionStore`] on Redis, through a bb8 pool of bb8-redis multiplexed connections.
+///
+/// Every operation is one round trip: a single command (`HGETALL` for `get`) or one `EVALSHA` of a
+/// script loaded once (reloaded on `NOSCRIPT`). Expiry is native (`PEXPIREAT` at the policy's idle
+/// expiry) and also checked against the policy clock on every read. See docs/backends.md.
+pub struct RedisStore {
+    pool: bb8::Pool<Manager>,
+    config: RedisConfig,
+    policy: SessionPolicy,
+    /// Checkouts still to be pinged because a connection was recently found broken: after one
+    /// connection dies (server restart, `CLIENT KILL`), its siblings in the pool probably did too.
+    suspect: AtomicU32,
+    connect_failures: std::sync::Arc<ConnectFailures>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.config)
+            .field("policy", &self.policy)
+            .field("pool", &self.pool.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a session lives: its key, the user's key base (`<prefix>{tag}:`, empty in the compatible
+/// layout) and its index member (the hash part of the handle).
+struct Location {
+    key: String,
+    base: String,
+    member: String,
+}
+
+/// Runs `$op` (an expression using the connection `$conn`) on a pooled connection and converts
+/// its error. An idempotent operation (a read, or a touch, whose repeat is a read) is retried once
+/// on another connection when the first turns out to be dead, so a dropped connection costs a read
+/// nothing; a write is never repeated, since the lost reply may belong to a write that happened.
+/// A macro rather than a function taking an async closure: such closures' futures cannot yet be
+/// proven `Send` for every borrow, which `async_trait` requires.
+macro_rules! run {
+    ($store:expr, $idempotent:expr, $handle:expr, |$conn:ident| $op:expr) => {{
+        let store = $store;
+        let mut retry = $idempotent == Idempotent::Yes;
+        loop {
+            let mut pooled = store.checkout().await?;
+            let $conn = &mut pooled.inner;
+            match $op {
+                Ok(value) => break Ok(value),
+                // A time-out is not retried: against a stalled server it would double the wait.
+                Err(err) if retry && breaks_connection(&err) && !err.is_timeout() => {
+                    pooled.broken = true;
+                    store
+                        .suspect
+                        .store(store.config.pool_max_size, Ordering::Relaxed);
+                    retry = false;
+                }
+                Err(err) => break Err(store.fail(&mut pooled, err, $handle)),
+            }
+        }
+    }};
+}
+
+/// Whether an operation may be repeated after a dropped connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
+}
+
+fn status(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+impl RedisStore {
+    /// Validates `config` and `policy`, builds the pool and checks that Redis answers.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] for invalid settings; [`SessionError::Unavailable`] or
+    /// [`SessionError::Timeout`] if Redis cannot be reached within the checkout timeout.
+    pub async fn connect(config: RedisConfig, policy: SessionPolicy) -> Result<Self> {
+        let store = Self::new_lazy(config, policy)?;
+        store.health().await?;
+        Ok(store)
+    }
+
+    /// Like [`RedisStore::connect`], but does not contact Redis until the first operation.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] for invalid settings.
+    pub fn new_lazy(config: RedisConfig, policy: SessionPolicy) -> Result<Self> {
+        let info = config.validate()?;
+        policy.validate()?;
+        if config.layout == Layout::Compatible && policy.max_sessions_per_user.is_some() {
+            return Err(SessionError::config(
+                "max_sessions_per_user",
+                "needs the per-user index of the standard Redis layout; unset it or use layout = standard",
+            ));
+        }
+        let connect_failures = std::sync::Arc::new(ConnectFailures::default());
+        let manager = Manager::new(info, config.response_timeout, connect_failures.clone())
+            .map_err(|e| SessionError::config("url", e.to_string()))?;
+        let pool = bb8::Pool::builder()
+            .max_size(config.pool_max_size)
+            .min_idle(config.pool_min_idle)
+            .connection_timeout(config.checkout_timeout)
+            .test_on_check_out(config.test_on_checkout)
+            // A refused connection is reported at once as `Unavailable` instead of being retried
+            // until the checkout timeout.
+            .retry_connection(false)
+            .build_unchecked(manager);
+        Ok(Self {
+            pool,
+            config,
+            policy,
+            suspect: AtomicU32::new(0),
+            connect_failures,
+        })
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The pool's state now.
+    #[must_use]
+    pub fn pool_state(&self) -> PoolState {
+        let state = self.pool.state();
+        let mut out = PoolState::default();
+        out.connections = state.connections;
+        out.idle = state.idle_connections;
+        out.max_size = self.config.pool_max_size;
+        out.waited = state.statistics.get_waited;
+        out.timed_out = state.statistics.get_timed_out;
+        out.broken_closed = state.statistics.connections_closed_broken;
+        out
+    }
+
+    /// The routing tag of a user's keys.
+    fn user_tag(user_id: &str) -> String {
+        let digest = Sha256::digest(user_id.as_bytes());
+        let mut tag = URL_SAFE_NO_PAD.encode(&digest[..3]);
+        tag.truncate(TAG_LEN);
+        tag
+    }
+
+    fn base(&self, tag: &str) -> String {
+        format!("{}{{{tag}}}:", self.config.key_prefix)
+    }
+
+    fn index_key(&self, user_id: &str) -> (String, String) {
+        let base = self.base(&Self::user_tag(user_id));
+        (format!("{base}u:{user_id}"), base)
+    }
+
+    /// The location of the session a handle names, or `None` if no session of this store could
+    /// have that handle (no routing tag, or a tag of the wrong shape).
+    fn locate_handle(&self, handle: &SessionHandle) -> Option<Location> {
+        let tag = handle.routing_tag().filter(|t| t.len() == TAG_LEN)?;
+        let base = self.base(tag);
+        Some(Location {
+            key: format!("{base}s:{}", handle.hash()),
+            base,
+            member: handle.hash().to_owned(),
+        })
+    }
+
+    fn locate(&self, token: &SessionToken) -> Option<Location> {
+        match self.config.layout {
+            Layout::Standard => self.locate_handle(token.handle()),
+            Layout::Compatible => Some(Location {
+                key: token.expose_secret().to_owned(),
+                base: String::new(),
+                member: String::new(),
+            }),
+        }
+    }
+
+    fn unsupported_in_compat(&self, operation: &'static str) -> Result<()> {
+        if self.config.layout == Layout::Compatible {
+            return Err(SessionError::Unsupported {
+                backend: BACKEND,
+                operation,
+                reason: "the compatible layout keeps no per-user index and keys sessions by their raw id",
+            });
+        }
+        Ok(())
+    }
+
+    async fn checkout(&self) -> Result<Pooled<'_>> {
+        let mut attempts = 0;
+        loop {
+            let connect_failed = self.connect_failures.notify.notified();
+            tokio::pin!(connect_failed);
+            connect_failed.as_mut().enable();
+            let mut conn = tokio::select! {
+                biased;
+                got = self.pool.get() => got.map_err(|e| from_pool(e, self.config.checkout_timeout, self.config.response_timeout))?,
+                () = connect_failed => {
+                    let err = self.connect_failures.last().unwrap_or_else(|| (redis::ErrorKind::Io, "connect failed").into());
+                    return Err(SessionError::Unavailable { backend: BACKEND, source: Box::new(err) });
+                }
+            };
+            if self.suspect.load(Ordering::Relaxed) == 0 || self.config.test_on_checkout {
+                return Ok(conn);
+            }
+            let ping: std::result::Result<(), RedisError> =
+                redis::cmd("PING").query_async(&mut conn.inner).await;
+            match ping {
+                Ok(()) => {
+                    let _ = self
+                        .suspect
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                    return Ok(conn);
+                }
+                Err(err) => {
+                    conn.broken = true;
+                    drop(conn);
+                    attempts += 1;
+                    if attempts > self.config.pool_max_size {
+                        return Err(from_redis(err, None, self.config.response_timeout));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Converts a command error, discarding the connection if the error broke it.
+    fn fail(
+        &self,
+        conn: &mut Connection,
+        err: RedisError,
+        handle: Option<&SessionHandle>,
+    ) -> SessionError {
+        if breaks_connection(&err) {
+            conn.broken = true;
+            self.suspect
+                .store(self.config.pool_max_size, Ordering::Relaxed);
+        }
+        from_redis(err, handle, self.config.response_timeout)
+    }
+
+    async fn invoke(
+        &self,
+        idempotent: Idempotent,
+        invocation: &redis::ScriptInvocation<'_>,
+        handle: Option<&SessionHandle>,
+    ) -> Result<Value> {
+        run!(self, idempotent, handle, |conn| invocation
+            .invoke_async::<Value>(conn)
+            .await)
+    }
+
+    /// Decodes a `{HGETALL, PTTL}` script reply (or nil) and applies the policy's expiry.
+    fn session_reply(&self, handle: &SessionHandle, reply: &Value) -> Result<Option<UserSession>> {
+        match reply {
+            Value::Nil => Ok(None),
+            Value::Array(parts) if parts.len() == 2 => {
+                let pttl = match &parts[1] {
+                    Value::Int(ms) => Some(*ms),
+                    _ => None,
+                };
+                self.live(handle, &parts[0], pttl)
+            }
+            other => Err(decode(handle, format!("unexpected script reply {other:?}"))),
+        }
+    }
+
+    fn live(
+        &self,
+        handle: &SessionHandle,
+        hash: &Value,
+        pttl: Option<i64>,
+    ) -> Result<Option<UserSession>> {
+        let fields = hash_fields(handle, hash)?;
+        let session = decode_session(handle, &fields, pttl, &self.policy, self.config.layout)?;
+        let now = self.policy.now();
+        Ok(session.filter(|s| !self.policy.is_expired(s, now)))
+    }
+
+    fn now_ms(&self) -> u64 {
+        millis_since_epoch(self.policy.now())
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl UserSessionStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn policy(&self) -> &SessionPolicy {
+        &self.policy
+    }
+
+    async fn create(&self, new: NewUserSession) -> Result<IssuedSession> {
+        let token = match self.config.layout {
+            Layout::Standard => SessionToken::generate_tagged(Some(&Self::user_tag(&new.user_id)))?,
+            Layout::Compatible => SessionToken::generate()?,
+        };
+        let session = new.into_session(&token, &self.policy)?;
+        let location = self
+            .locate(&token)
+            .ok_or_else(|| decode(token.handle(), "issued token has no location"))?;
+        let mut invocation = scripts::CREATE.prepare_invoke();
+        invocation.key(&location.key);
+        if self.config.layout == Layout::Standard {
+            invocation.key(self.index_key(&session.user_id).0);
+        }
+        invocation
+            .arg(millis_since_epoch(session.created_at))
+            .arg(&location.member)
+            .arg(millis_since_epoch(session.idle_expires_at))
+            .arg(millis_since_epoch(session.absolute_expires_at))
+            .arg(self.policy.max_sessions_per_user.unwrap_or(0))
+            .arg(&location.base);
+        for field in all_fields(&session)? {
+            invocation.arg(field);
+        }
+        self.invoke(Idempotent::No, &invocation, Some(&session.handle))
+            .await?;
+        Ok(IssuedSession { token, session })
+    }
+
+    async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        let Some(location) = self.locate(token) else {
+            return Ok(None);
+        };
+        let handle = token.handle();
+        let layout = self.config.layout;
+        let key = location.key.as_str();
+        let (hash, pttl) = run!(self, Idempotent::Yes, Some(handle), |conn| match layout {
+            Layout::Standard => redis::cmd("HGETALL")
+                .arg(key)
+                .query_async::<Value>(conn)
+                .await
+                .map(|hash| (hash, None)),
+            Layout::Compatible => redis::pipe()
+                .cmd("HGETALL")
+                .arg(key)
+                .cmd("PTTL")
+                .arg(key)
+                .query_async::<(Value, i64)>(conn)
+                .await
+                .map(|(hash, pttl)| (hash, Some(pttl))),
+        })?;
+        self.live(handle, &hash, pttl)
+    }
+
+    async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        let Some(location) = self.locate(token) else {
+            return Ok(None);
+        };
+        let policy = &self.policy;
+        let mut invocation = scripts::TOUCH.prepare_invoke();
+        invocation
+            .key(&location.key)
+            .arg(self.now_ms())
+            .arg(ms(policy.touch_interval))
+            .arg(ms(policy.idle_timeout))
+            .arg(ms(policy.remember_me_idle_timeout))
+            .arg(ms(policy.absolute_timeout))
+            .arg(&location.base)
+            .arg(&location.member);
+        let reply = self
+            .invoke(Idempotent::Yes, &invocation, Some(token.handle()))
+            .await?;
+        self.session_reply(token.handle(), &reply)
+    }
+
+    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+        self.unsupported_in_compat("update")?;
+        session.validate(&self.policy)?;
+        let location = self
+            .locate_handle(&session.handle)
+            .ok_or(SessionError::NotFound)?;
+        let mut invocation = scripts::UPDATE.prepare_invoke();
+        invocation
+            .key(&location.key)
+            .arg(self.now_ms())
+            .arg(session.version)
+            .arg(&session.user_id);
+        for field in editable_fields(session)? {
+            invocation.arg(field);
+        }
+        let reply = self
+            .invoke(Idempotent::No, &invocation, Some(&session.handle))
+            .await?;
+        let handle = &session.handle;
+        let Value::Array(parts) = &reply else {
+            return Err(decode(handle, format!("unexpected update reply {reply:?}")));
+        };
+        match parts.first().and_then(status) {
+            Some(b"ok") if parts.len() == 2 => self
+                .live(handle, &parts[1], None)?
+                .ok_or(SessionError::NotFound),
+            Some(b"missing") => Err(SessionError::NotFound),
+            Some(b"user") => Err(SessionError::invalid_input(
+                "user_id",
+                "cannot change; sign the other user in with a new session",
+            )),
+            Some(b"conflict") => {
+                let actual = parts
+                    .get(1)
+                    .and_then(status)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| decode(handle, "conflict reply without a version"))?;
+                Err(SessionError::Conflict {
+                    expected: session.version,
+                    actual,
+                })
+            }
+            _ => Err(decode(handle, format!("unexpected update reply {reply:?}"))),
+        }
+    }
+
+    async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
+        let Some(old) = self.locate(token) else {
+            return Ok(None);
+        };
+        // Same routing tag: the new key stays in the user's slot, so RENAME is legal in a Cluster.
+        let new_token = SessionToken::generate_tagged(token.routing_tag())?;
+        let new = self
+            .locate(&new_token)
+            .ok_or_else(|| decode(new_token.handle(), "issued token has no location"))?;
+        let mut invocation = scripts::ROTATE.prepare_invoke();
+        invocation
+            .key(&old.key)
+            .key(&new.key)
+            .arg(self.now_ms())
+            .arg(&old.base)
+            .arg(&old.member)
+            .arg(&new.member);
+        let reply = self
+            .invoke(Idempotent::No, &invocation, Some(token.handle()))
+            .await?;
+        Ok(self
+            .session_reply(new_token.handle(), &reply)?
+            .map(|session| IssuedSession {
+                token: new_token,
+                session,
+            }))
+    }
+
+    async fn delete(&self, token: &SessionToken) -> Result<bool> {
+        let Some(location) = self.locate(token) else {
+            return Ok(false);
+        };
+        let mut invocation = scripts::DELETE.prepare_invoke();
+        invocation
+            .key(&location.key)
+            .arg(self.now_ms())
+            .arg(&location.base)
+            .arg(&location.member);
+        let reply = self
+            .invoke(Idempotent::No, &invocation, Some(token.handle()))
+            .await?;
+        Ok(matches!(reply, Value::Int(1)))
+    }
+
+    async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
+        self.unsupported_in_compat("delete_by_handle")?;
+        let Some(location) = self.locate_handle(handle) else {
+            return Ok(false);
+        };
+        let mut invocation = scripts::DELETE.prepare_invoke();
+        invocation
+            .key(&location.key)
+            .arg(self.now_ms())
+            .arg(&location.base)
+            .arg(&location.member);
+        let reply = self
+            .invoke(Idempotent::No, &invocation, Some(handle))
+            .await?;
+        Ok(matches!(reply, Value::Int(1)))
+    }
+
+    async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
+        self.unsupported_in_compat("list_by_user")?;
+        let tag = Self::user_tag(user_id);
+        let (index, base) = self.index_key(user_id);
+        let mut invocation = scripts::LIST.prepare_invoke();
+        invocation.key(&index).arg(self.now_ms()).arg(&base);
+        let reply = self.invoke(Idempotent::Yes, &invocation, None).await?;
+        let Value::Array(items) = reply else {
+            return Err(SessionError::Decode {
+                backend: BACKEND,
+                handle: None,
+                reason: format!("unexpected list reply for user index {index}"),
+            });
+        };
+        let mut sessions = Vec::with_capacity(items.len() / 2);
+        for pair in items.chunks_exact(2) {
+            let member = status(&pair[0])
+                .and_then(|m| std::str::from_utf8(m).ok())
+                .unwrap_or_default();
+            let handle = SessionHandle::parse(&format!("{tag}.{member}")).map_err(|_| {
+                SessionError::Decode {
+                    backend: BACKEND,
+                    handle: None,
+                    reason: format!("index {index} holds a malformed member"),
+                }
+            })?;
+            if let Some(session) = self.live(&handle, &pair[1], None)? {
+                sessions.push(session);
+            }
+        }
+        sessions.sort_by(|a, b| (a.created_at, &a.handle).cmp(&(b.created_at, &b.handle)));
+        Ok(sessions)
+    }
+
+    async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64> {
+        self.unsupported_in_compat("delete_by_user")?;
+        let tag = Self::user_tag(user_id);
+        let (index, base) = self.index_key(user_id);
+        let keep = except
+            .filter(|h| h.routing_tag() == Some(tag.as_str()))
+            .map_or("", SessionHandle::hash);
+        let mut invocation = scripts::DELETE_BY_USER.prepare_invoke();
+        invocation
+            .key(&index)
+            .arg(self.now_ms())
+            .arg(&base)
+            .arg(keep);
+        match self.invoke(Idempotent::No, &invocation, None).await? {
+            Value::Int(n) => Ok(n.unsigned_abs()),
+            other => Err(SessionError::Decode {
+                backend: BACKEND,
+                handle: None,
+                reason: format!("unexpected delete_by_user reply {other:?}"),
+            }),
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        if self.config.layout == Layout::Compatible {
+            // Redis expires these keys itself and there is no index to trim.
+            return Ok(0);
+        }
+        let pattern = format!("{}{{*}}:u:*", self.config.key_prefix);
+        let now = self.now_ms();
+        let mut conn = self.checkout().await?;
+        let mut cursor = 0u64;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn.inner)
+                .await
+                .map_err(|e| self.fail(&mut conn, e, None))?;
+            for index in keys {
+                let Some(end) = index.find("}:u:") else {
+                    continue;
+                };
+                let base = &index[..end + 2];
+                let mut invocation = scripts::PURGE_INDEX.prepare_invoke();
+                invocation.key(&index).arg(now).arg(base);
+                let n: u64 = invocation
+                    .invoke_async(&mut conn.inner)
+                    .await
+                    .map_err(|e| self.fail(&mut conn, e, None))?;
+                removed += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(removed)
+    }
+
+    async fn health(&self) -> Result<()> {
+        run!(self, Idempotent::Yes, None, |conn| redis::cmd("PING")
+            .query_async::<()>(conn)
+            .await)
+    }
+}
+
+#[async_trait]
+impl StorageDump for RedisStore {
+    /// Every key under the store's prefix (the whole database in the compatible layout), with its
+    /// value; session keys also show the handle they hold.
+    async fn dump_raw(&self) -> Result<Vec<String>> {
+        let mut conn = self.checkout().await?;
+        let pattern = format!("{}*", self.config.key_prefix);
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn.inner)
+                .await
+                .map_err(|e| self.fail(&mut conn, e, None))?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn.inner)
+                .await
+                .map_err(|e| self.fail(&mut conn, e, None))?;
+            let value: Value = match kind.as_str() {
+                "hash" => {
+                    redis::cmd("HGETALL")
+                        .arg(&key)
+                        .query_async(&mut conn.inner)
+                        .await
+                }
+                "zset" => {
+                    redis::cmd("ZRANGE")
+                        .arg(&key)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut conn.inner)
+                        .await
+                }
+                "string" => {
+                    redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut conn.inner)
+                        .await
+                }
+                _ => Ok(Value::Nil),
+            }
+            .map_err(|e| self.fail(&mut conn, e, None))?;
+            let handle = match (key.find('{'), key.find("}:s:")) {
+                (Some(open), Some(close)) => {
+                    format!(" (handle {}.{})", &key[open + 1..close], &key[close + 4..])
+                }
+                _ => String::new(),
+            };
+            out.push(format!("{key}{handle} [{kind}] => {}", render(&value)));
+        }
+        Ok(out)
+    }
+}
+
+fn render(value: &Value) -> String {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Value::Array(items) => items.iter().map(render).collect::<Vec<_>>().join(" "),
+        other => format!("{other:?}"),
+    }
+}

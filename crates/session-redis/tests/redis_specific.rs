@@ -1,0 +1,824 @@
+//! Redis-specific behaviour: round trips per operation, what is in the keyspace, native expiry of
+//! the index, faults (killed connections, unreachable and stalled servers, an exhausted pool),
+//! corrupt data, and the compatibility layout. Fault tests use private servers, never the shared one.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use session_core::{
+    ManualClock, NewUserSession, SessionError, SessionPolicy, SessionToken, UserSessionStore,
+};
+use session_redis::{Layout, RedisConfig, RedisStore};
+use session_testkit::servers::{
+    FaultProxy, RedisServer, StalledServer, free_port, redis_connection, redis_delete_prefix,
+    redis_keys, redis_url, unique_prefix,
+};
+
+/// Deletes a prefix when the test ends, also on panic.
+struct PrefixGuard {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        redis_delete_prefix(&self.url, &self.prefix);
+    }
+}
+
+async fn shared_store(label: &str, policy: SessionPolicy) -> (RedisStore, PrefixGuard) {
+    let url = redis_url();
+    let _ = redis_connection(&url); // fails with how to start Redis if it is down
+    let prefix = unique_prefix(label);
+    let store = RedisStore::connect(
+        RedisConfig::new(url.clone()).key_prefix(prefix.clone()),
+        policy,
+    )
+    .await
+    .expect("connect");
+    (store, PrefixGuard { url, prefix })
+}
+
+fn alice() -> NewUserSession {
+    NewUserSession::new("alice")
+        .company_name("Acme")
+        .email("alice@acme.test")
+        .root(true)
+}
+
+/// `MONITOR` on a private server, read over a raw socket: tells client-issued commands (one per
+/// round trip of a store that does not pipeline) from commands run inside scripts (`[0 lua]`).
+struct Monitor {
+    lines: mpsc::Receiver<String>,
+    admin: redis::Connection,
+    markers: u32,
+}
+
+impl Monitor {
+    fn start(server: &RedisServer) -> Self {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        std::io::Write::write_all(&mut socket, b"MONITOR\r\n").unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(socket).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut monitor = Self {
+            lines,
+            admin: server.connection(),
+            markers: 0,
+        };
+        monitor.take();
+        monitor
+    }
+
+    /// The monitored lines since the last call, up to a marker command sent now.
+    fn take(&mut self) -> Vec<String> {
+        self.markers += 1;
+        let marker = format!("marker-{}", self.markers);
+        let _: String = redis::cmd("ECHO")
+            .arg(&marker)
+            .query(&mut self.admin)
+            .unwrap();
+        let mut out = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(5))
+                .expect("monitor output");
+            if line.contains(&marker) {
+                return out;
+            }
+            if line != "+OK" {
+                out.push(line);
+            }
+        }
+    }
+}
+
+fn command_stats(conn: &mut redis::Connection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            (!matches!(name, "info" | "config|resetstat" | "echo" | "monitor"))
+                .then(|| (name.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn client_commands(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| !l.contains(" lua]"))
+        .filter_map(|l| {
+            l.split("] ")
+                .nth(1)?
+                .split(' ')
+                .next()
+                .map(|c| c.trim_matches('"').to_lowercase())
+        })
+        .collect()
+}
+
+/// Runs `op` and returns (client-issued commands, every command executed by name).
+async fn measure<T>(
+    monitor: &mut Monitor,
+    stats: &mut redis::Connection,
+    op: impl std::future::Future<Output = T>,
+) -> (T, Vec<String>, BTreeMap<String, u64>) {
+    monitor.take();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(stats).unwrap();
+    let value = op.await;
+    let lines = monitor.take();
+    (value, client_commands(&lines), command_stats(stats))
+}
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_is_one_round_trip_with_the_documented_commands() {
+    let server = RedisServer::start();
+    let clock = ManualClock::starting_now();
+    let policy = SessionPolicy::default().with_clock(clock.clone());
+    let store = RedisStore::connect(RedisConfig::new(server.url()).pool_max_size(1), policy)
+        .await
+        .unwrap();
+    // Load every script once, so NOSCRIPT reloads do not show in the counts.
+    let warm = store.create(alice()).await.unwrap();
+    store.touch(&warm.token).await.unwrap();
+    store.update(&warm.session).await.unwrap();
+    let warm = store.rotate(&warm.token).await.unwrap().unwrap();
+    store.list_by_user("alice").await.unwrap();
+    store.delete_by_user("nobody", None).await.unwrap();
+    store.purge_expired().await.unwrap();
+    store.delete(&warm.token).await.unwrap();
+
+    let mut monitor = Monitor::start(&server);
+    let mut stats = server.connection();
+    let one_evalsha = vec!["evalsha".to_owned()];
+
+    let (issued, client, all) = measure(&mut monitor, &mut stats, store.create(alice())).await;
+    let issued = issued.unwrap();
+    assert_eq!(client, one_evalsha, "create");
+    assert_eq!(
+        all,
+        counts(&[
+            ("evalsha", 1),
+            ("zremrangebyscore", 2),
+            ("hset", 1),
+            ("pexpireat", 2),
+            ("zadd", 1),
+            ("zrange", 1)
+        ]),
+        "create"
+    );
+
+    let (_, client, all) = measure(&mut monitor, &mut stats, store.get(&issued.token)).await;
+    assert_eq!(client, vec!["hgetall".to_owned()], "get");
+    assert_eq!(all, counts(&[("hgetall", 1)]), "get");
+
+    let (_, client, all) = measure(&mut monitor, &mut stats, store.touch(&issued.token)).await;
+    assert_eq!(client, one_evalsha, "touch inside the interval");
+    assert_eq!(
+        all,
+        counts(&[("evalsha", 1), ("hgetall", 1)]),
+        "a throttled touch writes nothing"
+    );
+
+    clock.advance(Duration::from_secs(61));
+    let (_, client, all) = measure(&mut monitor, &mut stats, store.touch(&issued.token)).await;
+    assert_eq!(client, one_evalsha, "touch when due");
+    assert_eq!(
+        all,
+        counts(&[
+            ("evalsha", 1),
+            ("hgetall", 1),
+            ("hset", 1),
+            ("pexpireat", 2),
+            ("zadd", 1),
+            ("zremrangebyscore", 1),
+            ("zrange", 1)
+        ]),
+        "touch when due"
+    );
+
+    let session = store.get(&issued.token).await.unwrap().unwrap();
+    let (updated, client, all) = measure(&mut monitor, &mut stats, store.update(&session)).await;
+    updated.unwrap();
+    assert_eq!(client, one_evalsha, "update");
+    assert_eq!(
+        all,
+        counts(&[("evalsha", 1), ("hmget", 1), ("hset", 1), ("hgetall", 1)]),
+        "update"
+    );
+
+    let (rotated, client, all) =
+        measure(&mut monitor, &mut stats, store.rotate(&issued.token)).await;
+    let rotated = rotated.unwrap().unwrap();
+    assert_eq!(client, one_evalsha, "rotate");
+    assert_eq!(
+        all,
+        counts(&[
+            ("evalsha", 1),
+            ("hmget", 1),
+            ("rename", 1),
+            ("zscore", 1),
+            ("zrem", 1),
+            ("zadd", 1),
+            ("hgetall", 1)
+        ]),
+        "rotate"
+    );
+
+    let second = store.create(alice()).await.unwrap();
+    let (listed, client, all) =
+        measure(&mut monitor, &mut stats, store.list_by_user("alice")).await;
+    assert_eq!(listed.unwrap().len(), 2);
+    assert_eq!(client, one_evalsha, "list_by_user");
+    assert_eq!(
+        all,
+        counts(&[("evalsha", 1), ("zrangebyscore", 1), ("hgetall", 2)]),
+        "list_by_user"
+    );
+
+    let (deleted, client, all) = measure(
+        &mut monitor,
+        &mut stats,
+        store.delete_by_handle(&second.session.handle),
+    )
+    .await;
+    assert!(deleted.unwrap());
+    assert_eq!(client, one_evalsha, "delete_by_handle");
+    assert_eq!(
+        all,
+        counts(&[
+            ("evalsha", 1),
+            ("hmget", 1),
+            ("del", 1),
+            ("zrem", 1),
+            ("zremrangebyscore", 1),
+            ("zrange", 1),
+            ("pexpireat", 1)
+        ]),
+        "delete_by_handle"
+    );
+
+    store.create(alice()).await.unwrap();
+    let (removed, client, _) = measure(
+        &mut monitor,
+        &mut stats,
+        store.delete_by_user("alice", Some(&rotated.session.handle)),
+    )
+    .await;
+    assert_eq!(removed.unwrap(), 1);
+    assert_eq!(client, one_evalsha, "delete_by_user");
+
+    let (deleted, client, _) =
+        measure(&mut monitor, &mut stats, store.delete(&rotated.token)).await;
+    assert!(deleted.unwrap());
+    assert_eq!(client, one_evalsha, "delete");
+
+    // A checkout ping, when configured, is one more round trip on every operation.
+    let pinging = RedisStore::connect(
+        RedisConfig::new(server.url()).test_on_checkout(true),
+        SessionPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let (_, client, _) = measure(&mut monitor, &mut stats, pinging.get(&issued.token)).await;
+    assert_eq!(
+        client,
+        vec!["ping".to_owned(), "hgetall".to_owned()],
+        "get with test_on_checkout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_the_keyspace_finds_no_raw_token() {
+    let (store, guard) = shared_store("scan", SessionPolicy::default()).await;
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let issued = store
+            .create(NewUserSession::new(format!("user-{}", i % 4)).attribute("n", i))
+            .await
+            .unwrap();
+        tokens.push(issued.token);
+    }
+    for token in tokens.clone().iter().take(5) {
+        tokens.push(store.rotate(token).await.unwrap().unwrap().token);
+    }
+    let mut conn = redis_connection(&guard.url);
+    let keys = redis_keys(&mut conn, &format!("{}*", guard.prefix));
+    assert_eq!(keys.len(), 20 + 4, "20 sessions and 4 user indexes");
+    let mut everything = String::new();
+    for key in &keys {
+        everything.push_str(key);
+        let dumped: Vec<u8> = redis::cmd("DUMP").arg(key).query(&mut conn).unwrap();
+        everything.push_str(&String::from_utf8_lossy(&dumped));
+        let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).unwrap();
+        let values: Vec<String> = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap(),
+            _ => redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query(&mut conn)
+                .unwrap(),
+        };
+        everything.push_str(&values.join(" "));
+    }
+    for token in &tokens {
+        let secret = token.expose_secret();
+        let random_part = secret.split_once('.').map_or(secret, |(_, r)| r);
+        assert!(
+            !everything.contains(random_part),
+            "token found in the keyspace"
+        );
+    }
+    assert!(
+        everything.contains(tokens[0].handle().hash())
+            || everything.contains(tokens[20].handle().hash())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_of_a_user_remains_once_their_sessions_expire() {
+    let mut policy = SessionPolicy::default();
+    policy.idle_timeout = Duration::from_millis(700);
+    policy.absolute_timeout = Duration::from_secs(2);
+    policy.touch_interval = Duration::from_millis(100);
+    let (store, guard) = shared_store("ttl", policy).await;
+    let first = store.create(alice()).await.unwrap();
+    store.create(alice()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.touch(&first.token).await.unwrap().unwrap(); // the index TTL follows the latest expiry
+    let mut conn = redis_connection(&guard.url);
+    assert_eq!(
+        redis_keys(&mut conn, &format!("{}*", guard.prefix)).len(),
+        3
+    );
+    let index: Vec<String> = redis_keys(&mut conn, &format!("{}*:u:*", guard.prefix));
+    let pttl: i64 = redis::cmd("PTTL").arg(&index[0]).query(&mut conn).unwrap();
+    assert!(
+        pttl > 0 && pttl <= 700,
+        "the index carries its own TTL ({pttl} ms)"
+    );
+    // Wait for Redis's own expiry (no purge is called): bounded polling, not a speed claim.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = redis_keys(&mut conn, &format!("{}*", guard.prefix));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keys outlived their sessions: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.get(&first.token).await.unwrap(), None);
+    assert!(store.list_by_user("alice").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_are_replaced_and_reads_do_not_notice() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url()).pool_max_size(4);
+    config.pool_min_idle = Some(4);
+    let store = RedisStore::connect(config, SessionPolicy::default())
+        .await
+        .unwrap();
+    let issued = store.create(alice()).await.unwrap();
+    // Wait until the pool holds all four connections, so the kill leaves several dead ones in it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.pool_state().connections < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "pool did not fill: {:?}",
+            store.pool_state()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut admin = server.connection();
+    let kill = |admin: &mut redis::Connection| {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(admin)
+            .unwrap();
+        assert!(killed >= 4, "killed {killed}");
+    };
+
+    kill(&mut admin);
+    // A read right after the kill succeeds: the dead connection is discarded and the read retried.
+    assert!(store.get(&issued.token).await.unwrap().is_some());
+    for _ in 0..20 {
+        assert!(store.get(&issued.token).await.unwrap().is_some());
+        assert!(store.touch(&issued.token).await.unwrap().is_some());
+    }
+
+    kill(&mut admin);
+    // A write is never repeated: it either succeeds or reports a temporary error...
+    let mut session = store.get(&issued.token).await.unwrap().unwrap();
+    session.email = "after-kill@acme.test".into();
+    match store.update(&session).await {
+        Ok(s) => session = s,
+        Err(e) => assert!(e.is_temporary(), "{e:?}"),
+    }
+    // ...and the next writes succeed on fresh connections.
+    for _ in 0..10 {
+        let fresh = store.get(&issued.token).await.unwrap().unwrap();
+        session = store.update(&fresh).await.unwrap();
+    }
+    assert!(session.version >= 11);
+    assert!(store.pool_state().broken_closed >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_session_data_is_a_decode_error_naming_the_handle() {
+    let (store, guard) = shared_store("corrupt", SessionPolicy::default()).await;
+    let healthy = store.create(NewUserSession::new("bob")).await.unwrap();
+    let mut conn = redis_connection(&guard.url);
+    let key_of = |token: &SessionToken| {
+        let handle = token.handle();
+        format!(
+            "{}{{{}}}:s:{}",
+            guard.prefix,
+            handle.routing_tag().unwrap(),
+            handle.hash()
+        )
+    };
+    type Corruption = Box<dyn Fn(&mut redis::Connection, &str)>;
+    let corruptions: Vec<(&str, Corruption)> = vec![
+        (
+            "is_root not Y/N",
+            Box::new(|c, k| {
+                redis::cmd("HSET")
+                    .arg(k)
+                    .arg("is_root")
+                    .arg("maybe")
+                    .exec(c)
+                    .unwrap()
+            }),
+        ),
+        (
+            "missing user_id",
+            Box::new(|c, k| redis::cmd("HDEL").arg(k).arg("user_id").exec(c).unwrap()),
+        ),
+        (
+            "garbage attributes",
+            Box::new(|c, k| {
+                redis::cmd("HSET")
+                    .arg(k)
+                    .arg("attributes")
+                    .arg("{not json")
+                    .exec(c)
+                    .unwrap()
+            }),
+        ),
+        (
+            "non-numeric expiry",
+            Box::new(|c, k| {
+                redis::cmd("HSET")
+                    .arg(k)
+                    .arg("absolute_expires_at")
+                    .arg("soon")
+                    .exec(c)
+                    .unwrap()
+            }),
+        ),
+        (
+            "binary field",
+            Box::new(|c, k| {
+                redis::cmd("HSET")
+                    .arg(k)
+                    .arg("email")
+                    .arg(&[0xff_u8, 0xfe][..])
+                    .exec(c)
+                    .unwrap()
+            }),
+        ),
+        (
+            "wrong type",
+            Box::new(|c, k| {
+                redis::cmd("DEL").arg(k).exec(c).unwrap();
+                redis::cmd("SET").arg(k).arg("garbage").exec(c).unwrap();
+            }),
+        ),
+    ];
+    for (what, corrupt) in corruptions {
+        let victim = store.create(alice()).await.unwrap();
+        corrupt(&mut conn, &key_of(&victim.token));
+        let err = store.get(&victim.token).await.expect_err(what);
+        match &err {
+            SessionError::Decode {
+                handle: Some(h), ..
+            } => assert_eq!(h, victim.token.handle(), "{what}"),
+            other => panic!("{what}: expected Decode naming the handle, got {other:?}"),
+        }
+        assert!(
+            err.to_string().contains(victim.token.handle().as_str()),
+            "{what}: {err}"
+        );
+        assert!(!err.is_temporary());
+        // The pool is not poisoned: the next operation on a healthy session works.
+        assert!(store.get(&healthy.token).await.unwrap().is_some(), "{what}");
+    }
+    // Scripts meeting a wrong-type key also report Decode, and the pool stays usable.
+    let victim = store.create(alice()).await.unwrap();
+    redis::cmd("DEL")
+        .arg(key_of(&victim.token))
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("SET")
+        .arg(key_of(&victim.token))
+        .arg("x")
+        .exec(&mut conn)
+        .unwrap();
+    assert!(matches!(
+        store.touch(&victim.token).await,
+        Err(SessionError::Decode { .. })
+    ));
+    assert!(store.touch(&healthy.token).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_prompt_temporary_error() {
+    let port = free_port(); // nothing listens here
+    let checkout = Duration::from_millis(500);
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{port}/0")).checkout_timeout(checkout);
+    let start = Instant::now();
+    let err = RedisStore::connect(config.clone(), SessionPolicy::default())
+        .await
+        .expect_err("nothing listens");
+    assert!(err.is_temporary(), "{err:?}");
+    assert!(matches!(err, SessionError::Unavailable { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < checkout + Duration::from_secs(1),
+        "answered within the checkout timeout"
+    );
+    let lazy = RedisStore::new_lazy(config, SessionPolicy::default()).unwrap();
+    let err = lazy
+        .get(&SessionToken::generate_tagged(Some("abcd")).unwrap())
+        .await
+        .expect_err("down");
+    assert!(err.is_temporary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_a_timeout() {
+    let stalled = StalledServer::start();
+    let checkout = Duration::from_millis(300);
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{}/0", stalled.port()))
+        .checkout_timeout(checkout);
+    let store = RedisStore::new_lazy(config, SessionPolicy::default()).unwrap();
+    let start = Instant::now();
+    let err = store
+        .get(&SessionToken::generate_tagged(Some("abcd")).unwrap())
+        .await
+        .expect_err("no reply");
+    // The handshake itself never completes, so the checkout is what times out.
+    assert!(
+        matches!(
+            err,
+            SessionError::Timeout {
+                operation: "checkout",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_temporary());
+    assert!(start.elapsed() < checkout + Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_mid_session_times_out_then_an_exhausted_pool_times_out_at_checkout() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{}/0", proxy.port()))
+        .pool_max_size(1)
+        .checkout_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(500));
+    let store = std::sync::Arc::new(
+        RedisStore::connect(config, SessionPolicy::default())
+            .await
+            .unwrap(),
+    );
+    let issued = store.create(alice()).await.unwrap();
+
+    proxy.stall(true);
+    let start = Instant::now();
+    let err = store.get(&issued.token).await.expect_err("stalled");
+    assert!(
+        matches!(
+            err,
+            SessionError::Timeout {
+                operation: "command",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+
+    // The one pooled connection is held by a request waiting on the stalled server...
+    let busy = {
+        let (store, token) = (store.clone(), issued.token.clone());
+        tokio::spawn(async move { store.get(&token).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...so the next checkout times out.
+    let start = Instant::now();
+    let err = store.get(&issued.token).await.expect_err("pool exhausted");
+    assert!(
+        matches!(
+            err,
+            SessionError::Timeout {
+                operation: "checkout",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_temporary());
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(busy.await.unwrap().is_err());
+
+    // Once the server answers again, so does the store (timed-out connections were discarded).
+    proxy.stall(false);
+    assert_eq!(
+        store.get(&issued.token).await.unwrap().unwrap().user_id,
+        "alice"
+    );
+    // Cut connections are survived the same way as killed ones.
+    proxy.cut();
+    assert!(store.get(&issued.token).await.unwrap().is_some());
+}
+
+/// Keys of the compatibility layout are bare session ids; this guard deletes the ones a test made.
+struct KeysGuard(Vec<String>);
+
+impl Drop for KeysGuard {
+    fn drop(&mut self) {
+        let mut conn = redis_connection(&redis_url());
+        for key in &self.0 {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut conn);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compatible_layout_is_shared_with_another_service_both_ways() {
+    let url = redis_url();
+    let mut conn = redis_connection(&url);
+    let config = RedisConfig::new(url.clone())
+        .layout(Layout::Compatible)
+        .key_prefix("");
+    let store = RedisStore::connect(config, SessionPolicy::default())
+        .await
+        .unwrap();
+    let mut guard = KeysGuard(Vec::new());
+
+    // We write; the other service reads `HGETALL <session_id>`.
+    let ours = store.create(alice().root(true)).await.unwrap();
+    let id = ours.token.expose_secret().to_owned();
+    guard.0.push(id.clone());
+    let fields: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&id).query(&mut conn).unwrap();
+    assert_eq!(fields["user_id"], "alice");
+    assert_eq!(fields["company_name"], "Acme");
+    assert_eq!(fields["email"], "alice@acme.test");
+    assert_eq!(fields["is_root"], "Y");
+    let ttl: i64 = redis::cmd("TTL").arg(&id).query(&mut conn).unwrap();
+    assert!(ttl > 0 && ttl <= 30 * 60, "native TTL set ({ttl}s)");
+
+    // The other service writes HSET of the four fields plus EXPIRE; we read it.
+    let foreign_id = "7c9e6679-7425-40de-944b-e07fc1f90ae7".to_owned() + &id[..4];
+    guard.0.push(foreign_id.clone());
+    redis::cmd("HSET")
+        .arg(&foreign_id)
+        .arg("user_id")
+        .arg("42")
+        .arg("company_name")
+        .arg("Globex")
+        .arg("email")
+        .arg("hank@globex.test")
+        .arg("is_root")
+        .arg("N")
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("EXPIRE")
+        .arg(&foreign_id)
+        .arg(600)
+        .exec(&mut conn)
+        .unwrap();
+    let token = SessionToken::parse(&foreign_id).unwrap();
+    let read = store
+        .get(&token)
+        .await
+        .unwrap()
+        .expect("foreign session is read");
+    assert_eq!(
+        (
+            read.user_id.as_str(),
+            read.company_name.as_str(),
+            read.email.as_str(),
+            read.is_root
+        ),
+        ("42", "Globex", "hank@globex.test", false)
+    );
+    let now = std::time::SystemTime::now();
+    assert!(
+        read.idle_expires_at > now + Duration::from_secs(590)
+            && read.idle_expires_at <= now + Duration::from_secs(601)
+    );
+
+    // Touch slides its TTL like ours and keeps the four fields the other service reads.
+    let touched = store.touch(&token).await.unwrap().unwrap();
+    assert_eq!(
+        touched
+            .idle_expires_at
+            .duration_since(touched.last_seen_at)
+            .unwrap(),
+        Duration::from_secs(30 * 60)
+    );
+    let ttl: i64 = redis::cmd("TTL").arg(&foreign_id).query(&mut conn).unwrap();
+    assert!(ttl > 600, "TTL slid to the idle timeout ({ttl}s)");
+    let is_root: String = redis::cmd("HGET")
+        .arg(&foreign_id)
+        .arg("is_root")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(is_root, "N");
+
+    // Rotation moves the session to a new id; the other service sees the old id gone.
+    let rotated = store.rotate(&ours.token).await.unwrap().unwrap();
+    guard.0.push(rotated.token.expose_secret().to_owned());
+    let exists: i64 = redis::cmd("EXISTS").arg(&id).query(&mut conn).unwrap();
+    assert_eq!(exists, 0);
+    let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(rotated.token.expose_secret())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(fields["user_id"], "alice");
+
+    // Deleting either way ends it for both.
+    assert!(store.delete(&token).await.unwrap());
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&foreign_id)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, 0);
+    redis::cmd("DEL")
+        .arg(rotated.token.expose_secret())
+        .exec(&mut conn)
+        .unwrap();
+    assert_eq!(store.get(&rotated.token).await.unwrap(), None);
+
+    // What the layout gives up is reported, not silently wrong.
+    for result in [
+        store.list_by_user("alice").await.map(|_| ()),
+        store.delete_by_user("alice", None).await.map(|_| ()),
+        store
+            .delete_by_handle(rotated.token.handle())
+            .await
+            .map(|_| ()),
+        store.update(&rotated.session).await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(result, Err(SessionError::Unsupported { .. })),
+            "{result:?}"
+        );
+    }
+    let mut capped = SessionPolicy::default();
+    capped.max_sessions_per_user = Some(3);
+    let err = RedisStore::new_lazy(
+        RedisConfig::new(url)
+            .layout(Layout::Compatible)
+            .key_prefix(""),
+        capped,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, SessionError::Config { ref key, .. } if key == "max_sessions_per_user"),
+        "{err:?}"
+    );
+}

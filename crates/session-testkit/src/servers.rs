@@ -1,0 +1,297 @@
+//! Real servers for tests: the shared local services, and private processes for fault tests.
+//!
+//! Shared services are found through environment variables read at run time (`REDIS_URL`,
+//! `DATABASE_URL`), defaulting to the local ones. A test that cannot reach its server fails with
+//! the command that starts it; it never passes by skipping.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use session_core::SessionToken;
+
+/// How to start the shared Redis, quoted in failures.
+pub const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+
+/// The shared Redis: `REDIS_URL`, default `redis://127.0.0.1:6379/0`.
+#[must_use]
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+/// A key prefix no other test run uses, e.g. `test:conf:Xy3...:`.
+#[must_use]
+pub fn unique_prefix(label: &str) -> String {
+    let random = SessionToken::generate().unwrap();
+    format!("test:{label}:{}:", &random.expose_secret()[..12])
+}
+
+/// Panics, saying how to start it, unless Redis answers at `url`.
+pub fn require_redis(url: &str) {
+    let ok = redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    if let Err(e) = ok {
+        panic!(
+            "Redis is not reachable at {url} ({e}). Start it with:\n  {START_REDIS}\nor set REDIS_URL."
+        );
+    }
+}
+
+/// A synchronous connection to `url` (for set-up, inspection and clean-up in tests).
+pub fn redis_connection(url: &str) -> redis::Connection {
+    require_redis(url);
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+/// Every key matching `pattern` (a Redis glob), by SCAN.
+pub fn redis_keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes every key under `prefix`. Synchronous, so it can run from `Drop`.
+pub fn redis_delete_prefix(url: &str, prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    for key in redis_keys(&mut conn, &format!("{prefix}*")) {
+        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&key).query(&mut conn);
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `redis-server` process on its own port, for tests that kill connections, read
+/// server-wide statistics or must not disturb the shared server. Killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("session-test-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}); install it with: apt-get install redis-server"
+                )
+            });
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(server.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server on port {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Its URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Its port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A synchronous connection to it.
+    #[must_use]
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP listener that accepts connections and never answers: a stalled server.
+pub struct StalledServer {
+    port: u16,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl StalledServer {
+    /// Starts one; connections it accepts are held open, unread, until the process exits.
+    #[must_use]
+    pub fn start() -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        Self {
+            port,
+            _thread: thread,
+        }
+    }
+
+    /// Its port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A TCP proxy a test controls, in front of a real server: it forwards bytes until told to stall
+/// (hold everything, so the server seems hung) or to cut (close every open connection).
+/// Needs a tokio runtime; stops when dropped.
+pub struct FaultProxy {
+    port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free local port forwarding to `target_port` on 127.0.0.1.
+    pub async fn start(target_port: u16) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (stalled, connections) = (stalled.clone(), connections.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) =
+                        tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, target_port)).await
+                    else {
+                        continue;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let (up, down) = (stalled.clone(), stalled.clone());
+                    let task = tokio::spawn(async move {
+                        tokio::select! {
+                            () = pump(client_read, server_write, up) => {},
+                            () = pump(server_read, client_write, down) => {},
+                        }
+                    });
+                    connections.lock().unwrap().push(task);
+                }
+            })
+        };
+        Self {
+            port,
+            stalled,
+            connections,
+            accept,
+        }
+    }
+
+    /// The port clients connect to.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Holds (or releases) every byte in both directions.
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection open through the proxy; new ones are accepted as before.
+    pub fn cut(&self) {
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
