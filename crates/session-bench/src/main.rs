@@ -1,35 +1,64 @@
-//! Benchmarks the user-session stores.
+//! Benchmarks the user-session stores against raw-driver baselines measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p session-bench -- [--seconds N] [BACKEND...]
+//! cargo run --release -p session-bench -- [--seconds N] [memory] [redis]
 //! ```
-//! Backends: `memory` (default). Each operation runs at 1 and 32 concurrent tasks for N seconds
-//! (default 2) against a store pre-filled with 10,000 sessions; the table gives ops/s, p50 and p99.
+//! Each operation runs at 1 and 32 concurrent tasks for N seconds (default 2) against a store
+//! pre-filled with 10,000 sessions of 1,000 users. For Redis (`REDIS_URL`, default
+//! `redis://127.0.0.1:6379/0`) a raw bb8-redis pool of the same size issuing the nearest single
+//! command runs right after each measurement, and the table gives the ratio.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::cast_precision_loss)] // a benchmark: a panic is the report
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSessionStore};
+use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSession, UserSessionStore};
+use session_redis::{RedisConfig, RedisStore};
 
 const PREFILL: usize = 10_000;
+const USERS: usize = 1_000;
 const CONCURRENCY: [usize; 2] = [1, 32];
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
-    Create,
     Get,
     Touch,
+    Create,
+    Update,
+    Rotate,
+    ListByUser,
 }
 
 impl Op {
-    const ALL: [Op; 3] = [Op::Get, Op::Touch, Op::Create];
+    const ALL: [Op; 6] = [
+        Op::Get,
+        Op::Touch,
+        Op::Create,
+        Op::Update,
+        Op::Rotate,
+        Op::ListByUser,
+    ];
 
     fn name(self) -> &'static str {
         match self {
-            Op::Create => "create",
             Op::Get => "get",
             Op::Touch => "touch",
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Rotate => "rotate",
+            Op::ListByUser => "list_by_user",
+        }
+    }
+
+    /// The raw command the baseline issues for this operation.
+    fn baseline_command(self) -> &'static str {
+        match self {
+            Op::Get | Op::Touch => "HGETALL",
+            Op::Create | Op::Update => "HSET",
+            Op::Rotate => "RENAME",
+            Op::ListByUser => "ZRANGEBYSCORE",
         }
     }
 }
@@ -41,45 +70,46 @@ struct Outcome {
     p99: Duration,
 }
 
-async fn run(
-    store: Arc<dyn UserSessionStore>,
-    tokens: Arc<Vec<SessionToken>>,
-    op: Op,
-    tasks: usize,
-    seconds: u64,
-) -> Outcome {
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `tasks` concurrent loops of `step` for `seconds`; each task owns the state `init` makes.
+async fn drive<S, I, IF, F, FF>(tasks: usize, seconds: u64, init: I, step: F) -> Outcome
+where
+    S: Send + 'static,
+    I: Fn(usize) -> IF,
+    IF: Future<Output = S>,
+    F: Fn(S) -> FF + Send + Sync + Clone + 'static,
+    FF: Future<Output = S> + Send,
+{
+    let mut states = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        states.push(init(task).await);
+    }
     let start = Instant::now();
-    // Each task checks the deadline itself: a store that never awaits (memory) would otherwise keep
-    // the workers busy and starve a timer-based stop.
+    // Each task checks the deadline itself: a store that never awaits (memory) would otherwise
+    // keep the workers busy and starve a timer-based stop.
     let deadline = start + Duration::from_secs(seconds);
-    let handles: Vec<_> = (0..tasks)
-        .map(|task| {
-            let (store, tokens) = (store.clone(), tokens.clone());
+    let handles: Vec<_> = states
+        .into_iter()
+        .map(|mut state| {
+            let step = step.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1 << 16);
-                let mut i = task * 7919;
+                let mut i = 0u64;
                 loop {
-                    if i % 64 == 0 {
+                    if i.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
+                    i += 1;
                     let t = Instant::now();
                     if t >= deadline {
                         break;
                     }
-                    let token = &tokens[i % tokens.len()];
-                    i += 1;
-                    match op {
-                        Op::Create => store
-                            .create(
-                                NewUserSession::new(format!("bench-{}", i % 1000))
-                                    .email("bench@example.com"),
-                            )
-                            .await
-                            .map(|_| ()),
-                        Op::Get => store.get(token).await.map(|_| ()),
-                        Op::Touch => store.touch(token).await.map(|_| ()),
-                    }
-                    .unwrap_or_else(|e| panic!("{} failed: {e}", op.name()));
+                    state = step(state).await;
                     latencies.push(t.elapsed());
                 }
                 latencies
@@ -88,7 +118,7 @@ async fn run(
         .collect();
     let mut all = Vec::new();
     for h in handles {
-        all.extend(h.await.unwrap_or_default());
+        all.extend(h.await.unwrap());
     }
     let elapsed = start.elapsed();
     all.sort_unstable();
@@ -105,13 +135,337 @@ async fn run(
     }
 }
 
-async fn open(backend: &str) -> Arc<dyn UserSessionStore> {
-    let policy = SessionPolicy::default();
-    match backend {
-        "memory" => {
-            Arc::new(session_memory::MemoryStore::new(policy).unwrap_or_else(|e| panic!("{e}")))
+/// Per-task state for the store loops.
+struct StoreTask {
+    store: Arc<dyn UserSessionStore>,
+    tokens: Arc<Vec<SessionToken>>,
+    own: (SessionToken, UserSession),
+    i: usize,
+}
+
+async fn run_store(
+    store: &Arc<dyn UserSessionStore>,
+    tokens: &Arc<Vec<SessionToken>>,
+    op: Op,
+    tasks: usize,
+    seconds: u64,
+) -> Outcome {
+    let init = |task: usize| {
+        let (store, tokens) = (store.clone(), tokens.clone());
+        async move {
+            let issued = store
+                .create(NewUserSession::new(format!("bench-own-{task}")))
+                .await
+                .unwrap();
+            StoreTask {
+                store,
+                tokens,
+                own: (issued.token, issued.session),
+                i: task * 7919,
+            }
         }
-        other => panic!("unknown backend {other:?}; known: memory"),
+    };
+    let step = move |mut t: StoreTask| async move {
+        t.i += 1;
+        let token = &t.tokens[t.i % t.tokens.len()];
+        match op {
+            Op::Get => drop(t.store.get(token).await.unwrap()),
+            Op::Touch => drop(t.store.touch(token).await.unwrap()),
+            // New users, so the listed users keep their 10 sessions each.
+            Op::Create => drop(
+                t.store
+                    .create(
+                        NewUserSession::new(format!("new-user-{}", t.i % USERS))
+                            .email("bench@example.com"),
+                    )
+                    .await
+                    .unwrap(),
+            ),
+            Op::Update => {
+                let mut session = t.own.1.clone();
+                session.set_attribute("n", t.i);
+                t.own.1 = t.store.update(&session).await.unwrap();
+            }
+            Op::Rotate => {
+                let issued = t.store.rotate(&t.own.0).await.unwrap().unwrap();
+                t.own = (issued.token, issued.session);
+            }
+            Op::ListByUser => drop(
+                t.store
+                    .list_by_user(&format!("user-{}", t.i % USERS))
+                    .await
+                    .unwrap(),
+            ),
+        }
+        t
+    };
+    drive(tasks, seconds, init, step).await
+}
+
+/// Per-task state for the raw bb8-redis baseline.
+struct RawTask {
+    pool: bb8::Pool<bb8_redis::RedisConnectionManager>,
+    prefix: Arc<str>,
+    session_keys: Arc<Vec<String>>,
+    index_keys: Arc<Vec<String>>,
+    i: usize,
+    task: usize,
+    /// Whether the task's own key currently has its alternate name (rotate ping-pong).
+    renamed: bool,
+}
+
+/// The raw baseline: the nearest single command, on the store's own keys where it reads them.
+async fn run_baseline(
+    pool: &bb8::Pool<bb8_redis::RedisConnectionManager>,
+    prefix: &str,
+    keys: &(Arc<Vec<String>>, Arc<Vec<String>>),
+    op: Op,
+    tasks: usize,
+    seconds: u64,
+) -> Outcome {
+    let prefix: Arc<str> = Arc::from(format!("{prefix}raw:"));
+    let init = |task: usize| {
+        let (pool, prefix, session_keys, index_keys) =
+            (pool.clone(), prefix.clone(), keys.0.clone(), keys.1.clone());
+        async move {
+            let mut conn = pool.get().await.unwrap();
+            let key = format!("{prefix}own:{task}");
+            redis::cmd("DEL")
+                .arg(&key)
+                .arg(format!("{key}b"))
+                .exec_async(&mut *conn)
+                .await
+                .unwrap();
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("user_id")
+                .arg("u")
+                .arg("email")
+                .arg("e")
+                .exec_async(&mut *conn)
+                .await
+                .unwrap();
+            drop(conn);
+            RawTask {
+                pool,
+                prefix,
+                session_keys,
+                index_keys,
+                i: task * 7919,
+                task,
+                renamed: false,
+            }
+        }
+    };
+    let step = move |mut t: RawTask| async move {
+        t.i += 1;
+        let mut conn = t.pool.get().await.unwrap();
+        let key = &t.session_keys[t.i % t.session_keys.len()];
+        let own = format!("{}own:{}", t.prefix, t.task);
+        let cmd = match op {
+            Op::Get | Op::Touch => redis::cmd("HGETALL").arg(key).clone(),
+            Op::Create => redis::cmd("HSET")
+                .arg(format!("{}new:{}:{}", t.prefix, t.task, t.i))
+                .arg(&[
+                    ("user_id", "u"),
+                    ("company_name", "c"),
+                    ("email", "bench@example.com"),
+                    ("is_root", "N"),
+                ])
+                .clone(),
+            Op::Update => redis::cmd("HSET")
+                .arg(&own)
+                .arg("attributes")
+                .arg(t.i)
+                .clone(),
+            Op::Rotate => {
+                // Ping-pong the task's own key between two names.
+                let (from, to) = if t.renamed {
+                    (format!("{own}b"), own.clone())
+                } else {
+                    (own.clone(), format!("{own}b"))
+                };
+                t.renamed = !t.renamed;
+                redis::cmd("RENAME").arg(from).arg(to).clone()
+            }
+            Op::ListByUser => redis::cmd("ZRANGEBYSCORE")
+                .arg(&t.index_keys[t.i % t.index_keys.len()])
+                .arg(0)
+                .arg("+inf")
+                .clone(),
+        };
+        let _: redis::Value = cmd.query_async(&mut *conn).await.unwrap();
+        drop(conn);
+        t
+    };
+    drive(tasks, seconds, init, step).await
+}
+
+async fn prefill(store: &Arc<dyn UserSessionStore>) -> Arc<Vec<SessionToken>> {
+    let mut tokens = Vec::with_capacity(PREFILL);
+    for i in 0..PREFILL {
+        tokens.push(
+            store
+                .create(NewUserSession::new(format!("user-{}", i % USERS)))
+                .await
+                .unwrap()
+                .token,
+        );
+    }
+    Arc::new(tokens)
+}
+
+fn row(backend: &str, op: Op, tasks: usize, o: &Outcome, baseline: Option<&Outcome>) {
+    let (base, ratio) = baseline.map_or((String::from("-"), String::from("-")), |b| {
+        (
+            format!("{:.0}", b.rate()),
+            format!("{:.2}", o.rate() / b.rate()),
+        )
+    });
+    println!(
+        "{backend:<12} {:<13} {tasks:>5} {:>11.0} {:>8.1} {:>9.1} {:>22} {:>6}",
+        op.name(),
+        o.rate(),
+        o.p50.as_secs_f64() * 1e6,
+        o.p99.as_secs_f64() * 1e6,
+        baseline.map_or(String::new(), |_| format!(
+            "{} {base}",
+            op.baseline_command()
+        )),
+        ratio
+    );
+}
+
+/// Deletes the bench's keys when dropped, also when a measurement panics.
+struct PrefixCleanup {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for PrefixCleanup {
+    fn drop(&mut self) {
+        let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let mut cursor = 0u64;
+        loop {
+            let Ok((next, keys)) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query::<(u64, Vec<String>)>(&mut conn)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query(&mut conn);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
+async fn bench_memory(seconds: u64) {
+    let store: Arc<dyn UserSessionStore> =
+        Arc::new(session_memory::MemoryStore::new(SessionPolicy::default()).unwrap());
+    let tokens = prefill(&store).await;
+    for op in Op::ALL {
+        for tasks in CONCURRENCY {
+            row(
+                "memory",
+                op,
+                tasks,
+                &run_store(&store, &tokens, op, tasks, seconds).await,
+                None,
+            );
+        }
+    }
+}
+
+async fn bench_redis(seconds: u64) {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+    let prefix = format!(
+        "bench:{}:",
+        &SessionToken::generate().unwrap().expose_secret()[..10]
+    );
+    let _cleanup = PrefixCleanup {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let config = RedisConfig::new(url.clone()).key_prefix(prefix.clone());
+    let pool_size = config.pool_max_size;
+    let store: Arc<dyn UserSessionStore> = Arc::new(
+        RedisStore::connect(config.clone(), SessionPolicy::default())
+            .await
+            .unwrap(),
+    );
+    let pinging: Arc<dyn UserSessionStore> = Arc::new(
+        RedisStore::connect(config.test_on_checkout(true), SessionPolicy::default())
+            .await
+            .unwrap(),
+    );
+    let tokens = prefill(&store).await;
+
+    let raw = bb8::Pool::builder()
+        .max_size(pool_size)
+        .test_on_check_out(false)
+        .build(bb8_redis::RedisConnectionManager::new(url.as_str()).unwrap())
+        .await
+        .unwrap();
+    // The store's own keys (see docs/backends.md for the layout), for the baseline to read.
+    let mut conn = raw.get().await.unwrap();
+    let mut session_keys = Vec::with_capacity(PREFILL);
+    for token in tokens.iter() {
+        let handle = token.handle();
+        session_keys.push(format!(
+            "{prefix}{{{}}}:s:{}",
+            handle.routing_tag().unwrap(),
+            handle.hash()
+        ));
+    }
+    let mut index_keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}{{*}}:u:user-*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        index_keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    drop(conn);
+    assert_eq!(index_keys.len(), USERS);
+    let keys = (Arc::new(session_keys), Arc::new(index_keys));
+    for op in Op::ALL {
+        for tasks in CONCURRENCY {
+            let ours = run_store(&store, &tokens, op, tasks, seconds).await;
+            let base = run_baseline(&raw, &prefix, &keys, op, tasks, seconds).await;
+            row("redis", op, tasks, &ours, Some(&base));
+        }
+    }
+    for tasks in CONCURRENCY {
+        let base = run_baseline(&raw, &prefix, &keys, Op::Get, tasks, seconds).await;
+        row(
+            "redis+ping",
+            Op::Get,
+            tasks,
+            &run_store(&pinging, &tokens, Op::Get, tasks, seconds).await,
+            Some(&base),
+        );
     }
 }
 
@@ -125,42 +479,23 @@ async fn main() {
             seconds = args
                 .next()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("--seconds takes a whole number"));
+                .expect("--seconds takes a whole number");
         } else {
             backends.push(arg);
         }
     }
     if backends.is_empty() {
-        backends.push("memory".to_owned());
+        backends = vec!["memory".to_owned(), "redis".to_owned()];
     }
     println!(
-        "{:<8} {:<7} {:>5} {:>12} {:>10} {:>10}",
-        "backend", "op", "tasks", "ops/s", "p50 µs", "p99 µs"
+        "{:<12} {:<13} {:>5} {:>11} {:>8} {:>9} {:>22} {:>6}",
+        "backend", "op", "tasks", "ops/s", "p50 µs", "p99 µs", "baseline ops/s", "ratio"
     );
     for backend in &backends {
-        let store = open(backend).await;
-        let mut tokens = Vec::with_capacity(PREFILL);
-        for i in 0..PREFILL {
-            let issued = store
-                .create(NewUserSession::new(format!("user-{}", i % 1000)))
-                .await
-                .unwrap_or_else(|e| panic!("prefill: {e}"));
-            tokens.push(issued.token);
-        }
-        let tokens = Arc::new(tokens);
-        for op in Op::ALL {
-            for tasks in CONCURRENCY {
-                let o = run(store.clone(), tokens.clone(), op, tasks, seconds).await;
-                println!(
-                    "{:<8} {:<7} {:>5} {:>12.0} {:>10.1} {:>10.1}",
-                    backend,
-                    op.name(),
-                    tasks,
-                    o.ops as f64 / o.elapsed.as_secs_f64(),
-                    o.p50.as_secs_f64() * 1e6,
-                    o.p99.as_secs_f64() * 1e6
-                );
-            }
+        match backend.as_str() {
+            "memory" => bench_memory(seconds).await,
+            "redis" => bench_redis(seconds).await,
+            other => panic!("unknown backend {other:?}; known: memory, redis"),
         }
     }
 }
