@@ -344,30 +344,7 @@ struct PrefixCleanup {
 
 impl Drop for PrefixCleanup {
     fn drop(&mut self) {
-        let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
-        else {
-            return;
-        };
-        let mut cursor = 0u64;
-        loop {
-            let Ok((next, keys)) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query::<(u64, Vec<String>)>(&mut conn)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query(&mut conn);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
+        session_testkit::servers::redis_delete_prefix(&self.url, &self.prefix);
     }
 }
 

@@ -310,6 +310,20 @@ impl RedisStore {
         Ok(session.filter(|s| !self.policy.is_expired(s, now)))
     }
 
+    /// Deletes the session at `location`; true if it was live.
+    async fn delete_at(&self, location: &Location, handle: &SessionHandle) -> Result<bool> {
+        let mut invocation = scripts::DELETE.prepare_invoke();
+        invocation
+            .key(&location.key)
+            .arg(self.now_ms())
+            .arg(&location.base)
+            .arg(&location.member);
+        let reply = self
+            .invoke(Idempotent::No, &invocation, Some(handle))
+            .await?;
+        Ok(matches!(reply, Value::Int(1)))
+    }
+
     fn now_ms(&self) -> u64 {
         millis_since_epoch(self.policy.now())
     }
@@ -481,36 +495,18 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn delete(&self, token: &SessionToken) -> Result<bool> {
-        let Some(location) = self.locate(token) else {
-            return Ok(false);
-        };
-        let mut invocation = scripts::DELETE.prepare_invoke();
-        invocation
-            .key(&location.key)
-            .arg(self.now_ms())
-            .arg(&location.base)
-            .arg(&location.member);
-        let reply = self
-            .invoke(Idempotent::No, &invocation, Some(token.handle()))
-            .await?;
-        Ok(matches!(reply, Value::Int(1)))
+        match self.locate(token) {
+            Some(location) => self.delete_at(&location, token.handle()).await,
+            None => Ok(false),
+        }
     }
 
     async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
         self.unsupported_in_compat("delete_by_handle")?;
-        let Some(location) = self.locate_handle(handle) else {
-            return Ok(false);
-        };
-        let mut invocation = scripts::DELETE.prepare_invoke();
-        invocation
-            .key(&location.key)
-            .arg(self.now_ms())
-            .arg(&location.base)
-            .arg(&location.member);
-        let reply = self
-            .invoke(Idempotent::No, &invocation, Some(handle))
-            .await?;
-        Ok(matches!(reply, Value::Int(1)))
+        match self.locate_handle(handle) {
+            Some(location) => self.delete_at(&location, handle).await,
+            None => Ok(false),
+        }
     }
 
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
@@ -581,13 +577,7 @@ impl UserSessionStore for RedisStore {
         let mut cursor = 0u64;
         let mut removed = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut conn.inner)
+            let (next, keys) = scan_page(&mut conn.inner, cursor, &pattern)
                 .await
                 .map_err(|e| self.fail(&mut conn, e, None))?;
             for index in keys {
@@ -628,13 +618,7 @@ impl StorageDump for RedisStore {
         let mut keys = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn.inner)
+            let (next, batch) = scan_page(&mut conn.inner, cursor, &pattern)
                 .await
                 .map_err(|e| self.fail(&mut conn, e, None))?;
             keys.extend(batch);
@@ -685,6 +669,22 @@ impl StorageDump for RedisStore {
         }
         Ok(out)
     }
+}
+
+/// One page of `SCAN cursor MATCH pattern`: the next cursor (0 at the end) and the keys.
+async fn scan_page(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cursor: u64,
+    pattern: &str,
+) -> redis::RedisResult<(u64, Vec<String>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(conn)
+        .await
 }
 
 fn render(value: &Value) -> String {

@@ -828,3 +828,30 @@ async fn compatible_layout_is_shared_with_another_service_both_ways() {
         "{err:?}"
     );
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_carry_sessions_over_tls() {
+    let server = RedisServer::start_tls();
+    let store = RedisStore::connect(RedisConfig::new(server.url()), SessionPolicy::default())
+        .await
+        .unwrap();
+    let issued = store.create(alice()).await.unwrap();
+    assert_eq!(
+        store.get(&issued.token).await.unwrap().unwrap().email,
+        "alice@acme.test"
+    );
+    let rotated = store.rotate(&issued.token).await.unwrap().unwrap();
+    assert_eq!(store.list_by_user("alice").await.unwrap().len(), 1);
+    assert!(store.delete(&rotated.token).await.unwrap());
+    // A plain-text client cannot talk to it: TLS really is in use.
+    let plain = format!("redis://127.0.0.1:{}/0", server.port());
+    assert!(
+        RedisStore::connect(
+            RedisConfig::new(plain).checkout_timeout(Duration::from_millis(500)),
+            SessionPolicy::default()
+        )
+        .await
+        .is_err()
+    );
+}

@@ -12,6 +12,17 @@ use crate::{Fixture, StoreFactory};
 const MINUTE: Duration = Duration::from_secs(60);
 const MS: Duration = Duration::from_millis(1);
 
+/// The handles of `user_id`'s live sessions, in the order the store lists them.
+async fn listed_handles(fx: &Fixture, user_id: &str) -> Vec<SessionHandle> {
+    fx.store()
+        .list_by_user(user_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.handle)
+        .collect()
+}
+
 fn alice() -> NewUserSession {
     NewUserSession::new("alice")
         .company_name("Acme Ltd")
@@ -430,14 +441,7 @@ pub async fn delete_and_delete_by_handle(factory: &dyn StoreFactory) {
         fx.store().get(&c.token).await.unwrap().is_some(),
         "others untouched"
     );
-    let listed: Vec<_> = fx
-        .store()
-        .list_by_user("alice")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.handle)
-        .collect();
+    let listed = listed_handles(&fx, "alice").await;
     assert_eq!(listed, vec![c.session.handle.clone()]);
 }
 
@@ -450,14 +454,7 @@ pub async fn list_and_delete_by_user_except(factory: &dyn StoreFactory) {
         fx.clock.advance(MS * 10);
     }
     let bob = fx.store().create(NewUserSession::new("bob")).await.unwrap();
-    let listed: Vec<_> = fx
-        .store()
-        .list_by_user("alice")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.handle)
-        .collect();
+    let listed = listed_handles(&fx, "alice").await;
     let expected: Vec<_> = alice_handles
         .iter()
         .map(|i| i.session.handle.clone())
@@ -473,14 +470,7 @@ pub async fn list_and_delete_by_user_except(factory: &dyn StoreFactory) {
             .unwrap(),
         2
     );
-    let listed: Vec<_> = fx
-        .store()
-        .list_by_user("alice")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.handle)
-        .collect();
+    let listed = listed_handles(&fx, "alice").await;
     assert_eq!(listed, vec![keep.session.handle.clone()]);
     assert!(fx.store().get(&keep.token).await.unwrap().is_some());
     assert_eq!(fx.store().get(&alice_handles[0].token).await.unwrap(), None);
@@ -514,14 +504,7 @@ pub async fn per_user_cap_evicts_oldest(factory: &dyn StoreFactory) {
         fx.store().get(&bob.token).await.unwrap().is_some(),
         "the cap is per user"
     );
-    let listed: Vec<_> = fx
-        .store()
-        .list_by_user("alice")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.handle)
-        .collect();
+    let listed = listed_handles(&fx, "alice").await;
     assert_eq!(
         listed,
         vec![second.session.handle.clone(), third.session.handle.clone()]

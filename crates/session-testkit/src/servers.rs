@@ -71,8 +71,8 @@ pub fn redis_delete_prefix(url: &str, prefix: &str) {
     let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
         return;
     };
-    for key in redis_keys(&mut conn, &format!("{prefix}*")) {
-        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&key).query(&mut conn);
+    for keys in redis_keys(&mut conn, &format!("{prefix}*")).chunks(1000) {
+        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(keys).query(&mut conn);
     }
 }
 
@@ -92,28 +92,68 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts one and waits until it answers.
     pub fn start() -> Self {
+        Self::spawn(false)
+    }
+
+    /// Starts one that accepts only TLS, with a self-signed certificate made for it by `openssl`.
+    /// Its [`RedisServer::url`] is `rediss://...#insecure` (the certificate is not verified).
+    pub fn start_tls() -> Self {
+        Self::spawn(true)
+    }
+
+    fn spawn(tls: bool) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("session-test-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(&dir);
+        if tls {
+            let made = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ])
+                .args(["-keyout", "key.pem", "-out", "cert.pem"])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run openssl ({e}); install it with: apt-get install openssl")
+                });
+            assert!(made.success(), "openssl could not make a certificate");
+            command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
+                .current_dir(&dir);
+        } else {
+            command.args(["--port", &port.to_string()]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -122,12 +162,24 @@ impl RedisServer {
                     "cannot run redis-server ({e}); install it with: apt-get install redis-server"
                 )
             });
-        let server = Self { child, port, dir };
+        let server = Self {
+            child,
+            port,
+            dir,
+            tls,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis::Client::open(server.url())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-            .is_err()
-        {
+        // A TLS server is ready once it accepts; a plain one once it answers.
+        let ready = |server: &Self| {
+            if tls {
+                std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
+            } else {
+                redis::Client::open(server.url())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                    .is_ok()
+            }
+        };
+        while !ready(&server) {
             assert!(
                 Instant::now() < deadline,
                 "private redis-server on port {port} did not start"
@@ -140,7 +192,11 @@ impl RedisServer {
     /// Its URL.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        if self.tls {
+            format!("rediss://127.0.0.1:{}/0#insecure", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
     }
 
     /// Its port.
