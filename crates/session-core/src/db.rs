@@ -158,11 +158,13 @@ impl PoolConfig {
 ///   never returned to the pool: otherwise it would stay "idle in transaction" and a later
 ///   transaction on it would silently become a savepoint that is never committed;
 /// - a scope opened on a connection already in a transaction (nesting) is a savepoint.
-pub trait DbSessionProvider: Send + Sync + 'static {
-    /// The connection type scopes run on (e.g. `AsyncPgConnection`).
-    type Connection: Send + 'static;
+///
+/// `Conn` is the connection type scopes run on (e.g. `AsyncPgConnection`). It is a type parameter
+/// rather than an associated type so the scope's higher-ranked closure bound names it directly: the
+/// compiler cannot yet normalise an associated type inside such a bound in an implementation.
+pub trait DbSessionProvider<Conn: Send + 'static>: Send + Sync + 'static {
     /// A checked-out connection; returning it to the pool on drop.
-    type Pooled<'a>: DerefMut<Target = Self::Connection> + Send
+    type Pooled<'a>: DerefMut<Target = Conn> + Send
     where
         Self: 'a;
 
@@ -179,8 +181,8 @@ pub trait DbSessionProvider: Send + Sync + 'static {
         scope: F,
     ) -> impl Future<Output = std::result::Result<R, E>> + Send + 'a
     where
-        for<'r> F: AsyncFnOnce(&'r mut Self::Connection) -> std::result::Result<R, E>
-            + ScopeFn<&'r mut Self::Connection, std::result::Result<R, E>, Fut: Send>
+        for<'r> F: AsyncFnOnce(&'r mut Conn) -> std::result::Result<R, E>
+            + ScopeFn<&'r mut Conn, std::result::Result<R, E>, Fut: Send>
             + Send
             + 'a,
         E: From<SessionError> + Send + 'a,

@@ -88,6 +88,17 @@ pub enum SessionError {
         after: Duration,
     },
 
+    /// A serializable or repeatable-read transaction lost to a concurrent one. Temporary: run the
+    /// whole transaction again.
+    #[error("{backend} transaction could not be serialized with a concurrent one; retry it")]
+    SerializationFailure {
+        /// The backend name.
+        backend: &'static str,
+        /// The underlying driver error.
+        #[source]
+        source: BoxError,
+    },
+
     /// The backend reported an error that is neither a connectivity problem nor bad data.
     #[error("{backend} error")]
     Backend {
@@ -129,13 +140,17 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// True when the same call may succeed if retried later (connectivity and time-outs).
+    /// True when the same call may succeed if retried later (connectivity, time-outs, and a
+    /// transaction that lost a serialization conflict).
     ///
     /// A [`SessionError::Conflict`] is not temporary: retrying the same write loses again; re-read and
     /// reapply instead.
     #[must_use]
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Timeout { .. } | Self::SerializationFailure { .. }
+        )
     }
 
     /// True for a lost compare-and-set.

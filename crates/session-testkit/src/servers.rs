@@ -76,6 +76,150 @@ pub fn redis_delete_prefix(url: &str, prefix: &str) {
     }
 }
 
+/// How to start the shared PostgreSQL, quoted in failures.
+pub const START_POSTGRES: &str =
+    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+
+/// The shared PostgreSQL: `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
+#[must_use]
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Runs one SQL command through `psql` against `url` and returns its unaligned output.
+///
+/// # Panics
+/// If `psql` is missing or the command fails; the message says how to start PostgreSQL.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run psql ({e}); install it with: apt-get install postgresql-client")
+        });
+    assert!(
+        out.status.success(),
+        "psql failed at {url}: {}\nIf PostgreSQL is down, start it with:\n  {START_POSTGRES}\nor set DATABASE_URL.",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A schema of its own in the shared PostgreSQL, dropped with everything in it when this is
+/// dropped. Its URL sets `search_path` to it and `application_name` to its name, so a test can find
+/// (and terminate) exactly its own connections.
+pub struct PgSchema {
+    base: String,
+    name: String,
+}
+
+impl PgSchema {
+    /// Creates `test_<label>_<random>`.
+    #[must_use]
+    pub fn create(label: &str) -> Self {
+        let random: String = SessionToken::generate()
+            .unwrap()
+            .expose_secret()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let name = format!("test_{label}_{random}");
+        let base = database_url();
+        psql(&base, &format!("CREATE SCHEMA {name}"));
+        Self { base, name }
+    }
+
+    /// The schema's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection URL whose sessions use this schema.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{sep}options=-csearch_path%3D{}&application_name={}",
+            self.base, self.name, self.name
+        )
+    }
+
+    /// Terminates every server process connected through [`PgSchema::url`]; returns how many.
+    #[must_use]
+    pub fn terminate_backends(&self) -> u64 {
+        psql(
+            &self.base,
+            &format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{}'", self.name),
+        )
+        .parse()
+        .unwrap()
+    }
+
+    /// How many server processes are connected through [`PgSchema::url`].
+    #[must_use]
+    pub fn backends(&self) -> u64 {
+        psql(
+            &self.base,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}'",
+                self.name
+            ),
+        )
+        .parse()
+        .unwrap()
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                self.base.as_str(),
+                "-X",
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+            ])
+            .output();
+    }
+}
+
+/// An SQLite database file of its own in the temporary directory, removed (with its WAL files)
+/// when this is dropped.
+pub struct SqliteFile {
+    path: PathBuf,
+}
+
+impl SqliteFile {
+    /// A fresh path `session-test-<label>-<random>.db`; the file is created on first connect.
+    #[must_use]
+    pub fn new(label: &str) -> Self {
+        let token = SessionToken::generate().unwrap();
+        let random = &token.expose_secret()[..12];
+        Self {
+            path: std::env::temp_dir().join(format!("session-test-{label}-{random}.db")),
+        }
+    }
+
+    /// Its `sqlite://` URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+}
+
+impl Drop for SqliteFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 #[must_use]
 pub fn free_port() -> u16 {

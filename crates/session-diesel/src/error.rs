@@ -1,0 +1,76 @@
+//! Conversion of diesel, diesel-async pool and bb8 errors into [`SessionError`], in one place.
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::PoolError;
+use session_core::SessionError;
+
+/// Converts a query error.
+pub(crate) fn from_diesel(backend: &'static str, err: DieselError) -> SessionError {
+    match err {
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+            SessionError::SerializationFailure {
+                backend,
+                source: Box::new(err),
+            }
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+        | DieselError::BrokenTransactionManager => SessionError::Unavailable {
+            backend,
+            source: Box::new(err),
+        },
+        DieselError::DeserializationError(_) => SessionError::Decode {
+            backend,
+            handle: None,
+            reason: err.to_string(),
+        },
+        // A connection whose server went away surfaces as an unknown database error whose message
+        // says so; it is temporary like any other lost connection.
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)
+            if is_connection_loss(info.message()) =>
+        {
+            SessionError::Unavailable {
+                backend,
+                source: Box::new(err),
+            }
+        }
+        other => SessionError::Backend {
+            backend,
+            source: Box::new(other),
+        },
+    }
+}
+
+fn is_connection_loss(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "connection closed",
+        "terminating connection",
+        "broken pipe",
+        "connection reset",
+        "server closed the connection",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+/// Converts a checkout error.
+pub(crate) fn from_pool(
+    backend: &'static str,
+    err: bb8::RunError<PoolError>,
+    checkout_timeout: Duration,
+) -> SessionError {
+    match err {
+        bb8::RunError::TimedOut => SessionError::Timeout {
+            backend,
+            operation: "checkout",
+            after: checkout_timeout,
+        },
+        bb8::RunError::User(PoolError::ConnectionError(e)) => SessionError::Unavailable {
+            backend,
+            source: Box::new(e),
+        },
+        bb8::RunError::User(PoolError::QueryError(e)) => from_diesel(backend, e),
+    }
+}

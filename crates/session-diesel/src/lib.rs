@@ -1,0 +1,32 @@
+//! diesel-async backends: a [`DbSessionProvider`](session_core::DbSessionProvider) for PostgreSQL
+//! and SQLite on a bb8 pool, and a PostgreSQL [`UserSessionStore`](session_core::UserSessionStore).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), session_core::SessionError> {
+//! use diesel_async::RunQueryDsl;
+//! use session_core::{DbSessionProvider, PoolConfig, ScopeOptions, SessionError};
+//! let db = session_diesel::SqliteProvider::open("sqlite://app.db", PoolConfig::default()).await?;
+//! let n = db.transaction(ScopeOptions::new(), async |conn| {
+//!     diesel::sql_query("CREATE TABLE IF NOT EXISTS t (x INTEGER)").execute(conn).await
+//!         .map_err(|e| SessionError::Backend { backend: "sqlite", source: Box::new(e) })
+//! }).await?;
+//! # let _ = n; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod error;
+#[cfg(feature = "postgres")]
+mod pg;
+mod provider;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use pg::PgProvider;
+pub use provider::{DieselProvider, PooledConnection, ProviderConnection};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteConn, SqliteProvider, SqliteTarget, parse_sqlite_url};
+
+/// The driver crates, re-exported so users name the same versions.
+pub use {bb8, diesel, diesel_async};

@@ -1,0 +1,216 @@
+//! The pooled transaction scope, generic over the diesel-async connection.
+
+use std::future::Future;
+use std::sync::RwLock;
+
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
+use diesel_async::{AsyncConnection, SimpleAsyncConnection, TransactionManager};
+use session_core::{
+    DbSessionProvider, PoolConfig, PoolState, Result, ScopeFn, ScopeOptions, SessionError,
+};
+
+use crate::error::{from_diesel, from_pool};
+
+/// A checked-out connection; returned to the pool on drop (or discarded if it is broken).
+pub type PooledConnection<C> = bb8::PooledConnection<'static, AsyncDieselConnectionManager<C>>;
+
+/// What differs between the connection types a provider can pool. Sealed: implemented for
+/// `AsyncPgConnection` and `SyncConnectionWrapper<SqliteConnection>` only.
+pub trait ProviderConnection:
+    AsyncConnection + SimpleAsyncConnection + Send + 'static + sealed::Sealed
+{
+    /// The backend's name for logs, metrics and errors.
+    const BACKEND: &'static str;
+
+    /// The statement that applies `options` right after `BEGIN`, if any.
+    ///
+    /// # Errors
+    /// [`SessionError::Unsupported`] for an option the backend cannot honour.
+    fn scope_prelude(options: &ScopeOptions) -> Result<Option<&'static str>>;
+
+    /// How new connections are opened (e.g. SQLite pragmas).
+    fn manager_config() -> ManagerConfig<Self>;
+}
+
+pub(crate) mod sealed {
+    /// Prevents implementations outside this crate.
+    pub trait Sealed {}
+}
+
+/// A [`DbSessionProvider`] on a bb8 pool of diesel-async connections.
+///
+/// Use [`crate::PgProvider`] or [`crate::SqliteProvider`].
+pub struct DieselProvider<C: ProviderConnection>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    /// `None` once closed. Checkouts take a clone (an `Arc` inside), so closing drops only this
+    /// handle: idle connections close at once, busy ones when their scopes return them.
+    pool: RwLock<Option<bb8::Pool<AsyncDieselConnectionManager<C>>>>,
+    config: PoolConfig,
+}
+
+impl<C: ProviderConnection> std::fmt::Debug for DieselProvider<C>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DieselProvider")
+            .field("backend", &C::BACKEND)
+            .field("config", &self.config)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl<C: ProviderConnection> DieselProvider<C>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    /// Builds the pool for `url` (connection strings are passed to the driver as they are) and
+    /// checks that the database answers.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] for invalid pool settings; `Unavailable` or `Timeout` if the
+    /// database cannot be reached within the checkout timeout.
+    pub async fn connect(url: &str, config: PoolConfig) -> Result<Self> {
+        config.validate()?;
+        let manager = AsyncDieselConnectionManager::<C>::new_with_config(url, C::manager_config());
+        let mut builder = bb8::Pool::builder()
+            .max_size(config.max_size)
+            .min_idle(config.min_idle)
+            .connection_timeout(config.checkout_timeout)
+            .test_on_check_out(config.test_on_checkout)
+            .idle_timeout(config.idle_timeout)
+            .max_lifetime(config.max_lifetime);
+        // A refused connection should fail the checkout that needed it, not be retried silently
+        // until the checkout timeout.
+        builder = builder.retry_connection(false);
+        let pool = builder.build_unchecked(manager);
+        let provider = Self {
+            pool: RwLock::new(Some(pool)),
+            config,
+        };
+        provider.health().await?;
+        Ok(provider)
+    }
+
+    /// The pool settings in force.
+    #[must_use]
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    fn pool(&self) -> Result<bb8::Pool<AsyncDieselConnectionManager<C>>> {
+        self.pool
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(SessionError::Closed {
+                backend: C::BACKEND,
+            })
+    }
+
+    async fn checkout(&self) -> Result<PooledConnection<C>> {
+        self.pool()?
+            .get_owned()
+            .await
+            .map_err(|e| from_pool(C::BACKEND, e, self.config.checkout_timeout))
+    }
+}
+
+impl<C: ProviderConnection> DbSessionProvider<C> for DieselProvider<C>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    type Pooled<'a> = PooledConnection<C>;
+
+    fn backend(&self) -> &'static str {
+        C::BACKEND
+    }
+
+    fn connection(&self) -> impl Future<Output = Result<Self::Pooled<'_>>> + Send {
+        self.checkout()
+    }
+
+    async fn transaction<'a, R, E, F>(
+        &'a self,
+        options: ScopeOptions,
+        scope: F,
+    ) -> std::result::Result<R, E>
+    where
+        for<'r> F: AsyncFnOnce(&'r mut C) -> std::result::Result<R, E>
+            + ScopeFn<&'r mut C, std::result::Result<R, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: From<SessionError> + Send + 'a,
+        R: Send + 'a,
+    {
+        let db = |e| E::from(from_diesel(C::BACKEND, e));
+        let prelude = C::scope_prelude(&options)?;
+        let mut pooled = self.checkout().await?;
+        let conn: &mut C = &mut pooled;
+        // If this future is dropped from here on (a timeout, a client gone) or the scope
+        // panics, the connection goes back with its transaction open; diesel-async then
+        // reports it broken and bb8 closes it, so the server rolls back and no later scope
+        // can inherit the open transaction.
+        C::TransactionManager::begin_transaction(conn)
+            .await
+            .map_err(db)?;
+        if let Some(statement) = prelude
+            && let Err(e) = conn.batch_execute(statement).await
+        {
+            let _ = C::TransactionManager::rollback_transaction(conn).await;
+            return Err(db(e));
+        }
+        match scope(conn).await {
+            Ok(value) => {
+                C::TransactionManager::commit_transaction(conn)
+                    .await
+                    .map_err(db)?;
+                Ok(value)
+            }
+            Err(err) => {
+                // The caller's error wins; a failed rollback leaves the connection marked
+                // broken, so it is discarded rather than reused.
+                if let Err(rollback) = C::TransactionManager::rollback_transaction(conn).await {
+                    tracing::warn!(backend = C::BACKEND, error = %rollback, "rollback failed; the connection will be discarded");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn state(&self) -> PoolState {
+        let mut out = PoolState::default();
+        out.max_size = self.config.max_size;
+        if let Ok(pool) = self.pool() {
+            let state = pool.state();
+            out.connections = state.connections;
+            out.idle = state.idle_connections;
+            out.waited = state.statistics.get_waited;
+            out.timed_out = state.statistics.get_timed_out;
+            out.broken_closed = state.statistics.connections_closed_broken
+                + state.statistics.connections_closed_invalid;
+        }
+        out
+    }
+
+    async fn health(&self) -> Result<()> {
+        let mut conn = self.checkout().await?;
+        conn.batch_execute("SELECT 1")
+            .await
+            .map_err(|e| from_diesel(C::BACKEND, e))
+    }
+
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        let pool = self
+            .pool
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        async move {
+            drop(pool);
+        }
+    }
+}
