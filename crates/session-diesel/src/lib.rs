@@ -21,12 +21,16 @@ mod pg;
 mod provider;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "postgres")]
+mod store;
 
 #[cfg(feature = "postgres")]
 pub use pg::PgProvider;
 pub use provider::{DieselProvider, PooledConnection, ProviderConnection};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConn, SqliteProvider, SqliteTarget, parse_sqlite_url};
+#[cfg(feature = "postgres")]
+pub use store::{DEFAULT_PURGE_BATCH, MIGRATIONS, PgSessionStore};
 
 /// The driver crates, re-exported so users name the same versions.
 pub use {bb8, diesel, diesel_async};

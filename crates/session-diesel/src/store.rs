@@ -1,0 +1,569 @@
+//! User sessions in PostgreSQL.
+//!
+//! One statement (one round trip) per operation. Instants cross the wire as epoch milliseconds and
+//! are stored as `TIMESTAMPTZ`, converted in SQL with exact interval arithmetic, so no session
+//! time zone can shift them. Expiry is judged by the policy clock's "now", passed to every
+//! statement; a session is live while `idle_expires_at > now` (the idle expiry is never after the
+//! absolute one, a table constraint).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Bool, Text};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use session_core::clock::{from_millis_since_epoch, millis_since_epoch};
+use session_core::{
+    DbSessionProvider, IssuedSession, NewUserSession, PoolConfig, PurgeTask, Result, SessionError,
+    SessionHandle, SessionPolicy, SessionToken, StorageDump, UserSession, UserSessionStore,
+};
+
+use crate::error::from_diesel;
+use crate::pg::PgProvider;
+
+/// The schema, applied by [`PgSessionStore::connect`] (and [`PgSessionStore::migrate`]).
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+const BACKEND: &str = "postgres";
+
+/// Serializes migrations across instances starting at once (an arbitrary, fixed advisory-lock key).
+const MIGRATION_LOCK: i64 = 0x5e55_1057;
+
+/// Rows deleted per `purge_expired` statement by default.
+pub const DEFAULT_PURGE_BATCH: u32 = 1000;
+
+/// The session columns, instants as epoch milliseconds. `$p` is a table alias prefix.
+fn columns(p: &str) -> String {
+    let ms = |c: &str| format!("(EXTRACT(EPOCH FROM {p}{c}) * 1000)::BIGINT AS {c}_ms");
+    format!(
+        "{p}handle, {p}user_id, {p}company_name, {p}email, {p}is_root, {p}remember_me, {p}attributes, {}, {}, {}, {}, {p}version",
+        ms("created_at"),
+        ms("last_seen_at"),
+        ms("idle_expires_at"),
+        ms("absolute_expires_at")
+    )
+}
+
+/// The instant held (as epoch milliseconds) by bind parameter `$n`.
+fn at(n: u8) -> String {
+    format!("(TIMESTAMPTZ 'epoch' + ${n} * INTERVAL '1 millisecond')")
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    handle: String,
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = Text)]
+    company_name: String,
+    #[diesel(sql_type = Text)]
+    email: String,
+    #[diesel(sql_type = Bool)]
+    is_root: bool,
+    #[diesel(sql_type = Bool)]
+    remember_me: bool,
+    #[diesel(sql_type = Text)]
+    attributes: String,
+    #[diesel(sql_type = BigInt)]
+    created_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    last_seen_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    idle_expires_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    absolute_expires_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+#[derive(QueryableByName)]
+struct Liveness {
+    #[diesel(sql_type = Bool)]
+    live: bool,
+}
+
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+#[derive(QueryableByName)]
+struct Json {
+    #[diesel(sql_type = Text)]
+    row: String,
+}
+
+fn instant(ms: i64) -> std::time::SystemTime {
+    from_millis_since_epoch(u64::try_from(ms).unwrap_or(0))
+}
+
+fn ms(t: std::time::SystemTime) -> i64 {
+    i64::try_from(millis_since_epoch(t)).unwrap_or(i64::MAX)
+}
+
+fn ms_of(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Row {
+    fn into_session(self) -> Result<UserSession> {
+        let handle = SessionHandle::parse(&self.handle).map_err(|_| SessionError::Decode {
+            backend: BACKEND,
+            handle: None,
+            reason: "a row's handle is malformed".to_owned(),
+        })?;
+        let attributes =
+            serde_json::from_str(&self.attributes).map_err(|e| SessionError::Decode {
+                backend: BACKEND,
+                handle: Some(handle.clone()),
+                reason: format!("`attributes` is not a JSON object: {e}"),
+            })?;
+        Ok(UserSession {
+            handle,
+            user_id: self.user_id,
+            company_name: self.company_name,
+            email: self.email,
+            is_root: self.is_root,
+            remember_me: self.remember_me,
+            attributes,
+            created_at: instant(self.created_at_ms),
+            last_seen_at: instant(self.last_seen_at_ms),
+            idle_expires_at: instant(self.idle_expires_at_ms),
+            absolute_expires_at: instant(self.absolute_expires_at_ms),
+            version: u64::try_from(self.version).unwrap_or(0),
+        })
+    }
+}
+
+/// A [`UserSessionStore`] on a PostgreSQL table `user_sessions`, through a [`PgProvider`] pool.
+pub struct PgSessionStore {
+    db: PgProvider,
+    policy: SessionPolicy,
+    purge_batch: i64,
+    purge_task: Mutex<Option<PurgeTask>>,
+}
+
+impl std::fmt::Debug for PgSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSessionStore")
+            .field("db", &self.db)
+            .field("policy", &self.policy)
+            .field("purge_batch", &self.purge_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgSessionStore {
+    /// Connects, applies pending migrations (see [`PgSessionStore::migrate`]) and returns the store.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] for invalid settings; `Unavailable`/`Timeout` if PostgreSQL cannot
+    /// be reached; `Backend` if a migration fails.
+    pub async fn connect(url: &str, pool: PoolConfig, policy: SessionPolicy) -> Result<Self> {
+        policy.validate()?;
+        Self::migrate(url).await?;
+        Ok(Self {
+            db: PgProvider::connect(url, pool).await?,
+            policy,
+            purge_batch: i64::from(DEFAULT_PURGE_BATCH),
+            purge_task: Mutex::new(None),
+        })
+    }
+
+    /// Applies the embedded migrations that `url`'s database lacks. Safe to call from several
+    /// instances at once: they take turns on an advisory lock.
+    ///
+    /// # Errors
+    /// `Unavailable` if PostgreSQL cannot be reached; `Backend` if a migration fails.
+    pub async fn migrate(url: &str) -> Result<()> {
+        let mut conn =
+            AsyncPgConnection::establish(url)
+                .await
+                .map_err(|e| SessionError::Unavailable {
+                    backend: BACKEND,
+                    source: Box::new(e),
+                })?;
+        conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await
+            .map_err(|e| from_diesel(BACKEND, e))?;
+        // The harness drives diesel's synchronous migration runner over the async connection, so
+        // it runs on the blocking pool.
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let mut harness = AsyncMigrationHarness::new(conn);
+            let result = harness
+                .run_pending_migrations(MIGRATIONS)
+                .map(drop)
+                .map_err(|e| e.to_string());
+            (harness.into_inner(), result)
+        })
+        .await
+        .map_err(|e| SessionError::Backend {
+            backend: BACKEND,
+            source: Box::new(e),
+        })?;
+        let mut conn = conn;
+        let _ = conn
+            .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .await;
+        result.map_err(|reason| SessionError::Backend {
+            backend: BACKEND,
+            source: reason.into(),
+        })
+    }
+
+    /// Sets how many rows each `purge_expired` statement deletes (default 1000).
+    #[must_use]
+    pub fn with_purge_batch(mut self, rows: u32) -> Self {
+        self.purge_batch = i64::from(rows.max(1));
+        self
+    }
+
+    /// Starts a background task purging expired sessions every `every`; [`PgSessionStore::close`]
+    /// stops it. Replaces a task started before.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn spawn_purge_task(self: &Arc<Self>, every: Duration) {
+        let store: Arc<dyn UserSessionStore> = self.clone();
+        let task = PurgeTask::spawn(&store, every);
+        *self
+            .purge_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+    }
+
+    /// Whether a background purge task is running.
+    #[must_use]
+    pub fn purging(&self) -> bool {
+        self.purge_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// The connection pool (also usable as a [`DbSessionProvider`] for application queries).
+    #[must_use]
+    pub fn provider(&self) -> &PgProvider {
+        &self.db
+    }
+
+    /// Stops the purge task and closes the pool; idempotent.
+    pub async fn close(&self) {
+        let task = self
+            .purge_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.stop().await;
+        }
+        self.db.close().await;
+    }
+
+    fn now(&self) -> i64 {
+        ms(self.policy.now())
+    }
+
+    async fn conn(&self) -> Result<crate::PooledConnection<AsyncPgConnection>> {
+        self.db.connection().await
+    }
+}
+
+fn db(e: diesel::result::Error) -> SessionError {
+    from_diesel(BACKEND, e)
+}
+
+fn rows(rows: Vec<Row>) -> Result<Vec<UserSession>> {
+    rows.into_iter().map(Row::into_session).collect()
+}
+
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl UserSessionStore for PgSessionStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn policy(&self) -> &SessionPolicy {
+        &self.policy
+    }
+
+    async fn create(&self, new: NewUserSession) -> Result<IssuedSession> {
+        let token = SessionToken::generate()?;
+        let session = new.into_session(&token, &self.policy)?;
+        let cap = self.policy.max_sessions_per_user.map_or(0, i64::from);
+        // With a cap, the user's newest `cap - 1` live sessions stay and older live ones go, in the
+        // same statement as the insert.
+        let sql = format!(
+            "WITH evicted AS (
+                DELETE FROM user_sessions WHERE $13 > 0 AND handle IN (
+                    SELECT handle FROM user_sessions WHERE user_id = $2 AND idle_expires_at > {now}
+                    ORDER BY created_at DESC, handle DESC OFFSET GREATEST($13 - 1, 0)))
+             INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me, attributes,
+                 created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12)",
+            now = at(8),
+            seen = at(9),
+            idle = at(10),
+            absolute = at(11),
+        );
+        let mut conn = self.conn().await?;
+        diesel::sql_query(sql)
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<Text, _>(&session.user_id)
+            .bind::<Text, _>(&session.company_name)
+            .bind::<Text, _>(&session.email)
+            .bind::<Bool, _>(session.is_root)
+            .bind::<Bool, _>(session.remember_me)
+            .bind::<Text, _>(session.attributes_json()?)
+            .bind::<BigInt, _>(ms(session.created_at))
+            .bind::<BigInt, _>(ms(session.last_seen_at))
+            .bind::<BigInt, _>(ms(session.idle_expires_at))
+            .bind::<BigInt, _>(ms(session.absolute_expires_at))
+            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(1))
+            .bind::<BigInt, _>(cap)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        Ok(IssuedSession { token, session })
+    }
+
+    async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        let sql = format!(
+            "SELECT {} FROM user_sessions WHERE handle = $1 AND idle_expires_at > {}",
+            columns(""),
+            at(2)
+        );
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = diesel::sql_query(sql)
+            .bind::<Text, _>(token.handle().as_str())
+            .bind::<BigInt, _>(self.now())
+            .get_result(&mut *conn)
+            .await
+            .map(Some)
+            .or_else(|e| {
+                if e == diesel::result::Error::NotFound {
+                    Ok(None)
+                } else {
+                    Err(db(e))
+                }
+            })?;
+        row.map(Row::into_session).transpose()
+    }
+
+    async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        let now = self.policy.now();
+        // One statement: the update happens only when the throttle allows; otherwise the row is
+        // returned as it stands and nothing is written.
+        let sql = format!(
+            "WITH upd AS (
+                UPDATE user_sessions s
+                SET last_seen_at = {now},
+                    idle_expires_at = LEAST(CASE WHEN s.remember_me THEN {remember} ELSE {idle} END, s.absolute_expires_at)
+                WHERE s.handle = $1 AND s.idle_expires_at > {now} AND s.last_seen_at <= {due}
+                RETURNING {updated})
+             SELECT * FROM upd
+             UNION ALL
+             SELECT {current} FROM user_sessions
+             WHERE handle = $1 AND idle_expires_at > {now} AND NOT EXISTS (SELECT 1 FROM upd)",
+            now = at(2),
+            idle = at(3),
+            remember = at(4),
+            due = at(5),
+            updated = columns("s."),
+            current = columns(""),
+        );
+        let mut conn = self.conn().await?;
+        let found: Vec<Row> = diesel::sql_query(sql)
+            .bind::<Text, _>(token.handle().as_str())
+            .bind::<BigInt, _>(ms(now))
+            .bind::<BigInt, _>(ms(now + self.policy.idle_timeout))
+            .bind::<BigInt, _>(ms(now + self.policy.remember_me_idle_timeout))
+            .bind::<BigInt, _>(ms(now).saturating_sub(ms_of(self.policy.touch_interval)))
+            .load(&mut *conn)
+            .await
+            .map_err(db)?;
+        found.into_iter().next().map(Row::into_session).transpose()
+    }
+
+    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+        session.validate(&self.policy)?;
+        let sql = format!(
+            "UPDATE user_sessions SET company_name = $3, email = $4, is_root = $5, attributes = $6, version = version + 1
+             WHERE handle = $1 AND version = $2 AND user_id = $7 AND idle_expires_at > {}
+             RETURNING {}",
+            at(8),
+            columns("")
+        );
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let updated: Vec<Row> = diesel::sql_query(sql)
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
+            .bind::<Text, _>(&session.company_name)
+            .bind::<Text, _>(&session.email)
+            .bind::<Bool, _>(session.is_root)
+            .bind::<Text, _>(session.attributes_json()?)
+            .bind::<Text, _>(&session.user_id)
+            .bind::<BigInt, _>(now)
+            .load(&mut *conn)
+            .await
+            .map_err(db)?;
+        if let Some(row) = updated.into_iter().next() {
+            return row.into_session();
+        }
+        // Nothing matched: a second statement, on the failure path only, says why.
+        let sql = format!(
+            "SELECT user_id, version FROM user_sessions WHERE handle = $1 AND idle_expires_at > {}",
+            at(2)
+        );
+        let stored: Vec<Stored> = diesel::sql_query(sql)
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(now)
+            .load(&mut *conn)
+            .await
+            .map_err(db)?;
+        match stored.into_iter().next() {
+            None => Err(SessionError::NotFound),
+            Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
+                "user_id",
+                "cannot change; sign the other user in with a new session",
+            )),
+            Some(s) => Err(SessionError::Conflict {
+                expected: session.version,
+                actual: u64::try_from(s.version).unwrap_or(0),
+            }),
+        }
+    }
+
+    async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
+        let new_token = SessionToken::generate()?;
+        // Changing the key of the row is atomic; a concurrent rotation waits on the row lock, then
+        // finds the old handle gone.
+        let sql = format!(
+            "UPDATE user_sessions SET handle = $2 WHERE handle = $1 AND idle_expires_at > {} RETURNING {}",
+            at(3),
+            columns("")
+        );
+        let mut conn = self.conn().await?;
+        let rotated: Vec<Row> = diesel::sql_query(sql)
+            .bind::<Text, _>(token.handle().as_str())
+            .bind::<Text, _>(new_token.handle().as_str())
+            .bind::<BigInt, _>(self.now())
+            .load(&mut *conn)
+            .await
+            .map_err(db)?;
+        rotated
+            .into_iter()
+            .next()
+            .map(|row| {
+                row.into_session().map(|session| IssuedSession {
+                    token: new_token,
+                    session,
+                })
+            })
+            .transpose()
+    }
+
+    async fn delete(&self, token: &SessionToken) -> Result<bool> {
+        self.delete_by_handle(token.handle()).await
+    }
+
+    async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
+        let sql = format!(
+            "DELETE FROM user_sessions WHERE handle = $1 RETURNING idle_expires_at > {} AS live",
+            at(2)
+        );
+        let mut conn = self.conn().await?;
+        let deleted: Vec<Liveness> = diesel::sql_query(sql)
+            .bind::<Text, _>(handle.as_str())
+            .bind::<BigInt, _>(self.now())
+            .load(&mut *conn)
+            .await
+            .map_err(db)?;
+        Ok(deleted.iter().any(|d| d.live))
+    }
+
+    async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
+        let sql = format!(
+            "SELECT {} FROM user_sessions WHERE user_id = $1 AND idle_expires_at > {} ORDER BY created_at, handle",
+            columns(""),
+            at(2)
+        );
+        let mut conn = self.conn().await?;
+        let found: Vec<Row> = diesel::sql_query(sql)
+            .bind::<Text, _>(user_id)
+            .bind::<BigInt, _>(self.now())
+            .load(&mut *conn)
+            .await
+            .map_err(db)?;
+        rows(found)
+    }
+
+    async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM user_sessions WHERE user_id = $1 AND handle <> $2 RETURNING idle_expires_at > {} AS live",
+            at(3)
+        );
+        let mut conn = self.conn().await?;
+        let deleted: Vec<Liveness> = diesel::sql_query(sql)
+            .bind::<Text, _>(user_id)
+            .bind::<Text, _>(except.map_or("", SessionHandle::as_str))
+            .bind::<BigInt, _>(self.now())
+            .load(&mut *conn)
+            .await
+            .map_err(db)?;
+        Ok(deleted.iter().filter(|d| d.live).count() as u64)
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        // Bounded batches; rows another purger has locked are skipped, not waited for, so several
+        // instances purging at once neither deadlock nor delete a row twice.
+        let sql = format!(
+            "DELETE FROM user_sessions WHERE handle IN (
+                SELECT handle FROM user_sessions WHERE idle_expires_at <= {}
+                ORDER BY idle_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            at(1)
+        );
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let mut total = 0u64;
+        loop {
+            let deleted = diesel::sql_query(&sql)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(self.purge_batch)
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+            total += deleted as u64;
+            if (deleted as i64) < self.purge_batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.db.health().await
+    }
+}
+
+#[async_trait]
+impl StorageDump for PgSessionStore {
+    async fn dump_raw(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let found: Vec<Json> =
+            diesel::sql_query("SELECT row_to_json(s)::TEXT AS row FROM user_sessions s")
+                .load(&mut *conn)
+                .await
+                .map_err(db)?;
+        Ok(found.into_iter().map(|j| j.row).collect())
+    }
+}

@@ -1,0 +1,169 @@
+//! PostgreSQL-store behaviour beyond the conformance suite: concurrent purging, the background
+//! purge task, concurrent migrations, corrupt rows. Each test works in a schema of its own.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use session_core::{
+    Clock, ManualClock, NewUserSession, PoolConfig, SessionError, SessionPolicy, UserSessionStore,
+};
+use session_diesel::PgSessionStore;
+use session_testkit::servers::{PgSchema, psql};
+
+fn policy(clock: &ManualClock) -> SessionPolicy {
+    SessionPolicy::default().with_clock(clock.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_purging_at_once_remove_each_expired_row_once_and_keep_live_ones() {
+    const EXPIRED: i64 = 20_000;
+    const LIVE: usize = 100;
+    let schema = PgSchema::create("purge");
+    let clock = ManualClock::starting_now();
+    let a = PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+        .await
+        .unwrap()
+        .with_purge_batch(500);
+    let b = PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+        .await
+        .unwrap()
+        .with_purge_batch(500);
+    // Expired rows in bulk, an hour in the past by the store's clock.
+    let past = session_core::clock::millis_since_epoch(clock.now()) - 3_600_000;
+    psql(
+        &schema.url(),
+        &format!(
+            "INSERT INTO user_sessions SELECT 'expired-' || g, 'u' || (g % 500), '', '', false, false, '{{}}',
+                t, t, t, t + INTERVAL '1 hour', 1
+             FROM generate_series(1, {EXPIRED}) g, (SELECT TIMESTAMPTZ 'epoch' + {past} * INTERVAL '1 millisecond' AS t) x"
+        ),
+    );
+    let mut live = Vec::new();
+    for i in 0..LIVE {
+        live.push(
+            a.create(NewUserSession::new(format!("u{}", i % 500)))
+                .await
+                .unwrap()
+                .token,
+        );
+    }
+    let (ra, rb) = tokio::join!(a.purge_expired(), b.purge_expired());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(
+        ra + rb,
+        EXPIRED as u64,
+        "every expired row removed exactly once ({ra} + {rb})"
+    );
+    assert!(ra > 0 && rb > 0, "both purgers did work ({ra}, {rb})");
+    assert_eq!(
+        psql(&schema.url(), "SELECT count(*) FROM user_sessions"),
+        LIVE.to_string()
+    );
+    for token in &live {
+        assert!(
+            a.get(token).await.unwrap().is_some(),
+            "live sessions are left alone"
+        );
+    }
+    assert_eq!(
+        a.purge_expired().await.unwrap() + b.purge_expired().await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_purge_task_purges_and_close_stops_it() {
+    let schema = PgSchema::create("bgpurge");
+    let clock = ManualClock::starting_now();
+    let store = Arc::new(
+        PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+            .await
+            .unwrap(),
+    );
+    for i in 0..10 {
+        store
+            .create(NewUserSession::new(format!("u{i}")))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(31 * 60));
+    store.spawn_purge_task(Duration::from_millis(50));
+    assert!(store.purging());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while psql(&schema.url(), "SELECT count(*) FROM user_sessions") != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purge task did not purge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    store.close().await; // idempotent
+    assert!(!store.purging());
+    assert!(matches!(
+        store
+            .get(&session_core::SessionToken::generate().unwrap())
+            .await,
+        Err(SessionError::Closed { .. })
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while schema.backends() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "close() left connections open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_migrating_at_once_all_succeed() {
+    let schema = PgSchema::create("migrate");
+    let url = schema.url();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgSessionStore::migrate(&url).await })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        psql(&url, "SELECT count(*) FROM __diesel_schema_migrations"),
+        "1"
+    );
+    PgSessionStore::migrate(&url).await.unwrap(); // a no-op now
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_is_a_decode_error_naming_the_session() {
+    let schema = PgSchema::create("corrupt");
+    let store = PgSessionStore::connect(
+        &schema.url(),
+        PoolConfig::default(),
+        SessionPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let victim = store.create(NewUserSession::new("alice")).await.unwrap();
+    let healthy = store.create(NewUserSession::new("bob")).await.unwrap();
+    psql(
+        &schema.url(),
+        &format!(
+            "UPDATE user_sessions SET attributes = '{{not json' WHERE handle = '{}'",
+            victim.session.handle
+        ),
+    );
+    match store.get(&victim.token).await {
+        Err(SessionError::Decode {
+            handle: Some(h), ..
+        }) => assert_eq!(&h, victim.token.handle()),
+        other => panic!("expected Decode naming the handle, got {other:?}"),
+    }
+    assert!(
+        store.get(&healthy.token).await.unwrap().is_some(),
+        "the pool is unaffected"
+    );
+}
