@@ -1,8 +1,12 @@
 //! Benchmarks the user-session stores against raw-driver baselines measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p session-bench -- [--seconds N] [memory] [redis]
+//! cargo run --release -p session-bench -- [--seconds N] [memory] [redis] [postgres] [scope]
 //! ```
+//! `postgres` runs the PostgreSQL store (`DATABASE_URL`, default the local `test` database, in a
+//! schema of its own) against raw diesel-async statements on the same table; `scope` runs a trivial
+//! transaction through the provider against raw diesel-async `conn.transaction` on a pool with the
+//! same settings, on PostgreSQL and SQLite.
 //! Each operation runs at 1 and 32 concurrent tasks for N seconds (default 2) against a store
 //! pre-filled with 10,000 sessions of 1,000 users. For Redis (`REDIS_URL`, default
 //! `redis://127.0.0.1:6379/0`) a raw bb8-redis pool of the same size issuing the nearest single
@@ -17,12 +21,12 @@ use std::time::{Duration, Instant};
 use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSession, UserSessionStore};
 use session_redis::{RedisConfig, RedisStore};
 
-const PREFILL: usize = 10_000;
-const USERS: usize = 1_000;
-const CONCURRENCY: [usize; 2] = [1, 32];
+pub(crate) const PREFILL: usize = 10_000;
+pub(crate) const USERS: usize = 1_000;
+pub(crate) const CONCURRENCY: [usize; 2] = [1, 32];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
+pub(crate) enum Op {
     Get,
     Touch,
     Create,
@@ -32,7 +36,7 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 6] = [
+    pub(crate) const ALL: [Op; 6] = [
         Op::Get,
         Op::Touch,
         Op::Create,
@@ -41,7 +45,7 @@ impl Op {
         Op::ListByUser,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Get => "get",
             Op::Touch => "touch",
@@ -49,6 +53,16 @@ impl Op {
             Op::Update => "update",
             Op::Rotate => "rotate",
             Op::ListByUser => "list_by_user",
+        }
+    }
+
+    /// The raw statement the PostgreSQL baseline runs for this operation.
+    pub(crate) fn baseline_sql(self) -> &'static str {
+        match self {
+            Op::Get | Op::Touch => "SELECT",
+            Op::Create => "INSERT",
+            Op::Update | Op::Rotate => "UPDATE",
+            Op::ListByUser => "SELECT user",
         }
     }
 
@@ -63,7 +77,7 @@ impl Op {
     }
 }
 
-struct Outcome {
+pub(crate) struct Outcome {
     ops: u64,
     elapsed: Duration,
     p50: Duration,
@@ -77,7 +91,7 @@ impl Outcome {
 }
 
 /// Runs `tasks` concurrent loops of `step` for `seconds`; each task owns the state `init` makes.
-async fn drive<S, I, IF, F, FF>(tasks: usize, seconds: u64, init: I, step: F) -> Outcome
+pub(crate) async fn drive<S, I, IF, F, FF>(tasks: usize, seconds: u64, init: I, step: F) -> Outcome
 where
     S: Send + 'static,
     I: Fn(usize) -> IF,
@@ -143,7 +157,7 @@ struct StoreTask {
     i: usize,
 }
 
-async fn run_store(
+pub(crate) async fn run_store(
     store: &Arc<dyn UserSessionStore>,
     tokens: &Arc<Vec<SessionToken>>,
     op: Op,
@@ -301,7 +315,7 @@ async fn run_baseline(
     drive(tasks, seconds, init, step).await
 }
 
-async fn prefill(store: &Arc<dyn UserSessionStore>) -> Arc<Vec<SessionToken>> {
+pub(crate) async fn prefill(store: &Arc<dyn UserSessionStore>) -> Arc<Vec<SessionToken>> {
     let mut tokens = Vec::with_capacity(PREFILL);
     for i in 0..PREFILL {
         tokens.push(
@@ -315,7 +329,25 @@ async fn prefill(store: &Arc<dyn UserSessionStore>) -> Arc<Vec<SessionToken>> {
     Arc::new(tokens)
 }
 
-fn row(backend: &str, op: Op, tasks: usize, o: &Outcome, baseline: Option<&Outcome>) {
+pub(crate) fn row(backend: &str, op: Op, tasks: usize, o: &Outcome, baseline: Option<&Outcome>) {
+    row_named(
+        backend,
+        op.name(),
+        op.baseline_command(),
+        tasks,
+        o,
+        baseline,
+    );
+}
+
+pub(crate) fn row_named(
+    backend: &str,
+    op: &str,
+    baseline_name: &str,
+    tasks: usize,
+    o: &Outcome,
+    baseline: Option<&Outcome>,
+) {
     let (base, ratio) = baseline.map_or((String::from("-"), String::from("-")), |b| {
         (
             format!("{:.0}", b.rate()),
@@ -323,15 +355,11 @@ fn row(backend: &str, op: Op, tasks: usize, o: &Outcome, baseline: Option<&Outco
         )
     });
     println!(
-        "{backend:<12} {:<13} {tasks:>5} {:>11.0} {:>8.1} {:>9.1} {:>22} {:>6}",
-        op.name(),
+        "{backend:<12} {op:<13} {tasks:>5} {:>11.0} {:>8.1} {:>9.1} {:>22} {:>6}",
         o.rate(),
         o.p50.as_secs_f64() * 1e6,
         o.p99.as_secs_f64() * 1e6,
-        baseline.map_or(String::new(), |_| format!(
-            "{} {base}",
-            op.baseline_command()
-        )),
+        baseline.map_or(String::new(), |_| format!("{baseline_name} {base}")),
         ratio
     );
 }
@@ -446,6 +474,8 @@ async fn bench_redis(seconds: u64) {
     }
 }
 
+mod db;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let mut seconds = 2;
@@ -462,7 +492,9 @@ async fn main() {
         }
     }
     if backends.is_empty() {
-        backends = vec!["memory".to_owned(), "redis".to_owned()];
+        backends = ["memory", "redis", "postgres", "scope"]
+            .map(str::to_owned)
+            .to_vec();
     }
     println!(
         "{:<12} {:<13} {:>5} {:>11} {:>8} {:>9} {:>22} {:>6}",
@@ -472,7 +504,9 @@ async fn main() {
         match backend.as_str() {
             "memory" => bench_memory(seconds).await,
             "redis" => bench_redis(seconds).await,
-            other => panic!("unknown backend {other:?}; known: memory, redis"),
+            "postgres" => db::bench_postgres(seconds).await,
+            "scope" => db::bench_scope(seconds).await,
+            other => panic!("unknown backend {other:?}; known: memory, redis, postgres, scope"),
         }
     }
 }

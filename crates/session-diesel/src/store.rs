@@ -360,38 +360,43 @@ impl UserSessionStore for PgSessionStore {
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        // Most touches fall inside the throttle interval and are plain keyed reads (one round
+        // trip); only a due touch writes, with a second statement whose WHERE re-checks the
+        // throttle, so concurrent touches write once.
+        let Some(current) = self.get(token).await? else {
+            return Ok(None);
+        };
         let now = self.policy.now();
-        // One statement: the update happens only when the throttle allows; otherwise the row is
-        // returned as it stands and nothing is written.
+        if !self.policy.touch_due(&current, now) {
+            return Ok(Some(current));
+        }
         let sql = format!(
-            "WITH upd AS (
-                UPDATE user_sessions s
-                SET last_seen_at = {now},
-                    idle_expires_at = LEAST(CASE WHEN s.remember_me THEN {remember} ELSE {idle} END, s.absolute_expires_at)
-                WHERE s.handle = $1 AND s.idle_expires_at > {now} AND s.last_seen_at <= {due}
-                RETURNING {updated})
-             SELECT * FROM upd
-             UNION ALL
-             SELECT {current} FROM user_sessions
-             WHERE handle = $1 AND idle_expires_at > {now} AND NOT EXISTS (SELECT 1 FROM upd)",
+            "UPDATE user_sessions
+             SET last_seen_at = {now}, idle_expires_at = LEAST({idle}, absolute_expires_at)
+             WHERE handle = $1 AND idle_expires_at > {now} AND last_seen_at <= {due}
+             RETURNING {columns}",
             now = at(2),
             idle = at(3),
-            remember = at(4),
-            due = at(5),
-            updated = columns("s."),
-            current = columns(""),
+            due = at(4),
+            columns = columns(""),
         );
         let mut conn = self.conn().await?;
-        let found: Vec<Row> = diesel::sql_query(sql)
+        let touched: Vec<Row> = diesel::sql_query(sql)
             .bind::<Text, _>(token.handle().as_str())
             .bind::<BigInt, _>(ms(now))
-            .bind::<BigInt, _>(ms(now + self.policy.idle_timeout))
-            .bind::<BigInt, _>(ms(now + self.policy.remember_me_idle_timeout))
+            .bind::<BigInt, _>(ms(self.policy.touched_idle_expiry(&current, now)))
             .bind::<BigInt, _>(ms(now).saturating_sub(ms_of(self.policy.touch_interval)))
             .load(&mut *conn)
             .await
             .map_err(db)?;
-        found.into_iter().next().map(Row::into_session).transpose()
+        match touched.into_iter().next() {
+            Some(row) => row.into_session().map(Some),
+            // Another touch got there first (or the session just went): read what stands.
+            None => {
+                drop(conn);
+                self.get(token).await
+            }
+        }
     }
 
     async fn update(&self, session: &UserSession) -> Result<UserSession> {

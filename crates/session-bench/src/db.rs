@@ -1,0 +1,245 @@
+//! PostgreSQL store and transaction-scope benchmarks against raw diesel-async.
+
+use std::sync::Arc;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use session_core::{
+    DbSessionProvider, PoolConfig, ScopeOptions, SessionError, SessionPolicy, UserSessionStore,
+};
+use session_diesel::{PgProvider, PgSessionStore, ProviderConnection, SqliteConn, SqliteProvider};
+use session_testkit::servers::{PgSchema, SqliteFile};
+
+use crate::{CONCURRENCY, Op, PREFILL, USERS, drive, prefill, row_named, run_store};
+
+type RawPool<C> = bb8::Pool<AsyncDieselConnectionManager<C>>;
+
+/// A bb8 pool of raw diesel-async connections with the provider's settings.
+async fn raw_pool<C: ProviderConnection>(url: &str, config: &PoolConfig) -> RawPool<C>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C>,
+{
+    let manager = AsyncDieselConnectionManager::<C>::new_with_config(url, C::manager_config());
+    bb8::Pool::builder()
+        .max_size(config.max_size)
+        .connection_timeout(config.checkout_timeout)
+        .test_on_check_out(config.test_on_checkout)
+        .build_unchecked(manager)
+}
+
+#[derive(QueryableByName)]
+struct One {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// `SELECT 1` in a transaction: through the provider, then through raw diesel-async.
+async fn scope_pair<C: ProviderConnection>(
+    name: &str,
+    provider: Arc<session_diesel::DieselProvider<C>>,
+    raw: RawPool<C>,
+    seconds: u64,
+) where
+    AsyncDieselConnectionManager<C>:
+        bb8::ManageConnection<Connection = C, Error = diesel_async::pooled_connection::PoolError>,
+    diesel::query_builder::SqlQuery: diesel_async::methods::LoadQuery<'static, C, One>,
+{
+    for tasks in CONCURRENCY {
+        let ours = {
+            let provider = provider.clone();
+            drive(
+                tasks,
+                seconds,
+                |_| async {},
+                move |()| {
+                    let provider = provider.clone();
+                    async move {
+                        let one = provider
+                            .transaction(ScopeOptions::new(), async |conn| {
+                                diesel::sql_query("SELECT CAST(1 AS BIGINT) AS n")
+                                    .get_result::<One>(conn)
+                                    .await
+                                    .map_err(|e| SessionError::Backend {
+                                        backend: C::BACKEND,
+                                        source: Box::new(e),
+                                    })
+                            })
+                            .await
+                            .unwrap();
+                        assert_eq!(one.n, 1);
+                    }
+                },
+            )
+            .await
+        };
+        let base = {
+            let raw = raw.clone();
+            drive(
+                tasks,
+                seconds,
+                |_| async {},
+                move |()| {
+                    let raw = raw.clone();
+                    async move {
+                        let mut conn = raw.get().await.unwrap();
+                        let one = conn
+                            .transaction(async |c| {
+                                diesel::sql_query("SELECT CAST(1 AS BIGINT) AS n")
+                                    .get_result::<One>(c)
+                                    .await
+                            })
+                            .await
+                            .unwrap();
+                        assert_eq!(one.n, 1);
+                    }
+                },
+            )
+            .await
+        };
+        row_named(
+            name,
+            "transaction",
+            "diesel-async",
+            tasks,
+            &ours,
+            Some(&base),
+        );
+    }
+}
+
+pub(crate) async fn bench_scope(seconds: u64) {
+    let config = PoolConfig::default();
+    let schema = PgSchema::create("bench_scope");
+    let pg = Arc::new(
+        PgProvider::connect(&schema.url(), config.clone())
+            .await
+            .unwrap(),
+    );
+    let raw_pg = raw_pool::<AsyncPgConnection>(&schema.url(), &config).await;
+    scope_pair("postgres", pg, raw_pg, seconds).await;
+
+    let file = SqliteFile::new("bench-scope");
+    let sqlite = Arc::new(
+        SqliteProvider::open(&file.url(), config.clone())
+            .await
+            .unwrap(),
+    );
+    let path = file.url().trim_start_matches("sqlite://").to_owned();
+    let raw_sqlite = raw_pool::<SqliteConn>(&path, &config).await;
+    scope_pair("sqlite", sqlite, raw_sqlite, seconds).await;
+}
+
+#[derive(Clone)]
+struct RawPg {
+    pool: RawPool<AsyncPgConnection>,
+    handles: Arc<Vec<String>>,
+}
+
+/// Keys of rows the raw INSERT baseline creates, unique across runs.
+static NEXT_RAW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+const COLUMNS: &str = "handle, user_id, company_name, email, is_root, remember_me, attributes, created_at, last_seen_at, idle_expires_at, absolute_expires_at, version";
+
+async fn raw_pg_step(raw: &RawPg, op: Op, task: usize, i: usize) {
+    let mut conn = raw.pool.get().await.unwrap();
+    let handle = &raw.handles[i % raw.handles.len()];
+    let query = |sql: String| diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+    let statement = match op {
+        Op::Get | Op::Touch => {
+            query(format!("SELECT {COLUMNS} FROM user_sessions WHERE handle = $1 AND idle_expires_at > now()")).bind::<Text, _>(handle.clone())
+        }
+        Op::Create => query(format!(
+            "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'u', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1)"
+        ))
+        .bind::<Text, _>(format!("raw-{}", NEXT_RAW.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
+        Op::Update => query("UPDATE user_sessions SET email = email, version = version + 1 WHERE handle = $1".to_owned()).bind::<Text, _>(format!("own-{task}")),
+        Op::Rotate => query("UPDATE user_sessions SET handle = $2 WHERE handle = $1".to_owned())
+            .bind::<Text, _>(format!("own-{task}-{}", i % 2))
+            .bind::<Text, _>(format!("own-{task}-{}", (i + 1) % 2)),
+        Op::ListByUser => query(format!("SELECT {COLUMNS} FROM user_sessions WHERE user_id = $1 AND idle_expires_at > now() ORDER BY created_at"))
+            .bind::<Text, _>(format!("user-{}", i % USERS)),
+    };
+    statement.execute(&mut *conn).await.unwrap();
+}
+
+pub(crate) async fn bench_postgres(seconds: u64) {
+    let schema = PgSchema::create("bench_store");
+    let config = PoolConfig::default();
+    let store: Arc<dyn UserSessionStore> = Arc::new(
+        PgSessionStore::connect(&schema.url(), config.clone(), SessionPolicy::default())
+            .await
+            .unwrap(),
+    );
+    let tokens = prefill(&store).await;
+    let raw = RawPg {
+        pool: raw_pool::<AsyncPgConnection>(&schema.url(), &config).await,
+        handles: Arc::new(
+            tokens
+                .iter()
+                .map(|t| t.handle().as_str().to_owned())
+                .collect(),
+        ),
+    };
+    {
+        // Rows of the baseline's own for update and rotate, one per task.
+        let mut conn = raw.pool.get().await.unwrap();
+        for task in 0..32 {
+            for name in [format!("own-{task}"), format!("own-{task}-0")] {
+                diesel::sql_query(format!(
+                    "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'own', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1)"
+                ))
+                .bind::<Text, _>(name)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            }
+        }
+    }
+    assert_eq!(tokens.len(), PREFILL);
+    // Which of its two keys each task's own row has now (rotation ping-pongs between them); kept
+    // across runs because the rows keep their names.
+    let rotate_state = Arc::new(
+        (0..32)
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect::<Vec<_>>(),
+    );
+    for op in Op::ALL {
+        for tasks in CONCURRENCY {
+            let ours = run_store(&store, &tokens, op, tasks, seconds).await;
+            let base = {
+                let (raw, rotate_state) = (raw.clone(), rotate_state.clone());
+                drive(
+                    tasks,
+                    seconds,
+                    |task| async move { (task, task * 7919) },
+                    move |(task, i)| {
+                        let (raw, rotate_state) = (raw.clone(), rotate_state.clone());
+                        async move {
+                            // Rotation ping-pongs a row of the task's own between two keys.
+                            let step = if op == Op::Rotate {
+                                rotate_state[task]
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            } else {
+                                i
+                            };
+                            raw_pg_step(&raw, op, task, step).await;
+                            (task, i + 1)
+                        }
+                    },
+                )
+                .await
+            };
+            row_named(
+                "postgres",
+                op.name(),
+                op.baseline_sql(),
+                tasks,
+                &ours,
+                Some(&base),
+            );
+        }
+    }
+    drop(schema);
+}
