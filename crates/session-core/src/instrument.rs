@@ -6,6 +6,11 @@
 //! Events (target `session`): `session.created`, `session.touched`, `session.rotated`,
 //! `session.revoked`, `session.expired` at INFO; reads and misses at DEBUG; failures at WARN.
 //! Each carries `backend`, `op`, `latency_us` and, where one session is concerned, `handle`.
+//!
+//! Metrics (through the `metrics` facade; install any recorder, e.g. Prometheus):
+//! - `session_operations_total{backend, op, outcome}`: a counter; outcome is `ok`, `miss` (no live
+//!   session), `conflict` or `error`;
+//! - `session_operation_duration_seconds{backend, op}`: a histogram.
 
 use std::time::Instant;
 
@@ -38,6 +43,22 @@ impl<S> Instrumented<S> {
 
 fn micros(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Records the operation's metrics.
+fn measure(backend: &'static str, op: &'static str, outcome: &'static str, start: Instant) {
+    metrics::counter!("session_operations_total", "backend" => backend, "op" => op, "outcome" => outcome).increment(1);
+    metrics::histogram!("session_operation_duration_seconds", "backend" => backend, "op" => op)
+        .record(start.elapsed().as_secs_f64());
+}
+
+fn outcome<T>(result: &Result<T>, hit: impl FnOnce(&T) -> bool) -> &'static str {
+    match result {
+        Ok(value) if hit(value) => "ok",
+        Ok(_) => "miss",
+        Err(e) if e.is_conflict() => "conflict",
+        Err(_) => "error",
+    }
 }
 
 fn failed(
@@ -85,6 +106,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
                 latency_us = micros(start), "session.created"),
             Err(e) => failed(backend, "create", None, start, e),
         }
+        measure(backend, "create", outcome(&result, |_| true), start);
         result
     }
 
@@ -98,6 +120,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "get", Some(token.handle()), start, e),
         }
+        measure(backend, "get", outcome(&result, Option::is_some), start);
         result
     }
 
@@ -119,6 +142,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "touch", Some(token.handle()), start, e),
         }
+        measure(backend, "touch", outcome(&result, Option::is_some), start);
         result
     }
 
@@ -134,6 +158,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
                 version = s.version, latency_us = micros(start), "session.updated"),
             Err(e) => failed(backend, "update", Some(&session.handle), start, e),
         }
+        measure(backend, "update", outcome(&result, |_| true), start);
         result
     }
 
@@ -154,6 +179,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "rotate", Some(token.handle()), start, e),
         }
+        measure(backend, "rotate", outcome(&result, Option::is_some), start);
         result
     }
 
@@ -171,6 +197,12 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "delete", Some(token.handle()), start, e),
         }
+        measure(
+            backend,
+            "delete",
+            outcome(&result, |removed| *removed),
+            start,
+        );
         result
     }
 
@@ -188,6 +220,12 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "delete_by_handle", Some(handle), start, e),
         }
+        measure(
+            backend,
+            "delete_by_handle",
+            outcome(&result, |removed| *removed),
+            start,
+        );
         result
     }
 
@@ -203,6 +241,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
                 count = list.len(), latency_us = micros(start), "session.listed"),
             Err(e) => failed(backend, "list_by_user", None, start, e),
         }
+        measure(backend, "list_by_user", outcome(&result, |_| true), start);
         result
     }
 
@@ -220,6 +259,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "delete_by_user", None, start, e),
         }
+        measure(backend, "delete_by_user", outcome(&result, |_| true), start);
         result
     }
 
@@ -237,6 +277,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "purge_expired", None, start, e),
         }
+        measure(backend, "purge_expired", outcome(&result, |_| true), start);
         result
     }
 
@@ -246,6 +287,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
         if let Err(e) = &result {
             failed(backend, "health", None, start, e);
         }
+        measure(backend, "health", outcome(&result, |_| true), start);
         result
     }
 }

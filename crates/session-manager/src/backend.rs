@@ -1,0 +1,96 @@
+//! Which backend a URL selects, among those compiled in.
+
+use session_core::{Result, SessionError};
+
+/// The session-store backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    Memory,
+    Redis,
+    Postgres,
+}
+
+/// The application-database backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+fn feature_off(key: &str, scheme: &str, feature: &str) -> SessionError {
+    SessionError::config(
+        key,
+        format!(
+            "`{scheme}` URLs need the `{feature}` feature of session-manager, which this build does not have; enable it in Cargo.toml"
+        ),
+    )
+}
+
+fn scheme(url: &str) -> &str {
+    url.split_once(':').map_or("", |(scheme, _)| scheme)
+}
+
+impl StoreKind {
+    pub(crate) fn of(url: &str) -> Result<Self> {
+        const KEY: &str = "store_url";
+        match scheme(url) {
+            "memory" if cfg!(feature = "memory") => Ok(Self::Memory),
+            "memory" => Err(feature_off(KEY, "memory://", "memory")),
+            "redis" | "rediss" if cfg!(feature = "redis") => Ok(Self::Redis),
+            "redis" | "rediss" => Err(feature_off(KEY, "redis://", "redis")),
+            "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
+            "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
+            _ => Err(SessionError::config(
+                KEY,
+                format!(
+                    "`{url}` is not a session store URL; use memory://, redis://host:6379/0, rediss://… or postgres://…"
+                ),
+            )),
+        }
+    }
+}
+
+impl DbKind {
+    pub(crate) fn of(url: &str) -> Result<Self> {
+        const KEY: &str = "database_url";
+        match scheme(url) {
+            "sqlite" if cfg!(feature = "sqlite") => Ok(Self::Sqlite),
+            "sqlite" => Err(feature_off(KEY, "sqlite:", "sqlite")),
+            "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
+            "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
+            _ => Err(SessionError::config(
+                KEY,
+                format!(
+                    "`{url}` is not a database URL; use sqlite://path, sqlite::memory: or postgres://…"
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scheme_whose_feature_is_off_names_the_key_and_the_feature() {
+        let err = feature_off("store_url", "redis://", "redis").to_string();
+        assert!(
+            err.contains("`store_url`") && err.contains("`redis` feature"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn schemes_select_backends() {
+        assert_eq!(StoreKind::of("memory://").unwrap(), StoreKind::Memory);
+        assert_eq!(DbKind::of("sqlite::memory:").unwrap(), DbKind::Sqlite);
+        assert_eq!(DbKind::of("sqlite://x.db").unwrap(), DbKind::Sqlite);
+        assert!(
+            matches!(StoreKind::of("nonsense"), Err(SessionError::Config { key, .. }) if key == "store_url")
+        );
+        assert!(
+            matches!(DbKind::of(""), Err(SessionError::Config { key, .. }) if key == "database_url")
+        );
+    }
+}
