@@ -1,8 +1,8 @@
 # Recipes for the sessions workspace. `just --list` shows them.
 
-# Run the demo (for now: an example on the in-memory store).
+# Run the demo service on the embedded defaults (memory sessions, SQLite).
 run:
-    cargo run -p session-memory --example quickstart
+    cargo run -p session-demo
 
 # Run the whole test suite (needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 for the server-backed tests).
 test:

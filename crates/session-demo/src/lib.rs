@@ -1,0 +1,358 @@
+//! The demo service as a library: [`app`] builds the router, so tests drive exactly what the binary
+//! serves.
+//!
+//! Routes:
+//! - `POST /sessions` sign in (`user_id`, `company_name`, `email`, `is_root`, `remember_me`): sets the
+//!   cookie and returns the session id (the token) and the session;
+//! - `GET /sessions/me`, `POST /sessions/me/rotate`, `DELETE /sessions/me`;
+//! - `GET /users/{user_id}/sessions`, `DELETE /users/{user_id}/sessions` (the user, or a root
+//!   session; 403 otherwise). Deleting one's own sessions keeps the current one;
+//! - `GET /db-items`, `POST /db-items` (`name`, `quantity`), each in a transaction scope; a POST
+//!   whose quantity fails validation after the insert rolls back;
+//! - `GET /healthz` (both stores), `GET /metrics` (Prometheus text).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{FromRef, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use session_axum::{ApiError, CurrentSession, SessionCookies, SessionState};
+use session_core::{NewUserSession, ScopeOptions, SessionError, UserSession};
+use session_manager::session_diesel::diesel::QueryableByName;
+use session_manager::session_diesel::diesel::sql_types::{BigInt, Text};
+use session_manager::session_diesel::diesel_async::RunQueryDsl;
+use session_manager::{SessionManager, db_transaction};
+
+/// The router's state.
+#[derive(Clone)]
+pub struct AppState {
+    sessions: SessionState,
+    metrics: PrometheusHandle,
+}
+
+impl FromRef<AppState> for SessionState {
+    fn from_ref(state: &AppState) -> Self {
+        state.sessions.clone()
+    }
+}
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding application's); then this
+            // handle renders only what was recorded through it, which is nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+fn db_error(e: session_manager::session_diesel::diesel::result::Error) -> ApiError {
+    ApiError::from(SessionError::Backend {
+        backend: "db",
+        source: Box::new(e),
+    })
+}
+
+/// Creates the demo's table if it is missing, on whichever database the manager has.
+///
+/// # Errors
+/// If the database refuses.
+pub async fn migrate(manager: &SessionManager) -> Result<(), ApiError> {
+    let sql = match manager.db().backend() {
+        "postgres" => {
+            "CREATE TABLE IF NOT EXISTS db_items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, quantity BIGINT NOT NULL, created_by TEXT NOT NULL)"
+        }
+        _ => {
+            "CREATE TABLE IF NOT EXISTS db_items (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, quantity BIGINT NOT NULL, created_by TEXT NOT NULL)"
+        }
+    };
+    db_transaction!(manager.db(), ScopeOptions::new(), |conn| {
+        session_manager::session_diesel::diesel::sql_query(sql)
+            .execute(conn)
+            .await
+            .map_err(db_error)
+    })
+    .map(drop)
+}
+
+/// The router, on `manager`, writing cookies as `cookies` says. Migrates the demo's table first.
+///
+/// # Errors
+/// If the database refuses the migration.
+pub async fn app(
+    manager: Arc<SessionManager>,
+    cookies: SessionCookies,
+) -> Result<Router, ApiError> {
+    migrate(&manager).await?;
+    let state = AppState {
+        sessions: SessionState {
+            manager,
+            cookies: Arc::new(cookies),
+        },
+        metrics: prometheus(),
+    };
+    Ok(Router::new()
+        .route("/sessions", post(sign_in))
+        .route("/sessions/me", get(me).delete(sign_out))
+        .route("/sessions/me/rotate", post(rotate))
+        .route(
+            "/users/{user_id}/sessions",
+            get(list_user_sessions).delete(revoke_user_sessions),
+        )
+        .route("/db-items", get(list_items).post(create_item))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state))
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    user_id: String,
+    #[serde(default)]
+    company_name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    is_root: bool,
+    #[serde(default)]
+    remember_me: bool,
+}
+
+#[derive(Serialize)]
+struct Issued {
+    session_id: String,
+    session: UserSession,
+}
+
+fn with_cookie(
+    cookie: axum::http::HeaderValue,
+    status: StatusCode,
+    body: impl Serialize,
+) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    SessionCookies::apply(&mut response, cookie);
+    response
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    axum::Json(body): axum::Json<SignIn>,
+) -> Result<Response, ApiError> {
+    let new = NewUserSession::new(body.user_id)
+        .company_name(body.company_name)
+        .email(body.email)
+        .root(body.is_root)
+        .remember_me(body.remember_me);
+    let issued = state.sessions.manager.sessions().create(new).await?;
+    let cookie = state.sessions.cookies.set(&issued.token, &issued.session);
+    Ok(with_cookie(
+        cookie,
+        StatusCode::CREATED,
+        Issued {
+            session_id: issued.token.expose_secret().to_owned(),
+            session: issued.session,
+        },
+    ))
+}
+
+async fn me(current: CurrentSession) -> axum::Json<UserSession> {
+    axum::Json(current.session)
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    current: CurrentSession,
+) -> Result<Response, ApiError> {
+    let issued = state
+        .sessions
+        .manager
+        .sessions()
+        .rotate(&current.token)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    let cookie = state.sessions.cookies.set(&issued.token, &issued.session);
+    Ok(with_cookie(
+        cookie,
+        StatusCode::OK,
+        Issued {
+            session_id: issued.token.expose_secret().to_owned(),
+            session: issued.session,
+        },
+    ))
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    current: CurrentSession,
+) -> Result<Response, ApiError> {
+    state
+        .sessions
+        .manager
+        .sessions()
+        .delete(&current.token)
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    SessionCookies::apply(&mut response, state.sessions.cookies.clear());
+    Ok(response)
+}
+
+fn may_manage(current: &CurrentSession, user_id: &str) -> Result<(), ApiError> {
+    if current.session.user_id == user_id || current.session.is_root {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only the user or a root session may manage these sessions",
+        ))
+    }
+}
+
+async fn list_user_sessions(
+    State(state): State<AppState>,
+    current: CurrentSession,
+    Path(user_id): Path<String>,
+) -> Result<axum::Json<Vec<UserSession>>, ApiError> {
+    may_manage(&current, &user_id)?;
+    Ok(axum::Json(
+        state
+            .sessions
+            .manager
+            .sessions()
+            .list_by_user(&user_id)
+            .await?,
+    ))
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    revoked: u64,
+}
+
+async fn revoke_user_sessions(
+    State(state): State<AppState>,
+    current: CurrentSession,
+    Path(user_id): Path<String>,
+) -> Result<axum::Json<Revoked>, ApiError> {
+    may_manage(&current, &user_id)?;
+    // "Sign out everywhere else": one's own current session stays.
+    let keep = (current.session.user_id == user_id).then_some(&current.session.handle);
+    let revoked = state
+        .sessions
+        .manager
+        .sessions()
+        .delete_by_user(&user_id, keep)
+        .await?;
+    Ok(axum::Json(Revoked { revoked }))
+}
+
+#[derive(Deserialize)]
+struct NewItem {
+    name: String,
+    quantity: i64,
+}
+
+#[derive(Serialize, QueryableByName)]
+struct Item {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    quantity: i64,
+    #[diesel(sql_type = Text)]
+    created_by: String,
+}
+
+async fn list_items(
+    State(state): State<AppState>,
+    _current: CurrentSession,
+) -> Result<axum::Json<Vec<Item>>, ApiError> {
+    let items = db_transaction!(state.sessions.manager.db(), ScopeOptions::new(), |conn| {
+        session_manager::session_diesel::diesel::sql_query(
+            "SELECT CAST(id AS BIGINT) AS id, name, quantity, created_by FROM db_items ORDER BY id",
+        )
+        .load::<Item>(conn)
+        .await
+        .map_err(db_error)
+    })?;
+    Ok(axum::Json(items))
+}
+
+async fn create_item(
+    State(state): State<AppState>,
+    current: CurrentSession,
+    axum::Json(body): axum::Json<NewItem>,
+) -> Result<(StatusCode, axum::Json<Item>), ApiError> {
+    let user = current.session.user_id;
+    let item = db_transaction!(state.sessions.manager.db(), ScopeOptions::new(), |conn| {
+        use session_manager::session_diesel::diesel::sql_types::BigInt as Big;
+        let item = session_manager::session_diesel::diesel::sql_query(
+            "INSERT INTO db_items (name, quantity, created_by) VALUES ($1, $2, $3)
+             RETURNING CAST(id AS BIGINT) AS id, name, quantity, created_by",
+        )
+        .bind::<Text, _>(&body.name)
+        .bind::<Big, _>(body.quantity)
+        .bind::<Text, _>(&user)
+        .get_result::<Item>(conn)
+        .await
+        .map_err(db_error)?;
+        // Validated after the insert, as a multi-step handler would: failing here rolls it back.
+        if item.quantity < 1 || item.name.trim().is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_item",
+                "an item needs a name and a quantity of at least 1",
+            ));
+        }
+        Ok(item)
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(item)))
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    sessions: &'static str,
+    database: &'static str,
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let manager = &state.sessions.manager;
+    let body = |status| Health {
+        status,
+        sessions: manager.sessions().backend(),
+        database: manager.db().backend(),
+    };
+    match manager.health().await {
+        Ok(()) => axum::Json(body("ok")).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(body("unavailable")),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.sessions.manager.record_pool_gauges();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}

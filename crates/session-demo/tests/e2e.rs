@@ -1,0 +1,382 @@
+//! End to end: the demo's router on an ephemeral port, driven over HTTP by reqwest clients with
+//! cookie jars, once on memory + SQLite and once on Redis + PostgreSQL; and the binary itself,
+//! started and stopped with SIGTERM.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use session_axum::SessionCookies;
+use session_core::SessionToken;
+use session_manager::{SessionConfig, SessionManager};
+use session_testkit::servers::{
+    PgSchema, redis_delete_prefix, redis_url, require_redis, unique_prefix,
+};
+
+struct Demo {
+    base: String,
+    manager: Arc<SessionManager>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Demo {
+    async fn start(config: SessionConfig) -> Self {
+        let manager = Arc::new(SessionManager::build(config).await.unwrap());
+        // Plain HTTP on loopback: a Secure cookie would never be sent back.
+        let router = session_demo::app(manager.clone(), SessionCookies::default().secure(false))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self {
+            base,
+            manager,
+            server,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn stop(self) {
+        self.server.abort();
+        self.manager.shutdown().await;
+    }
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(demo: &Demo, client: &reqwest::Client, user: &str, root: bool) -> String {
+    let response = client
+        .post(demo.url("/sessions"))
+        .json(&json!({"user_id": user, "company_name": "Acme", "email": format!("{user}@acme.test"), "is_root": root}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["session"]["user_id"], user);
+    assert!(
+        body["session"].get("token").is_none(),
+        "the session body carries no token"
+    );
+    body["session_id"].as_str().unwrap().to_owned()
+}
+
+async fn status(request: reqwest::RequestBuilder) -> StatusCode {
+    request.send().await.unwrap().status()
+}
+
+fn with_token(demo: &Demo, path: &str, token: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .get(demo.url(path))
+        .header("cookie", format!("session={token}"))
+}
+
+/// The whole scenario the issue lists.
+async fn scenario(demo: &Demo) {
+    // Sign in, me.
+    let alice_a = browser();
+    let first = sign_in(demo, &alice_a, "alice", false).await;
+    let me: Value = alice_a
+        .get(demo.url("/sessions/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], "alice@acme.test");
+
+    // Rotate: the new cookie works, the old one is now 401.
+    let rotated: Value = alice_a
+        .post(demo.url("/sessions/me/rotate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = rotated["session_id"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    assert_eq!(
+        status(alice_a.get(demo.url("/sessions/me"))).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(with_token(demo, "/sessions/me", &first)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(with_token(demo, "/sessions/me", &second)).await,
+        StatusCode::OK
+    );
+
+    // A second session of alice's; list from it.
+    let alice_b = browser();
+    sign_in(demo, &alice_b, "alice", false).await;
+    let list: Vec<Value> = alice_b
+        .get(demo.url("/users/alice/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 2);
+
+    // Authorization: another non-root user is refused; a root session is allowed.
+    let bob = browser();
+    sign_in(demo, &bob, "bob", false).await;
+    assert_eq!(
+        status(bob.get(demo.url("/users/alice/sessions"))).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(bob.delete(demo.url("/users/alice/sessions"))).await,
+        StatusCode::FORBIDDEN
+    );
+    let carol = browser();
+    sign_in(demo, &carol, "carol", true).await;
+    assert_eq!(
+        status(carol.get(demo.url("/users/alice/sessions"))).await,
+        StatusCode::OK
+    );
+
+    // Revoke-all from alice's other session: the first browser is signed out, this one stays.
+    let revoked: Value = alice_b
+        .delete(demo.url("/users/alice/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked["revoked"], 1);
+    assert_eq!(
+        status(alice_a.get(demo.url("/sessions/me"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(alice_b.get(demo.url("/sessions/me"))).await,
+        StatusCode::OK
+    );
+    // A root session revokes another user's sessions entirely.
+    let revoked: Value = carol
+        .delete(demo.url("/users/bob/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revoked["revoked"], 1);
+    assert_eq!(
+        status(bob.get(demo.url("/sessions/me"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // db-items: a valid item commits; one failing validation after its insert rolls back.
+    let created = alice_b
+        .post(demo.url("/db-items"))
+        .json(&json!({"name": "apple", "quantity": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let rejected = alice_b
+        .post(demo.url("/db-items"))
+        .json(&json!({"name": "pear", "quantity": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejected.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let items: Vec<Value> = alice_b
+        .get(demo.url("/db-items"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["apple"], "the rejected insert was rolled back");
+    assert_eq!(items[0]["created_by"], "alice");
+    assert_eq!(
+        status(reqwest::Client::new().get(demo.url("/db-items"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Logout clears the cookie and ends the session.
+    let logout = alice_b
+        .delete(demo.url("/sessions/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert!(
+        logout
+            .headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        status(alice_b.get(demo.url("/sessions/me"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Health and metrics.
+    let health: Value = reqwest::get(demo.url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let metrics = reqwest::get(demo.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("session_operations_total"), "{metrics}");
+    assert!(metrics.contains("db_pool_connections"), "{metrics}");
+}
+
+/// A token the store never issued gets 401, and no session is created from it.
+async fn unknown_tokens_are_refused(demo: &Demo) {
+    let invented = SessionToken::generate().unwrap();
+    for request in [
+        reqwest::Client::new()
+            .get(demo.url("/sessions/me"))
+            .bearer_auth(invented.expose_secret()),
+        with_token(demo, "/sessions/me", invented.expose_secret()),
+        reqwest::Client::new()
+            .post(demo.url("/sessions/me/rotate"))
+            .bearer_auth(invented.expose_secret()),
+        reqwest::Client::new()
+            .get(demo.url("/sessions/me"))
+            .bearer_auth("not a token"),
+        with_token(demo, "/sessions/me", "x"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "JSON 401: {body}");
+    }
+    assert!(
+        demo.manager
+            .sessions()
+            .get(&invented)
+            .await
+            .unwrap()
+            .is_none(),
+        "no session was created from it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_on_memory_and_sqlite() {
+    let demo = Demo::start(SessionConfig::default()).await;
+    scenario(&demo).await;
+    unknown_tokens_are_refused(&demo).await;
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_on_redis_and_postgres() {
+    let url = redis_url();
+    require_redis(&url);
+    let prefix = unique_prefix("e2e");
+    let schema = PgSchema::create("e2e");
+    let config = SessionConfig::from_vars([
+        ("SESSION_STORE_URL".to_owned(), url.clone()),
+        ("SESSION_KEY_PREFIX".to_owned(), prefix.clone()),
+        ("DATABASE_URL".to_owned(), schema.url()),
+    ])
+    .unwrap();
+    let demo = Demo::start(config).await;
+    assert_eq!(
+        (
+            demo.manager.sessions().backend(),
+            demo.manager.db().backend()
+        ),
+        ("redis", "postgres")
+    );
+    scenario(&demo).await;
+    unknown_tokens_are_refused(&demo).await;
+    demo.stop().await;
+    redis_delete_prefix(&url, &prefix);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_on_defaults_and_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"))
+        .env("DEMO_ADDR", "127.0.0.1:0")
+        .env_remove("SESSION_STORE_URL")
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        first.contains("sessions: memory, database: sqlite"),
+        "{first}"
+    );
+    assert!(
+        lines.next().unwrap().unwrap().starts_with("try: curl"),
+        "prints an example request"
+    );
+    let health: Value = reqwest::get(format!("{base}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let signal = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+    assert!(
+        lines
+            .map_while(Result::ok)
+            .any(|l| l == "session-demo stopped")
+    );
+}
