@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release -p session-bench -- [--seconds N] [memory] [redis] [postgres] [scope]
 //! ```
-//! `postgres` runs the PostgreSQL store (`DATABASE_URL`, default the local `test` database, in a
+//! `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
+//! 1M stored, 10% expired). `postgres` runs the PostgreSQL store (`DATABASE_URL`, default the local `test` database, in a
 //! schema of its own) against raw diesel-async statements on the same table; `scope` runs a trivial
 //! transaction through the provider against raw diesel-async `conn.transaction` on a pool with the
 //! same settings, on PostgreSQL and SQLite.
@@ -475,6 +476,7 @@ async fn bench_redis(seconds: u64) {
 }
 
 mod db;
+mod footprint;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -506,7 +508,10 @@ async fn main() {
             "redis" => bench_redis(seconds).await,
             "postgres" => db::bench_postgres(seconds).await,
             "scope" => db::bench_scope(seconds).await,
-            other => panic!("unknown backend {other:?}; known: memory, redis, postgres, scope"),
+            "footprint" => footprint::bench_footprint().await,
+            other => panic!(
+                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint"
+            ),
         }
     }
 }
