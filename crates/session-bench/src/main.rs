@@ -341,6 +341,9 @@ pub(crate) fn row(backend: &str, op: Op, tasks: usize, o: &Outcome, baseline: Op
     );
 }
 
+/// Every row printed, for `bench-results/results.json`.
+static RESULTS: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
+
 pub(crate) fn row_named(
     backend: &str,
     op: &str,
@@ -349,6 +352,15 @@ pub(crate) fn row_named(
     o: &Outcome,
     baseline: Option<&Outcome>,
 ) {
+    RESULTS.lock().unwrap().push(serde_json::json!({
+        "backend": backend,
+        "op": op,
+        "tasks": tasks,
+        "ops_per_sec": o.rate(),
+        "p50_us": o.p50.as_secs_f64() * 1e6,
+        "p99_us": o.p99.as_secs_f64() * 1e6,
+        "baseline": baseline.map(|b| serde_json::json!({"name": baseline_name, "ops_per_sec": b.rate(), "ratio": o.rate() / b.rate()})),
+    }));
     let (base, ratio) = baseline.map_or((String::from("-"), String::from("-")), |b| {
         (
             format!("{:.0}", b.rate()),
@@ -473,6 +485,24 @@ async fn bench_redis(seconds: u64) {
             Some(&base),
         );
     }
+    // The facade's layer stack (tracing and metrics, with a Prometheus recorder installed) against
+    // the bare store, same run.
+    let layered: Arc<dyn UserSessionStore> =
+        Arc::new(session_core::Instrumented::new(store.clone()));
+    for op in [Op::Get, Op::Touch, Op::Update] {
+        for tasks in CONCURRENCY {
+            let bare = run_store(&store, &tokens, op, tasks, seconds).await;
+            let stacked = run_store(&layered, &tokens, op, tasks, seconds).await;
+            row_named(
+                "redis+layers",
+                op.name(),
+                "bare store",
+                tasks,
+                &stacked,
+                Some(&bare),
+            );
+        }
+    }
 }
 
 mod db;
@@ -502,6 +532,10 @@ async fn main() {
         "{:<12} {:<13} {:>5} {:>11} {:>8} {:>9} {:>22} {:>6}",
         "backend", "op", "tasks", "ops/s", "p50 µs", "p99 µs", "baseline ops/s", "ratio"
     );
+    // As in production: metrics go to a Prometheus recorder.
+    let _ = metrics::set_global_recorder(
+        metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+    );
     for backend in &backends {
         match backend.as_str() {
             "memory" => bench_memory(seconds).await,
@@ -514,4 +548,8 @@ async fn main() {
             ),
         }
     }
+    let _ = std::fs::create_dir_all("bench-results");
+    let json = serde_json::to_string_pretty(&*RESULTS.lock().unwrap()).unwrap();
+    std::fs::write("bench-results/results.json", json).unwrap();
+    println!("\nresults: bench-results/results.json");
 }
