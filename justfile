@@ -13,9 +13,9 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-# Release-mode benchmark: ops/s, p50 and p99 per operation at 1 and 32 tasks.
+# Release-mode benchmarks against their baselines, then redis-benchmark and pgbench ceilings.
 bench *ARGS:
-    cargo run --release -p session-bench -- {{ARGS}}
+    scripts/bench.sh {{ARGS}}
 
 # Start the local services the tests use, if they are not running.
 services:

@@ -166,7 +166,9 @@ async fn raw_pg_step(raw: &RawPg, op: Op, task: usize, i: usize) {
 
 pub(crate) async fn bench_postgres(seconds: u64) {
     let schema = PgSchema::create("bench_store");
-    let config = PoolConfig::default();
+    let mut config = PoolConfig::default();
+    // BENCH_PG_PING=0 measures both sides without the checkout ping (the pool's default is on).
+    config.test_on_checkout = std::env::var("BENCH_PG_PING").map_or(true, |v| v != "0");
     let store: Arc<dyn UserSessionStore> = Arc::new(
         PgSessionStore::connect(&schema.url(), config.clone(), SessionPolicy::default())
             .await
