@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release -p session-bench -- [--seconds N] [memory] [redis] [postgres] [scope]
 //! ```
-//! `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
+//! `peers` runs tower-sessions' memory, moka, Redis and sqlx PostgreSQL stores against ours (see
+//! peers.rs). `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
 //! 1M stored, 10% expired). `postgres` runs the PostgreSQL store (`DATABASE_URL`, default the local `test` database, in a
 //! schema of its own) against raw diesel-async statements on the same table; `scope` runs a trivial
 //! transaction through the provider against raw diesel-async `conn.transaction` on a pool with the
@@ -507,6 +508,7 @@ async fn bench_redis(seconds: u64) {
 
 mod db;
 mod footprint;
+mod peers;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -543,8 +545,9 @@ async fn main() {
             "postgres" => db::bench_postgres(seconds).await,
             "scope" => db::bench_scope(seconds).await,
             "footprint" => footprint::bench_footprint().await,
+            "peers" => peers::bench_peers(seconds).await,
             other => panic!(
-                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint"
+                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, peers"
             ),
         }
     }

@@ -1,0 +1,194 @@
+//! tower-sessions (0.14 line) stores against ours, operation by operation, in the same run.
+//!
+//! tower-sessions' store API is `create`, `load`, `save`, `delete` on a record; the equivalents:
+//! get = `load`; touch = `save` with a new expiry (tower-sessions saves on every request under
+//! `Expiry::OnInactivity`; ours writes only when the touch interval has passed); update = `save`;
+//! create = `create`; rotate = `delete` + `create` (what `Session::cycle_id` does at the store).
+//! Each row is ours over the peer: above 1 means ahead.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use session_core::{SessionPolicy, SessionToken, UserSessionStore};
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::{Id, Record};
+
+use crate::{CONCURRENCY, Op, Outcome, PREFILL, USERS, drive, prefill, row_named, run_store};
+
+const OPS: [Op; 5] = [Op::Get, Op::Touch, Op::Create, Op::Update, Op::Rotate];
+
+fn record(i: usize) -> Record {
+    let mut data = HashMap::new();
+    data.insert(
+        "user_id".to_owned(),
+        serde_json::json!(format!("user-{}", i % USERS)),
+    );
+    data.insert("email".to_owned(), serde_json::json!("bench@example.com"));
+    data.insert("company_name".to_owned(), serde_json::json!("Acme"));
+    data.insert("is_root".to_owned(), serde_json::json!(false));
+    Record {
+        id: Id::default(),
+        data,
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::minutes(30),
+    }
+}
+
+struct PeerTask<S> {
+    store: S,
+    ids: Arc<Vec<Id>>,
+    own: Record,
+    i: usize,
+}
+
+async fn run_peer<S: SessionStore + Clone>(
+    store: &S,
+    ids: &Arc<Vec<Id>>,
+    op: Op,
+    tasks: usize,
+    seconds: u64,
+) -> Outcome {
+    let init = |task: usize| {
+        let (store, ids) = (store.clone(), ids.clone());
+        async move {
+            let mut own = record(task);
+            store.create(&mut own).await.unwrap();
+            PeerTask {
+                store,
+                ids,
+                own,
+                i: task * 7919,
+            }
+        }
+    };
+    let step = move |mut t: PeerTask<S>| async move {
+        t.i += 1;
+        let id = t.ids[t.i % t.ids.len()];
+        match op {
+            Op::Get => drop(t.store.load(&id).await.unwrap()),
+            Op::Touch => {
+                let mut r = t.store.load(&id).await.unwrap().unwrap();
+                r.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::minutes(30);
+                t.store.save(&r).await.unwrap();
+            }
+            Op::Create => {
+                let mut r = record(t.i);
+                t.store.create(&mut r).await.unwrap();
+            }
+            Op::Update => {
+                t.own.data.insert("n".to_owned(), serde_json::json!(t.i));
+                t.store.save(&t.own).await.unwrap();
+            }
+            Op::Rotate => {
+                t.store.delete(&t.own.id).await.unwrap();
+                t.own.id = Id::default();
+                t.store.create(&mut t.own).await.unwrap();
+            }
+            Op::ListByUser => unreachable!("tower-sessions has no per-user listing"),
+        }
+        t
+    };
+    drive(tasks, seconds, init, step).await
+}
+
+async fn compare<S: SessionStore + Clone>(
+    name: &str,
+    ours: &Arc<dyn UserSessionStore>,
+    peer: S,
+    seconds: u64,
+) {
+    let tokens: Arc<Vec<SessionToken>> = prefill(ours).await;
+    let mut ids = Vec::with_capacity(PREFILL);
+    for i in 0..PREFILL {
+        let mut r = record(i);
+        peer.create(&mut r).await.unwrap();
+        ids.push(r.id);
+    }
+    let ids = Arc::new(ids);
+    for op in OPS {
+        for tasks in CONCURRENCY {
+            let mine = run_store(ours, &tokens, op, tasks, seconds).await;
+            let theirs = run_peer(&peer, &ids, op, tasks, seconds).await;
+            row_named(
+                name,
+                op.name(),
+                "tower-sessions",
+                tasks,
+                &mine,
+                Some(&theirs),
+            );
+        }
+    }
+}
+
+pub(crate) async fn bench_peers(seconds: u64) {
+    let policy = SessionPolicy::default;
+
+    // Memory: ours against tower-sessions' MemoryStore and its moka store.
+    let ours: Arc<dyn UserSessionStore> =
+        Arc::new(session_memory::MemoryStore::new(policy()).unwrap());
+    compare(
+        "memory/ts-mem",
+        &ours,
+        tower_sessions_memory_store::MemoryStore::default(),
+        seconds,
+    )
+    .await;
+    let ours: Arc<dyn UserSessionStore> =
+        Arc::new(session_memory::MemoryStore::new(policy()).unwrap());
+    compare(
+        "memory/ts-moka",
+        &ours,
+        tower_sessions_moka_store::MokaStore::new(None),
+        seconds,
+    )
+    .await;
+
+    // Redis: both on a private redis-server (tower-sessions keys sessions by bare id), same pool size.
+    let server = session_testkit::servers::RedisServer::start();
+    let config = session_redis::RedisConfig::new(server.url());
+    let size = config.pool_max_size as usize;
+    let ours: Arc<dyn UserSessionStore> = Arc::new(
+        session_redis::RedisStore::connect(config, policy())
+            .await
+            .unwrap(),
+    );
+    let fred_config =
+        tower_sessions_redis_store::fred::prelude::Config::from_url(&server.url()).unwrap();
+    let pool =
+        tower_sessions_redis_store::fred::prelude::Pool::new(fred_config, None, None, None, size)
+            .unwrap();
+    tower_sessions_redis_store::fred::prelude::ClientLike::init(&pool)
+        .await
+        .unwrap();
+    compare(
+        "redis/ts-redis",
+        &ours,
+        tower_sessions_redis_store::RedisStore::new(pool),
+        seconds,
+    )
+    .await;
+    drop(server);
+
+    // PostgreSQL: each in a schema of its own on the shared server, same pool size.
+    let ours_schema = session_testkit::servers::PgSchema::create("bench_peer_ours");
+    let peer_schema = session_testkit::servers::PgSchema::create("bench_peer_ts");
+    let ours: Arc<dyn UserSessionStore> = Arc::new(
+        session_diesel::PgSessionStore::connect(
+            &ours_schema.url(),
+            session_core::PoolConfig::default(),
+            policy(),
+        )
+        .await
+        .unwrap(),
+    );
+    let pg = tower_sessions_sqlx_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(session_core::PoolConfig::default().max_size)
+        .connect(&session_testkit::servers::database_url())
+        .await
+        .unwrap();
+    let peer = tower_sessions_sqlx_store::PostgresStore::new(pg)
+        .with_schema_name(peer_schema.name())
+        .unwrap();
+    peer.migrate().await.unwrap();
+    compare("postgres/ts-sqlx", &ours, peer, seconds).await;
+}
