@@ -4,6 +4,7 @@
 //! so without this a connection killed by the server (restart, `CLIENT KILL`, failover) would stay
 //! in the pool and fail every operation that checks it out until a checkout ping caught it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,10 +13,28 @@ use bb8_redis::bb8::ManageConnection;
 use redis::RedisError;
 use redis::aio::MultiplexedConnection;
 
-/// A pooled connection and whether it has failed.
+/// A pooled connection and whether it has failed. The flag is shared with the connection's
+/// [`Shared`] clones, so a failure seen on a clone discards the pooled connection too.
 pub(crate) struct Connection {
     pub(crate) inner: MultiplexedConnection,
-    pub(crate) broken: bool,
+    pub(crate) broken: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// A clone of the multiplexed handle for one operation. Multiplexed connections are made for
+    /// concurrent use: requests from many clones are pipelined over the one socket.
+    pub(crate) fn share(&self) -> Shared {
+        Shared {
+            inner: self.inner.clone(),
+            broken: self.broken.clone(),
+        }
+    }
+}
+
+/// A clone of a pooled connection, used for one operation after the checkout has ended.
+pub(crate) struct Shared {
+    pub(crate) inner: MultiplexedConnection,
+    pub(crate) broken: Arc<AtomicBool>,
 }
 
 /// The latest failure to open a connection, and a signal to checkouts waiting for one.
@@ -81,18 +100,18 @@ impl ManageConnection for Manager {
         inner.set_response_timeout(self.response_timeout);
         Ok(Connection {
             inner,
-            broken: false,
+            broken: Arc::new(AtomicBool::new(false)),
         })
     }
 
     async fn is_valid(&self, conn: &mut Connection) -> Result<(), RedisError> {
         let result = self.inner.is_valid(&mut conn.inner).await;
-        conn.broken = result.is_err();
+        conn.broken.store(result.is_err(), Ordering::Relaxed);
         result
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        conn.broken
+        conn.broken.load(Ordering::Relaxed)
     }
 }
 

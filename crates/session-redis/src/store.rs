@@ -1,6 +1,6 @@
 //! The Redis store.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::codec::{all_fields, decode_session, editable_fields, hash_fields};
 use crate::config::{Layout, RedisConfig};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
-use crate::pool::{ConnectFailures, Connection, Manager, breaks_connection};
+use crate::pool::{ConnectFailures, Manager, breaks_connection};
 use crate::scripts;
 
 /// Characters of a user's routing tag: 24 bits of SHA-256 of the user id, spread over all 16,384
@@ -58,8 +58,9 @@ struct Location {
     member: String,
 }
 
-/// Runs `$op` (an expression using the connection `$conn`) on a pooled connection and converts
-/// its error. An idempotent operation (a read, or a touch, whose repeat is a read) is retried once
+/// Runs `$op` (an expression using the connection `$conn`) on a clone of a pooled multiplexed
+/// connection and converts its error. The checkout ends before the operation starts, so concurrent
+/// operations pipeline over the pool's connections instead of queueing for exclusive use. An idempotent operation (a read, or a touch, whose repeat is a read) is retried once
 /// on another connection when the first turns out to be dead, so a dropped connection costs a read
 /// nothing; a write is never repeated, since the lost reply may belong to a write that happened.
 /// A macro rather than a function taking an async closure: such closures' futures cannot yet be
@@ -69,19 +70,19 @@ macro_rules! run {
         let store = $store;
         let mut retry = $idempotent == Idempotent::Yes;
         loop {
-            let mut pooled = store.checkout().await?;
-            let $conn = &mut pooled.inner;
+            let mut shared = store.checkout().await?.share();
+            let $conn = &mut shared.inner;
             match $op {
                 Ok(value) => break Ok(value),
                 // A time-out is not retried: against a stalled server it would double the wait.
                 Err(err) if retry && breaks_connection(&err) && !err.is_timeout() => {
-                    pooled.broken = true;
+                    shared.broken.store(true, Ordering::Relaxed);
                     store
                         .suspect
                         .store(store.config.pool_max_size, Ordering::Relaxed);
                     retry = false;
                 }
-                Err(err) => break Err(store.fail(&mut pooled, err, $handle)),
+                Err(err) => break Err(store.fail(&shared.broken, err, $handle)),
             }
         }
     }};
@@ -246,7 +247,7 @@ impl RedisStore {
                     return Ok(conn);
                 }
                 Err(err) => {
-                    conn.broken = true;
+                    conn.broken.store(true, Ordering::Relaxed);
                     drop(conn);
                     attempts += 1;
                     if attempts > self.config.pool_max_size {
@@ -260,12 +261,12 @@ impl RedisStore {
     /// Converts a command error, discarding the connection if the error broke it.
     fn fail(
         &self,
-        conn: &mut Connection,
+        broken: &AtomicBool,
         err: RedisError,
         handle: Option<&SessionHandle>,
     ) -> SessionError {
         if breaks_connection(&err) {
-            conn.broken = true;
+            broken.store(true, Ordering::Relaxed);
             self.suspect
                 .store(self.config.pool_max_size, Ordering::Relaxed);
         }
@@ -579,7 +580,7 @@ impl UserSessionStore for RedisStore {
         loop {
             let (next, keys) = scan_page(&mut conn.inner, cursor, &pattern)
                 .await
-                .map_err(|e| self.fail(&mut conn, e, None))?;
+                .map_err(|e| self.fail(&conn.broken, e, None))?;
             for index in keys {
                 let Some(end) = index.find("}:u:") else {
                     continue;
@@ -590,7 +591,7 @@ impl UserSessionStore for RedisStore {
                 let n: u64 = invocation
                     .invoke_async(&mut conn.inner)
                     .await
-                    .map_err(|e| self.fail(&mut conn, e, None))?;
+                    .map_err(|e| self.fail(&conn.broken, e, None))?;
                 removed += n;
             }
             if next == 0 {
@@ -620,7 +621,7 @@ impl StorageDump for RedisStore {
         loop {
             let (next, batch) = scan_page(&mut conn.inner, cursor, &pattern)
                 .await
-                .map_err(|e| self.fail(&mut conn, e, None))?;
+                .map_err(|e| self.fail(&conn.broken, e, None))?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -633,7 +634,7 @@ impl StorageDump for RedisStore {
                 .arg(&key)
                 .query_async(&mut conn.inner)
                 .await
-                .map_err(|e| self.fail(&mut conn, e, None))?;
+                .map_err(|e| self.fail(&conn.broken, e, None))?;
             let value: Value = match kind.as_str() {
                 "hash" => {
                     redis::cmd("HGETALL")
@@ -658,7 +659,7 @@ impl StorageDump for RedisStore {
                 }
                 _ => Ok(Value::Nil),
             }
-            .map_err(|e| self.fail(&mut conn, e, None))?;
+            .map_err(|e| self.fail(&conn.broken, e, None))?;
             let handle = match (key.find('{'), key.find("}:s:")) {
                 (Some(open), Some(close)) => {
                     format!(" (handle {}.{})", &key[open + 1..close], &key[close + 4..])
