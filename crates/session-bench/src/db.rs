@@ -9,7 +9,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use session_core::{
     DbSessionProvider, PoolConfig, ScopeOptions, SessionError, SessionPolicy, UserSessionStore,
 };
-use session_diesel::{PgProvider, PgSessionStore, ProviderConnection, SqliteConn, SqliteProvider};
+use session_diesel::{
+    KeepPrepared, PgProvider, PgSessionStore, ProviderConnection, SqliteConn, SqliteProvider,
+};
 use session_testkit::servers::{PgSchema, SqliteFile};
 
 use crate::{CONCURRENCY, Op, PREFILL, USERS, drive, prefill, row_named, run_store};
@@ -160,8 +162,20 @@ async fn raw_pg_step(raw: &RawPg, op: Op, task: usize, i: usize) {
             .bind::<Text, _>(format!("own-{task}-{}", (i + 1) % 2)),
         Op::ListByUser => query(format!("SELECT {COLUMNS} FROM user_sessions WHERE user_id = $1 AND idle_expires_at > now() ORDER BY created_at"))
             .bind::<Text, _>(format!("user-{}", i % USERS)),
+        Op::CreateDelete => {
+            let new = format!("raw-{}", NEXT_RAW.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            query(format!(
+                "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'u', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1)"
+            ))
+            .bind::<Text, _>(new.clone())
+            .prepared()
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            query("DELETE FROM user_sessions WHERE handle = $1".to_owned()).bind::<Text, _>(new)
+        }
     };
-    statement.execute(&mut *conn).await.unwrap();
+    statement.prepared().execute(&mut *conn).await.unwrap();
 }
 
 pub(crate) async fn bench_postgres(seconds: u64) {

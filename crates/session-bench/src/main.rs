@@ -35,16 +35,20 @@ pub(crate) enum Op {
     Update,
     Rotate,
     ListByUser,
+    /// A create and the delete of what it created, both timed: a delete needs a live session to
+    /// remove, and a 2 s run at memory speed would need millions made in advance.
+    CreateDelete,
 }
 
 impl Op {
-    pub(crate) const ALL: [Op; 6] = [
+    pub(crate) const ALL: [Op; 7] = [
         Op::Get,
         Op::Touch,
         Op::Create,
         Op::Update,
         Op::Rotate,
         Op::ListByUser,
+        Op::CreateDelete,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Op {
             Op::Update => "update",
             Op::Rotate => "rotate",
             Op::ListByUser => "list_by_user",
+            Op::CreateDelete => "create+delete",
         }
     }
 
@@ -65,6 +70,7 @@ impl Op {
             Op::Create => "INSERT",
             Op::Update | Op::Rotate => "UPDATE",
             Op::ListByUser => "SELECT user",
+            Op::CreateDelete => "INSERT+DELETE",
         }
     }
 
@@ -75,6 +81,7 @@ impl Op {
             Op::Create | Op::Update => "HSET",
             Op::Rotate => "RENAME",
             Op::ListByUser => "ZRANGEBYSCORE",
+            Op::CreateDelete => "HSET+DEL",
         }
     }
 }
@@ -212,6 +219,17 @@ pub(crate) async fn run_store(
                     .await
                     .unwrap(),
             ),
+            Op::CreateDelete => {
+                let issued = t
+                    .store
+                    .create(
+                        NewUserSession::new(format!("new-user-{}", t.i % USERS))
+                            .email("bench@example.com"),
+                    )
+                    .await
+                    .unwrap();
+                assert!(t.store.delete(&issued.token).await.unwrap());
+            }
         }
         t
     };
@@ -280,6 +298,16 @@ async fn run_baseline(
         let own = format!("{}own:{}", t.prefix, t.task);
         let cmd = match op {
             Op::Get | Op::Touch => redis::cmd("HGETALL").arg(key).clone(),
+            Op::CreateDelete => {
+                let new = format!("{}new:{}:{}", t.prefix, t.task, t.i);
+                let () = redis::cmd("HSET")
+                    .arg(&new)
+                    .arg(&[("user_id", "u"), ("email", "bench@example.com")])
+                    .exec_async(&mut *conn)
+                    .await
+                    .unwrap();
+                redis::cmd("DEL").arg(new).clone()
+            }
             Op::Create => redis::cmd("HSET")
                 .arg(format!("{}new:{}:{}", t.prefix, t.task, t.i))
                 .arg(&[

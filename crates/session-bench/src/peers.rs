@@ -15,7 +15,14 @@ use tower_sessions_core::session::{Id, Record};
 
 use crate::{CONCURRENCY, Op, Outcome, PREFILL, USERS, drive, prefill, row_named, run_store};
 
-const OPS: [Op; 5] = [Op::Get, Op::Touch, Op::Create, Op::Update, Op::Rotate];
+const OPS: [Op; 6] = [
+    Op::Get,
+    Op::Touch,
+    Op::Create,
+    Op::Update,
+    Op::Rotate,
+    Op::CreateDelete,
+];
 
 fn record(i: usize) -> Record {
     let mut data = HashMap::new();
@@ -82,6 +89,11 @@ async fn run_peer<S: SessionStore + Clone>(
                 t.store.delete(&t.own.id).await.unwrap();
                 t.own.id = Id::default();
                 t.store.create(&mut t.own).await.unwrap();
+            }
+            Op::CreateDelete => {
+                let mut r = record(t.i);
+                t.store.create(&mut r).await.unwrap();
+                t.store.delete(&r.id).await.unwrap();
             }
             Op::ListByUser => unreachable!("tower-sessions has no per-user listing"),
         }

@@ -15,7 +15,10 @@ pub(crate) fn from_diesel(backend: &'static str, err: DieselError) -> SessionErr
                 source: Box::new(err),
             }
         }
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        )
         | DieselError::BrokenTransactionManager => SessionError::Unavailable {
             backend,
             source: Box::new(err),

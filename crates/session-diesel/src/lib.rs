@@ -18,6 +18,8 @@
 mod error;
 #[cfg(feature = "postgres")]
 mod pg;
+#[cfg(feature = "postgres")]
+mod prepared;
 mod provider;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -26,6 +28,8 @@ mod store;
 
 #[cfg(feature = "postgres")]
 pub use pg::PgProvider;
+#[cfg(feature = "postgres")]
+pub use prepared::{KeepPrepared, Prepared};
 pub use provider::{DieselProvider, PooledConnection, ProviderConnection};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConn, SqliteProvider, SqliteTarget, parse_sqlite_url};

@@ -1,9 +1,12 @@
 //! The pooled transaction scope, generic over the diesel-async connection.
 
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, SimpleAsyncConnection, TransactionManager};
 use session_core::{
     DbSessionProvider, PoolConfig, PoolState, Result, ScopeFn, ScopeOptions, SessionError,
@@ -17,7 +20,7 @@ pub type PooledConnection<C> = bb8::PooledConnection<'static, AsyncDieselConnect
 /// What differs between the connection types a provider can pool. Sealed: implemented for
 /// `AsyncPgConnection` and `SyncConnectionWrapper<SqliteConnection>` only.
 pub trait ProviderConnection:
-    AsyncConnection + SimpleAsyncConnection + Send + 'static + sealed::Sealed
+    AsyncConnection + SimpleAsyncConnection + PoolableConnection + Send + 'static + sealed::Sealed
 {
     /// The backend's name for logs, metrics and errors.
     const BACKEND: &'static str;
@@ -37,6 +40,18 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
+/// How a connection is tested as it is checked out, when `test_on_checkout` is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CheckoutCheck {
+    /// A `SELECT 1` round trip (`pool_pre_ping`): catches every dead connection, costs a round trip.
+    Ping,
+    /// The driver's own state only (closed socket, broken transaction): no round trip. A connection
+    /// the server closed is seen once the driver has read the close; one that died silently fails
+    /// its statement with a temporary error and is discarded, and then the next `max_size`
+    /// checkouts ping, since its siblings probably died with it (ADR 0008).
+    Local,
+}
+
 /// A [`DbSessionProvider`] on a bb8 pool of diesel-async connections.
 ///
 /// Use [`crate::PgProvider`] or [`crate::SqliteProvider`].
@@ -48,6 +63,8 @@ where
     /// handle: idle connections close at once, busy ones when their scopes return them.
     pool: RwLock<Option<bb8::Pool<AsyncDieselConnectionManager<C>>>>,
     config: PoolConfig,
+    /// Checkouts left that ping although the check is [`CheckoutCheck::Local`].
+    suspect: Arc<AtomicU32>,
 }
 
 impl<C: ProviderConnection> std::fmt::Debug for DieselProvider<C>
@@ -74,8 +91,42 @@ where
     /// [`SessionError::Config`] for invalid pool settings; `Unavailable` or `Timeout` if the
     /// database cannot be reached within the checkout timeout.
     pub async fn connect(url: &str, config: PoolConfig) -> Result<Self> {
+        Self::connect_checking(url, config, CheckoutCheck::Ping).await
+    }
+
+    /// [`DieselProvider::connect`] with the given kind of checkout test (used when
+    /// `test_on_checkout` is on).
+    pub(crate) async fn connect_checking(
+        url: &str,
+        config: PoolConfig,
+        check: CheckoutCheck,
+    ) -> Result<Self> {
         config.validate()?;
-        let manager = AsyncDieselConnectionManager::<C>::new_with_config(url, C::manager_config());
+        let suspect = Arc::new(AtomicU32::new(0));
+        let mut manager_config = C::manager_config();
+        if check == CheckoutCheck::Local {
+            let suspect = suspect.clone();
+            manager_config.recycling_method =
+                RecyclingMethod::CustomFunction(Box::new(move |conn| {
+                    let broken = conn.is_broken();
+                    let ping = !broken
+                        && suspect
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok();
+                    Box::pin(async move {
+                        if broken {
+                            return Err(diesel::result::Error::BrokenTransactionManager);
+                        }
+                        if ping {
+                            conn.batch_execute("SELECT 1").await?;
+                        }
+                        Ok(())
+                    })
+                }));
+        }
+        let manager = AsyncDieselConnectionManager::<C>::new_with_config(url, manager_config);
         let mut builder = bb8::Pool::builder()
             .max_size(config.max_size)
             .min_idle(config.min_idle)
@@ -90,6 +141,7 @@ where
         let provider = Self {
             pool: RwLock::new(Some(pool)),
             config,
+            suspect,
         };
         provider.health().await?;
         Ok(provider)
@@ -99,6 +151,11 @@ where
     #[must_use]
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// After a lost connection: the next `max_size` checkouts ping (with [`CheckoutCheck::Local`]).
+    pub(crate) fn suspect_connections(&self) {
+        self.suspect.store(self.config.max_size, Ordering::Relaxed);
     }
 
     fn pool(&self) -> Result<bb8::Pool<AsyncDieselConnectionManager<C>>> {

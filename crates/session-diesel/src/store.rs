@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
@@ -24,6 +24,8 @@ use session_core::{
 
 use crate::error::from_diesel;
 use crate::pg::PgProvider;
+use crate::prepared::KeepPrepared;
+use crate::provider::CheckoutCheck;
 
 /// The schema, applied by [`PgSessionStore::connect`] (and [`PgSessionStore::migrate`]).
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -171,7 +173,9 @@ impl PgSessionStore {
         policy.validate()?;
         Self::migrate(url).await?;
         Ok(Self {
-            db: PgProvider::connect(url, pool).await?,
+            // Every store operation is one statement; a checkout ping would double its round
+            // trips, so the store's pool tests connections locally (ADR 0008).
+            db: PgProvider::connect_checking(url, pool, CheckoutCheck::Local).await?,
             policy,
             purge_batch: i64::from(DEFAULT_PURGE_BATCH),
             purge_task: Mutex::new(None),
@@ -275,10 +279,35 @@ impl PgSessionStore {
     async fn conn(&self) -> Result<crate::PooledConnection<AsyncPgConnection>> {
         self.db.connection().await
     }
+
+    /// Converts a statement's error. A lost connection makes the next checkouts ping: its
+    /// siblings in the pool probably died with it (the server restarted, or a network cut).
+    fn fail(&self, e: diesel::result::Error) -> SessionError {
+        let err = from_diesel(BACKEND, e);
+        if matches!(err, SessionError::Unavailable { .. }) {
+            self.db.suspect_connections();
+        }
+        err
+    }
 }
 
-fn db(e: diesel::result::Error) -> SessionError {
-    from_diesel(BACKEND, e)
+/// Runs an idempotent read; if its connection turns out lost, runs it once more on another
+/// (the failure has made the next checkouts ping, see [`PgSessionStore::fail`]). A macro because
+/// the read borrows the connection across an await, which a closure cannot yet express as `Send`.
+macro_rules! read_retrying {
+    ($store:expr, |$conn:ident| $read:expr) => {{
+        let first = {
+            let mut $conn = $store.conn().await?;
+            $read
+        };
+        match first {
+            Err(SessionError::Unavailable { .. }) => {
+                let mut $conn = $store.conn().await?;
+                $read
+            }
+            other => other,
+        }
+    }};
 }
 
 fn rows(rows: Vec<Row>) -> Result<Vec<UserSession>> {
@@ -330,9 +359,10 @@ impl UserSessionStore for PgSessionStore {
             .bind::<BigInt, _>(ms(session.absolute_expires_at))
             .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(1))
             .bind::<BigInt, _>(cap)
+            .prepared()
             .execute(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.fail(e))?;
         Ok(IssuedSession { token, session })
     }
 
@@ -342,20 +372,16 @@ impl UserSessionStore for PgSessionStore {
             columns(""),
             at(2)
         );
-        let mut conn = self.conn().await?;
-        let row: Option<Row> = diesel::sql_query(sql)
-            .bind::<Text, _>(token.handle().as_str())
-            .bind::<BigInt, _>(self.now())
-            .get_result(&mut *conn)
-            .await
-            .map(Some)
-            .or_else(|e| {
-                if e == diesel::result::Error::NotFound {
-                    Ok(None)
-                } else {
-                    Err(db(e))
-                }
-            })?;
+        let row: Option<Row> = read_retrying!(self, |conn| {
+            diesel::sql_query(&sql)
+                .bind::<Text, _>(token.handle().as_str())
+                .bind::<BigInt, _>(self.now())
+                .prepared()
+                .get_result(&mut *conn)
+                .await
+                .optional()
+                .map_err(|e| self.fail(e))
+        })?;
         row.map(Row::into_session).transpose()
     }
 
@@ -386,9 +412,10 @@ impl UserSessionStore for PgSessionStore {
             .bind::<BigInt, _>(ms(now))
             .bind::<BigInt, _>(ms(self.policy.touched_idle_expiry(&current, now)))
             .bind::<BigInt, _>(ms(now).saturating_sub(ms_of(self.policy.touch_interval)))
+            .prepared()
             .load(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.fail(e))?;
         match touched.into_iter().next() {
             Some(row) => row.into_session().map(Some),
             // Another touch got there first (or the session just went): read what stands.
@@ -419,9 +446,10 @@ impl UserSessionStore for PgSessionStore {
             .bind::<Text, _>(session.attributes_json()?)
             .bind::<Text, _>(&session.user_id)
             .bind::<BigInt, _>(now)
+            .prepared()
             .load(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.fail(e))?;
         if let Some(row) = updated.into_iter().next() {
             return row.into_session();
         }
@@ -433,9 +461,10 @@ impl UserSessionStore for PgSessionStore {
         let stored: Vec<Stored> = diesel::sql_query(sql)
             .bind::<Text, _>(session.handle.as_str())
             .bind::<BigInt, _>(now)
+            .prepared()
             .load(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.fail(e))?;
         match stored.into_iter().next() {
             None => Err(SessionError::NotFound),
             Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
@@ -463,9 +492,10 @@ impl UserSessionStore for PgSessionStore {
             .bind::<Text, _>(token.handle().as_str())
             .bind::<Text, _>(new_token.handle().as_str())
             .bind::<BigInt, _>(self.now())
+            .prepared()
             .load(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.fail(e))?;
         rotated
             .into_iter()
             .next()
@@ -491,9 +521,10 @@ impl UserSessionStore for PgSessionStore {
         let deleted: Vec<Liveness> = diesel::sql_query(sql)
             .bind::<Text, _>(handle.as_str())
             .bind::<BigInt, _>(self.now())
+            .prepared()
             .load(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.fail(e))?;
         Ok(deleted.iter().any(|d| d.live))
     }
 
@@ -503,13 +534,15 @@ impl UserSessionStore for PgSessionStore {
             columns(""),
             at(2)
         );
-        let mut conn = self.conn().await?;
-        let found: Vec<Row> = diesel::sql_query(sql)
-            .bind::<Text, _>(user_id)
-            .bind::<BigInt, _>(self.now())
-            .load(&mut *conn)
-            .await
-            .map_err(db)?;
+        let found: Vec<Row> = read_retrying!(self, |conn| {
+            diesel::sql_query(&sql)
+                .bind::<Text, _>(user_id)
+                .bind::<BigInt, _>(self.now())
+                .prepared()
+                .load(&mut *conn)
+                .await
+                .map_err(|e| self.fail(e))
+        })?;
         rows(found)
     }
 
@@ -523,9 +556,10 @@ impl UserSessionStore for PgSessionStore {
             .bind::<Text, _>(user_id)
             .bind::<Text, _>(except.map_or("", SessionHandle::as_str))
             .bind::<BigInt, _>(self.now())
+            .prepared()
             .load(&mut *conn)
             .await
-            .map_err(db)?;
+            .map_err(|e| self.fail(e))?;
         Ok(deleted.iter().filter(|d| d.live).count() as u64)
     }
 
@@ -545,9 +579,10 @@ impl UserSessionStore for PgSessionStore {
             let deleted = diesel::sql_query(&sql)
                 .bind::<BigInt, _>(now)
                 .bind::<BigInt, _>(self.purge_batch)
+                .prepared()
                 .execute(&mut *conn)
                 .await
-                .map_err(db)?;
+                .map_err(|e| self.fail(e))?;
             total += deleted as u64;
             if (deleted as i64) < self.purge_batch {
                 return Ok(total);
@@ -566,9 +601,10 @@ impl StorageDump for PgSessionStore {
         let mut conn = self.conn().await?;
         let found: Vec<Json> =
             diesel::sql_query("SELECT row_to_json(s)::TEXT AS row FROM user_sessions s")
+                .prepared()
                 .load(&mut *conn)
                 .await
-                .map_err(db)?;
+                .map_err(|e| self.fail(e))?;
         Ok(found.into_iter().map(|j| j.row).collect())
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use session_core::{
-    Clock, ManualClock, NewUserSession, PoolConfig, SessionError, SessionPolicy, UserSessionStore,
+    Clock, DbSessionProvider, ManualClock, NewUserSession, PoolConfig, SessionError, SessionPolicy,
+    UserSessionStore,
 };
 use session_diesel::PgSessionStore;
 use session_testkit::servers::{PgSchema, psql};
@@ -166,4 +167,29 @@ async fn a_corrupt_row_is_a_decode_error_naming_the_session() {
         store.get(&healthy.token).await.unwrap().is_some(),
         "the pool is unaffected"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_the_server_closing_every_pooled_connection() {
+    let schema = PgSchema::create("terminated");
+    let clock = ManualClock::starting_now();
+    let store = PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+        .await
+        .unwrap();
+    let issued = store.create(NewUserSession::new("u")).await.unwrap();
+    // Fill the pool with four connections, then have the server end every one of them.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(store.provider().connection().await.unwrap());
+    }
+    drop(held);
+    assert!(schema.terminate_backends() >= 4);
+    // The store's pool tests connections locally (no ping round trip). A connection whose close
+    // the driver has already read is replaced at checkout; one it has not is found lost by the
+    // read, which makes the next checkouts ping and runs once more: every read below succeeds.
+    for _ in 0..8 {
+        let found = store.get(&issued.token).await.unwrap();
+        assert_eq!(found.unwrap().handle, issued.session.handle);
+    }
+    store.close().await;
 }
