@@ -6,12 +6,12 @@
 //! statement; a session is live while `idle_expires_at > now` (the idle expiry is never after the
 //! absolute one, a table constraint).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use diesel::{OptionalExtension, QueryableByName};
 use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
 };
@@ -49,6 +49,33 @@ fn columns(p: &str) -> String {
         ms("absolute_expires_at")
     )
 }
+
+/// The insert of `create` without a per-user cap.
+static CREATE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me, attributes,
+             created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12)",
+        now = at(8),
+        seen = at(9),
+        idle = at(10),
+        absolute = at(11),
+    )
+});
+
+/// The insert of `create` with a per-user cap (`$13`): the user's newest `cap - 1` live sessions
+/// stay and older live ones go, in the same statement as the insert.
+static CREATE_CAPPED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH evicted AS (
+            DELETE FROM user_sessions WHERE handle IN (
+                SELECT handle FROM user_sessions WHERE user_id = $2 AND idle_expires_at > {now}
+                ORDER BY created_at DESC, handle DESC OFFSET $13 - 1))
+         {insert}",
+        now = at(8),
+        insert = *CREATE,
+    )
+});
 
 /// The instant held (as epoch milliseconds) by bind parameter `$n`.
 fn at(n: u8) -> String {
@@ -329,23 +356,10 @@ impl UserSessionStore for PgSessionStore {
         let token = SessionToken::generate()?;
         let session = new.into_session(&token, &self.policy)?;
         let cap = self.policy.max_sessions_per_user.map_or(0, i64::from);
-        // With a cap, the user's newest `cap - 1` live sessions stay and older live ones go, in the
-        // same statement as the insert.
-        let sql = format!(
-            "WITH evicted AS (
-                DELETE FROM user_sessions WHERE $13 > 0 AND handle IN (
-                    SELECT handle FROM user_sessions WHERE user_id = $2 AND idle_expires_at > {now}
-                    ORDER BY created_at DESC, handle DESC OFFSET GREATEST($13 - 1, 0)))
-             INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me, attributes,
-                 created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12)",
-            now = at(8),
-            seen = at(9),
-            idle = at(10),
-            absolute = at(11),
-        );
+        let sql: &str = if cap > 0 { &CREATE_CAPPED } else { &CREATE };
         let mut conn = self.conn().await?;
-        diesel::sql_query(sql)
+        let insert = diesel::sql_query(sql)
+            .into_boxed::<diesel::pg::Pg>()
             .bind::<Text, _>(session.handle.as_str())
             .bind::<Text, _>(&session.user_id)
             .bind::<Text, _>(&session.company_name)
@@ -357,8 +371,13 @@ impl UserSessionStore for PgSessionStore {
             .bind::<BigInt, _>(ms(session.last_seen_at))
             .bind::<BigInt, _>(ms(session.idle_expires_at))
             .bind::<BigInt, _>(ms(session.absolute_expires_at))
-            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(1))
-            .bind::<BigInt, _>(cap)
+            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(1));
+        let insert = if cap > 0 {
+            insert.bind::<BigInt, _>(cap)
+        } else {
+            insert
+        };
+        insert
             .prepared()
             .execute(&mut *conn)
             .await

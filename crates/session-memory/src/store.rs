@@ -65,14 +65,16 @@ impl Shard {
 
 /// One user's session handles, possibly including sessions that died since the last prune.
 struct UserIndex {
-    handles: Vec<SessionHandle>,
+    /// A set, so sign-out and rotation remove their handle in O(1) however many sessions the
+    /// user holds.
+    handles: HashSet<SessionHandle>,
     prune_at: usize,
 }
 
 impl Default for UserIndex {
     fn default() -> Self {
         Self {
-            handles: Vec::new(),
+            handles: HashSet::new(),
             prune_at: PRUNE_INDEX_AT,
         }
     }
@@ -150,7 +152,7 @@ impl MemoryStore {
             .filter(|s| !self.policy.is_expired(s, now))
     }
 
-    fn evict_over_cap(&self, handles: &mut Vec<SessionHandle>, cap: usize, now: SystemTime) {
+    fn evict_over_cap(&self, handles: &mut HashSet<SessionHandle>, cap: usize, now: SystemTime) {
         let mut live: Vec<(SystemTime, SessionHandle)> = Vec::with_capacity(handles.len());
         for handle in handles.iter() {
             if let Some(s) = lock(self.shard(handle)).live(handle, &self.policy, now) {
@@ -167,7 +169,7 @@ impl MemoryStore {
         handles.retain(|h| keep.contains(h));
     }
 
-    fn prune_dead(&self, handles: &mut Vec<SessionHandle>, now: SystemTime) {
+    fn prune_dead(&self, handles: &mut HashSet<SessionHandle>, now: SystemTime) {
         handles.retain(|h| lock(self.shard(h)).live(h, &self.policy, now).is_some());
     }
 }
@@ -195,7 +197,7 @@ impl UserSessionStore for MemoryStore {
             self.prune_dead(&mut index.handles, now);
             index.prune_at = PRUNE_INDEX_AT.max(index.handles.len() * 2);
         }
-        index.handles.push(session.handle.clone());
+        index.handles.insert(session.handle.clone());
         lock(self.shard(&session.handle)).insert(session.clone());
         Ok(IssuedSession { token, session })
     }
@@ -272,8 +274,8 @@ impl UserSessionStore for MemoryStore {
         session.handle = new_token.handle().clone();
         lock(self.shard(&session.handle)).insert(session.clone());
         if let Some(index) = users.get_mut(&user_id) {
-            index.handles.retain(|h| h != old);
-            index.handles.push(session.handle.clone());
+            index.handles.remove(old);
+            index.handles.insert(session.handle.clone());
         }
         Ok(Some(IssuedSession {
             token: new_token,
@@ -292,7 +294,7 @@ impl UserSessionStore for MemoryStore {
         };
         let mut users = lock(self.user_shard(&removed.user_id));
         if let Some(index) = users.get_mut(&removed.user_id) {
-            index.handles.retain(|h| h != handle);
+            index.handles.remove(handle);
             if index.handles.is_empty() {
                 users.remove(&removed.user_id);
             }
@@ -388,7 +390,9 @@ impl StorageDump for MemoryStore {
         }
         for users in &*self.users {
             for (user, index) in &*lock(users) {
-                let handles: Vec<&str> = index.handles.iter().map(SessionHandle::as_str).collect();
+                let mut handles: Vec<&str> =
+                    index.handles.iter().map(SessionHandle::as_str).collect();
+                handles.sort_unstable();
                 out.push(format!("user:{user} => {}", handles.join(",")));
             }
         }
