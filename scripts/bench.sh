@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full benchmark run: the session stores against their baselines (session-bench), then the
 # servers' own ceilings for the same work, measured on the same machine right after:
-#   redis-benchmark on HGETALL (what `get` sends) and on an EVALSHA of a script reading a hash;
+#   redis-benchmark on HGETALL (what `get` sends), an EVALSHA of a script reading a hash, HSET and DEL;
 #   pgbench -S (select-only, keyed by primary key) in a database of its own.
 # Results: bench-results/results.json and bench-results/ceilings.txt (git-ignored).
 set -euo pipefail
@@ -11,7 +11,12 @@ REDIS_PORT=${REDIS_PORT:-6379}
 PG_URL_BASE=${PG_URL_BASE:-postgres://postgres@127.0.0.1:5432}
 mkdir -p bench-results
 
-cargo run --release -p session-bench -- --seconds "$SECONDS_PER_ROW" "$@"
+# `--ceilings-only` skips the session benchmarks (e.g. right after a `session-bench` run of its own).
+if [ "${1:-}" = "--ceilings-only" ]; then
+    shift
+else
+    cargo run --release -p session-bench -- --seconds "$SECONDS_PER_ROW" "$@"
+fi
 
 out=bench-results/ceilings.txt
 : > "$out"
@@ -21,7 +26,9 @@ redis-cli -p "$REDIS_PORT" HSET "$key" user_id u company_name Acme email a@examp
     absolute_expires_at 99999999999999 version 1 > /dev/null
 sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "return redis.call('HGETALL', KEYS[1])")
 for clients in 1 32; do
-    for cmd in "HGETALL $key" "EVALSHA $sha 1 $key"; do
+    # HGETALL: what `get` sends; EVALSHA: a script reading the hash (the scripted operations' floor);
+    # HSET and DEL: the single writes nearest to `update`/`create` and `delete`.
+    for cmd in "HGETALL $key" "EVALSHA $sha 1 $key" "HSET $key version 2" "DEL bench:ceiling:{tag}:absent"; do
         rps=$(redis-benchmark -p "$REDIS_PORT" -c "$clients" -n 200000 -q $cmd | grep -Eo '[0-9.]+ requests per second' | cut -d' ' -f1)
         echo "redis-benchmark clients=$clients ${cmd%% *}: $rps requests/s" | tee -a "$out"
     done
