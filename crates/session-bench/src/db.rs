@@ -223,7 +223,7 @@ pub(crate) async fn bench_postgres(seconds: u64) {
             .map(|_| std::sync::atomic::AtomicUsize::new(0))
             .collect::<Vec<_>>(),
     );
-    for op in Op::ALL {
+    for op in Op::ALL.into_iter().filter(|op| op.selected()) {
         for tasks in CONCURRENCY {
             let ours = run_store(&store, &tokens, op, tasks, seconds).await;
             let base = {

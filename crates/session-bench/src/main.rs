@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p session-bench -- [--seconds N] [memory] [redis] [postgres] [scope]
+//! BENCH_OPS=get,touch cargo run --release -p session-bench -- redis    # only those operations
 //! ```
 //! `peers` runs tower-sessions' memory, moka, Redis and sqlx PostgreSQL stores against ours (see
 //! peers.rs). `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
@@ -50,6 +51,12 @@ impl Op {
         Op::ListByUser,
         Op::CreateDelete,
     ];
+
+    /// Whether `BENCH_OPS` (a comma-separated list of op names; unset: all) selects this op.
+    pub(crate) fn selected(self) -> bool {
+        std::env::var("BENCH_OPS")
+            .map_or(true, |ops| ops.split(',').any(|o| o.trim() == self.name()))
+    }
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -422,7 +429,7 @@ async fn bench_memory(seconds: u64) {
     let store: Arc<dyn UserSessionStore> =
         Arc::new(session_memory::MemoryStore::new(SessionPolicy::default()).unwrap());
     let tokens = prefill(&store).await;
-    for op in Op::ALL {
+    for op in Op::ALL.into_iter().filter(|op| op.selected()) {
         for tasks in CONCURRENCY {
             row(
                 "memory",
@@ -497,7 +504,7 @@ async fn bench_redis(seconds: u64) {
     drop(conn);
     assert_eq!(index_keys.len(), USERS);
     let keys = (Arc::new(session_keys), Arc::new(index_keys));
-    for op in Op::ALL {
+    for op in Op::ALL.into_iter().filter(|op| op.selected()) {
         for tasks in CONCURRENCY {
             let ours = run_store(&store, &tokens, op, tasks, seconds).await;
             let base = run_baseline(&raw, &prefix, &keys, op, tasks, seconds).await;
@@ -518,7 +525,10 @@ async fn bench_redis(seconds: u64) {
     // the bare store, same run.
     let layered: Arc<dyn UserSessionStore> =
         Arc::new(session_core::Instrumented::new(store.clone()));
-    for op in [Op::Get, Op::Touch, Op::Update] {
+    for op in [Op::Get, Op::Touch, Op::Update]
+        .into_iter()
+        .filter(|op| op.selected())
+    {
         for tasks in CONCURRENCY {
             let bare = run_store(&store, &tokens, op, tasks, seconds).await;
             let stacked = run_store(&layered, &tokens, op, tasks, seconds).await;

@@ -116,7 +116,7 @@ async fn compare<S: SessionStore + Clone>(
         ids.push(r.id);
     }
     let ids = Arc::new(ids);
-    for op in OPS {
+    for op in OPS.into_iter().filter(|op| op.selected()) {
         for tasks in CONCURRENCY {
             let mine = run_store(ours, &tokens, op, tasks, seconds).await;
             let theirs = run_peer(&peer, &ids, op, tasks, seconds).await;
