@@ -20,6 +20,7 @@ pub mod db;
 pub mod error;
 pub mod instrument;
 pub mod policy;
+mod random;
 pub mod session;
 pub mod store;
 pub mod token;

@@ -71,7 +71,7 @@ impl SessionToken {
     /// operating system cannot supply randomness.
     pub fn generate_tagged(tag: Option<&str>) -> Result<Self> {
         let mut bytes = [0u8; TOKEN_RANDOM_BYTES];
-        getrandom::fill(&mut bytes).map_err(|e| SessionError::Unavailable {
+        crate::random::fill(&mut bytes).map_err(|e| SessionError::Unavailable {
             backend: "os-rng",
             source: Box::new(std::io::Error::other(e.to_string())),
         })?;
@@ -163,9 +163,10 @@ impl SessionHandle {
     fn of_secret(secret: &str) -> Self {
         let digest = Sha256::digest(secret.as_bytes());
         let hash = URL_SAFE_NO_PAD.encode(digest);
-        match split_tag(secret) {
-            Some((Some(tag), _)) => Self(format!("{tag}.{hash}").into_boxed_str()),
-            _ => Self(hash.into_boxed_str()),
+        // `secret` was validated (parsed or generated), so its one `.` ends a routing tag.
+        match secret.split_once('.') {
+            Some((tag, _)) => Self(format!("{tag}.{hash}").into_boxed_str()),
+            None => Self(hash.into_boxed_str()),
         }
     }
 
