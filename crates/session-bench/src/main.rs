@@ -27,6 +27,8 @@ use session_redis::{RedisConfig, RedisStore};
 pub(crate) const PREFILL: usize = 10_000;
 pub(crate) const USERS: usize = 1_000;
 pub(crate) const CONCURRENCY: [usize; 2] = [1, 32];
+/// Alternating rounds of the layer-overhead comparison (each `--seconds` long per side).
+const LAYER_ROUNDS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -101,6 +103,25 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// Several runs as one: their operations over their summed time; the percentiles are the
+    /// runs' medians.
+    fn combine(mut runs: Vec<Outcome>) -> Outcome {
+        let ops = runs.iter().map(|o| o.ops).sum();
+        let elapsed = runs.iter().map(|o| o.elapsed).sum();
+        let median = |runs: &mut Vec<Outcome>, key: fn(&Outcome) -> Duration| {
+            runs.sort_by_key(key);
+            key(&runs[runs.len() / 2])
+        };
+        let p50 = median(&mut runs, |o| o.p50);
+        let p99 = median(&mut runs, |o| o.p99);
+        Outcome {
+            ops,
+            elapsed,
+            p50,
+            p99,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
@@ -530,8 +551,13 @@ async fn bench_redis(seconds: u64) {
         .filter(|op| op.selected())
     {
         for tasks in CONCURRENCY {
-            let bare = run_store(&store, &tokens, op, tasks, seconds).await;
-            let stacked = run_store(&layered, &tokens, op, tasks, seconds).await;
+            // Alternating rounds, so drift in the machine's speed falls on both sides alike.
+            let (mut bare, mut stacked) = (Vec::new(), Vec::new());
+            for _ in 0..LAYER_ROUNDS {
+                bare.push(run_store(&store, &tokens, op, tasks, seconds).await);
+                stacked.push(run_store(&layered, &tokens, op, tasks, seconds).await);
+            }
+            let (bare, stacked) = (Outcome::combine(bare), Outcome::combine(stacked));
             row_named(
                 "redis+layers",
                 op.name(),
