@@ -48,7 +48,7 @@ def series(rows, tasks):
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     rows = json.load(open(src))
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), sharey=True)
     for ax, tasks in zip(axes, (1, 32)):
         data = series(rows, tasks)
         names = list(data)
@@ -63,9 +63,10 @@ def main():
         ax.set_title(f"{tasks} concurrent task{'s' if tasks > 1 else ''}")
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_ylabel("operations per second (log scale)")
-    axes[1].legend(loc="upper right", fontsize=8)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
     fig.suptitle("User-session stores against tower-sessions 0.14, same run, 2-core machine")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(dst, dpi=110)
 
 

@@ -57,7 +57,12 @@ pub(crate) async fn bench_footprint() {
         "{:<12} {:>10} {:>10} {:>12} {:>16}",
         "purge", "stored", "expired", "time ms", "ns/expired"
     );
-    for n in [1_000usize, 100_000, 1_000_000] {
+    // The first round is not reported: it pays for the allocator handing back the memory of the
+    // million sessions measured above (32 ms at 1,000 stored, against 0.1 ms when repeated).
+    for (round, n) in [1_000usize, 1_000, 100_000, 1_000_000]
+        .into_iter()
+        .enumerate()
+    {
         let clock = ManualClock::starting_now();
         let store = MemoryStore::new(SessionPolicy::default().with_clock(clock.clone())).unwrap();
         let expiring = n / 10;
@@ -74,6 +79,9 @@ pub(crate) async fn bench_footprint() {
         let elapsed = start.elapsed();
         assert_eq!(purged as usize, expiring);
         assert_eq!(store.len(), n - expiring);
+        if round == 0 {
+            continue;
+        }
         println!(
             "{:<12} {:>10} {:>10} {:>12.2} {:>16.0}",
             "memory",

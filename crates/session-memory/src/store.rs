@@ -360,7 +360,9 @@ impl UserSessionStore for MemoryStore {
         for (user_id, gone) in expired {
             let mut users = lock(self.user_shard(&user_id));
             if let Some(index) = users.get_mut(&user_id) {
-                index.handles.retain(|h| !gone.contains(h));
+                for handle in &gone {
+                    index.handles.remove(handle);
+                }
                 if index.handles.is_empty() {
                     users.remove(&user_id);
                 }
