@@ -5,7 +5,7 @@
 //! BENCH_OPS=get,touch cargo run --release -p session-bench -- redis    # only those operations
 //! ```
 //! `peers` runs tower-sessions' memory, moka, Redis and sqlx PostgreSQL stores against ours (see
-//! peers.rs). `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
+//! peers.rs); `peers-memory`, `peers-redis`, `peers-postgres` run one backend's comparisons. `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
 //! 1M stored, 10% expired). `postgres` runs the PostgreSQL store (`DATABASE_URL`, default the local `test` database, in a
 //! schema of its own) against raw diesel-async statements on the same table; `scope` runs a trivial
 //! transaction through the provider against raw diesel-async `conn.transaction` on a pool with the
@@ -609,9 +609,12 @@ async fn main() {
             "postgres" => db::bench_postgres(seconds).await,
             "scope" => db::bench_scope(seconds).await,
             "footprint" => footprint::bench_footprint().await,
-            "peers" => peers::bench_peers(seconds).await,
+            "peers" => peers::bench_peers(seconds, &[]).await,
+            "peers-memory" => peers::bench_peers(seconds, &["memory"]).await,
+            "peers-redis" => peers::bench_peers(seconds, &["redis"]).await,
+            "peers-postgres" => peers::bench_peers(seconds, &["postgres"]).await,
             other => panic!(
-                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, peers"
+                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, peers, peers-memory, peers-redis, peers-postgres"
             ),
         }
     }

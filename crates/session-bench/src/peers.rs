@@ -132,10 +132,23 @@ async fn compare<S: SessionStore + Clone>(
     }
 }
 
-pub(crate) async fn bench_peers(seconds: u64) {
-    let policy = SessionPolicy::default;
+/// Runs the comparisons for `which` backends (`memory`, `redis`, `postgres`; all when empty).
+pub(crate) async fn bench_peers(seconds: u64, which: &[&str]) {
+    let wanted = |backend: &str| which.is_empty() || which.contains(&backend);
+    if wanted("memory") {
+        memory_peers(seconds).await;
+    }
+    if wanted("redis") {
+        redis_peers(seconds).await;
+    }
+    if wanted("postgres") {
+        postgres_peers(seconds).await;
+    }
+}
 
-    // Memory: ours against tower-sessions' MemoryStore and its moka store.
+async fn memory_peers(seconds: u64) {
+    let policy = SessionPolicy::default;
+    // Ours against tower-sessions' MemoryStore and its moka store.
     let ours: Arc<dyn UserSessionStore> =
         Arc::new(session_memory::MemoryStore::new(policy()).unwrap());
     compare(
@@ -154,8 +167,11 @@ pub(crate) async fn bench_peers(seconds: u64) {
         seconds,
     )
     .await;
+}
 
-    // Redis: both on a private redis-server (tower-sessions keys sessions by bare id), same pool size.
+async fn redis_peers(seconds: u64) {
+    let policy = SessionPolicy::default;
+    // Both on a private redis-server (tower-sessions keys sessions by bare id), same pool size.
     let server = session_testkit::servers::RedisServer::start();
     let config = session_redis::RedisConfig::new(server.url());
     let size = config.pool_max_size as usize;
@@ -180,8 +196,11 @@ pub(crate) async fn bench_peers(seconds: u64) {
     )
     .await;
     drop(server);
+}
 
-    // PostgreSQL: each in a schema of its own on the shared server, same pool size.
+async fn postgres_peers(seconds: u64) {
+    let policy = SessionPolicy::default;
+    // Each in a schema of its own on the shared server, same pool size.
     let ours_schema = session_testkit::servers::PgSchema::create("bench_peer_ours");
     let peer_schema = session_testkit::servers::PgSchema::create("bench_peer_ts");
     let ours: Arc<dyn UserSessionStore> = Arc::new(

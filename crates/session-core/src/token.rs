@@ -9,6 +9,7 @@
 //! shard from either. The tag is chosen by the store that issues the token, never by a client.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -155,9 +156,12 @@ impl fmt::Display for SessionToken {
 
 /// The public name of a session: the SHA-256 of its token (base64url), behind the token's routing tag
 /// if it has one. Safe to log, list and show to the session's owner; it cannot be used to sign in.
+///
+/// Shared text (`Arc<str>`): stores hold a handle in several places (map key, session, indexes),
+/// and a clone is a reference count, not an allocation.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct SessionHandle(Box<str>);
+pub struct SessionHandle(Arc<str>);
 
 impl SessionHandle {
     fn of_secret(secret: &str) -> Self {
@@ -165,8 +169,8 @@ impl SessionHandle {
         let hash = URL_SAFE_NO_PAD.encode(digest);
         // `secret` was validated (parsed or generated), so its one `.` ends a routing tag.
         match secret.split_once('.') {
-            Some((tag, _)) => Self(format!("{tag}.{hash}").into_boxed_str()),
-            None => Self(hash.into_boxed_str()),
+            Some((tag, _)) => Self(format!("{tag}.{hash}").into()),
+            None => Self(hash.into()),
         }
     }
 
@@ -198,7 +202,7 @@ impl SessionHandle {
     /// The hash part, without the routing tag.
     #[must_use]
     pub fn hash(&self) -> &str {
-        self.0.split_once('.').map_or(&self.0, |(_, hash)| hash)
+        self.0.split_once('.').map_or(&*self.0, |(_, hash)| hash)
     }
 
     /// A short prefix of the hash for log lines and `Debug` output.
@@ -229,7 +233,7 @@ impl TryFrom<String> for SessionHandle {
 
 impl From<SessionHandle> for String {
     fn from(value: SessionHandle) -> Self {
-        value.0.into()
+        value.0.as_ref().to_owned()
     }
 }
 
