@@ -28,7 +28,7 @@ pub(crate) const PREFILL: usize = 10_000;
 pub(crate) const USERS: usize = 1_000;
 pub(crate) const CONCURRENCY: [usize; 2] = [1, 32];
 /// Alternating rounds of the layer-overhead comparison (each `--seconds` long per side).
-const LAYER_ROUNDS: usize = 5;
+const LAYER_ROUNDS: usize = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -553,9 +553,16 @@ async fn bench_redis(seconds: u64) {
         for tasks in CONCURRENCY {
             // Alternating rounds, so drift in the machine's speed falls on both sides alike.
             let (mut bare, mut stacked) = (Vec::new(), Vec::new());
-            for _ in 0..LAYER_ROUNDS {
-                bare.push(run_store(&store, &tokens, op, tasks, seconds).await);
-                stacked.push(run_store(&layered, &tokens, op, tasks, seconds).await);
+            for round in 0..LAYER_ROUNDS {
+                // Which side goes first alternates too, so neither always runs on a warmer or
+                // cooler server.
+                if round % 2 == 0 {
+                    bare.push(run_store(&store, &tokens, op, tasks, seconds).await);
+                    stacked.push(run_store(&layered, &tokens, op, tasks, seconds).await);
+                } else {
+                    stacked.push(run_store(&layered, &tokens, op, tasks, seconds).await);
+                    bare.push(run_store(&store, &tokens, op, tasks, seconds).await);
+                }
             }
             let (bare, stacked) = (Outcome::combine(bare), Outcome::combine(stacked));
             row_named(
