@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use session_axum::{ApiError, CurrentSession, SessionCookies, SessionState};
+use session_axum::{ApiError, CurrentSession, JsonBody, SessionCookies, SessionState};
 use session_core::{NewUserSession, ScopeOptions, SessionError, UserSession};
 use session_manager::session_diesel::diesel::QueryableByName;
 use session_manager::session_diesel::diesel::sql_types::{BigInt, Text};
@@ -147,7 +147,7 @@ fn with_cookie(
 
 async fn sign_in(
     State(state): State<AppState>,
-    axum::Json(body): axum::Json<SignIn>,
+    JsonBody(body): JsonBody<SignIn>,
 ) -> Result<Response, ApiError> {
     let new = NewUserSession::new(body.user_id)
         .company_name(body.company_name)
@@ -291,7 +291,7 @@ async fn list_items(
 async fn create_item(
     State(state): State<AppState>,
     current: CurrentSession,
-    axum::Json(body): axum::Json<NewItem>,
+    JsonBody(body): JsonBody<NewItem>,
 ) -> Result<(StatusCode, axum::Json<Item>), ApiError> {
     let user = current.session.user_id;
     let item = db_transaction!(state.sessions.manager.db(), ScopeOptions::new(), |conn| {

@@ -209,6 +209,17 @@ async fn scenario(demo: &Demo) {
         .await
         .unwrap();
     assert_eq!(rejected.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // A body that is not the item's JSON is refused with the same JSON error shape as the rest.
+    let malformed = alice_b
+        .post(demo.url("/db-items"))
+        .json(&json!({"name": "plum"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let error: Value = malformed.json().await.unwrap();
+    assert_eq!(error["error"], "invalid_body");
+    assert!(error["message"].as_str().unwrap().contains("quantity"));
     let items: Vec<Value> = alice_b
         .get(demo.url("/db-items"))
         .send()
