@@ -20,6 +20,18 @@ pub use session_core;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use session_diesel;
 
+/// The scope on one provider, shared by the per-feature forms of [`db_transaction!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __db_scope {
+    ($provider:expr, $options:expr, |$conn:ident| $body:expr) => {
+        $crate::session_core::DbSessionProvider::transaction($provider, $options, async |$conn| {
+            $body
+        })
+        .await
+    };
+}
+
 /// Runs a transaction scope on the manager's database, whichever backend it is: the body is
 /// compiled once per compiled-in backend, with `$conn` the backend's connection.
 ///
@@ -33,21 +45,9 @@ pub use session_diesel;
 macro_rules! db_transaction {
     ($db:expr, $options:expr, |$conn:ident| $body:expr) => {
         match $db {
-            $crate::Db::Sqlite(provider) => {
-                $crate::session_core::DbSessionProvider::transaction(
-                    provider,
-                    $options,
-                    async |$conn| $body,
-                )
-                .await
-            }
+            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, |$conn| $body),
             $crate::Db::Postgres(provider) => {
-                $crate::session_core::DbSessionProvider::transaction(
-                    provider,
-                    $options,
-                    async |$conn| $body,
-                )
-                .await
+                $crate::__db_scope!(provider, $options, |$conn| $body)
             }
         }
     };
@@ -59,14 +59,7 @@ macro_rules! db_transaction {
 macro_rules! db_transaction {
     ($db:expr, $options:expr, |$conn:ident| $body:expr) => {
         match $db {
-            $crate::Db::Sqlite(provider) => {
-                $crate::session_core::DbSessionProvider::transaction(
-                    provider,
-                    $options,
-                    async |$conn| $body,
-                )
-                .await
-            }
+            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, |$conn| $body),
         }
     };
 }
@@ -78,12 +71,7 @@ macro_rules! db_transaction {
     ($db:expr, $options:expr, |$conn:ident| $body:expr) => {
         match $db {
             $crate::Db::Postgres(provider) => {
-                $crate::session_core::DbSessionProvider::transaction(
-                    provider,
-                    $options,
-                    async |$conn| $body,
-                )
-                .await
+                $crate::__db_scope!(provider, $options, |$conn| $body)
             }
         }
     };
