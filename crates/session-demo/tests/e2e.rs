@@ -85,6 +85,11 @@ async fn status(request: reqwest::RequestBuilder) -> StatusCode {
     request.send().await.unwrap().status()
 }
 
+/// Sends `request` and decodes its JSON body.
+async fn json<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn with_token(demo: &Demo, path: &str, token: &str) -> reqwest::RequestBuilder {
     reqwest::Client::new()
         .get(demo.url(path))
@@ -96,25 +101,11 @@ async fn scenario(demo: &Demo) {
     // Sign in, me.
     let alice_a = browser();
     let first = sign_in(demo, &alice_a, "alice", false).await;
-    let me: Value = alice_a
-        .get(demo.url("/sessions/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = json(alice_a.get(demo.url("/sessions/me"))).await;
     assert_eq!(me["email"], "alice@acme.test");
 
     // Rotate: the new cookie works, the old one is now 401.
-    let rotated: Value = alice_a
-        .post(demo.url("/sessions/me/rotate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rotated: Value = json(alice_a.post(demo.url("/sessions/me/rotate"))).await;
     let second = rotated["session_id"].as_str().unwrap().to_owned();
     assert_ne!(first, second);
     assert_eq!(
@@ -133,14 +124,7 @@ async fn scenario(demo: &Demo) {
     // A second session of alice's; list from it.
     let alice_b = browser();
     sign_in(demo, &alice_b, "alice", false).await;
-    let list: Vec<Value> = alice_b
-        .get(demo.url("/users/alice/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = json(alice_b.get(demo.url("/users/alice/sessions"))).await;
     assert_eq!(list.len(), 2);
 
     // Authorization: another non-root user is refused; a root session is allowed.
@@ -162,14 +146,7 @@ async fn scenario(demo: &Demo) {
     );
 
     // Revoke-all from alice's other session: the first browser is signed out, this one stays.
-    let revoked: Value = alice_b
-        .delete(demo.url("/users/alice/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let revoked: Value = json(alice_b.delete(demo.url("/users/alice/sessions"))).await;
     assert_eq!(revoked["revoked"], 1);
     assert_eq!(
         status(alice_a.get(demo.url("/sessions/me"))).await,
@@ -180,14 +157,7 @@ async fn scenario(demo: &Demo) {
         StatusCode::OK
     );
     // A root session revokes another user's sessions entirely.
-    let revoked: Value = carol
-        .delete(demo.url("/users/bob/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let revoked: Value = json(carol.delete(demo.url("/users/bob/sessions"))).await;
     assert_eq!(revoked["revoked"], 1);
     assert_eq!(
         status(bob.get(demo.url("/sessions/me"))).await,
@@ -220,14 +190,7 @@ async fn scenario(demo: &Demo) {
     let error: Value = malformed.json().await.unwrap();
     assert_eq!(error["error"], "invalid_body");
     assert!(error["message"].as_str().unwrap().contains("quantity"));
-    let items: Vec<Value> = alice_b
-        .get(demo.url("/db-items"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let items: Vec<Value> = json(alice_b.get(demo.url("/db-items"))).await;
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["apple"], "the rejected insert was rolled back");
     assert_eq!(items[0]["created_by"], "alice");
