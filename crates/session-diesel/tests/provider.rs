@@ -55,6 +55,25 @@ async fn open_sqlite(config: PoolConfig) -> (SqliteProvider, SqliteFile) {
     (provider, file)
 }
 
+/// Rows of `items` (matching `where`, e.g. `"WHERE v < 0"`), counted in a scope of their own.
+macro_rules! count {
+    ($pool:expr) => {
+        count!($pool, "")
+    };
+    ($pool:expr, $filter:literal) => {
+        $pool
+            .transaction(ScopeOptions::new(), async |conn| {
+                diesel::sql_query(concat!("SELECT COUNT(*) AS n FROM items ", $filter))
+                    .get_result::<Count>(conn)
+                    .await
+                    .map_err(TestError::from)
+            })
+            .await
+            .unwrap()
+            .n
+    };
+}
+
 macro_rules! provider_tests {
     ($module:ident, $open:ident, $provider:ty, $guard:ty) => {
         mod $module {
@@ -73,21 +92,6 @@ macro_rules! provider_tests {
                     .await
                     .unwrap();
                 (guard, provider)
-            }
-
-            macro_rules! count {
-                ($pool:expr) => {
-                    $pool
-                        .transaction(ScopeOptions::new(), async |conn| {
-                            diesel::sql_query("SELECT COUNT(*) AS n FROM items")
-                                .get_result::<Count>(conn)
-                                .await
-                                .map_err(TestError::from)
-                        })
-                        .await
-                        .unwrap()
-                        .n
-                };
             }
 
             macro_rules! insert {
@@ -182,16 +186,7 @@ macro_rules! provider_tests {
                     1000,
                     "exactly the 1,000 later scopes' rows, none of the cancelled one"
                 );
-                let negative = p
-                    .transaction(ScopeOptions::new(), async |conn| {
-                        diesel::sql_query("SELECT COUNT(*) AS n FROM items WHERE v < 0")
-                            .get_result::<Count>(conn)
-                            .await
-                            .map_err(TestError::from)
-                    })
-                    .await
-                    .unwrap();
-                assert_eq!(negative.n, 0);
+                assert_eq!(count!(p, "WHERE v < 0"), 0);
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,17 +368,9 @@ async fn sqlite_in_memory_database_is_shared_by_the_pool() {
     .unwrap();
     // Hold one connection so the next scope must use another.
     let _held = p.connection().await.unwrap();
-    let n = p
-        .transaction(ScopeOptions::new(), async |conn| {
-            diesel::sql_query("SELECT COUNT(*) AS n FROM items")
-                .get_result::<Count>(conn)
-                .await
-                .map_err(TestError::from)
-        })
-        .await
-        .unwrap();
     assert_eq!(
-        n.n, 1,
+        count!(p),
+        1,
         "a second pooled connection sees the same in-memory database"
     );
     let err = p
