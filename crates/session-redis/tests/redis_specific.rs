@@ -49,6 +49,15 @@ fn alice() -> NewUserSession {
         .root(true)
 }
 
+/// `err` is a temporary `Timeout` of `operation` (`checkout` or `command`).
+fn assert_timeout(err: &SessionError, operation: &str) {
+    assert!(
+        matches!(err, SessionError::Timeout { operation: op, .. } if *op == operation),
+        "{err:?}"
+    );
+    assert!(err.is_temporary());
+}
+
 /// `MONITOR` on a private server, read over a raw socket: tells client-issued commands (one per
 /// round trip of a store that does not pipeline) from commands run inside scripts (`[0 lua]`).
 struct Monitor {
@@ -602,17 +611,7 @@ async fn a_server_that_never_answers_is_a_timeout() {
         .await
         .expect_err("no reply");
     // The handshake itself never completes, so the checkout is what times out.
-    assert!(
-        matches!(
-            err,
-            SessionError::Timeout {
-                operation: "checkout",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(err.is_temporary());
+    assert_timeout(&err, "checkout");
     assert!(start.elapsed() < checkout + Duration::from_secs(1));
 }
 
@@ -634,16 +633,7 @@ async fn a_stall_mid_session_times_out_and_checkouts_during_it_time_out_too() {
     proxy.stall(true);
     let start = Instant::now();
     let err = store.get(&issued.token).await.expect_err("stalled");
-    assert!(
-        matches!(
-            err,
-            SessionError::Timeout {
-                operation: "command",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_timeout(&err, "command");
     assert!(start.elapsed() < Duration::from_secs(2));
 
     // Operations do not hold connections (they pipeline over a clone), but the timed-out connection
@@ -659,17 +649,7 @@ async fn a_stall_mid_session_times_out_and_checkouts_during_it_time_out_too() {
         .get(&issued.token)
         .await
         .expect_err("no connection can be had");
-    assert!(
-        matches!(
-            err,
-            SessionError::Timeout {
-                operation: "checkout",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(err.is_temporary());
+    assert_timeout(&err, "checkout");
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(busy.await.unwrap().is_err());
 
