@@ -86,7 +86,7 @@ impl Op {
     /// The raw command the baseline issues for this operation.
     fn baseline_command(self) -> &'static str {
         match self {
-            Op::Get | Op::Touch => "HGETALL",
+            Op::Get | Op::Touch => "HMGET",
             Op::Create | Op::Update => "HSET",
             Op::Rotate => "RENAME",
             Op::ListByUser => "ZRANGEBYSCORE",
@@ -325,7 +325,10 @@ async fn run_baseline(
         let key = &t.session_keys[t.i % t.session_keys.len()];
         let own = format!("{}own:{}", t.prefix, t.task);
         let cmd = match op {
-            Op::Get | Op::Touch => redis::cmd("HGETALL").arg(key).clone(),
+            Op::Get | Op::Touch => redis::cmd("HMGET")
+                .arg(key)
+                .arg(&session_redis::SESSION_FIELDS[..])
+                .clone(),
             Op::CreateDelete => {
                 let new = format!("{}new:{}:{}", t.prefix, t.task, t.i);
                 let () = redis::cmd("HSET")

@@ -3,8 +3,12 @@
 //! Field names are the compatible layout's (`user_id`, `company_name`, `email`, `is_root` as
 //! `"Y"`/`"N"`) plus bookkeeping fields, so one decoder serves both layouts. Instants are epoch
 //! milliseconds; `attributes` is JSON.
+//!
+//! Sessions are read positionally (`HMGET key <FIELDS>`, and scripts return the same array), not
+//! with `HGETALL`: the reply carries 11 values instead of 22 names and values, and decoding indexes
+//! an array instead of building a map. Profiling the 32-task `get` showed the client's RESP parsing
+//! and per-value allocations as its largest cost (docs/adr/0009).
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use redis::Value;
@@ -14,187 +18,264 @@ use session_core::{Result, SessionHandle, SessionPolicy, UserSession};
 use crate::config::Layout;
 use crate::error::decode;
 
+/// Every field of a session hash, in the order `get` asks for them (`HMGET key <FIELDS>`) and the
+/// scripts return them. Another service reading sessions can ask for the same list.
+pub const FIELDS: [&str; 11] = [
+    "user_id",
+    "company_name",
+    "email",
+    "is_root",
+    "remember_me",
+    "attributes",
+    "created_at",
+    "last_seen_at",
+    "idle_expires_at",
+    "absolute_expires_at",
+    "version",
+];
+
+/// The position of `name` in [`FIELDS`]; a compile error for an unknown name.
+const fn at(name: &str) -> usize {
+    let mut i = 0;
+    while i < FIELDS.len() {
+        if str_eq(FIELDS[i], name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not a session field")
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const USER_ID: usize = at("user_id");
+const COMPANY_NAME: usize = at("company_name");
+const EMAIL: usize = at("email");
+const IS_ROOT: usize = at("is_root");
+const REMEMBER_ME: usize = at("remember_me");
+const ATTRIBUTES: usize = at("attributes");
+const CREATED_AT: usize = at("created_at");
+const LAST_SEEN_AT: usize = at("last_seen_at");
+const IDLE_EXPIRES_AT: usize = at("idle_expires_at");
+const ABSOLUTE_EXPIRES_AT: usize = at("absolute_expires_at");
+const VERSION: usize = at("version");
+
+/// Lua declarations of [`FIELDS`] and of each field's (1-based) position, for the scripts.
+pub(crate) fn lua_fields() -> String {
+    let names: Vec<String> = FIELDS.iter().map(|f| format!("'{f}'")).collect();
+    let mut lua = format!("local FIELDS = {{{}}}\n", names.join(", "));
+    for (i, name) in FIELDS.iter().enumerate() {
+        lua.push_str(&format!("local {} = {}\n", name.to_uppercase(), i + 1));
+    }
+    lua
+}
+
 fn flag(b: bool) -> &'static str {
     if b { "Y" } else { "N" }
 }
 
-/// The editable fields, as `field, value` pairs for `HSET`.
-pub(crate) fn editable_fields(session: &UserSession) -> Result<Vec<String>> {
-    Ok(vec![
-        "company_name".into(),
-        session.company_name.clone(),
-        "email".into(),
-        session.email.clone(),
-        "is_root".into(),
-        flag(session.is_root).into(),
-        "attributes".into(),
-        session.attributes_json()?,
-    ])
+/// Appends the editable fields as `field, value` pairs for `HSET`.
+pub(crate) fn push_editable_fields(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    session: &UserSession,
+) -> Result<()> {
+    invocation
+        .arg(FIELDS[COMPANY_NAME])
+        .arg(&session.company_name)
+        .arg(FIELDS[EMAIL])
+        .arg(&session.email)
+        .arg(FIELDS[IS_ROOT])
+        .arg(flag(session.is_root))
+        .arg(FIELDS[ATTRIBUTES])
+        .arg(session.attributes_json()?);
+    Ok(())
 }
 
-/// Every field, as `field, value` pairs for `HSET` on create.
-pub(crate) fn all_fields(session: &UserSession) -> Result<Vec<String>> {
-    let mut fields = vec![
-        "user_id".into(),
-        session.user_id.clone(),
-        "remember_me".into(),
-        flag(session.remember_me).into(),
-        "created_at".into(),
-        millis_since_epoch(session.created_at).to_string(),
-        "last_seen_at".into(),
-        millis_since_epoch(session.last_seen_at).to_string(),
-        "idle_expires_at".into(),
-        millis_since_epoch(session.idle_expires_at).to_string(),
-        "absolute_expires_at".into(),
-        millis_since_epoch(session.absolute_expires_at).to_string(),
-        "version".into(),
-        session.version.to_string(),
-    ];
-    fields.extend(editable_fields(session)?);
-    Ok(fields)
+/// Appends every field as `field, value` pairs for `HSET` on create.
+pub(crate) fn push_all_fields(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    session: &UserSession,
+) -> Result<()> {
+    invocation
+        .arg(FIELDS[USER_ID])
+        .arg(&session.user_id)
+        .arg(FIELDS[REMEMBER_ME])
+        .arg(flag(session.remember_me))
+        .arg(FIELDS[CREATED_AT])
+        .arg(millis_since_epoch(session.created_at))
+        .arg(FIELDS[LAST_SEEN_AT])
+        .arg(millis_since_epoch(session.last_seen_at))
+        .arg(FIELDS[IDLE_EXPIRES_AT])
+        .arg(millis_since_epoch(session.idle_expires_at))
+        .arg(FIELDS[ABSOLUTE_EXPIRES_AT])
+        .arg(millis_since_epoch(session.absolute_expires_at))
+        .arg(FIELDS[VERSION])
+        .arg(session.version);
+    push_editable_fields(invocation, session)
 }
 
-fn text(handle: &SessionHandle, value: &Value) -> Result<String> {
-    match value {
-        Value::BulkString(bytes) => {
-            String::from_utf8(bytes.clone()).map_err(|_| decode(handle, "a field is not UTF-8"))
+/// One session hash as read: each of [`FIELDS`] present or not.
+pub(crate) struct Row([Option<Vec<u8>>; FIELDS.len()]);
+
+impl Row {
+    /// The row of an `HMGET <FIELDS>` reply (or of a script returning one); `None` when the key
+    /// is absent, i.e. every field is missing.
+    pub(crate) fn from_reply(handle: &SessionHandle, reply: Value) -> Result<Option<Self>> {
+        let items = match reply {
+            Value::Nil => return Ok(None),
+            Value::Array(items) if items.len() == FIELDS.len() => items,
+            other => {
+                return Err(decode(
+                    handle,
+                    format!("expected {} fields, got {other:?}", FIELDS.len()),
+                ));
+            }
+        };
+        let mut row: [Option<Vec<u8>>; FIELDS.len()] = Default::default();
+        for (slot, item) in row.iter_mut().zip(items) {
+            *slot = match item {
+                Value::Nil => None,
+                Value::BulkString(bytes) => Some(bytes),
+                Value::SimpleString(s) => Some(s.into_bytes()),
+                Value::Int(n) => Some(n.to_string().into_bytes()),
+                other => return Err(decode(handle, format!("unexpected field value {other:?}"))),
+            };
         }
-        Value::SimpleString(s) => Ok(s.clone()),
-        Value::Int(n) => Ok(n.to_string()),
-        other => Err(decode(handle, format!("unexpected field value {other:?}"))),
+        Ok(row.iter().any(Option::is_some).then_some(Self(row)))
+    }
+
+    fn str(&self, handle: &SessionHandle, field: usize) -> Result<Option<&str>> {
+        self.0[field]
+            .as_deref()
+            .map(|bytes| {
+                std::str::from_utf8(bytes)
+                    .map_err(|_| decode(handle, format!("`{}` is not UTF-8", FIELDS[field])))
+            })
+            .transpose()
+    }
+
+    fn take_string(&mut self, handle: &SessionHandle, field: usize) -> Result<Option<String>> {
+        self.0[field]
+            .take()
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .map_err(|_| decode(handle, format!("`{}` is not UTF-8", FIELDS[field])))
+            })
+            .transpose()
     }
 }
 
-/// The field map of an `HGETALL` reply (RESP2 array or RESP3 map). Empty when the key is absent.
-pub(crate) fn hash_fields(
-    handle: &SessionHandle,
-    value: &Value,
-) -> Result<HashMap<String, String>> {
-    let mut map = HashMap::new();
-    match value {
-        Value::Nil => {}
-        Value::Array(items) => {
-            if items.len() % 2 != 0 {
-                return Err(decode(handle, "odd-length hash reply"));
-            }
-            for pair in items.chunks_exact(2) {
-                map.insert(text(handle, &pair[0])?, text(handle, &pair[1])?);
-            }
-        }
-        Value::Map(pairs) => {
-            for (k, v) in pairs {
-                map.insert(text(handle, k)?, text(handle, v)?);
-            }
-        }
-        other => return Err(decode(handle, format!("expected a hash, got {other:?}"))),
-    }
-    Ok(map)
+fn missing(handle: &SessionHandle, field: usize) -> session_core::SessionError {
+    decode(handle, format!("missing field `{}`", FIELDS[field]))
 }
 
-fn required<'a>(
-    handle: &SessionHandle,
-    fields: &'a HashMap<String, String>,
-    name: &str,
-) -> Result<&'a str> {
-    fields
-        .get(name)
-        .map(String::as_str)
-        .ok_or_else(|| decode(handle, format!("missing field `{name}`")))
-}
-
-fn yes_no(handle: &SessionHandle, name: &str, value: &str) -> Result<bool> {
+fn yes_no(handle: &SessionHandle, field: usize, value: &str) -> Result<bool> {
     match value {
         "Y" => Ok(true),
         "N" => Ok(false),
         other => Err(decode(
             handle,
-            format!("`{name}` is {other:?}, expected \"Y\" or \"N\""),
+            format!("`{}` is {other:?}, expected \"Y\" or \"N\"", FIELDS[field]),
         )),
     }
 }
 
-fn instant(handle: &SessionHandle, name: &str, value: &str) -> Result<SystemTime> {
+fn instant(handle: &SessionHandle, field: usize, value: &str) -> Result<SystemTime> {
     value
         .parse::<u64>()
         .map(from_millis_since_epoch)
-        .map_err(|_| decode(handle, format!("`{name}` is not epoch milliseconds")))
+        .map_err(|_| {
+            decode(
+                handle,
+                format!("`{}` is not epoch milliseconds", FIELDS[field]),
+            )
+        })
 }
 
-/// Decodes a session hash. `pttl` (milliseconds, negative if none) stands in for a missing idle
+/// Decodes a session row. `pttl` (milliseconds, negative if none) stands in for a missing idle
 /// expiry in the compatible layout, where another service may have written only the four shared
-/// fields. Returns `None` for an absent key.
+/// fields; there, every field but `user_id` may be missing. In the standard layout every field
+/// is required.
 pub(crate) fn decode_session(
     handle: &SessionHandle,
-    fields: &HashMap<String, String>,
+    mut row: Row,
     pttl: Option<i64>,
     policy: &SessionPolicy,
     layout: Layout,
-) -> Result<Option<UserSession>> {
-    if fields.is_empty() {
-        return Ok(None);
-    }
+) -> Result<UserSession> {
     let lenient = layout == Layout::Compatible;
-    let optional = |name: &str| -> Result<Option<&str>> {
-        if lenient {
-            Ok(fields.get(name).map(String::as_str))
-        } else {
-            required(handle, fields, name).map(Some)
+    let instant_field = |row: &Row, field: usize| -> Result<Option<SystemTime>> {
+        match row.str(handle, field)? {
+            Some(v) => instant(handle, field, v).map(Some),
+            None if lenient => Ok(None),
+            None => Err(missing(handle, field)),
+        }
+    };
+    let flag_field = |row: &Row, field: usize| -> Result<bool> {
+        match row.str(handle, field)? {
+            Some(v) => yes_no(handle, field, v),
+            None if lenient => Ok(false),
+            None => Err(missing(handle, field)),
         }
     };
     let now = policy.now();
-    let idle_expires_at = match optional("idle_expires_at")? {
-        Some(v) => instant(handle, "idle_expires_at", v)?,
+    let idle_expires_at = match instant_field(&row, IDLE_EXPIRES_AT)? {
+        Some(at) => at,
         None => match pttl {
             Some(ms) if ms > 0 => now + Duration::from_millis(ms.unsigned_abs()),
             // No TTL at all: the other service keeps it forever; treat it as freshly active.
             _ => now + policy.idle_timeout,
         },
     };
-    let created_at = optional("created_at")?
-        .map(|v| instant(handle, "created_at", v))
-        .transpose()?
-        .unwrap_or(now);
-    let last_seen_at = optional("last_seen_at")?
-        .map(|v| instant(handle, "last_seen_at", v))
-        .transpose()?
-        .unwrap_or(created_at);
-    let absolute_expires_at = optional("absolute_expires_at")?
-        .map(|v| instant(handle, "absolute_expires_at", v))
-        .transpose()?
-        .unwrap_or(idle_expires_at);
-    let version = optional("version")?
-        .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| decode(handle, "`version` is not a number"))
-        })
-        .transpose()?
-        .unwrap_or(0);
-    let remember_me = optional("remember_me")?
-        .map(|v| yes_no(handle, "remember_me", v))
-        .transpose()?
-        .unwrap_or(false);
-    let attributes = match optional("attributes")? {
+    let created_at = instant_field(&row, CREATED_AT)?.unwrap_or(now);
+    let last_seen_at = instant_field(&row, LAST_SEEN_AT)?.unwrap_or(created_at);
+    let absolute_expires_at = instant_field(&row, ABSOLUTE_EXPIRES_AT)?.unwrap_or(idle_expires_at);
+    let version = match row.str(handle, VERSION)? {
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| decode(handle, "`version` is not a number"))?,
+        None if lenient => 0,
+        None => return Err(missing(handle, VERSION)),
+    };
+    let remember_me = flag_field(&row, REMEMBER_ME)?;
+    let is_root = flag_field(&row, IS_ROOT)?;
+    let attributes = match row.str(handle, ATTRIBUTES)? {
         Some(json) => serde_json::from_str(json)
             .map_err(|e| decode(handle, format!("`attributes` is not a JSON object: {e}")))?,
-        None => session_core::Attributes::new(),
+        None if lenient => session_core::Attributes::new(),
+        None => return Err(missing(handle, ATTRIBUTES)),
     };
-    let text_field = |name: &str| -> Result<String> {
-        if lenient {
-            Ok(fields.get(name).cloned().unwrap_or_default())
-        } else {
-            required(handle, fields, name).map(str::to_owned)
+    // Text fields are moved out of the reply rather than copied.
+    let mut text = |field: usize| -> Result<String> {
+        match row.take_string(handle, field)? {
+            Some(v) => Ok(v),
+            None if lenient => Ok(String::new()),
+            None => Err(missing(handle, field)),
         }
     };
-    let is_root = match fields.get("is_root") {
-        Some(v) => yes_no(handle, "is_root", v)?,
-        None if lenient => false,
-        None => return Err(decode(handle, "missing field `is_root`")),
-    };
-    let session = UserSession {
+    let company_name = text(COMPANY_NAME)?;
+    let email = text(EMAIL)?;
+    let user_id = row
+        .take_string(handle, USER_ID)?
+        .ok_or_else(|| missing(handle, USER_ID))?;
+    Ok(UserSession {
         handle: handle.clone(),
-        user_id: required(handle, fields, "user_id")?.to_owned(),
-        company_name: text_field("company_name")?,
-        email: text_field("email")?,
+        user_id,
+        company_name,
+        email,
         is_root,
         remember_me,
         attributes,
@@ -203,6 +284,33 @@ pub(crate) fn decode_session(
         idle_expires_at,
         absolute_expires_at,
         version,
+    })
+}
+
+/// The session `update` stored: `session` with its version bumped and the bookkeeping fields a
+/// concurrent `touch` may have moved (or a caller may have edited, though they are not editable)
+/// taken from the script's reply `[last_seen_at, idle_expires_at, absolute_expires_at,
+/// created_at, remember_me]`. Returning these five instead of the whole row spares a reply and a
+/// decode of the attributes the caller just sent.
+pub(crate) fn updated_session(
+    handle: &SessionHandle,
+    session: &UserSession,
+    reply: &[Value],
+) -> Result<UserSession> {
+    let text = |i: usize, field: usize| -> Result<&str> {
+        match reply.get(i) {
+            Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes)
+                .map_err(|_| decode(handle, format!("`{}` is not UTF-8", FIELDS[field]))),
+            _ => Err(missing(handle, field)),
+        }
     };
-    Ok(Some(session))
+    let mut stored = session.clone();
+    stored.version = session.version + 1;
+    stored.last_seen_at = instant(handle, LAST_SEEN_AT, text(0, LAST_SEEN_AT)?)?;
+    stored.idle_expires_at = instant(handle, IDLE_EXPIRES_AT, text(1, IDLE_EXPIRES_AT)?)?;
+    stored.absolute_expires_at =
+        instant(handle, ABSOLUTE_EXPIRES_AT, text(2, ABSOLUTE_EXPIRES_AT)?)?;
+    stored.created_at = instant(handle, CREATED_AT, text(3, CREATED_AT)?)?;
+    stored.remember_me = yes_no(handle, REMEMBER_ME, text(4, REMEMBER_ME)?)?;
+    Ok(stored)
 }

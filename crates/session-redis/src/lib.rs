@@ -1,6 +1,6 @@
 //! A Redis [`UserSessionStore`](session_core::UserSessionStore) on a bb8 pool of bb8-redis connections.
 //!
-//! - One network round trip per operation (`HGETALL`, or one `EVALSHA` of a script loaded once).
+//! - One network round trip per operation (`HMGET`, or one `EVALSHA` of a script loaded once).
 //! - Expiry enforced by Redis itself (`PEXPIREAT` at the policy's idle expiry), and checked against the
 //!   policy clock on every read.
 //! - A per-user index (sorted set scored by expiry), trimmed on every write and carrying its own TTL,
@@ -28,6 +28,7 @@ mod pool;
 mod scripts;
 mod store;
 
+pub use codec::FIELDS as SESSION_FIELDS;
 pub use config::{Layout, RedisConfig, redact_url};
 pub use store::RedisStore;
 

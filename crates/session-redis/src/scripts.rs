@@ -11,6 +11,8 @@
 //! - An empty `base` means the compatible layout: no index.
 //! - A session hash's bookkeeping fields may be absent in the compatible layout (a session written
 //!   by another service); `PTTL` then stands in for the idle expiry.
+//! - Sessions are read and returned as rows: `read(key)` is `HMGET key <FIELDS>`, the field list
+//!   and positions generated from `codec::FIELDS` (see `codec::lua_fields`).
 //! - After any change to an index: expired members are trimmed and the index's own TTL is set to its
 //!   latest member's expiry, so an index never outlives its sessions.
 
@@ -23,13 +25,15 @@ const HELPERS: &str = r"
 local function expired(now, ie, ae)
   return (ie ~= nil and now >= ie) or (ae ~= nil and now >= ae)
 end
--- Sets field `name` of the flat HGETALL reply `h` to `value`, appending it if absent.
-local function set_field(h, name, value)
-  for i = 1, #h, 2 do
-    if h[i] == name then h[i + 1] = tostring(value); return end
+local function read(key)
+  return redis.call('HMGET', key, unpack(FIELDS))
+end
+-- Whether a row read from a key holds no field at all (the key is absent).
+local function absent(row)
+  for i = 1, #FIELDS do
+    if row[i] then return false end
   end
-  h[#h + 1] = name
-  h[#h + 1] = tostring(value)
+  return true
 end
 local function retire_index(idx, now)
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
@@ -39,7 +43,7 @@ end
 ";
 
 fn with_helpers(body: &str) -> Script {
-    Script::new(&format!("{HELPERS}\n{body}"))
+    Script::new(&format!("{}{HELPERS}\n{body}", crate::codec::lua_fields()))
 }
 
 /// KEYS: session, [index]. ARGV: now, hash, idle_expires_at, absolute_expires_at, cap, base,
@@ -48,25 +52,24 @@ pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
-if KEYS[2] then
+-- Without a cap, the trim after the ZADD is enough: expired members need not be counted first.
+local cap = tonumber(ARGV[5])
+if KEYS[2] and cap > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  local cap = tonumber(ARGV[5])
-  if cap > 0 then
-    local members = redis.call('ZRANGE', KEYS[2], 0, -1)
-    local excess = #members + 1 - cap
-    if excess > 0 then
-      local aged = {}
-      for i, m in ipairs(members) do
-        aged[i] = {tonumber(redis.call('HGET', ARGV[6] .. 's:' .. m, 'created_at')) or 0, m}
-      end
-      table.sort(aged, function(a, b)
-        if a[1] == b[1] then return a[2] < b[2] end
-        return a[1] < b[1]
-      end)
-      for i = 1, excess do
-        redis.call('DEL', ARGV[6] .. 's:' .. aged[i][2])
-        redis.call('ZREM', KEYS[2], aged[i][2])
-      end
+  local members = redis.call('ZRANGE', KEYS[2], 0, -1)
+  local excess = #members + 1 - cap
+  if excess > 0 then
+    local aged = {}
+    for i, m in ipairs(members) do
+      aged[i] = {tonumber(redis.call('HGET', ARGV[6] .. 's:' .. m, 'created_at')) or 0, m}
+    end
+    table.sort(aged, function(a, b)
+      if a[1] == b[1] then return a[2] < b[2] end
+      return a[1] < b[1]
+    end)
+    for i = 1, excess do
+      redis.call('DEL', ARGV[6] .. 's:' .. aged[i][2])
+      redis.call('ZREM', KEYS[2], aged[i][2])
     end
   end
 end
@@ -82,43 +85,43 @@ return 1
 });
 
 /// KEYS: session. ARGV: now, touch interval ms, idle ms, remember-me idle ms, absolute ms, base,
-/// hash. Returns `{HGETALL, PTTL}` (PTTL -3 when not needed) or nil when absent or expired. Writes
+/// hash. Returns `{row, PTTL}` (PTTL -3 when not needed) or nil when absent or expired. Writes
 /// only when the interval has passed since `last_seen_at`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
-local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return nil end
-local f = {}
-for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
-local ie = tonumber(f['idle_expires_at'])
-local ae = tonumber(f['absolute_expires_at'])
+local h = read(KEYS[1])
+if absent(h) then return nil end
+local ie = tonumber(h[IDLE_EXPIRES_AT])
+local ae = tonumber(h[ABSOLUTE_EXPIRES_AT])
 -- Only a session written by another service lacks the idle expiry; its TTL stands in.
 local pttl = -3
 if ie == nil then pttl = redis.call('PTTL', KEYS[1]) end
 if expired(now, ie, ae) then return nil end
-local ls = tonumber(f['last_seen_at'])
+-- A row without its user is corrupt: returned unchanged for the client to report.
+if not h[USER_ID] then return {h, pttl} end
+local ls = tonumber(h[LAST_SEEN_AT])
 if ls ~= nil and now - ls < tonumber(ARGV[2]) then return {h, pttl} end
 local idle = tonumber(ARGV[3])
-if f['remember_me'] == 'Y' then idle = tonumber(ARGV[4]) end
+if h[REMEMBER_ME] == 'Y' then idle = tonumber(ARGV[4]) end
 if ae == nil then
   -- A session another service wrote: its absolute lifetime starts when this library first sees it.
   ae = now + tonumber(ARGV[5])
   redis.call('HSET', KEYS[1], 'absolute_expires_at', ae)
-  set_field(h, 'absolute_expires_at', ae)
-  if f['created_at'] == nil then
+  h[ABSOLUTE_EXPIRES_AT] = tostring(ae)
+  if not h[CREATED_AT] then
     redis.call('HSET', KEYS[1], 'created_at', now)
-    set_field(h, 'created_at', now)
+    h[CREATED_AT] = tostring(now)
   end
 end
 local nie = math.min(now + idle, ae)
 redis.call('HSET', KEYS[1], 'last_seen_at', now, 'idle_expires_at', nie)
 redis.call('PEXPIREAT', KEYS[1], nie)
-set_field(h, 'last_seen_at', now)
-set_field(h, 'idle_expires_at', nie)
+h[LAST_SEEN_AT] = tostring(now)
+h[IDLE_EXPIRES_AT] = tostring(nie)
 if ARGV[6] ~= '' then
-  local idx = ARGV[6] .. 'u:' .. f['user_id']
+  local idx = ARGV[6] .. 'u:' .. h[USER_ID]
   redis.call('ZADD', idx, 'XX', nie, ARGV[7])
   retire_index(idx, now)
 end
@@ -128,42 +131,45 @@ return {h, -3}
 });
 
 /// KEYS: session. ARGV: now, expected version, user_id, field, value, ...
-/// Returns `{'ok', HGETALL}`, `{'missing'}`, `{'user'}` or `{'conflict', version}`.
+/// Returns `{'ok', last_seen_at, idle_expires_at, absolute_expires_at, created_at, remember_me}`
+/// (what the caller's copy may lack), `{'missing'}`, `{'user'}` or `{'conflict', version}`.
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
-local f = redis.call('HMGET', KEYS[1], 'user_id', 'version', 'idle_expires_at', 'absolute_expires_at')
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'version', 'idle_expires_at',
+  'absolute_expires_at', 'last_seen_at', 'created_at', 'remember_me')
 if not f[1] then return {'missing'} end
 if expired(now, tonumber(f[3]), tonumber(f[4])) then return {'missing'} end
 if f[1] ~= ARGV[3] then return {'user'} end
 local v = tonumber(f[2]) or 0
 if v ~= tonumber(ARGV[2]) then return {'conflict', tostring(v)} end
 redis.call('HSET', KEYS[1], 'version', v + 1, unpack(ARGV, 4))
-return {'ok', redis.call('HGETALL', KEYS[1])}
+return {'ok', f[5], f[3], f[4], f[6], f[7]}
 ",
     )
 });
 
 /// KEYS: old session, new session. ARGV: now, base, old hash, new hash.
-/// Returns `{HGETALL, PTTL}` of the renamed session, or nil. `RENAME` keeps the TTL.
+/// Returns `{row, PTTL}` of the renamed session, or nil. `RENAME` keeps the TTL.
 pub(crate) static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
-local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
-if not f[1] then return nil end
-if expired(now, tonumber(f[2]), tonumber(f[3])) then return nil end
+local h = read(KEYS[1])
+if not h[USER_ID] then return nil end
+local ie = h[IDLE_EXPIRES_AT]
+if expired(now, tonumber(ie), tonumber(h[ABSOLUTE_EXPIRES_AT])) then return nil end
 redis.call('RENAME', KEYS[1], KEYS[2])
 if ARGV[2] ~= '' then
-  local idx = ARGV[2] .. 'u:' .. f[1]
-  local score = redis.call('ZSCORE', idx, ARGV[3]) or f[2]
+  local idx = ARGV[2] .. 'u:' .. h[USER_ID]
+  local score = redis.call('ZSCORE', idx, ARGV[3]) or ie
   redis.call('ZREM', idx, ARGV[3])
   redis.call('ZADD', idx, score, ARGV[4])
 end
 local pttl = -3
-if not f[2] then pttl = redis.call('PTTL', KEYS[2]) end
-return {redis.call('HGETALL', KEYS[2]), pttl}
+if not ie then pttl = redis.call('PTTL', KEYS[2]) end
+return {h, pttl}
 ",
     )
 });
@@ -187,7 +193,7 @@ return 1
     )
 });
 
-/// KEYS: index. ARGV: now, base. Returns `{hash, HGETALL, hash, HGETALL, ...}` of live members.
+/// KEYS: index. ARGV: now, base. Returns `{hash, row, hash, row, ...}` of live members.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
@@ -195,8 +201,8 @@ local now = tonumber(ARGV[1])
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 local out = {}
 for _, m in ipairs(members) do
-  local h = redis.call('HGETALL', ARGV[2] .. 's:' .. m)
-  if #h > 0 then
+  local h = read(ARGV[2] .. 's:' .. m)
+  if not absent(h) then
     out[#out + 1] = m
     out[#out + 1] = h
   end

@@ -13,7 +13,9 @@ use session_core::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::codec::{all_fields, decode_session, editable_fields, hash_fields};
+use crate::codec::{
+    FIELDS, Row, decode_session, push_all_fields, push_editable_fields, updated_session,
+};
 use crate::config::{Layout, RedisConfig};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
 use crate::pool::{ConnectFailures, Manager, breaks_connection};
@@ -27,7 +29,7 @@ type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
 
 /// A [`UserSessionStore`] on Redis, through a bb8 pool of bb8-redis multiplexed connections.
 ///
-/// Every operation is one round trip: a single command (`HGETALL` for `get`) or one `EVALSHA` of a
+/// Every operation is one round trip: a single command (`HMGET` for `get`) or one `EVALSHA` of a
 /// script loaded once (reloaded on `NOSCRIPT`). Expiry is native (`PEXPIREAT` at the policy's idle
 /// expiry) and also checked against the policy clock on every read. See docs/backends.md.
 pub struct RedisStore {
@@ -284,31 +286,36 @@ impl RedisStore {
             .await)
     }
 
-    /// Decodes a `{HGETALL, PTTL}` script reply (or nil) and applies the policy's expiry.
-    fn session_reply(&self, handle: &SessionHandle, reply: &Value) -> Result<Option<UserSession>> {
+    /// Decodes a `{row, PTTL}` script reply (or nil) and applies the policy's expiry.
+    fn session_reply(&self, handle: &SessionHandle, reply: Value) -> Result<Option<UserSession>> {
         match reply {
             Value::Nil => Ok(None),
             Value::Array(parts) if parts.len() == 2 => {
-                let pttl = match &parts[1] {
-                    Value::Int(ms) => Some(*ms),
+                let mut parts = parts.into_iter();
+                let row = parts.next().unwrap_or(Value::Nil);
+                let pttl = match parts.next() {
+                    Some(Value::Int(ms)) => Some(ms),
                     _ => None,
                 };
-                self.live(handle, &parts[0], pttl)
+                self.live(handle, row, pttl)
             }
             other => Err(decode(handle, format!("unexpected script reply {other:?}"))),
         }
     }
 
+    /// Decodes a row (see [`Row`]) and applies the policy's expiry: `None` if absent or expired.
     fn live(
         &self,
         handle: &SessionHandle,
-        hash: &Value,
+        row: Value,
         pttl: Option<i64>,
     ) -> Result<Option<UserSession>> {
-        let fields = hash_fields(handle, hash)?;
-        let session = decode_session(handle, &fields, pttl, &self.policy, self.config.layout)?;
+        let Some(row) = Row::from_reply(handle, row)? else {
+            return Ok(None);
+        };
+        let session = decode_session(handle, row, pttl, &self.policy, self.config.layout)?;
         let now = self.policy.now();
-        Ok(session.filter(|s| !self.policy.is_expired(s, now)))
+        Ok((!self.policy.is_expired(&session, now)).then_some(session))
     }
 
     /// Deletes the session at `location`; true if it was live.
@@ -366,9 +373,7 @@ impl UserSessionStore for RedisStore {
             .arg(millis_since_epoch(session.absolute_expires_at))
             .arg(self.policy.max_sessions_per_user.unwrap_or(0))
             .arg(&location.base);
-        for field in all_fields(&session)? {
-            invocation.arg(field);
-        }
+        push_all_fields(&mut invocation, &session)?;
         self.invoke(Idempotent::No, &invocation, Some(&session.handle))
             .await?;
         Ok(IssuedSession { token, session })
@@ -381,22 +386,24 @@ impl UserSessionStore for RedisStore {
         let handle = token.handle();
         let layout = self.config.layout;
         let key = location.key.as_str();
-        let (hash, pttl) = run!(self, Idempotent::Yes, Some(handle), |conn| match layout {
-            Layout::Standard => redis::cmd("HGETALL")
+        let (row, pttl) = run!(self, Idempotent::Yes, Some(handle), |conn| match layout {
+            Layout::Standard => redis::cmd("HMGET")
                 .arg(key)
+                .arg(&FIELDS[..])
                 .query_async::<Value>(conn)
                 .await
-                .map(|hash| (hash, None)),
+                .map(|row| (row, None)),
             Layout::Compatible => redis::pipe()
-                .cmd("HGETALL")
+                .cmd("HMGET")
                 .arg(key)
+                .arg(&FIELDS[..])
                 .cmd("PTTL")
                 .arg(key)
                 .query_async::<(Value, i64)>(conn)
                 .await
-                .map(|(hash, pttl)| (hash, Some(pttl))),
+                .map(|(row, pttl)| (row, Some(pttl))),
         })?;
-        self.live(handle, &hash, pttl)
+        self.live(handle, row, pttl)
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
@@ -417,7 +424,7 @@ impl UserSessionStore for RedisStore {
         let reply = self
             .invoke(Idempotent::Yes, &invocation, Some(token.handle()))
             .await?;
-        self.session_reply(token.handle(), &reply)
+        self.session_reply(token.handle(), reply)
     }
 
     async fn update(&self, session: &UserSession) -> Result<UserSession> {
@@ -432,9 +439,7 @@ impl UserSessionStore for RedisStore {
             .arg(self.now_ms())
             .arg(session.version)
             .arg(&session.user_id);
-        for field in editable_fields(session)? {
-            invocation.arg(field);
-        }
+        push_editable_fields(&mut invocation, session)?;
         let reply = self
             .invoke(Idempotent::No, &invocation, Some(&session.handle))
             .await?;
@@ -443,9 +448,7 @@ impl UserSessionStore for RedisStore {
             return Err(decode(handle, format!("unexpected update reply {reply:?}")));
         };
         match parts.first().and_then(status) {
-            Some(b"ok") if parts.len() == 2 => self
-                .live(handle, &parts[1], None)?
-                .ok_or(SessionError::NotFound),
+            Some(b"ok") => updated_session(handle, session, &parts[1..]),
             Some(b"missing") => Err(SessionError::NotFound),
             Some(b"user") => Err(SessionError::invalid_input(
                 "user_id",
@@ -488,7 +491,7 @@ impl UserSessionStore for RedisStore {
             .invoke(Idempotent::No, &invocation, Some(token.handle()))
             .await?;
         Ok(self
-            .session_reply(new_token.handle(), &reply)?
+            .session_reply(new_token.handle(), reply)?
             .map(|session| IssuedSession {
                 token: new_token,
                 session,
@@ -525,8 +528,9 @@ impl UserSessionStore for RedisStore {
             });
         };
         let mut sessions = Vec::with_capacity(items.len() / 2);
-        for pair in items.chunks_exact(2) {
-            let member = status(&pair[0])
+        let mut items = items.into_iter();
+        while let (Some(member), Some(row)) = (items.next(), items.next()) {
+            let member = status(&member)
                 .and_then(|m| std::str::from_utf8(m).ok())
                 .unwrap_or_default();
             let handle = SessionHandle::parse(&format!("{tag}.{member}")).map_err(|_| {
@@ -536,7 +540,7 @@ impl UserSessionStore for RedisStore {
                     reason: format!("index {index} holds a malformed member"),
                 }
             })?;
-            if let Some(session) = self.live(&handle, &pair[1], None)? {
+            if let Some(session) = self.live(&handle, row, None)? {
                 sessions.push(session);
             }
         }
