@@ -7,11 +7,14 @@
 //! `session.revoked`, `session.expired` at INFO; reads and misses at DEBUG; failures at WARN.
 //! Each carries `backend`, `op`, `latency_us` and, where one session is concerned, `handle`.
 //!
-//! Metrics (through the `metrics` facade; install any recorder, e.g. Prometheus):
+//! Metrics (through the `metrics` facade; install any recorder, e.g. Prometheus, before the first
+//! operation: each operation's metric handles are registered with the recorder in force at its
+//! first use and kept):
 //! - `session_operations_total{backend, op, outcome}`: a counter; outcome is `ok`, `miss` (no live
 //!   session), `conflict` or `error`;
 //! - `session_operation_duration_seconds{backend, op}`: a histogram.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -27,12 +30,79 @@ use crate::token::{SessionHandle, SessionToken};
 #[derive(Debug, Clone)]
 pub struct Instrumented<S> {
     inner: S,
+    metrics: Arc<OpMetrics>,
+}
+
+/// The operations measured, in the order of [`OpMetrics`]' slots.
+const OPS: [&str; 11] = [
+    "create",
+    "get",
+    "touch",
+    "update",
+    "rotate",
+    "delete",
+    "delete_by_handle",
+    "list_by_user",
+    "delete_by_user",
+    "purge_expired",
+    "health",
+];
+
+/// The outcomes counted, in the order of [`Handles::outcomes`].
+const OUTCOMES: [&str; 4] = ["ok", "miss", "conflict", "error"];
+
+/// One operation's metric handles.
+struct Handles {
+    outcomes: [metrics::Counter; OUTCOMES.len()],
+    duration: metrics::Histogram,
+}
+
+/// Metric handles, registered with the recorder on an operation's first use and kept. Looking a
+/// metric up by name and labels on every call (what `metrics::counter!` does) allocates its label
+/// set each time, and on the Redis path at 32 tasks those allocations, freed on other threads,
+/// contended in the allocator (docs/benchmarks.md, facade overhead). The recorder must therefore
+/// be installed before the first operation, as `SessionManager`'s callers do at start-up.
+#[derive(Default)]
+struct OpMetrics([OnceLock<Handles>; OPS.len()]);
+
+impl std::fmt::Debug for OpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpMetrics")
+    }
+}
+
+impl OpMetrics {
+    /// Records one operation: `op` is an entry of [`OPS`], `outcome` one of [`OUTCOMES`].
+    fn record(
+        &self,
+        backend: &'static str,
+        op: &'static str,
+        outcome: &'static str,
+        start: Instant,
+    ) {
+        let Some(slot) = OPS.iter().position(|o| *o == op) else {
+            return;
+        };
+        let handles = self.0[slot].get_or_init(|| Handles {
+            outcomes: OUTCOMES.map(|outcome| {
+                metrics::counter!("session_operations_total", "backend" => backend, "op" => op, "outcome" => outcome)
+            }),
+            duration: metrics::histogram!("session_operation_duration_seconds", "backend" => backend, "op" => op),
+        });
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            handles.outcomes[i].increment(1);
+        }
+        handles.duration.record(start.elapsed().as_secs_f64());
+    }
 }
 
 impl<S> Instrumented<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            metrics: Arc::default(),
+        }
     }
 
     /// The wrapped store.
@@ -43,13 +113,6 @@ impl<S> Instrumented<S> {
 
 fn micros(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Records the operation's metrics.
-fn measure(backend: &'static str, op: &'static str, outcome: &'static str, start: Instant) {
-    metrics::counter!("session_operations_total", "backend" => backend, "op" => op, "outcome" => outcome).increment(1);
-    metrics::histogram!("session_operation_duration_seconds", "backend" => backend, "op" => op)
-        .record(start.elapsed().as_secs_f64());
 }
 
 fn outcome<T>(result: &Result<T>, hit: impl FnOnce(&T) -> bool) -> &'static str {
@@ -106,7 +169,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
                 latency_us = micros(start), "session.created"),
             Err(e) => failed(backend, "create", None, start, e),
         }
-        measure(backend, "create", outcome(&result, |_| true), start);
+        self.metrics
+            .record(backend, "create", outcome(&result, |_| true), start);
         result
     }
 
@@ -120,7 +184,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "get", Some(token.handle()), start, e),
         }
-        measure(backend, "get", outcome(&result, Option::is_some), start);
+        self.metrics
+            .record(backend, "get", outcome(&result, Option::is_some), start);
         result
     }
 
@@ -142,7 +207,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "touch", Some(token.handle()), start, e),
         }
-        measure(backend, "touch", outcome(&result, Option::is_some), start);
+        self.metrics
+            .record(backend, "touch", outcome(&result, Option::is_some), start);
         result
     }
 
@@ -158,7 +224,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
                 version = s.version, latency_us = micros(start), "session.updated"),
             Err(e) => failed(backend, "update", Some(&session.handle), start, e),
         }
-        measure(backend, "update", outcome(&result, |_| true), start);
+        self.metrics
+            .record(backend, "update", outcome(&result, |_| true), start);
         result
     }
 
@@ -179,7 +246,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "rotate", Some(token.handle()), start, e),
         }
-        measure(backend, "rotate", outcome(&result, Option::is_some), start);
+        self.metrics
+            .record(backend, "rotate", outcome(&result, Option::is_some), start);
         result
     }
 
@@ -197,7 +265,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "delete", Some(token.handle()), start, e),
         }
-        measure(
+        self.metrics.record(
             backend,
             "delete",
             outcome(&result, |removed| *removed),
@@ -220,7 +288,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "delete_by_handle", Some(handle), start, e),
         }
-        measure(
+        self.metrics.record(
             backend,
             "delete_by_handle",
             outcome(&result, |removed| *removed),
@@ -241,7 +309,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
                 count = list.len(), latency_us = micros(start), "session.listed"),
             Err(e) => failed(backend, "list_by_user", None, start, e),
         }
-        measure(backend, "list_by_user", outcome(&result, |_| true), start);
+        self.metrics
+            .record(backend, "list_by_user", outcome(&result, |_| true), start);
         result
     }
 
@@ -259,7 +328,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "delete_by_user", None, start, e),
         }
-        measure(backend, "delete_by_user", outcome(&result, |_| true), start);
+        self.metrics
+            .record(backend, "delete_by_user", outcome(&result, |_| true), start);
         result
     }
 
@@ -277,7 +347,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "purge_expired", None, start, e),
         }
-        measure(backend, "purge_expired", outcome(&result, |_| true), start);
+        self.metrics
+            .record(backend, "purge_expired", outcome(&result, |_| true), start);
         result
     }
 
@@ -287,7 +358,8 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
         if let Err(e) = &result {
             failed(backend, "health", None, start, e);
         }
-        measure(backend, "health", outcome(&result, |_| true), start);
+        self.metrics
+            .record(backend, "health", outcome(&result, |_| true), start);
         result
     }
 }

@@ -37,6 +37,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(v) => !matches!(v.as_str(), "0" | "false" | "no" | "off"),
         Err(_) => !addr.ip().is_loopback(),
     };
+    // The recorder goes in before the manager exists: the session layer registers its metric
+    // handles on each operation's first use.
+    session_demo::prometheus();
     let manager = Arc::new(SessionManager::build(SessionConfig::from_env()?).await?);
     let router = session_demo::app(manager.clone(), SessionCookies::default().secure(secure))
         .await

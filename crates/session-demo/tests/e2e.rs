@@ -235,6 +235,18 @@ async fn scenario(demo: &Demo) {
         .await
         .unwrap();
     assert!(metrics.contains("session_operations_total"), "{metrics}");
+    // Each operation's handles are registered on first use and then kept: a sign-in and reads
+    // earlier in this test are counted under their own labels, with durations.
+    for op in ["create", "touch"] {
+        assert!(
+            metrics.contains(&format!("op=\"{op}\",outcome=\"ok\"")),
+            "{op}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("session_operation_duration_seconds"),
+        "{metrics}"
+    );
     assert!(metrics.contains("db_pool_connections"), "{metrics}");
 }
 
