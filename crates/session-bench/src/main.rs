@@ -535,6 +535,48 @@ async fn bench_redis(seconds: u64) {
             row("redis", op, tasks, &ours, Some(&base));
         }
     }
+    if Op::Get.selected() {
+        // The driver's own limit: `get`'s HMGET on the same keys over plain redis-rs multiplexed
+        // connections (as many as the store's pool, tasks spread over them), with no pool, no
+        // decoding and no policy. What separates the store from this is ours; what separates
+        // this from another client library is the driver's.
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut muxed = Vec::new();
+        for _ in 0..pool_size {
+            muxed.push(client.get_multiplexed_async_connection().await.unwrap());
+        }
+        let muxed = Arc::new(muxed);
+        for tasks in CONCURRENCY {
+            let ours = run_store(&store, &tokens, Op::Get, tasks, seconds).await;
+            let init = |task: usize| {
+                let (muxed, keys) = (muxed.clone(), keys.0.clone());
+                async move { (muxed[task % muxed.len()].clone(), keys, task * 7919) }
+            };
+            let step = |(mut conn, keys, i): (
+                redis::aio::MultiplexedConnection,
+                Arc<Vec<String>>,
+                usize,
+            )| async move {
+                let key = &keys[i % keys.len()];
+                let _: redis::Value = redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&session_redis::SESSION_FIELDS[..])
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                (conn, keys, i + 1)
+            };
+            let limit = drive(tasks, seconds, init, step).await;
+            row_named(
+                "redis/driver",
+                "get",
+                "redis-rs HMGET",
+                tasks,
+                &ours,
+                Some(&limit),
+            );
+        }
+    }
     for tasks in CONCURRENCY {
         let base = run_baseline(&raw, &prefix, &keys, Op::Get, tasks, seconds).await;
         row(
