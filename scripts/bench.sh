@@ -2,7 +2,7 @@
 # The full benchmark run: the session stores against their baselines (session-bench), then the
 # servers' own ceilings for the same work, measured on the same machine right after:
 #   redis-benchmark on HMGET of the session fields (what `get` sends), an EVALSHA of a script reading
-#   them, HSET and DEL;
+#   them, HSET, DEL and RENAME;
 #   pgbench -S (select-only, keyed by primary key) in a database of its own.
 # Results: bench-results/results.json and bench-results/ceilings.txt (git-ignored).
 set -euo pipefail
@@ -30,8 +30,9 @@ fields="user_id company_name email is_root remember_me attributes created_at las
 sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "return redis.call('HMGET', KEYS[1], unpack(ARGV))")
 for clients in 1 32; do
     # HMGET: what `get` sends; EVALSHA: a script reading the same (the scripted operations' floor);
-    # HSET and DEL: the single writes nearest to `update`/`create` and `delete`.
-    for cmd in "HMGET $key $fields" "EVALSHA $sha 1 $key $fields" "HSET $key version 2" "DEL bench:ceiling:{tag}:absent"; do
+    # HSET and DEL: the single writes nearest to `update`/`create` and `delete`; RENAME (onto
+    # itself, so the key stays): `rotate`'s.
+    for cmd in "HMGET $key $fields" "EVALSHA $sha 1 $key $fields" "HSET $key version 2" "DEL bench:ceiling:{tag}:absent" "RENAME $key $key"; do
         rps=$(redis-benchmark -p "$REDIS_PORT" -c "$clients" -n 200000 -q $cmd | grep -Eo '[0-9.]+ requests per second' | cut -d' ' -f1)
         echo "redis-benchmark clients=$clients ${cmd%% *}: $rps requests/s" | tee -a "$out"
     done

@@ -577,7 +577,7 @@ async fn bench_redis(seconds: u64) {
             );
         }
     }
-    for tasks in CONCURRENCY {
+    for tasks in CONCURRENCY.into_iter().filter(|_| Op::Get.selected()) {
         let base = run_baseline(&raw, &prefix, &keys, Op::Get, tasks, seconds).await;
         row(
             "redis+ping",
