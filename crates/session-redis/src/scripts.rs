@@ -163,9 +163,10 @@ if expired(now, tonumber(ie), tonumber(h[ABSOLUTE_EXPIRES_AT])) then return nil 
 redis.call('RENAME', KEYS[1], KEYS[2])
 if ARGV[2] ~= '' then
   local idx = ARGV[2] .. 'u:' .. h[USER_ID]
-  local score = redis.call('ZSCORE', idx, ARGV[3]) or ie
+  -- A member's score is its session's idle expiry (create and touch write both together), so
+  -- the hash already holds it and no ZSCORE is needed.
   redis.call('ZREM', idx, ARGV[3])
-  redis.call('ZADD', idx, score, ARGV[4])
+  redis.call('ZADD', idx, ie, ARGV[4])
 end
 local pttl = -3
 if not ie then pttl = redis.call('PTTL', KEYS[2]) end

@@ -246,7 +246,6 @@ async fn every_operation_is_one_round_trip_with_the_documented_commands() {
             ("evalsha", 1),
             ("hmget", 1),
             ("rename", 1),
-            ("zscore", 1),
             ("zrem", 1),
             ("zadd", 1)
         ]),
