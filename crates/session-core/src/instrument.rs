@@ -33,27 +33,74 @@ pub struct Instrumented<S> {
     metrics: Arc<OpMetrics>,
 }
 
-/// The operations measured, in the order of [`OpMetrics`]' slots.
-const OPS: [&str; 11] = [
-    "create",
-    "get",
-    "touch",
-    "update",
-    "rotate",
-    "delete",
-    "delete_by_handle",
-    "list_by_user",
-    "delete_by_user",
-    "purge_expired",
-    "health",
-];
+/// The operations measured; each indexes its slot in [`OpMetrics`].
+#[derive(Clone, Copy)]
+enum Op {
+    Create,
+    Get,
+    Touch,
+    Update,
+    Rotate,
+    Delete,
+    DeleteByHandle,
+    ListByUser,
+    DeleteByUser,
+    PurgeExpired,
+    Health,
+}
 
-/// The outcomes counted, in the order of [`Handles::outcomes`].
-const OUTCOMES: [&str; 4] = ["ok", "miss", "conflict", "error"];
+impl Op {
+    const COUNT: usize = Op::Health as usize + 1;
+
+    /// The `op` label.
+    fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Get => "get",
+            Op::Touch => "touch",
+            Op::Update => "update",
+            Op::Rotate => "rotate",
+            Op::Delete => "delete",
+            Op::DeleteByHandle => "delete_by_handle",
+            Op::ListByUser => "list_by_user",
+            Op::DeleteByUser => "delete_by_user",
+            Op::PurgeExpired => "purge_expired",
+            Op::Health => "health",
+        }
+    }
+}
+
+/// An operation's outcome; each indexes its counter in [`Handles::outcomes`].
+#[derive(Clone, Copy)]
+enum Outcome {
+    Ok,
+    Miss,
+    Conflict,
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Miss,
+        Outcome::Conflict,
+        Outcome::Error,
+    ];
+
+    /// The `outcome` label.
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Miss => "miss",
+            Outcome::Conflict => "conflict",
+            Outcome::Error => "error",
+        }
+    }
+}
 
 /// One operation's metric handles.
 struct Handles {
-    outcomes: [metrics::Counter; OUTCOMES.len()],
+    outcomes: [metrics::Counter; Outcome::ALL.len()],
     duration: metrics::Histogram,
 }
 
@@ -63,7 +110,7 @@ struct Handles {
 /// contended in the allocator (docs/benchmarks.md, facade overhead). The recorder must therefore
 /// be installed before the first operation, as `SessionManager`'s callers do at start-up.
 #[derive(Default)]
-struct OpMetrics([OnceLock<Handles>; OPS.len()]);
+struct OpMetrics([OnceLock<Handles>; Op::COUNT]);
 
 impl std::fmt::Debug for OpMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,26 +119,18 @@ impl std::fmt::Debug for OpMetrics {
 }
 
 impl OpMetrics {
-    /// Records one operation: `op` is an entry of [`OPS`], `outcome` one of [`OUTCOMES`].
-    fn record(
-        &self,
-        backend: &'static str,
-        op: &'static str,
-        outcome: &'static str,
-        start: Instant,
-    ) {
-        let Some(slot) = OPS.iter().position(|o| *o == op) else {
-            return;
-        };
-        let handles = self.0[slot].get_or_init(|| Handles {
-            outcomes: OUTCOMES.map(|outcome| {
-                metrics::counter!("session_operations_total", "backend" => backend, "op" => op, "outcome" => outcome)
-            }),
-            duration: metrics::histogram!("session_operation_duration_seconds", "backend" => backend, "op" => op),
+    /// Records one operation.
+    fn record(&self, backend: &'static str, op: Op, outcome: Outcome, start: Instant) {
+        let handles = self.0[op as usize].get_or_init(|| {
+            let name = op.name();
+            Handles {
+                outcomes: Outcome::ALL.map(|outcome| {
+                    metrics::counter!("session_operations_total", "backend" => backend, "op" => name, "outcome" => outcome.name())
+                }),
+                duration: metrics::histogram!("session_operation_duration_seconds", "backend" => backend, "op" => name),
+            }
         });
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            handles.outcomes[i].increment(1);
-        }
+        handles.outcomes[outcome as usize].increment(1);
         handles.duration.record(start.elapsed().as_secs_f64());
     }
 }
@@ -115,12 +154,12 @@ fn micros(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-fn outcome<T>(result: &Result<T>, hit: impl FnOnce(&T) -> bool) -> &'static str {
+fn outcome<T>(result: &Result<T>, hit: impl FnOnce(&T) -> bool) -> Outcome {
     match result {
-        Ok(value) if hit(value) => "ok",
-        Ok(_) => "miss",
-        Err(e) if e.is_conflict() => "conflict",
-        Err(_) => "error",
+        Ok(value) if hit(value) => Outcome::Ok,
+        Ok(_) => Outcome::Miss,
+        Err(e) if e.is_conflict() => Outcome::Conflict,
+        Err(_) => Outcome::Error,
     }
 }
 
@@ -170,7 +209,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             Err(e) => failed(backend, "create", None, start, e),
         }
         self.metrics
-            .record(backend, "create", outcome(&result, |_| true), start);
+            .record(backend, Op::Create, outcome(&result, |_| true), start);
         result
     }
 
@@ -185,7 +224,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             Err(e) => failed(backend, "get", Some(token.handle()), start, e),
         }
         self.metrics
-            .record(backend, "get", outcome(&result, Option::is_some), start);
+            .record(backend, Op::Get, outcome(&result, Option::is_some), start);
         result
     }
 
@@ -208,7 +247,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             Err(e) => failed(backend, "touch", Some(token.handle()), start, e),
         }
         self.metrics
-            .record(backend, "touch", outcome(&result, Option::is_some), start);
+            .record(backend, Op::Touch, outcome(&result, Option::is_some), start);
         result
     }
 
@@ -225,7 +264,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             Err(e) => failed(backend, "update", Some(&session.handle), start, e),
         }
         self.metrics
-            .record(backend, "update", outcome(&result, |_| true), start);
+            .record(backend, Op::Update, outcome(&result, |_| true), start);
         result
     }
 
@@ -246,8 +285,12 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             }
             Err(e) => failed(backend, "rotate", Some(token.handle()), start, e),
         }
-        self.metrics
-            .record(backend, "rotate", outcome(&result, Option::is_some), start);
+        self.metrics.record(
+            backend,
+            Op::Rotate,
+            outcome(&result, Option::is_some),
+            start,
+        );
         result
     }
 
@@ -267,7 +310,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
         }
         self.metrics.record(
             backend,
-            "delete",
+            Op::Delete,
             outcome(&result, |removed| *removed),
             start,
         );
@@ -290,7 +333,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
         }
         self.metrics.record(
             backend,
-            "delete_by_handle",
+            Op::DeleteByHandle,
             outcome(&result, |removed| *removed),
             start,
         );
@@ -310,7 +353,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             Err(e) => failed(backend, "list_by_user", None, start, e),
         }
         self.metrics
-            .record(backend, "list_by_user", outcome(&result, |_| true), start);
+            .record(backend, Op::ListByUser, outcome(&result, |_| true), start);
         result
     }
 
@@ -329,7 +372,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             Err(e) => failed(backend, "delete_by_user", None, start, e),
         }
         self.metrics
-            .record(backend, "delete_by_user", outcome(&result, |_| true), start);
+            .record(backend, Op::DeleteByUser, outcome(&result, |_| true), start);
         result
     }
 
@@ -348,7 +391,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             Err(e) => failed(backend, "purge_expired", None, start, e),
         }
         self.metrics
-            .record(backend, "purge_expired", outcome(&result, |_| true), start);
+            .record(backend, Op::PurgeExpired, outcome(&result, |_| true), start);
         result
     }
 
@@ -359,7 +402,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             failed(backend, "health", None, start, e);
         }
         self.metrics
-            .record(backend, "health", outcome(&result, |_| true), start);
+            .record(backend, Op::Health, outcome(&result, |_| true), start);
         result
     }
 }
