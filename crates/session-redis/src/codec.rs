@@ -160,22 +160,29 @@ impl Row {
     fn str(&self, handle: &SessionHandle, field: usize) -> Result<Option<&str>> {
         self.0[field]
             .as_deref()
-            .map(|bytes| {
-                std::str::from_utf8(bytes)
-                    .map_err(|_| decode(handle, format!("`{}` is not UTF-8", FIELDS[field])))
-            })
+            .map(|bytes| std::str::from_utf8(bytes).map_err(|_| not_utf8(handle, field)))
             .transpose()
     }
 
     fn take_string(&mut self, handle: &SessionHandle, field: usize) -> Result<Option<String>> {
         self.0[field]
             .take()
-            .map(|bytes| {
-                String::from_utf8(bytes)
-                    .map_err(|_| decode(handle, format!("`{}` is not UTF-8", FIELDS[field])))
-            })
+            .map(|bytes| String::from_utf8(bytes).map_err(|_| not_utf8(handle, field)))
             .transpose()
     }
+}
+
+/// The bytes of a text reply value (bulk or simple string); `None` for any other kind.
+pub(crate) fn bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn not_utf8(handle: &SessionHandle, field: usize) -> session_core::SessionError {
+    decode(handle, format!("`{}` is not UTF-8", FIELDS[field]))
 }
 
 fn missing(handle: &SessionHandle, field: usize) -> session_core::SessionError {
@@ -207,12 +214,13 @@ fn instant(handle: &SessionHandle, field: usize, value: &str) -> Result<SystemTi
 
 /// Decodes a session row. `pttl` (milliseconds, negative if none) stands in for a missing idle
 /// expiry in the compatible layout, where another service may have written only the four shared
-/// fields; there, every field but `user_id` may be missing. In the standard layout every field
-/// is required.
+/// fields; there, every field but `user_id` may be missing, and `now` dates what is absent. In
+/// the standard layout every field is required.
 pub(crate) fn decode_session(
     handle: &SessionHandle,
     mut row: Row,
     pttl: Option<i64>,
+    now: SystemTime,
     policy: &SessionPolicy,
     layout: Layout,
 ) -> Result<UserSession> {
@@ -231,7 +239,6 @@ pub(crate) fn decode_session(
             None => Err(missing(handle, field)),
         }
     };
-    let now = policy.now();
     let idle_expires_at = match instant_field(&row, IDLE_EXPIRES_AT)? {
         Some(at) => at,
         None => match pttl {
@@ -298,11 +305,11 @@ pub(crate) fn updated_session(
     reply: &[Value],
 ) -> Result<UserSession> {
     let text = |i: usize, field: usize| -> Result<&str> {
-        match reply.get(i) {
-            Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes)
-                .map_err(|_| decode(handle, format!("`{}` is not UTF-8", FIELDS[field]))),
-            _ => Err(missing(handle, field)),
-        }
+        let value = reply
+            .get(i)
+            .and_then(bytes)
+            .ok_or_else(|| missing(handle, field))?;
+        std::str::from_utf8(value).map_err(|_| not_utf8(handle, field))
     };
     let mut stored = session.clone();
     stored.version = session.version + 1;

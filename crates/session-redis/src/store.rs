@@ -14,7 +14,7 @@ use session_core::{
 use sha2::{Digest, Sha256};
 
 use crate::codec::{
-    FIELDS, Row, decode_session, push_all_fields, push_editable_fields, updated_session,
+    FIELDS, Row, bytes, decode_session, push_all_fields, push_editable_fields, updated_session,
 };
 use crate::config::{Layout, RedisConfig};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
@@ -95,14 +95,6 @@ macro_rules! run {
 enum Idempotent {
     Yes,
     No,
-}
-
-fn status(value: &Value) -> Option<&[u8]> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
 }
 
 impl RedisStore {
@@ -313,8 +305,8 @@ impl RedisStore {
         let Some(row) = Row::from_reply(handle, row)? else {
             return Ok(None);
         };
-        let session = decode_session(handle, row, pttl, &self.policy, self.config.layout)?;
         let now = self.policy.now();
+        let session = decode_session(handle, row, pttl, now, &self.policy, self.config.layout)?;
         Ok((!self.policy.is_expired(&session, now)).then_some(session))
     }
 
@@ -447,7 +439,7 @@ impl UserSessionStore for RedisStore {
         let Value::Array(parts) = &reply else {
             return Err(decode(handle, format!("unexpected update reply {reply:?}")));
         };
-        match parts.first().and_then(status) {
+        match parts.first().and_then(bytes) {
             Some(b"ok") => updated_session(handle, session, &parts[1..]),
             Some(b"missing") => Err(SessionError::NotFound),
             Some(b"user") => Err(SessionError::invalid_input(
@@ -457,7 +449,7 @@ impl UserSessionStore for RedisStore {
             Some(b"conflict") => {
                 let actual = parts
                     .get(1)
-                    .and_then(status)
+                    .and_then(bytes)
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .and_then(|v| v.parse().ok())
                     .ok_or_else(|| decode(handle, "conflict reply without a version"))?;
@@ -530,7 +522,7 @@ impl UserSessionStore for RedisStore {
         let mut sessions = Vec::with_capacity(items.len() / 2);
         let mut items = items.into_iter();
         while let (Some(member), Some(row)) = (items.next(), items.next()) {
-            let member = status(&member)
+            let member = bytes(&member)
                 .and_then(|m| std::str::from_utf8(m).ok())
                 .unwrap_or_default();
             let handle = SessionHandle::parse(&format!("{tag}.{member}")).map_err(|_| {
