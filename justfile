@@ -14,8 +14,18 @@ lint:
     cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 # Release-mode benchmarks against their baselines, then redis-benchmark and pgbench ceilings.
+# (crates/session-bench is a workspace of its own: `--manifest-path crates/session-bench/Cargo.toml`.)
 bench *ARGS:
     scripts/bench.sh {{ARGS}}
+
+# Lint the benchmark crate (outside the workspace, so `just lint` does not build its peers).
+bench-check:
+    cargo clippy --manifest-path crates/session-bench/Cargo.toml --all-targets -- -D warnings
+
+# Each session-manager backend feature alone, all together, and session-axum: lint, and check that a
+# feature compiles its own driver and no other.
+features:
+    scripts/feature-matrix.sh
 
 # Start the local services the tests use, if they are not running.
 services:

@@ -16,7 +16,8 @@ mkdir -p bench-results
 if [ "${1:-}" = "--ceilings-only" ]; then
     shift
 else
-    cargo run --release -p session-bench -- --seconds "$SECONDS_PER_ROW" "$@"
+    # session-bench is a workspace of its own (its own Cargo.lock and target directory).
+    cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds "$SECONDS_PER_ROW" "$@"
 fi
 
 out=bench-results/ceilings.txt

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Plots ops/s per operation for each backend and tower-sessions peer from a `session-bench peers`
-results file (bench-results/results.json after `cargo run --release -p session-bench -- peers`).
+results file (bench-results/results.json after `cargo run --release --manifest-path crates/session-bench/Cargo.toml -- peers`).
 
     python3 scripts/plot_bench.py bench-results/peers.json docs/bench-peers.png
 

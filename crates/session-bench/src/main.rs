@@ -235,7 +235,7 @@ pub(crate) async fn run_store(
             Op::Update => {
                 let mut session = t.own.1.clone();
                 session.set_attribute("n", t.i);
-                t.own.1 = t.store.update(&session).await.unwrap();
+                t.own.1 = t.store.update(&session).await.unwrap().session;
             }
             Op::Rotate => {
                 let issued = t.store.rotate(&t.own.0).await.unwrap().unwrap();
@@ -587,10 +587,12 @@ async fn bench_redis(seconds: u64) {
             Some(&base),
         );
     }
-    // The facade's layer stack (tracing and metrics, with a Prometheus recorder installed) against
-    // the bare store, same run.
-    let layered: Arc<dyn UserSessionStore> =
-        Arc::new(session_core::Instrumented::new(store.clone()));
+    // The facade's layer stack (`session_core::stacked`: tracing and metrics with a Prometheus
+    // recorder installed, and the retry layer) against the bare store, same run.
+    let layered: Arc<dyn UserSessionStore> = Arc::new(session_core::stacked(
+        store.clone(),
+        session_core::RetryPolicy::default(),
+    ));
     for op in [Op::Get, Op::Touch, Op::Update]
         .into_iter()
         .filter(|op| op.selected())

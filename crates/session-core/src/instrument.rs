@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 
 use crate::error::{Result, SessionError};
 use crate::policy::SessionPolicy;
-use crate::session::{IssuedSession, NewUserSession, UserSession};
+use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
 use crate::store::{StorageDump, UserSessionStore};
 use crate::token::{SessionHandle, SessionToken};
 
@@ -251,7 +251,7 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
         result
     }
 
-    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+    async fn update(&self, session: &UserSession) -> Result<Updated> {
         let (backend, start) = (self.backend(), Instant::now());
         let result = self
             .inner
@@ -259,8 +259,15 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             .instrument(span!(self, "update"))
             .await;
         match &result {
-            Ok(s) => tracing::debug!(target: "session", backend, op = "update", handle = %s.handle,
-                version = s.version, latency_us = micros(start), "session.updated"),
+            Ok(Updated {
+                session: s,
+                rotated: Some(_),
+            }) => tracing::info!(target: "session", backend, op = "update",
+                old_handle = %session.handle, handle = %s.handle, is_root = s.is_root,
+                version = s.version, latency_us = micros(start), "session.rotated"),
+            Ok(Updated { session: s, .. }) => tracing::debug!(target: "session", backend,
+                op = "update", handle = %s.handle, version = s.version,
+                latency_us = micros(start), "session.updated"),
             Err(e) => failed(backend, "update", Some(&session.handle), start, e),
         }
         self.metrics
@@ -404,6 +411,15 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
         self.metrics
             .record(backend, Op::Health, outcome(&result, |_| true), start);
         result
+    }
+
+    fn needs_purge(&self) -> bool {
+        self.inner.needs_purge()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+        tracing::info!(target: "session", backend = self.backend(), "session.store_closed");
     }
 }
 

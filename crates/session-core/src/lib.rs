@@ -18,9 +18,12 @@
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod ext;
 pub mod instrument;
 pub mod policy;
+pub mod pool;
 mod random;
+pub mod retry;
 pub mod session;
 pub mod store;
 pub mod token;
@@ -28,11 +31,25 @@ pub mod token;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use db::{DbSessionProvider, IsolationLevel, PoolConfig, PoolState, ScopeFn, ScopeOptions};
 pub use error::{BoxError, Result, SessionError};
+pub use ext::{UPDATE_WITH_ATTEMPTS, UserSessionStoreExt};
 pub use instrument::Instrumented;
 pub use policy::{Expiry, SessionPolicy};
-pub use session::{Attributes, IssuedSession, NewUserSession, UserSession};
+pub use pool::SuspectConnections;
+pub use retry::{RetryPolicy, Retrying};
+pub use session::{Attributes, IssuedSession, NewUserSession, Updated, UserSession};
 pub use store::{PurgeTask, StorageDump, UserSessionStore};
 pub use token::{SessionHandle, SessionToken};
 
 /// Re-exported so backends and tests name one version.
 pub use async_trait::async_trait;
+
+/// A store inside the layers `SessionManager` serves every backend through, outermost first:
+/// [`Instrumented`] (tracing and metrics, one record per call) and [`Retrying`] (temporary errors
+/// on idempotent operations).
+pub type Stacked<S> = Instrumented<Retrying<S>>;
+
+/// Wraps `store` in the manager's layer stack ([`Stacked`]). The conformance suite runs every
+/// backend both bare and through this function, so what is tested is what is served.
+pub fn stacked<S: UserSessionStore>(store: S, retry: RetryPolicy) -> Stacked<S> {
+    Instrumented::new(Retrying::new(store, retry))
+}

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SessionError};
@@ -162,6 +163,81 @@ impl UserSession {
     pub fn set_attribute(&mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) {
         self.attributes.insert(key.into(), value.into());
     }
+
+    /// The attribute `key` decoded as a `T`, or `None` if the session has no such attribute.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidInput`] naming the key if the stored value is not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.attributes
+            .get(key)
+            .map(|value| {
+                T::deserialize(value).map_err(|e| {
+                    SessionError::invalid_input(
+                        "attributes",
+                        format!("`{key}` does not hold the requested type: {e}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// Stores `value` (encoded as JSON) under `key`, replacing what was there. Nothing is written
+    /// until the session is passed to `update` (or returned from an `update_with` closure); the
+    /// size limit is checked then.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidInput`] if `value` cannot be encoded as JSON (e.g. a map with
+    /// non-string keys).
+    pub fn insert<T: Serialize + ?Sized>(
+        &mut self,
+        key: impl Into<String>,
+        value: &T,
+    ) -> Result<()> {
+        let key = key.into();
+        let value = serde_json::to_value(value).map_err(|e| {
+            SessionError::invalid_input("attributes", format!("`{key}` cannot be encoded: {e}"))
+        })?;
+        self.attributes.insert(key, value);
+        Ok(())
+    }
+
+    /// Removes the attribute `key`, returning its raw value if there was one.
+    pub fn remove(&mut self, key: &str) -> Option<serde_json::Value> {
+        self.attributes.remove(key)
+    }
+}
+
+/// What [`crate::UserSessionStore::update`] stored.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Updated {
+    /// The session as stored, at `version + 1`.
+    pub session: UserSession,
+    /// A new token when the update changed `is_root`: the store rotated the session in the same
+    /// atomic step (a privilege change must not keep a token that may have leaked before it). The
+    /// old token finds nothing from then on; hand this one to the client.
+    pub rotated: Option<SessionToken>,
+}
+
+impl Updated {
+    /// An update that kept the token.
+    #[must_use]
+    pub fn kept(session: UserSession) -> Self {
+        Self {
+            session,
+            rotated: None,
+        }
+    }
+
+    /// An update that rotated the token to `token`.
+    #[must_use]
+    pub fn rotated(session: UserSession, token: SessionToken) -> Self {
+        Self {
+            session,
+            rotated: Some(token),
+        }
+    }
 }
 
 /// Encodes attributes as JSON.
@@ -275,6 +351,35 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn typed_attributes_round_trip_and_a_wrong_type_is_a_typed_error() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Cart {
+            items: Vec<u32>,
+        }
+        let token = SessionToken::generate().unwrap();
+        let mut s = NewUserSession::new("u1")
+            .into_session(&token, &SessionPolicy::default())
+            .unwrap();
+        assert_eq!(s.get::<Cart>("cart").unwrap(), None);
+        s.insert("cart", &Cart { items: vec![1, 2] }).unwrap();
+        assert_eq!(
+            s.get::<Cart>("cart").unwrap(),
+            Some(Cart { items: vec![1, 2] })
+        );
+        assert!(matches!(
+            s.get::<u64>("cart"),
+            Err(SessionError::InvalidInput {
+                field: "attributes",
+                ..
+            })
+        ));
+        let non_string_keys: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        assert!(s.insert("bad", &non_string_keys).is_err());
+        assert!(s.remove("cart").is_some());
+        assert_eq!(s.get::<Cart>("cart").unwrap(), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::policy::SessionPolicy;
-use crate::session::{IssuedSession, NewUserSession, UserSession};
+use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
 use crate::token::{SessionHandle, SessionToken};
 
 /// Storage for user sessions.
@@ -49,11 +49,15 @@ pub trait UserSessionStore: Send + Sync + fmt::Debug {
     /// stored version still equals `session.version` (compare-and-set), and returns the stored session
     /// with `version + 1`. Expiry is not extended.
     ///
+    /// When the write changes `is_root`, the session is also rotated in the same atomic step: it
+    /// moves to a new token and handle (returned in [`Updated::rotated`]) and the old token finds
+    /// nothing from then on, so no caller can keep a pre-privilege-change token by skipping a step.
+    ///
     /// # Errors
     /// [`crate::SessionError::Conflict`] if the stored version differs (no write happens);
     /// [`crate::SessionError::NotFound`] if the session is absent or expired;
     /// [`crate::SessionError::InvalidInput`] if `user_id` differs from the stored one.
-    async fn update(&self, session: &UserSession) -> Result<UserSession>;
+    async fn update(&self, session: &UserSession) -> Result<Updated>;
 
     /// Replaces the token (session-fixation defence): the session keeps its data, version and expiry
     /// under a new token and handle; the old token finds nothing from then on. One atomic step: no
@@ -80,6 +84,15 @@ pub trait UserSessionStore: Send + Sync + fmt::Debug {
 
     /// Checks that the backend answers.
     async fn health(&self) -> Result<()>;
+
+    /// Whether expired sessions keep occupying storage until [`UserSessionStore::purge_expired`]
+    /// runs (memory, SQL tables), so the owner should purge periodically. False where the backend
+    /// expires data by itself (Redis key TTLs).
+    fn needs_purge(&self) -> bool;
+
+    /// Stops background work and closes connection pools. Idempotent; every later operation fails
+    /// with [`crate::SessionError::Closed`]. Operations already running finish.
+    async fn close(&self);
 }
 
 /// A diagnostic view of everything a store keeps, as text, so tests can prove the raw token is
@@ -88,6 +101,13 @@ pub trait UserSessionStore: Send + Sync + fmt::Debug {
 pub trait StorageDump: Send + Sync {
     /// Every key and value the store holds for its sessions, rendered as text.
     async fn dump_raw(&self) -> Result<Vec<String>>;
+}
+
+#[async_trait]
+impl<T: StorageDump + ?Sized> StorageDump for Arc<T> {
+    async fn dump_raw(&self) -> Result<Vec<String>> {
+        (**self).dump_raw().await
+    }
 }
 
 /// A background task that calls [`UserSessionStore::purge_expired`] periodically.
@@ -157,7 +177,7 @@ impl<T: UserSessionStore + ?Sized> UserSessionStore for Arc<T> {
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
         (**self).touch(token).await
     }
-    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+    async fn update(&self, session: &UserSession) -> Result<Updated> {
         (**self).update(session).await
     }
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
@@ -180,5 +200,11 @@ impl<T: UserSessionStore + ?Sized> UserSessionStore for Arc<T> {
     }
     async fn health(&self) -> Result<()> {
         (**self).health().await
+    }
+    fn needs_purge(&self) -> bool {
+        (**self).needs_purge()
+    }
+    async fn close(&self) {
+        (**self).close().await;
     }
 }

@@ -1,10 +1,17 @@
 //! The demo service as a library: [`app`] builds the router, so tests drive exactly what the binary
 //! serves.
 //!
+//! Every route sits behind [`SessionLayer`], which owns the cookie: no handler writes one.
+//!
 //! Routes:
-//! - `POST /sessions` sign in (`user_id`, `company_name`, `email`, `is_root`, `remember_me`): sets the
-//!   cookie and returns the session id (the token) and the session;
+//! - `POST /sessions` sign in (`user_id`, `company_name`, `email`, `is_root`, `remember_me`): the
+//!   layer sets the cookie; the body returns the session id (the token, for API clients) and the
+//!   session;
 //! - `GET /sessions/me`, `POST /sessions/me/rotate`, `DELETE /sessions/me`;
+//! - `POST /sessions/me/step-down`: a root session gives up root; the store rotates the token in
+//!   the same step and the layer sends the new cookie;
+//! - `GET /sessions/me/preferences`, `PUT /sessions/me/preferences` (`locale`, `theme`): typed
+//!   session data;
 //! - `GET /users/{user_id}/sessions`, `DELETE /users/{user_id}/sessions` (the user, or a root
 //!   session; 403 otherwise). Deleting one's own sessions keeps the current one;
 //! - `GET /db-items`, `POST /db-items` (`name`, `quantity`), each in a transaction scope; a POST
@@ -16,14 +23,14 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use session_axum::{ApiError, CurrentSession, JsonBody, SessionCookies, SessionState};
-use session_core::{NewUserSession, ScopeOptions, SessionError, UserSession};
+use session_axum::{ApiError, CurrentSession, JsonBody, Session, SessionCookies, SessionLayer};
+use session_core::{IssuedSession, NewUserSession, ScopeOptions, SessionError, UserSession};
 use session_manager::session_diesel::diesel::QueryableByName;
 use session_manager::session_diesel::diesel::sql_types::{BigInt, Text};
 use session_manager::session_diesel::diesel_async::RunQueryDsl;
@@ -32,14 +39,8 @@ use session_manager::{SessionManager, db_transaction};
 /// The router's state.
 #[derive(Clone)]
 pub struct AppState {
-    sessions: SessionState,
+    manager: Arc<SessionManager>,
     metrics: PrometheusHandle,
-}
-
-impl FromRef<AppState> for SessionState {
-    fn from_ref(state: &AppState) -> Self {
-        state.sessions.clone()
-    }
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -67,9 +68,10 @@ fn db_error(e: session_manager::session_diesel::diesel::result::Error) -> ApiErr
 /// Creates the demo's table if it is missing, on whichever database the manager has.
 ///
 /// # Errors
-/// If the database refuses.
+/// If the manager has no database or it refuses.
 pub async fn migrate(manager: &SessionManager) -> Result<(), ApiError> {
-    let sql = match manager.db().backend() {
+    let db = manager.db()?;
+    let sql = match db.backend() {
         "postgres" => {
             "CREATE TABLE IF NOT EXISTS db_items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, quantity BIGINT NOT NULL, created_by TEXT NOT NULL)"
         }
@@ -77,7 +79,7 @@ pub async fn migrate(manager: &SessionManager) -> Result<(), ApiError> {
             "CREATE TABLE IF NOT EXISTS db_items (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, quantity BIGINT NOT NULL, created_by TEXT NOT NULL)"
         }
     };
-    db_transaction!(manager.db(), ScopeOptions::new(), |conn| {
+    db_transaction!(db, ScopeOptions::new(), |conn| {
         session_manager::session_diesel::diesel::sql_query(sql)
             .execute(conn)
             .await
@@ -95,17 +97,20 @@ pub async fn app(
     cookies: SessionCookies,
 ) -> Result<Router, ApiError> {
     migrate(&manager).await?;
+    let sessions = SessionLayer::new(manager.sessions().clone()).with_cookies(cookies);
     let state = AppState {
-        sessions: SessionState {
-            manager,
-            cookies: Arc::new(cookies),
-        },
+        manager,
         metrics: prometheus(),
     };
     Ok(Router::new()
         .route("/sessions", post(sign_in))
         .route("/sessions/me", get(me).delete(sign_out))
         .route("/sessions/me/rotate", post(rotate))
+        .route("/sessions/me/step-down", post(step_down))
+        .route(
+            "/sessions/me/preferences",
+            get(preferences).put(set_preferences),
+        )
         .route(
             "/users/{user_id}/sessions",
             get(list_user_sessions).delete(revoke_user_sessions),
@@ -113,6 +118,7 @@ pub async fn app(
         .route("/db-items", get(list_items).post(create_item))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .layer(sessions)
         .with_state(state))
 }
 
@@ -135,76 +141,102 @@ struct Issued {
     session: UserSession,
 }
 
-fn with_cookie(
-    cookie: axum::http::HeaderValue,
-    status: StatusCode,
-    body: impl Serialize,
-) -> Response {
-    let mut response = (status, axum::Json(body)).into_response();
-    SessionCookies::apply(&mut response, cookie);
-    response
+impl From<IssuedSession> for Issued {
+    fn from(issued: IssuedSession) -> Self {
+        Self {
+            session_id: issued.token.expose_secret().to_owned(),
+            session: issued.session,
+        }
+    }
 }
 
 async fn sign_in(
-    State(state): State<AppState>,
+    session: Session,
     JsonBody(body): JsonBody<SignIn>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, axum::Json<Issued>), ApiError> {
     let new = NewUserSession::new(body.user_id)
         .company_name(body.company_name)
         .email(body.email)
         .root(body.is_root)
         .remember_me(body.remember_me);
-    let issued = state.sessions.manager.sessions().create(new).await?;
-    let cookie = state.sessions.cookies.set(&issued.token, &issued.session);
-    Ok(with_cookie(
-        cookie,
-        StatusCode::CREATED,
-        Issued {
-            session_id: issued.token.expose_secret().to_owned(),
-            session: issued.session,
-        },
-    ))
+    let issued = session.sign_in(new).await?;
+    Ok((StatusCode::CREATED, axum::Json(issued.into())))
 }
 
 async fn me(current: CurrentSession) -> axum::Json<UserSession> {
     axum::Json(current.session)
 }
 
-async fn rotate(
-    State(state): State<AppState>,
-    current: CurrentSession,
-) -> Result<Response, ApiError> {
-    let issued = state
-        .sessions
-        .manager
-        .sessions()
-        .rotate(&current.token)
+async fn rotate(session: Session) -> Result<axum::Json<Issued>, ApiError> {
+    let issued = session
+        .rotate()
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
-    let cookie = state.sessions.cookies.set(&issued.token, &issued.session);
-    Ok(with_cookie(
-        cookie,
-        StatusCode::OK,
-        Issued {
-            session_id: issued.token.expose_secret().to_owned(),
-            session: issued.session,
-        },
+    Ok(axum::Json(issued.into()))
+}
+
+async fn sign_out(session: Session) -> Result<StatusCode, ApiError> {
+    // A session that was already gone (revoked, expired, rotated away) is not a success.
+    if session.sign_out().await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::unauthenticated())
+    }
+}
+
+/// A root session gives up root. The store rotates the token in the same step as the write.
+async fn step_down(session: Session) -> Result<axum::Json<Issued>, ApiError> {
+    let (was_root, updated) = session
+        .update_with(|s| Ok(std::mem::replace(&mut s.is_root, false)))
+        .await
+        .map_err(|e| match e {
+            SessionError::NotFound => ApiError::unauthenticated(),
+            other => other.into(),
+        })?;
+    match updated.rotated {
+        Some(token) => Ok(axum::Json(Issued {
+            session_id: token.expose_secret().to_owned(),
+            session: updated.session,
+        })),
+        None if !was_root => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_root",
+            "this session has no root rights to give up",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the service could not complete the request",
+        )),
+    }
+}
+
+/// Typed session data: kept in the session's attributes under `preferences`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Preferences {
+    locale: String,
+    theme: String,
+}
+
+const PREFERENCES: &str = "preferences";
+
+async fn preferences(
+    session: Session,
+    _current: CurrentSession,
+) -> Result<axum::Json<Preferences>, ApiError> {
+    Ok(axum::Json(
+        session.get(PREFERENCES).await?.unwrap_or_default(),
     ))
 }
 
-async fn sign_out(
-    State(state): State<AppState>,
-    current: CurrentSession,
-) -> Result<Response, ApiError> {
-    state
-        .sessions
-        .manager
-        .sessions()
-        .delete(&current.token)
-        .await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    SessionCookies::apply(&mut response, state.sessions.cookies.clear());
-    Ok(response)
+async fn set_preferences(
+    session: Session,
+    _current: CurrentSession,
+    JsonBody(body): JsonBody<Preferences>,
+) -> Result<axum::Json<Preferences>, ApiError> {
+    session.insert(PREFERENCES, &body).await?;
+    Ok(axum::Json(body))
 }
 
 fn may_manage(current: &CurrentSession, user_id: &str) -> Result<(), ApiError> {
@@ -224,12 +256,7 @@ async fn list_user_sessions(
 ) -> Result<axum::Json<Vec<UserSession>>, ApiError> {
     may_manage(&current, &user_id)?;
     Ok(axum::Json(
-        state
-            .sessions
-            .manager
-            .sessions()
-            .list_by_user(&user_id)
-            .await?,
+        state.manager.sessions().list_by_user(&user_id).await?,
     ))
 }
 
@@ -247,7 +274,6 @@ async fn revoke_user_sessions(
     // "Sign out everywhere else": one's own current session stays.
     let keep = (current.session.user_id == user_id).then_some(&current.session.handle);
     let revoked = state
-        .sessions
         .manager
         .sessions()
         .delete_by_user(&user_id, keep)
@@ -277,7 +303,7 @@ async fn list_items(
     State(state): State<AppState>,
     _current: CurrentSession,
 ) -> Result<axum::Json<Vec<Item>>, ApiError> {
-    let items = db_transaction!(state.sessions.manager.db(), ScopeOptions::new(), |conn| {
+    let items = db_transaction!(state.manager.db()?, ScopeOptions::new(), |conn| {
         session_manager::session_diesel::diesel::sql_query(
             "SELECT CAST(id AS BIGINT) AS id, name, quantity, created_by FROM db_items ORDER BY id",
         )
@@ -294,7 +320,7 @@ async fn create_item(
     JsonBody(body): JsonBody<NewItem>,
 ) -> Result<(StatusCode, axum::Json<Item>), ApiError> {
     let user = current.session.user_id;
-    let item = db_transaction!(state.sessions.manager.db(), ScopeOptions::new(), |conn| {
+    let item = db_transaction!(state.manager.db()?, ScopeOptions::new(), |conn| {
         use session_manager::session_diesel::diesel::sql_types::BigInt as Big;
         let item = session_manager::session_diesel::diesel::sql_query(
             "INSERT INTO db_items (name, quantity, created_by) VALUES ($1, $2, $3)
@@ -327,11 +353,11 @@ struct Health {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    let manager = &state.sessions.manager;
+    let manager = &state.manager;
     let body = |status| Health {
         status,
         sessions: manager.sessions().backend(),
-        database: manager.db().backend(),
+        database: manager.db().map_or("none", session_manager::Db::backend),
     };
     match manager.health().await {
         Ok(()) => axum::Json(body("ok")).into_response(),
@@ -347,7 +373,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    state.sessions.manager.record_pool_gauges();
+    state.manager.record_pool_gauges();
     (
         [(
             axum::http::header::CONTENT_TYPE,

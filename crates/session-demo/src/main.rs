@@ -49,7 +49,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "session-demo listening on http://{local} (sessions: {}, database: {})",
         manager.sessions().backend(),
-        manager.db().backend()
+        manager.db().map_or("none", session_manager::Db::backend)
     );
     println!(
         "try: curl -i -X POST http://{local}/sessions -H 'content-type: application/json' -d '{{\"user_id\":\"42\",\"company_name\":\"Acme\",\"email\":\"ada@acme.test\",\"is_root\":false}}'"

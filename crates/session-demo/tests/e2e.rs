@@ -145,6 +145,49 @@ async fn scenario(demo: &Demo) {
         StatusCode::OK
     );
 
+    // Typed session data through the layer's handle.
+    let prefs: Value = json(
+        alice_b
+            .put(demo.url("/sessions/me/preferences"))
+            .json(&json!({"locale": "fr-FR", "theme": "dark"})),
+    )
+    .await;
+    assert_eq!(prefs["locale"], "fr-FR");
+    let prefs: Value = json(alice_b.get(demo.url("/sessions/me/preferences"))).await;
+    assert_eq!(
+        (prefs["locale"].as_str(), prefs["theme"].as_str()),
+        (Some("fr-FR"), Some("dark"))
+    );
+
+    // A root session steps down: the store rotates its token in the same write and the layer
+    // sends the new cookie, so the browser keeps working while the old token is dead.
+    let carol_root = carol_token(demo, &carol).await;
+    let stepped = carol
+        .post(demo.url("/sessions/me/step-down"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stepped.status(), StatusCode::OK);
+    assert!(stepped.headers().get("set-cookie").is_some(), "new cookie");
+    let stepped: Value = stepped.json().await.unwrap();
+    assert_eq!(stepped["session"]["is_root"], false);
+    assert_ne!(stepped["session_id"].as_str().unwrap(), carol_root);
+    assert_eq!(
+        status(with_token(demo, "/sessions/me", &carol_root)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(carol.get(demo.url("/users/alice/sessions"))).await,
+        StatusCode::FORBIDDEN,
+        "no longer root"
+    );
+    assert_eq!(
+        status(carol.post(demo.url("/sessions/me/step-down"))).await,
+        StatusCode::CONFLICT
+    );
+    // Root again, by signing in anew (the demo still trusts the sign-in body; see issue 14).
+    sign_in(demo, &carol, "carol", true).await;
+
     // Revoke-all from alice's other session: the first browser is signed out, this one stays.
     let revoked: Value = json(alice_b.delete(demo.url("/users/alice/sessions"))).await;
     assert_eq!(revoked["revoked"], 1);
@@ -219,6 +262,11 @@ async fn scenario(demo: &Demo) {
         status(alice_b.get(demo.url("/sessions/me"))).await,
         StatusCode::UNAUTHORIZED
     );
+    assert_eq!(
+        status(alice_b.delete(demo.url("/sessions/me"))).await,
+        StatusCode::UNAUTHORIZED,
+        "signing out a session that is gone is not a success"
+    );
 
     // Health and metrics.
     let health: Value = reqwest::get(demo.url("/healthz"))
@@ -248,6 +296,40 @@ async fn scenario(demo: &Demo) {
         "{metrics}"
     );
     assert!(metrics.contains("db_pool_connections"), "{metrics}");
+}
+
+/// The token `client`'s cookie jar holds for the demo, read from the session list.
+async fn carol_token(demo: &Demo, client: &reqwest::Client) -> String {
+    let rotated: Value = json(client.post(demo.url("/sessions/me/rotate"))).await;
+    rotated["session_id"].as_str().unwrap().to_owned()
+}
+
+/// A cookie naming no live session is answered 401 and cleared by the layer.
+async fn a_stale_cookie_is_cleared(demo: &Demo) {
+    let client = browser();
+    let token = sign_in(demo, &client, "dave", false).await;
+    assert_eq!(
+        status(client.delete(demo.url("/sessions/me"))).await,
+        StatusCode::NO_CONTENT
+    );
+    let stale = with_token(demo, "/sessions/me", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+    let cleared = stale.headers().get("set-cookie").unwrap().to_str().unwrap();
+    assert!(
+        cleared.starts_with("session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    // A route that never looks at the session leaves the stale cookie alone.
+    let health = reqwest::Client::new()
+        .get(demo.url("/healthz"))
+        .header("cookie", format!("session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.headers().get("set-cookie").is_none());
 }
 
 /// A token the store never issued gets 401, and no session is created from it.
@@ -287,6 +369,7 @@ async fn end_to_end_on_memory_and_sqlite() {
     let demo = Demo::start(SessionConfig::default()).await;
     scenario(&demo).await;
     unknown_tokens_are_refused(&demo).await;
+    a_stale_cookie_is_cleared(&demo).await;
     demo.stop().await;
 }
 
@@ -306,14 +389,99 @@ async fn end_to_end_on_redis_and_postgres() {
     assert_eq!(
         (
             demo.manager.sessions().backend(),
-            demo.manager.db().backend()
+            demo.manager.db().unwrap().backend()
         ),
         ("redis", "postgres")
     );
     scenario(&demo).await;
     unknown_tokens_are_refused(&demo).await;
+    a_stale_cookie_is_cleared(&demo).await;
     demo.stop().await;
     redis_delete_prefix(&url, &prefix);
+}
+
+/// The demo on the Redis compatible layout, set by configuration alone: a session another
+/// service wrote the way the Python helper does (`HSET` of the four fields, then `EXPIRE`) opens
+/// the protected routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compatible_layout_accepts_sessions_the_python_service_wrote() {
+    let url = redis_url();
+    require_redis(&url);
+    let config = SessionConfig::from_vars([
+        ("SESSION_STORE_URL".to_owned(), url.clone()),
+        ("SESSION_REDIS_LAYOUT".to_owned(), "compatible".to_owned()),
+    ])
+    .unwrap();
+    let demo = Demo::start(config).await;
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // A session id as the Python helper issues it (uuid4), unique to this run.
+    let session_id = uuid::Uuid::new_v4().to_string();
+    redis::cmd("HSET")
+        .arg(&session_id)
+        .arg(&[
+            "user_id",
+            "42",
+            "company_name",
+            "Globex",
+            "email",
+            "hank@globex.test",
+            "is_root",
+            "N",
+        ])
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("EXPIRE")
+        .arg(&session_id)
+        .arg(600)
+        .exec(&mut conn)
+        .unwrap();
+
+    let me: Value = json(with_token(&demo, "/sessions/me", &session_id)).await;
+    assert_eq!(
+        (
+            me["user_id"].as_str(),
+            me["company_name"].as_str(),
+            me["is_root"].as_bool()
+        ),
+        (Some("42"), Some("Globex"), Some(false))
+    );
+    let items = reqwest::Client::new()
+        .get(demo.url("/db-items"))
+        .bearer_auth(&session_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(items.status(), StatusCode::OK);
+    // The demo's own sign-in writes the same layout, readable by the other service.
+    let client = browser();
+    let ours = sign_in(&demo, &client, "7", false).await;
+    let fields: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(&ours).query(&mut conn).unwrap();
+    assert_eq!(
+        (fields["user_id"].as_str(), fields["is_root"].as_str()),
+        ("7", "N")
+    );
+    // Signing out removes the other service's session the same way.
+    let out = reqwest::Client::new()
+        .delete(demo.url("/sessions/me"))
+        .bearer_auth(&session_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&session_id)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, 0);
+    assert_eq!(
+        status(client.delete(demo.url("/sessions/me"))).await,
+        StatusCode::NO_CONTENT
+    );
+    demo.stop().await;
 }
 
 #[cfg(unix)]

@@ -1,7 +1,6 @@
 //! The pooled transaction scope, generic over the diesel-async connection.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use diesel_async::pooled_connection::{
@@ -10,6 +9,7 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncConnection, SimpleAsyncConnection, TransactionManager};
 use session_core::{
     DbSessionProvider, PoolConfig, PoolState, Result, ScopeFn, ScopeOptions, SessionError,
+    SuspectConnections,
 };
 
 use crate::error::{from_diesel, from_pool};
@@ -64,7 +64,9 @@ where
     pool: RwLock<Option<bb8::Pool<AsyncDieselConnectionManager<C>>>>,
     config: PoolConfig,
     /// Checkouts left that ping although the check is [`CheckoutCheck::Local`].
-    suspect: Arc<AtomicU32>,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    // only the session store pools locally
+    suspect: Arc<SuspectConnections>,
 }
 
 impl<C: ProviderConnection> std::fmt::Debug for DieselProvider<C>
@@ -102,19 +104,14 @@ where
         check: CheckoutCheck,
     ) -> Result<Self> {
         config.validate()?;
-        let suspect = Arc::new(AtomicU32::new(0));
+        let suspect = Arc::new(SuspectConnections::new());
         let mut manager_config = C::manager_config();
         if check == CheckoutCheck::Local {
             let suspect = suspect.clone();
             manager_config.recycling_method =
                 RecyclingMethod::CustomFunction(Box::new(move |conn| {
                     let broken = conn.is_broken();
-                    let ping = !broken
-                        && suspect
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            })
-                            .is_ok();
+                    let ping = !broken && suspect.take();
                     Box::pin(async move {
                         if broken {
                             return Err(diesel::result::Error::BrokenTransactionManager);
@@ -154,8 +151,9 @@ where
     }
 
     /// After a lost connection: the next `max_size` checkouts ping (with [`CheckoutCheck::Local`]).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn suspect_connections(&self) {
-        self.suspect.store(self.config.max_size, Ordering::Relaxed);
+        self.suspect.raise(self.config.max_size);
     }
 
     fn pool(&self) -> Result<bb8::Pool<AsyncDieselConnectionManager<C>>> {

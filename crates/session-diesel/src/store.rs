@@ -6,7 +6,7 @@
 //! statement; a session is live while `idle_expires_at > now` (the idle expiry is never after the
 //! absolute one, a table constraint).
 
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,8 +18,9 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use session_core::clock::{from_millis_since_epoch, millis_since_epoch};
 use session_core::{
-    DbSessionProvider, IssuedSession, NewUserSession, PoolConfig, PurgeTask, Result, SessionError,
-    SessionHandle, SessionPolicy, SessionToken, StorageDump, UserSession, UserSessionStore,
+    DbSessionProvider, IssuedSession, NewUserSession, PoolConfig, Result, SessionError,
+    SessionHandle, SessionPolicy, SessionToken, StorageDump, Updated, UserSession,
+    UserSessionStore,
 };
 
 use crate::error::from_diesel;
@@ -177,7 +178,6 @@ pub struct PgSessionStore {
     db: PgProvider,
     policy: SessionPolicy,
     purge_batch: i64,
-    purge_task: Mutex<Option<PurgeTask>>,
 }
 
 impl std::fmt::Debug for PgSessionStore {
@@ -205,7 +205,6 @@ impl PgSessionStore {
             db: PgProvider::connect_checking(url, pool, CheckoutCheck::Local).await?,
             policy,
             purge_batch: i64::from(DEFAULT_PURGE_BATCH),
-            purge_task: Mutex::new(None),
         })
     }
 
@@ -257,46 +256,10 @@ impl PgSessionStore {
         self
     }
 
-    /// Starts a background task purging expired sessions every `every`; [`PgSessionStore::close`]
-    /// stops it. Replaces a task started before.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
-    pub fn spawn_purge_task(self: &Arc<Self>, every: Duration) {
-        let store: Arc<dyn UserSessionStore> = self.clone();
-        let task = PurgeTask::spawn(&store, every);
-        *self
-            .purge_task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
-    }
-
-    /// Whether a background purge task is running.
-    #[must_use]
-    pub fn purging(&self) -> bool {
-        self.purge_task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
-    }
-
     /// The connection pool (also usable as a [`DbSessionProvider`] for application queries).
     #[must_use]
     pub fn provider(&self) -> &PgProvider {
         &self.db
-    }
-
-    /// Stops the purge task and closes the pool; idempotent.
-    pub async fn close(&self) {
-        let task = self
-            .purge_task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            task.stop().await;
-        }
-        self.db.close().await;
     }
 
     fn now(&self) -> i64 {
@@ -316,25 +279,6 @@ impl PgSessionStore {
         }
         err
     }
-}
-
-/// Runs an idempotent read; if its connection turns out lost, runs it once more on another
-/// (the failure has made the next checkouts ping, see [`PgSessionStore::fail`]). A macro because
-/// the read borrows the connection across an await, which a closure cannot yet express as `Send`.
-macro_rules! read_retrying {
-    ($store:expr, |$conn:ident| $read:expr) => {{
-        let first = {
-            let mut $conn = $store.conn().await?;
-            $read
-        };
-        match first {
-            Err(SessionError::Unavailable { .. }) => {
-                let mut $conn = $store.conn().await?;
-                $read
-            }
-            other => other,
-        }
-    }};
 }
 
 fn rows(rows: Vec<Row>) -> Result<Vec<UserSession>> {
@@ -391,16 +335,15 @@ impl UserSessionStore for PgSessionStore {
             columns(""),
             at(2)
         );
-        let row: Option<Row> = read_retrying!(self, |conn| {
-            diesel::sql_query(&sql)
-                .bind::<Text, _>(token.handle().as_str())
-                .bind::<BigInt, _>(self.now())
-                .prepared()
-                .get_result(&mut *conn)
-                .await
-                .optional()
-                .map_err(|e| self.fail(e))
-        })?;
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = diesel::sql_query(&sql)
+            .bind::<Text, _>(token.handle().as_str())
+            .bind::<BigInt, _>(self.now())
+            .prepared()
+            .get_result(&mut *conn)
+            .await
+            .optional()
+            .map_err(|e| self.fail(e))?;
         row.map(Row::into_session).transpose()
     }
 
@@ -445,10 +388,14 @@ impl UserSessionStore for PgSessionStore {
         }
     }
 
-    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+    async fn update(&self, session: &UserSession) -> Result<Updated> {
         session.validate(&self.policy)?;
+        // A change of `is_root` also moves the row to a new handle, in the same statement: the
+        // CASE reads the row's old `is_root`.
+        let new_token = SessionToken::generate()?;
         let sql = format!(
-            "UPDATE user_sessions SET company_name = $3, email = $4, is_root = $5, attributes = $6, version = version + 1
+            "UPDATE user_sessions SET company_name = $3, email = $4, is_root = $5, attributes = $6,
+                 version = version + 1, handle = CASE WHEN is_root <> $5 THEN $9 ELSE handle END
              WHERE handle = $1 AND version = $2 AND user_id = $7 AND idle_expires_at > {}
              RETURNING {}",
             at(8),
@@ -465,12 +412,18 @@ impl UserSessionStore for PgSessionStore {
             .bind::<Text, _>(session.attributes_json()?)
             .bind::<Text, _>(&session.user_id)
             .bind::<BigInt, _>(now)
+            .bind::<Text, _>(new_token.handle().as_str())
             .prepared()
             .load(&mut *conn)
             .await
             .map_err(|e| self.fail(e))?;
         if let Some(row) = updated.into_iter().next() {
-            return row.into_session();
+            let stored = row.into_session()?;
+            return Ok(if stored.handle == session.handle {
+                Updated::kept(stored)
+            } else {
+                Updated::rotated(stored, new_token)
+            });
         }
         // Nothing matched: a second statement, on the failure path only, says why.
         let sql = format!(
@@ -553,15 +506,14 @@ impl UserSessionStore for PgSessionStore {
             columns(""),
             at(2)
         );
-        let found: Vec<Row> = read_retrying!(self, |conn| {
-            diesel::sql_query(&sql)
-                .bind::<Text, _>(user_id)
-                .bind::<BigInt, _>(self.now())
-                .prepared()
-                .load(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))
-        })?;
+        let mut conn = self.conn().await?;
+        let found: Vec<Row> = diesel::sql_query(&sql)
+            .bind::<Text, _>(user_id)
+            .bind::<BigInt, _>(self.now())
+            .prepared()
+            .load(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
         rows(found)
     }
 
@@ -611,6 +563,14 @@ impl UserSessionStore for PgSessionStore {
 
     async fn health(&self) -> Result<()> {
         self.db.health().await
+    }
+
+    fn needs_purge(&self) -> bool {
+        true
+    }
+
+    async fn close(&self) {
+        self.db.close().await;
     }
 }
 

@@ -1,5 +1,5 @@
-//! PostgreSQL-store behaviour beyond the conformance suite: concurrent purging, the background
-//! purge task, concurrent migrations, corrupt rows. Each test works in a schema of its own.
+//! PostgreSQL-store behaviour beyond the conformance suite: concurrent purging, the purge task,
+//! concurrent migrations, corrupt rows, lost connections. Each test works in a schema of its own.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::sync::Arc;
@@ -74,7 +74,7 @@ async fn two_stores_purging_at_once_remove_each_expired_row_once_and_keep_live_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_background_purge_task_purges_and_close_stops_it() {
+async fn the_purge_task_purges_and_close_closes_the_pool() {
     let schema = PgSchema::create("bgpurge");
     let clock = ManualClock::starting_now();
     let store = Arc::new(
@@ -89,8 +89,8 @@ async fn the_background_purge_task_purges_and_close_stops_it() {
             .unwrap();
     }
     clock.advance(Duration::from_secs(31 * 60));
-    store.spawn_purge_task(Duration::from_millis(50));
-    assert!(store.purging());
+    let shared: Arc<dyn UserSessionStore> = store.clone();
+    let task = session_core::PurgeTask::spawn(&shared, Duration::from_millis(50));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while psql(&schema.url(), "SELECT count(*) FROM user_sessions") != "0" {
         assert!(
@@ -99,9 +99,9 @@ async fn the_background_purge_task_purges_and_close_stops_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    task.stop().await;
     store.close().await;
     store.close().await; // idempotent
-    assert!(!store.purging());
     assert!(matches!(
         store
             .get(&session_core::SessionToken::generate().unwrap())
@@ -177,20 +177,25 @@ async fn a_corrupt_row_is_a_decode_error_naming_the_session() {
 async fn reads_survive_the_server_closing_every_pooled_connection() {
     let schema = PgSchema::create("terminated");
     let clock = ManualClock::starting_now();
-    let store = PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
-        .await
-        .unwrap();
+    // Served through the retry layer, as the manager serves it: reads are retried there.
+    let store = session_core::Retrying::new(
+        PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+            .await
+            .unwrap(),
+        session_core::RetryPolicy::default(),
+    );
     let issued = store.create(NewUserSession::new("u")).await.unwrap();
     // Fill the pool with four connections, then have the server end every one of them.
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(store.provider().connection().await.unwrap());
+        held.push(store.inner().provider().connection().await.unwrap());
     }
     drop(held);
     assert!(schema.terminate_backends() >= 4);
     // The store's pool tests connections locally (no ping round trip). A connection whose close
     // the driver has already read is replaced at checkout; one it has not is found lost by the
-    // read, which makes the next checkouts ping and runs once more: every read below succeeds.
+    // read, which makes the next checkouts ping, and the retry layer runs it once more: every
+    // read below succeeds.
     for _ in 0..8 {
         let found = store.get(&issued.token).await.unwrap();
         assert_eq!(found.unwrap().handle, issued.session.handle);

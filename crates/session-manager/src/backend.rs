@@ -13,6 +13,7 @@ pub(crate) enum StoreKind {
 /// The application-database backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DbKind {
+    None,
     Sqlite,
     Postgres,
 }
@@ -53,6 +54,9 @@ impl StoreKind {
 impl DbKind {
     pub(crate) fn of(url: &str) -> Result<Self> {
         const KEY: &str = "database_url";
+        if url.is_empty() || url == crate::config::NO_DATABASE {
+            return Ok(Self::None);
+        }
         match scheme(url) {
             "sqlite" if cfg!(feature = "sqlite") => Ok(Self::Sqlite),
             "sqlite" => Err(feature_off(KEY, "sqlite:", "sqlite")),
@@ -61,7 +65,7 @@ impl DbKind {
             _ => Err(SessionError::config(
                 KEY,
                 format!(
-                    "`{url}` is not a database URL; use sqlite://path, sqlite::memory: or postgres://…"
+                    "`{url}` is not a database URL; use sqlite://path, sqlite::memory:, postgres://… or none"
                 ),
             )),
         }
@@ -83,14 +87,24 @@ mod tests {
 
     #[test]
     fn schemes_select_backends() {
-        assert_eq!(StoreKind::of("memory://").unwrap(), StoreKind::Memory);
-        assert_eq!(DbKind::of("sqlite::memory:").unwrap(), DbKind::Sqlite);
-        assert_eq!(DbKind::of("sqlite://x.db").unwrap(), DbKind::Sqlite);
+        assert_eq!(DbKind::of("none").unwrap(), DbKind::None);
+        assert_eq!(DbKind::of("").unwrap(), DbKind::None);
         assert!(
             matches!(StoreKind::of("nonsense"), Err(SessionError::Config { key, .. }) if key == "store_url")
         );
         assert!(
-            matches!(DbKind::of(""), Err(SessionError::Config { key, .. }) if key == "database_url")
+            matches!(DbKind::of("mysql://x"), Err(SessionError::Config { key, .. }) if key == "database_url")
         );
+        if cfg!(feature = "memory") {
+            assert_eq!(StoreKind::of("memory://").unwrap(), StoreKind::Memory);
+        } else {
+            assert!(StoreKind::of("memory://").is_err());
+        }
+        if cfg!(feature = "sqlite") {
+            assert_eq!(DbKind::of("sqlite::memory:").unwrap(), DbKind::Sqlite);
+            assert_eq!(DbKind::of("sqlite://x.db").unwrap(), DbKind::Sqlite);
+        } else {
+            assert!(DbKind::of("sqlite::memory:").is_err());
+        }
     }
 }

@@ -3,10 +3,38 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use session_core::{PoolConfig, Result, SessionError, SessionPolicy};
+use session_core::{PoolConfig, Result, RetryPolicy, SessionError, SessionPolicy};
+
+/// Settings of the PostgreSQL user-session store (`[postgres_store]` in TOML).
+#[cfg(feature = "postgres")]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PostgresStoreConfig {
+    /// The store's own connection pool (`[postgres_store.pool]`). Default: as [`PoolConfig`], with
+    /// `max_size` 16.
+    pub pool: PoolConfig,
+    /// Rows each `purge_expired` statement deletes. Default `1000`.
+    pub purge_batch: u32,
+}
+
+#[cfg(feature = "postgres")]
+impl Default for PostgresStoreConfig {
+    fn default() -> Self {
+        let mut pool = PoolConfig::default();
+        pool.max_size = 16;
+        Self {
+            pool,
+            purge_batch: session_diesel::DEFAULT_PURGE_BATCH,
+        }
+    }
+}
 
 /// Everything the manager needs. Every field has a default, so an empty file (or no environment
 /// variable at all) gives an in-memory session store and an in-memory SQLite database.
+///
+/// Sources, later over earlier: defaults, the TOML file named by `SESSION_CONFIG_FILE` (if set),
+/// environment variables ([`ENV_VARS`]); see [`SessionConfig::from_env`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -14,38 +42,56 @@ pub struct SessionConfig {
     /// Where user sessions live: `memory://`, `redis://…`, `rediss://…` or `postgres://…`.
     /// Default `memory://`.
     pub store_url: String,
-    /// The application database: `sqlite://path`, `sqlite::memory:` or `postgres://…`.
-    /// Default `sqlite::memory:`.
+    /// The application database: `sqlite://path`, `sqlite::memory:`, `postgres://…`, or `none`
+    /// (sessions only). Default `sqlite::memory:` with the `sqlite` feature, else `none`.
     pub database_url: String,
-    /// Expiry, throttling and size limits.
+    /// Expiry, throttling and size limits (`[policy]`).
     pub policy: SessionPolicy,
-    /// The application database's pool.
+    /// The application database's pool (`[db_pool]`).
     pub db_pool: PoolConfig,
-    /// Prefix of every Redis key. Default `session:`.
-    pub key_prefix: String,
-    /// Connections of the session store's own pool (Redis, PostgreSQL). Default `16`.
-    pub store_pool_size: u32,
-    /// How often expired sessions are purged in the background (memory and PostgreSQL stores;
-    /// Redis expires keys itself). `0s` turns it off. Default `5m`.
+    /// How often expired sessions are purged in the background, on stores that need it (memory,
+    /// PostgreSQL; Redis expires keys itself). `0s` turns it off. Default `5m`.
     #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
+    /// Retries of temporary errors on idempotent session operations (`[retry]`).
+    pub retry: RetryPolicy,
+    /// The Redis store (`[redis]`): `layout` (`standard` or `compatible`), `key_prefix`,
+    /// `pool_max_size`, `pool_min_idle`, `checkout_timeout`, `response_timeout`,
+    /// `test_on_checkout`. The URL is `store_url`.
+    #[cfg(feature = "redis")]
+    pub redis: session_redis::RedisConfig,
+    /// The PostgreSQL session store (`[postgres_store]`).
+    #[cfg(feature = "postgres")]
+    pub postgres_store: PostgresStoreConfig,
 }
+
+/// The database URL meaning "no application database".
+pub const NO_DATABASE: &str = "none";
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             store_url: "memory://".to_owned(),
-            database_url: "sqlite::memory:".to_owned(),
+            database_url: if cfg!(feature = "sqlite") {
+                "sqlite::memory:"
+            } else {
+                NO_DATABASE
+            }
+            .to_owned(),
             policy: SessionPolicy::default(),
             db_pool: PoolConfig::default(),
-            key_prefix: "session:".to_owned(),
-            store_pool_size: 16,
             purge_interval: Duration::from_secs(300),
+            retry: RetryPolicy::default(),
+            #[cfg(feature = "redis")]
+            redis: session_redis::RedisConfig::default(),
+            #[cfg(feature = "postgres")]
+            postgres_store: PostgresStoreConfig::default(),
         }
     }
 }
 
-/// Environment variables and the configuration keys they set.
+/// Environment variables and the configuration keys they set (`table.key` for nested keys).
+/// Variables of a backend whose feature is not compiled in are ignored.
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_STORE_URL", "store_url"),
     ("DATABASE_URL", "database_url"),
@@ -62,14 +108,24 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("SESSION_MAX_ATTRIBUTES_BYTES", "max_attributes_bytes"),
     ("SESSION_MAX_PER_USER", "max_sessions_per_user"),
-    ("SESSION_KEY_PREFIX", "key_prefix"),
-    ("SESSION_STORE_POOL_SIZE", "store_pool_size"),
     ("SESSION_PURGE_INTERVAL", "purge_interval"),
+    ("SESSION_RETRY_MAX", "retry.max_retries"),
+    ("SESSION_STORE_POOL_SIZE", "redis.pool_max_size"),
+    ("SESSION_STORE_POOL_SIZE", "postgres_store.pool.max_size"),
+    ("SESSION_KEY_PREFIX", "redis.key_prefix"),
+    ("SESSION_REDIS_LAYOUT", "redis.layout"),
+    ("SESSION_REDIS_CHECKOUT_TIMEOUT", "redis.checkout_timeout"),
+    ("SESSION_REDIS_RESPONSE_TIMEOUT", "redis.response_timeout"),
+    ("SESSION_REDIS_TEST_ON_CHECKOUT", "redis.test_on_checkout"),
+    ("SESSION_PG_PURGE_BATCH", "postgres_store.purge_batch"),
     ("DB_POOL_MAX_SIZE", "max_size"),
     ("DB_POOL_MIN_IDLE", "min_idle"),
     ("DB_CHECKOUT_TIMEOUT", "checkout_timeout"),
     ("DB_TEST_ON_CHECKOUT", "test_on_checkout"),
 ];
+
+/// The variable naming the TOML file [`SessionConfig::from_env`] reads first.
+pub const CONFIG_FILE_VAR: &str = "SESSION_CONFIG_FILE";
 
 fn duration(var: &str, value: &str) -> Result<Duration> {
     humantime::parse_duration(value).map_err(|e| {
@@ -98,13 +154,30 @@ fn boolean(var: &str, value: &str) -> Result<bool> {
     }
 }
 
+/// A table's error under the table's path, e.g. `redis.pool_max_size`.
+fn nested(table: &str, err: SessionError) -> SessionError {
+    match err {
+        SessionError::Config { key, reason } => SessionError::Config {
+            key: format!("{table}.{key}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
 impl SessionConfig {
-    /// Defaults overridden by the process's environment variables (see [`ENV_VARS`]).
+    /// Defaults, then the TOML file named by `SESSION_CONFIG_FILE` if it is set, then the
+    /// process's environment variables (see [`ENV_VARS`]): the environment wins over the file.
     ///
     /// # Errors
-    /// [`SessionError::Config`] naming the variable and what it should look like.
+    /// [`SessionError::Config`] naming the variable (or the file's key) and what it should look
+    /// like.
     pub fn from_env() -> Result<Self> {
-        Self::from_vars(std::env::vars())
+        let base = match std::env::var(CONFIG_FILE_VAR) {
+            Ok(path) if !path.is_empty() => Self::from_toml_file(path)?,
+            _ => Self::default(),
+        };
+        base.with_vars(std::env::vars())
     }
 
     /// Defaults overridden by the given `(name, value)` pairs; names not in [`ENV_VARS`] are ignored.
@@ -112,36 +185,19 @@ impl SessionConfig {
     /// # Errors
     /// [`SessionError::Config`] naming the variable and what it should look like.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
-        let mut c = Self::default();
+        Self::default().with_vars(vars)
+    }
+
+    /// This configuration overridden by the given `(name, value)` pairs (see [`ENV_VARS`]).
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] naming the variable and what it should look like.
+    pub fn with_vars(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
         for (var, value) in vars {
-            let v = value.as_str();
-            let var = var.as_str();
-            match var {
-                "SESSION_STORE_URL" => c.store_url = value.clone(),
-                "DATABASE_URL" => c.database_url = value.clone(),
-                "SESSION_IDLE_TIMEOUT" => c.policy.idle_timeout = duration(var, v)?,
-                "SESSION_ABSOLUTE_TIMEOUT" => c.policy.absolute_timeout = duration(var, v)?,
-                "SESSION_TOUCH_INTERVAL" => c.policy.touch_interval = duration(var, v)?,
-                "SESSION_REMEMBER_ME_IDLE_TIMEOUT" => {
-                    c.policy.remember_me_idle_timeout = duration(var, v)?
-                }
-                "SESSION_REMEMBER_ME_ABSOLUTE_TIMEOUT" => {
-                    c.policy.remember_me_absolute_timeout = duration(var, v)?
-                }
-                "SESSION_MAX_ATTRIBUTES_BYTES" => c.policy.max_attributes_bytes = number(var, v)?,
-                "SESSION_MAX_PER_USER" => c.policy.max_sessions_per_user = Some(number(var, v)?),
-                "SESSION_KEY_PREFIX" => c.key_prefix = value.clone(),
-                "SESSION_STORE_POOL_SIZE" => c.store_pool_size = number(var, v)?,
-                "SESSION_PURGE_INTERVAL" => c.purge_interval = duration(var, v)?,
-                "DB_POOL_MAX_SIZE" => c.db_pool.max_size = number(var, v)?,
-                "DB_POOL_MIN_IDLE" => c.db_pool.min_idle = Some(number(var, v)?),
-                "DB_CHECKOUT_TIMEOUT" => c.db_pool.checkout_timeout = duration(var, v)?,
-                "DB_TEST_ON_CHECKOUT" => c.db_pool.test_on_checkout = boolean(var, v)?,
-                _ => {}
-            }
+            self.apply_var(&var, &value)?;
         }
         // Report a bad value under the variable that set it.
-        c.validate().map_err(|e| match e {
+        self.validate().map_err(|e| match e {
             SessionError::Config { key, reason } => {
                 let var = ENV_VARS
                     .iter()
@@ -151,10 +207,71 @@ impl SessionConfig {
             }
             other => other,
         })?;
-        Ok(c)
+        Ok(self)
     }
 
-    /// Parses a TOML document (keys as in this struct; `[policy]` and `[db_pool]` tables).
+    fn apply_var(&mut self, var: &str, v: &str) -> Result<()> {
+        let c = self;
+        match var {
+            "SESSION_STORE_URL" => v.clone_into(&mut c.store_url),
+            "DATABASE_URL" => v.clone_into(&mut c.database_url),
+            "SESSION_IDLE_TIMEOUT" => c.policy.idle_timeout = duration(var, v)?,
+            "SESSION_ABSOLUTE_TIMEOUT" => c.policy.absolute_timeout = duration(var, v)?,
+            "SESSION_TOUCH_INTERVAL" => c.policy.touch_interval = duration(var, v)?,
+            "SESSION_REMEMBER_ME_IDLE_TIMEOUT" => {
+                c.policy.remember_me_idle_timeout = duration(var, v)?;
+            }
+            "SESSION_REMEMBER_ME_ABSOLUTE_TIMEOUT" => {
+                c.policy.remember_me_absolute_timeout = duration(var, v)?;
+            }
+            "SESSION_MAX_ATTRIBUTES_BYTES" => c.policy.max_attributes_bytes = number(var, v)?,
+            "SESSION_MAX_PER_USER" => c.policy.max_sessions_per_user = Some(number(var, v)?),
+            "SESSION_PURGE_INTERVAL" => c.purge_interval = duration(var, v)?,
+            "SESSION_RETRY_MAX" => c.retry.max_retries = number(var, v)?,
+            "DB_POOL_MAX_SIZE" => c.db_pool.max_size = number(var, v)?,
+            "DB_POOL_MIN_IDLE" => c.db_pool.min_idle = Some(number(var, v)?),
+            "DB_CHECKOUT_TIMEOUT" => c.db_pool.checkout_timeout = duration(var, v)?,
+            "DB_TEST_ON_CHECKOUT" => c.db_pool.test_on_checkout = boolean(var, v)?,
+            _ => c.apply_backend_var(var, v)?,
+        }
+        Ok(())
+    }
+
+    /// The variables of the optional backends; each is ignored when its feature is off.
+    #[allow(clippy::unnecessary_wraps, unused_variables)] // with neither feature, nothing can fail
+    fn apply_backend_var(&mut self, var: &str, v: &str) -> Result<()> {
+        #[cfg(feature = "redis")]
+        match var {
+            "SESSION_STORE_POOL_SIZE" => self.redis.pool_max_size = number(var, v)?,
+            "SESSION_KEY_PREFIX" => v.clone_into(&mut self.redis.key_prefix),
+            "SESSION_REDIS_LAYOUT" => {
+                self.redis.layout = match v.trim() {
+                    "standard" => session_redis::Layout::Standard,
+                    "compatible" => session_redis::Layout::Compatible,
+                    _ => {
+                        return Err(SessionError::config(
+                            var,
+                            format!("`{v}` is not a layout; use standard or compatible"),
+                        ));
+                    }
+                };
+            }
+            "SESSION_REDIS_CHECKOUT_TIMEOUT" => self.redis.checkout_timeout = duration(var, v)?,
+            "SESSION_REDIS_RESPONSE_TIMEOUT" => self.redis.response_timeout = duration(var, v)?,
+            "SESSION_REDIS_TEST_ON_CHECKOUT" => self.redis.test_on_checkout = boolean(var, v)?,
+            _ => {}
+        }
+        #[cfg(feature = "postgres")]
+        match var {
+            "SESSION_STORE_POOL_SIZE" => self.postgres_store.pool.max_size = number(var, v)?,
+            "SESSION_PG_PURGE_BATCH" => self.postgres_store.purge_batch = number(var, v)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Parses a TOML document (keys as in this struct; `[policy]`, `[db_pool]`, `[retry]`,
+    /// `[redis]` and `[postgres_store]` tables).
     ///
     /// # Errors
     /// [`SessionError::Config`] naming the key, for syntax errors, unknown keys and bad values.
@@ -195,14 +312,29 @@ impl SessionConfig {
     pub fn validate(&self) -> Result<()> {
         self.policy.validate()?;
         self.db_pool.validate()?;
-        if self.store_pool_size == 0 {
-            return Err(SessionError::config(
-                "store_pool_size",
-                "must be at least 1",
-            ));
-        }
-        crate::backend::StoreKind::of(&self.store_url)?;
+        self.retry.validate().map_err(|e| nested("retry", e))?;
+        let store = crate::backend::StoreKind::of(&self.store_url)?;
         crate::backend::DbKind::of(&self.database_url)?;
+        #[cfg(feature = "redis")]
+        {
+            if self.redis.url != session_redis::RedisConfig::default().url {
+                return Err(SessionError::config(
+                    "redis.url",
+                    "the Redis URL is `store_url` (SESSION_STORE_URL); remove `url` from [redis]",
+                ));
+            }
+            let mut redis = self.redis.clone();
+            if store == crate::backend::StoreKind::Redis {
+                redis.url.clone_from(&self.store_url);
+            }
+            redis.validate().map_err(|e| nested("redis", e))?;
+        }
+        #[cfg(feature = "postgres")]
+        self.postgres_store
+            .pool
+            .validate()
+            .map_err(|e| nested("postgres_store.pool", e))?;
+        let _ = store;
         Ok(())
     }
 }

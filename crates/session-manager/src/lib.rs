@@ -1,10 +1,23 @@
-//! `SessionManager`: one user-session store and one database provider, built from configuration,
-//! behind one policy, one error type and one observability layer.
+//! `SessionManager`: one user-session store and one database provider, built from configuration
+//! or by hand, behind one policy, one error type and one layer stack.
 //!
-//! Moving sessions from memory to Redis to PostgreSQL is a change of `SESSION_STORE_URL`; cargo
-//! features (`memory` and `sqlite` by default, `redis` and `postgres` opt-in) choose which backends
-//! are compiled in, and a URL whose backend is not is a [`session_core::SessionError::Config`]
-//! naming the feature.
+//! Start here:
+//! - [`SessionManager::build`] with a [`SessionConfig`] (environment, TOML file, or code): the
+//!   backends are chosen by URL, so moving sessions from memory to Redis to PostgreSQL is a
+//!   configuration change;
+//! - [`SessionManager::builder`] for a store or database you built yourself;
+//! - [`db_transaction!`] for a transaction scope on the configured database, whichever it is;
+//! - the `session-axum` crate's `SessionLayer` to put the sessions in front of axum routes.
+//!
+//! Cargo features choose which backends are compiled in, each with its driver and nothing else:
+//! `memory` and `sqlite` by default, `redis` and `postgres` opt-in; a manager without `sqlite`
+//! and `postgres` manages sessions only. A URL whose backend is not compiled in is a
+//! [`session_core::SessionError::Config`] naming the feature.
+// The README's Rust blocks are compiled and run as doctests, so they cannot drift from the API.
+#![cfg_attr(
+    all(doctest, feature = "memory", feature = "sqlite"),
+    doc = include_str!("../../../README.md")
+)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -12,13 +25,19 @@ mod backend;
 mod config;
 mod manager;
 
-pub use config::{ENV_VARS, SessionConfig};
-pub use manager::{Db, SessionManager, Updated};
+#[cfg(feature = "postgres")]
+pub use config::PostgresStoreConfig;
+pub use config::{CONFIG_FILE_VAR, ENV_VARS, NO_DATABASE, SessionConfig};
+pub use manager::{Db, SessionManager, SessionManagerBuilder};
 
 /// Re-exported so applications name one version.
 pub use session_core;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use session_diesel;
+#[cfg(feature = "memory")]
+pub use session_memory;
+#[cfg(feature = "redis")]
+pub use session_redis;
 
 /// The scope on one provider, shared by the per-feature forms of [`db_transaction!`].
 #[doc(hidden)]
@@ -33,10 +52,12 @@ macro_rules! __db_scope {
 }
 
 /// Runs a transaction scope on the manager's database, whichever backend it is: the body is
-/// compiled once per compiled-in backend, with `$conn` the backend's connection.
+/// compiled once per compiled-in backend, with `$conn` that backend's connection, so write it
+/// with diesel's query builder or `sql_query` (which every backend accepts) rather than a
+/// function taking one connection type. Commits on `Ok`, rolls back on `Err` and on panic.
 ///
 /// ```text
-/// let id = db_transaction!(manager.db(), ScopeOptions::new(), |conn| {
+/// let n = db_transaction!(manager.db()?, ScopeOptions::new(), |conn| {
 ///     diesel::sql_query("INSERT INTO items (name) VALUES ('x')").execute(conn).await.map_err(AppError::from)
 /// })?;
 /// ```
@@ -74,5 +95,16 @@ macro_rules! db_transaction {
                 $crate::__db_scope!(provider, $options, |$conn| $body)
             }
         }
+    };
+}
+
+/// A build without a database feature has no database to run a scope on.
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+#[macro_export]
+macro_rules! db_transaction {
+    ($($any:tt)*) => {
+        compile_error!(
+            "db_transaction! needs the `sqlite` or `postgres` feature of session-manager"
+        )
     };
 }

@@ -1,20 +1,22 @@
-//! The facade.
+//! The facade and its builder.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use session_core::{
-    DbSessionProvider, Instrumented, IssuedSession, PoolState, PurgeTask, Result, SessionError,
-    SessionToken, UserSession, UserSessionStore,
+    PoolState, PurgeTask, Result, RetryPolicy, SessionError, UserSessionStore, stacked,
 };
 
 use crate::backend::{DbKind, StoreKind};
 use crate::config::SessionConfig;
 
-/// The application database: one provider, chosen by `database_url` at run time.
+/// The application database: one provider, chosen by `database_url` at run time or given to
+/// [`SessionManagerBuilder::db`].
 ///
-/// Run a scope on whichever it is with [`crate::db_transaction!`].
-/// Exhaustive on purpose: [`crate::db_transaction!`] matches it in the caller's crate.
+/// Run a scope on whichever it is with [`crate::db_transaction!`]. Exhaustive on purpose:
+/// [`crate::db_transaction!`] matches it in the caller's crate. Without the `sqlite` and
+/// `postgres` features it has no variant and a manager has no database.
 #[derive(Debug)]
 pub enum Db {
     /// SQLite (the embedded default).
@@ -25,26 +27,47 @@ pub enum Db {
     Postgres(session_diesel::PgProvider),
 }
 
+#[cfg(feature = "sqlite")]
+impl From<session_diesel::SqliteProvider> for Db {
+    fn from(provider: session_diesel::SqliteProvider) -> Self {
+        Self::Sqlite(provider)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<session_diesel::PgProvider> for Db {
+    fn from(provider: session_diesel::PgProvider) -> Self {
+        Self::Postgres(provider)
+    }
+}
+
+// `match *self` rather than `match self`: with no database feature `Db` has no variant, and only
+// a match on the place itself may then have no arm.
+#[allow(clippy::needless_return, unreachable_code, unused_imports)]
 impl Db {
     /// `sqlite` or `postgres`.
     #[must_use]
     pub fn backend(&self) -> &'static str {
-        match self {
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        use session_core::DbSessionProvider as _;
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(p) => p.backend(),
+            Self::Sqlite(ref p) => p.backend(),
             #[cfg(feature = "postgres")]
-            Self::Postgres(p) => p.backend(),
+            Self::Postgres(ref p) => p.backend(),
         }
     }
 
     /// The pool's state.
     #[must_use]
     pub fn state(&self) -> PoolState {
-        match self {
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        use session_core::DbSessionProvider as _;
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(p) => p.state(),
+            Self::Sqlite(ref p) => p.state(),
             #[cfg(feature = "postgres")]
-            Self::Postgres(p) => p.state(),
+            Self::Postgres(ref p) => p.state(),
         }
     }
 
@@ -53,35 +76,35 @@ impl Db {
     /// # Errors
     /// As the provider's `health`.
     pub async fn health(&self) -> Result<()> {
-        match self {
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        use session_core::DbSessionProvider as _;
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(p) => p.health().await,
+            Self::Sqlite(ref p) => p.health().await,
             #[cfg(feature = "postgres")]
-            Self::Postgres(p) => p.health().await,
+            Self::Postgres(ref p) => p.health().await,
         }
     }
 
-    async fn close(&self) {
-        match self {
+    /// Closes the pool; idempotent.
+    pub async fn close(&self) {
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        use session_core::DbSessionProvider as _;
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(p) => p.close().await,
+            Self::Sqlite(ref p) => p.close().await,
             #[cfg(feature = "postgres")]
-            Self::Postgres(p) => p.close().await,
+            Self::Postgres(ref p) => p.close().await,
         }
     }
-}
-
-/// The result of [`SessionManager::update`].
-#[derive(Debug)]
-pub struct Updated {
-    /// The session as stored.
-    pub session: UserSession,
-    /// A new token, when the update changed `is_root` and the manager rotated the session. The old
-    /// token is dead; hand this one to the client.
-    pub rotated: Option<SessionToken>,
 }
 
 /// User sessions and database scopes under one policy, one error type and one observability layer.
+///
+/// Build it from configuration with [`SessionManager::build`], or from stores made by hand with
+/// [`SessionManager::builder`]; either way the store is served through the same layer stack
+/// ([`session_core::stacked`]: tracing and metrics, retry of temporary errors on idempotent
+/// operations) and, where the store needs it, one background purge task.
 ///
 /// ```no_run
 /// # async fn demo() -> session_core::Result<()> {
@@ -93,10 +116,8 @@ pub struct Updated {
 /// ```
 pub struct SessionManager {
     sessions: Arc<dyn UserSessionStore>,
-    db: Db,
+    db: Option<Db>,
     purge: Mutex<Option<PurgeTask>>,
-    #[cfg(feature = "postgres")]
-    pg_store: Option<Arc<session_diesel::PgSessionStore>>,
     shut_down: AtomicBool,
 }
 
@@ -104,142 +125,242 @@ impl std::fmt::Debug for SessionManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionManager")
             .field("sessions", &self.sessions.backend())
-            .field("db", &self.db.backend())
+            .field("db", &self.db.as_ref().map(Db::backend))
             .finish_non_exhaustive()
     }
 }
 
+/// Builds a [`SessionManager`] from a store (and optionally a database) made by hand.
+///
+/// ```no_run
+/// # #[cfg(feature = "memory")]
+/// # async fn demo() -> session_core::Result<()> {
+/// use session_core::{RetryPolicy, SessionPolicy};
+/// use session_manager::SessionManager;
+/// let store = session_memory::MemoryStore::new(SessionPolicy::default())?;
+/// let manager = SessionManager::builder().store(store).retry(RetryPolicy::none()).build()?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct SessionManagerBuilder {
+    store: Option<Arc<dyn UserSessionStore>>,
+    db: Option<Db>,
+    retry: RetryPolicy,
+    purge_interval: Duration,
+}
+
+impl std::fmt::Debug for SessionManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManagerBuilder")
+            .field("store", &self.store.as_ref().map(|s| s.backend()))
+            .field("db", &self.db.as_ref().map(Db::backend))
+            .field("retry", &self.retry)
+            .field("purge_interval", &self.purge_interval)
+            .finish()
+    }
+}
+
+impl SessionManagerBuilder {
+    /// The user-session store, bare (the manager adds the layers). Any [`UserSessionStore`],
+    /// including an `Arc<dyn UserSessionStore>`.
+    pub fn store(mut self, store: impl UserSessionStore + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The application database (a `SqliteProvider` or `PgProvider`, or a [`Db`]).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub fn db(mut self, db: impl Into<Db>) -> Self {
+        self.db = Some(db.into());
+        self
+    }
+
+    /// How temporary errors are retried. Default [`RetryPolicy::default`].
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How often expired sessions are purged, on stores that need it
+    /// ([`UserSessionStore::needs_purge`]); zero turns it off. Default 5 minutes.
+    pub fn purge_interval(mut self, every: Duration) -> Self {
+        self.purge_interval = every;
+        self
+    }
+
+    /// Wraps the store in the layer stack and starts the purge task where it applies.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] if no store was given, the retry policy is invalid, or a purge task
+    /// is due but no tokio runtime is running.
+    pub fn build(self) -> Result<SessionManager> {
+        let store = self.store.ok_or_else(|| {
+            SessionError::config("store", "no session store: call .store(...) on the builder")
+        })?;
+        self.retry.validate()?;
+        let sessions: Arc<dyn UserSessionStore> = Arc::new(stacked(store, self.retry));
+        let purge = if sessions.needs_purge() && !self.purge_interval.is_zero() {
+            tokio::runtime::Handle::try_current().map_err(|_| {
+                SessionError::config(
+                    "purge_interval",
+                    "the background purge needs a tokio runtime: build the manager inside one, or set purge_interval to 0s",
+                )
+            })?;
+            Some(PurgeTask::spawn(&sessions, self.purge_interval))
+        } else {
+            None
+        };
+        tracing::info!(
+            sessions = sessions.backend(),
+            db = self.db.as_ref().map_or("none", Db::backend),
+            purging = purge.is_some(),
+            "session manager ready"
+        );
+        Ok(SessionManager {
+            sessions,
+            db: self.db,
+            purge: Mutex::new(purge),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+}
+
 impl SessionManager {
-    /// Builds the stores the configuration names, behind the instrumentation layer (tracing and
-    /// metrics), and starts the background purge when it applies.
+    /// A builder for stores and databases made by hand.
+    pub fn builder() -> SessionManagerBuilder {
+        SessionManagerBuilder {
+            store: None,
+            db: None,
+            retry: RetryPolicy::default(),
+            purge_interval: SessionConfig::default().purge_interval,
+        }
+    }
+
+    /// Builds the store and database the configuration names and passes them to
+    /// [`SessionManager::builder`] with the configured retry policy and purge interval.
     ///
     /// # Errors
     /// [`SessionError::Config`] naming the key for a bad value or a backend whose feature is off;
     /// `Unavailable`/`Timeout` if a server cannot be reached.
     pub async fn build(config: SessionConfig) -> Result<Self> {
         config.validate()?;
+        let builder = Self::builder()
+            .retry(config.retry.clone())
+            .purge_interval(config.purge_interval);
+        let builder = Self::configured_store(builder, &config).await?;
+        let builder = Self::configured_db(builder, &config).await?;
+        builder.build()
+    }
+
+    #[allow(unreachable_code)] // with no store feature every kind is the error arm
+    async fn configured_store(
+        builder: SessionManagerBuilder,
+        config: &SessionConfig,
+    ) -> Result<SessionManagerBuilder> {
         let policy = config.policy.clone();
-        #[cfg(feature = "postgres")]
-        let mut pg_store = None;
-        let (backend, purge_applies): (Arc<dyn UserSessionStore>, bool) =
-            match StoreKind::of(&config.store_url)? {
-                #[cfg(feature = "memory")]
-                StoreKind::Memory => (Arc::new(session_memory::MemoryStore::new(policy)?), true),
-                #[cfg(feature = "redis")]
-                StoreKind::Redis => {
-                    let redis = session_redis::RedisConfig::new(config.store_url.clone())
-                        .key_prefix(config.key_prefix.clone())
-                        .pool_max_size(config.store_pool_size);
-                    (
-                        Arc::new(session_redis::RedisStore::connect(redis, policy).await?),
-                        false,
-                    )
-                }
-                #[cfg(feature = "postgres")]
-                StoreKind::Postgres => {
-                    let mut pool = session_core::PoolConfig::default();
-                    pool.max_size = config.store_pool_size;
-                    let store = Arc::new(
-                        session_diesel::PgSessionStore::connect(&config.store_url, pool, policy)
-                            .await?,
-                    );
-                    pg_store = Some(store.clone());
-                    (store, true)
-                }
-                #[allow(unreachable_patterns)] // every kind is compiled in under --all-features
-                _ => unreachable!("StoreKind::of only returns compiled-in kinds"),
-            };
-        let sessions: Arc<dyn UserSessionStore> = Arc::new(Instrumented::new(backend));
-        let db = match DbKind::of(&config.database_url)? {
-            #[cfg(feature = "sqlite")]
-            DbKind::Sqlite => Db::Sqlite(
-                session_diesel::SqliteProvider::open(&config.database_url, config.db_pool.clone())
-                    .await?,
-            ),
+        Ok(match StoreKind::of(&config.store_url)? {
+            #[cfg(feature = "memory")]
+            StoreKind::Memory => builder.store(session_memory::MemoryStore::new(policy)?),
+            #[cfg(feature = "redis")]
+            StoreKind::Redis => {
+                let mut redis = config.redis.clone();
+                redis.url.clone_from(&config.store_url);
+                builder.store(session_redis::RedisStore::connect(redis, policy).await?)
+            }
             #[cfg(feature = "postgres")]
-            DbKind::Postgres => Db::Postgres(
-                session_diesel::PgProvider::connect(&config.database_url, config.db_pool.clone())
-                    .await?,
-            ),
+            StoreKind::Postgres => {
+                let pg = &config.postgres_store;
+                let store = session_diesel::PgSessionStore::connect(
+                    &config.store_url,
+                    pg.pool.clone(),
+                    policy,
+                )
+                .await?
+                .with_purge_batch(pg.purge_batch);
+                builder.store(store)
+            }
+            // `StoreKind::of` returns only compiled-in kinds; this arm covers the others.
             #[allow(unreachable_patterns)]
-            _ => unreachable!("DbKind::of only returns compiled-in kinds"),
-        };
-        let purge = (purge_applies && !config.purge_interval.is_zero())
-            .then(|| PurgeTask::spawn(&sessions, config.purge_interval));
-        tracing::info!(
-            sessions = sessions.backend(),
-            db = db.backend(),
-            "session manager ready"
-        );
-        Ok(Self {
-            sessions,
-            db,
-            purge: Mutex::new(purge),
-            #[cfg(feature = "postgres")]
-            pg_store,
-            shut_down: AtomicBool::new(false),
+            other => {
+                let _ = (builder, policy);
+                return Err(SessionError::config(
+                    "store_url",
+                    format!("{other:?} is not compiled into this build"),
+                ));
+            }
         })
     }
 
-    /// The user-session store (instrumented).
+    #[allow(clippy::unused_async)] // without a database feature nothing is awaited
+    async fn configured_db(
+        builder: SessionManagerBuilder,
+        config: &SessionConfig,
+    ) -> Result<SessionManagerBuilder> {
+        Ok(match DbKind::of(&config.database_url)? {
+            DbKind::None => builder,
+            #[cfg(feature = "sqlite")]
+            DbKind::Sqlite => builder.db(session_diesel::SqliteProvider::open(
+                &config.database_url,
+                config.db_pool.clone(),
+            )
+            .await?),
+            #[cfg(feature = "postgres")]
+            DbKind::Postgres => builder.db(session_diesel::PgProvider::connect(
+                &config.database_url,
+                config.db_pool.clone(),
+            )
+            .await?),
+            // `DbKind::of` returns only compiled-in kinds; this arm covers the others.
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(SessionError::config(
+                    "database_url",
+                    format!("{other:?} is not compiled into this build"),
+                ));
+            }
+        })
+    }
+
+    /// The user-session store, inside the layer stack. Conveniences such as `update_with` come
+    /// from [`session_core::UserSessionStoreExt`].
     #[must_use]
     pub fn sessions(&self) -> &Arc<dyn UserSessionStore> {
         &self.sessions
     }
 
     /// The application database.
-    #[must_use]
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    /// Writes `session` (compare-and-set on its version) and, if that changed `is_root`, rotates the
-    /// session's token (a privilege change must not keep a token that may have leaked before it).
     ///
     /// # Errors
-    /// As [`UserSessionStore::update`]; [`SessionError::NotFound`] if `token` does not hold
-    /// `session`.
-    pub async fn update(&self, token: &SessionToken, session: &UserSession) -> Result<Updated> {
-        let before = self
-            .sessions
-            .get(token)
-            .await?
-            .ok_or(SessionError::NotFound)?;
-        if before.handle != session.handle {
-            return Err(SessionError::NotFound);
-        }
-        let after = self.sessions.update(session).await?;
-        if after.is_root == before.is_root {
-            return Ok(Updated {
-                session: after,
-                rotated: None,
-            });
-        }
-        match self.sessions.rotate(token).await? {
-            Some(IssuedSession { token, session }) => Ok(Updated {
-                session,
-                rotated: Some(token),
-            }),
-            None => Err(SessionError::NotFound),
-        }
+    /// [`SessionError::Config`] (key `database_url`) if this manager has none.
+    pub fn db(&self) -> Result<&Db> {
+        self.db.as_ref().ok_or_else(|| {
+            SessionError::config(
+                "database_url",
+                "this manager has no application database; set DATABASE_URL or pass one to the builder",
+            )
+        })
     }
 
-    /// Checks both stores.
+    /// Checks the session store and, if there is one, the database.
     ///
     /// # Errors
     /// The first failure.
     pub async fn health(&self) -> Result<()> {
         self.sessions.health().await?;
-        self.db.health().await
+        match &self.db {
+            Some(db) => db.health().await,
+            None => Ok(()),
+        }
     }
 
     /// Publishes the database pool's state as gauges (`db_pool_connections`, `db_pool_idle`,
     /// `db_pool_max_size`, `db_pool_waited_total`, `db_pool_timed_out_total`,
-    /// `db_pool_broken_closed_total`), e.g. before rendering `/metrics`.
+    /// `db_pool_broken_closed_total`), e.g. before rendering `/metrics`. Nothing without a database.
     #[allow(clippy::cast_precision_loss)] // pool counters fit an f64 exactly in practice
     pub fn record_pool_gauges(&self) {
-        let backend = self.db.backend();
-        let s = self.db.state();
+        let Some(db) = &self.db else { return };
+        let backend = db.backend();
+        let s = db.state();
         metrics::gauge!("db_pool_connections", "backend" => backend).set(f64::from(s.connections));
         metrics::gauge!("db_pool_idle", "backend" => backend).set(f64::from(s.idle));
         metrics::gauge!("db_pool_max_size", "backend" => backend).set(f64::from(s.max_size));
@@ -249,7 +370,8 @@ impl SessionManager {
             .set(s.broken_closed as f64);
     }
 
-    /// Stops background tasks and closes the pools. Idempotent; the seed's `cleanup`.
+    /// Stops the purge task, closes the session store and the database pool. Idempotent; the
+    /// seed's `cleanup`.
     pub async fn shutdown(&self) {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return;
@@ -262,11 +384,10 @@ impl SessionManager {
         if let Some(task) = purge {
             task.stop().await;
         }
-        #[cfg(feature = "postgres")]
-        if let Some(store) = &self.pg_store {
-            store.close().await;
+        self.sessions.close().await;
+        if let Some(db) = &self.db {
+            db.close().await;
         }
-        self.db.close().await;
         tracing::info!("session manager shut down");
     }
 
@@ -274,5 +395,14 @@ impl SessionManager {
     #[must_use]
     pub fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::SeqCst)
+    }
+
+    /// Whether a background purge task is running.
+    #[must_use]
+    pub fn is_purging(&self) -> bool {
+        self.purge
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 }

@@ -1,11 +1,15 @@
-//! The facade: configuration from the environment and TOML (every error names its key), backend
-//! selection by URL, rotation on a root change, and shutdown, on memory + SQLite and on
+//! The facade: configuration from the environment and TOML (every error names its key, the
+//! environment wins over the file, every backend option is reachable), backend selection by URL,
+//! the builder for stores made by hand, the one purge task, and shutdown, on memory + SQLite and on
 //! Redis + PostgreSQL.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::time::Duration;
 
-use session_core::{NewUserSession, ScopeOptions, SessionError};
+use session_core::{
+    ManualClock, NewUserSession, PoolConfig, RetryPolicy, ScopeOptions, SessionError,
+    SessionPolicy, UserSessionStoreExt,
+};
 use session_manager::{SessionConfig, SessionManager};
 use session_testkit::servers::{
     PgSchema, redis_delete_prefix, redis_url, require_redis, unique_prefix,
@@ -122,13 +126,83 @@ fn toml_files_load_and_their_errors_name_the_key() {
     assert_eq!(key, "config file");
 }
 
+#[test]
+fn every_backend_option_is_reachable_from_the_file_and_the_environment_wins() {
+    let file = SessionConfig::from_toml_str(
+        r#"
+        store_url = "redis://127.0.0.1:6379/3"
+        database_url = "none"
+        [retry]
+        max_retries = 4
+        min_delay = "10ms"
+        [redis]
+        layout = "compatible"
+        response_timeout = "250ms"
+        pool_max_size = 8
+        [postgres_store]
+        purge_batch = 50
+        [postgres_store.pool]
+        max_size = 4
+        "#,
+    )
+    .unwrap();
+    assert_eq!(file.redis.layout, session_redis::Layout::Compatible);
+    assert_eq!(file.redis.response_timeout, Duration::from_millis(250));
+    assert_eq!(file.redis.pool_max_size, 8);
+    assert_eq!(file.retry.max_retries, 4);
+    assert_eq!(file.postgres_store.purge_batch, 50);
+    assert_eq!(file.postgres_store.pool.max_size, 4);
+    let merged = file
+        .with_vars(vars(&[
+            ("SESSION_REDIS_LAYOUT", "standard"),
+            ("SESSION_REDIS_RESPONSE_TIMEOUT", "2s"),
+            ("SESSION_STORE_POOL_SIZE", "12"),
+            ("SESSION_RETRY_MAX", "1"),
+        ]))
+        .unwrap();
+    assert_eq!(merged.redis.layout, session_redis::Layout::Standard);
+    assert_eq!(merged.redis.response_timeout, Duration::from_secs(2));
+    assert_eq!(
+        (
+            merged.redis.pool_max_size,
+            merged.postgres_store.pool.max_size
+        ),
+        (12, 12)
+    );
+    assert_eq!(merged.retry.max_retries, 1);
+    assert_eq!(
+        merged.store_url, "redis://127.0.0.1:6379/3",
+        "the file's value stays"
+    );
+
+    let (key, reason) = config_key(SessionConfig::from_toml_str(
+        "[redis]\nurl = \"redis://elsewhere:6379\"",
+    ));
+    assert_eq!(key, "redis.url", "{reason}");
+    let (key, _) = config_key(SessionConfig::from_toml_str("[redis]\npool_max_size = 0"));
+    assert_eq!(key, "redis.pool_max_size");
+    let (key, _) = config_key(SessionConfig::from_vars(vars(&[(
+        "SESSION_REDIS_LAYOUT",
+        "sideways",
+    )])));
+    assert_eq!(key, "SESSION_REDIS_LAYOUT");
+    let (key, _) = config_key(SessionConfig::from_vars(vars(&[(
+        "SESSION_RETRY_MAX",
+        "99",
+    )])));
+    assert_eq!(key, "SESSION_RETRY_MAX");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_sqlite_by_default_with_rotation_on_root_change_and_idempotent_shutdown() {
     let manager = SessionManager::build(SessionConfig::default())
         .await
         .unwrap();
     assert_eq!(
-        (manager.sessions().backend(), manager.db().backend()),
+        (
+            manager.sessions().backend(),
+            manager.db().unwrap().backend()
+        ),
         ("memory", "sqlite")
     );
     exercise(&manager).await;
@@ -148,7 +222,10 @@ async fn redis_and_postgres_by_url_alone() {
     .unwrap();
     let manager = SessionManager::build(config).await.unwrap();
     assert_eq!(
-        (manager.sessions().backend(), manager.db().backend()),
+        (
+            manager.sessions().backend(),
+            manager.db().unwrap().backend()
+        ),
         ("redis", "postgres")
     );
     exercise(&manager).await;
@@ -162,7 +239,10 @@ async fn redis_and_postgres_by_url_alone() {
     .unwrap();
     let manager = SessionManager::build(config).await.unwrap();
     assert_eq!(
-        (manager.sessions().backend(), manager.db().backend()),
+        (
+            manager.sessions().backend(),
+            manager.db().unwrap().backend()
+        ),
         ("postgres", "postgres")
     );
     exercise(&manager).await;
@@ -175,20 +255,19 @@ async fn exercise(manager: &SessionManager) {
         .create(NewUserSession::new("alice").email("a@x.test"))
         .await
         .unwrap();
-    // An edit that keeps the root flag keeps the token.
-    let mut s = manager
+    // An edit that keeps the root flag keeps the token; one that changes it rotates, in the store.
+    let (_, updated) = manager
         .sessions()
-        .get(&issued.token)
+        .update_with(&issued.token, |s| {
+            s.email = "alice@x.test".into();
+            Ok(())
+        })
         .await
-        .unwrap()
         .unwrap();
-    s.email = "alice@x.test".into();
-    let updated = manager.update(&issued.token, &s).await.unwrap();
     assert!(updated.rotated.is_none());
-    // Granting root rotates: the old token is dead, the new one holds the updated session.
     let mut s = updated.session;
     s.is_root = true;
-    let updated = manager.update(&issued.token, &s).await.unwrap();
+    let updated = manager.sessions().update(&s).await.unwrap();
     let new_token = updated.rotated.expect("a root change rotates the token");
     assert!(
         manager
@@ -202,7 +281,7 @@ async fn exercise(manager: &SessionManager) {
     assert!(now.is_root);
     assert_eq!(now.email, "alice@x.test");
     // A scope on whichever database is configured.
-    let n = session_manager::db_transaction!(manager.db(), ScopeOptions::new(), |conn| {
+    let n = session_manager::db_transaction!(manager.db().unwrap(), ScopeOptions::new(), |conn| {
         use session_manager::session_diesel::diesel_async::RunQueryDsl;
         let db = |e| SessionError::Backend {
             backend: "db",
@@ -228,12 +307,115 @@ async fn exercise(manager: &SessionManager) {
     manager.shutdown().await;
     assert!(manager.is_shut_down());
     let after =
-        session_manager::db_transaction!(manager.db(), ScopeOptions::new(), |_conn| Ok::<
+        session_manager::db_transaction!(manager.db().unwrap(), ScopeOptions::new(), |_conn| Ok::<
             _,
             SessionError,
-        >(()));
+        >(
+            ()
+        ));
     assert!(
         matches!(after, Err(SessionError::Closed { .. })),
         "{after:?}"
     );
+    assert!(
+        matches!(
+            manager.sessions().get(&new_token).await,
+            Err(SessionError::Closed { .. })
+        ),
+        "shutdown closes the session store too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_takes_stores_made_by_hand_and_purges_only_where_needed() {
+    let memory = session_memory::MemoryStore::new(SessionPolicy::default()).unwrap();
+    let db = session_manager::session_diesel::SqliteProvider::open(
+        "sqlite::memory:",
+        PoolConfig::default(),
+    )
+    .await
+    .unwrap();
+    let manager = SessionManager::builder()
+        .store(memory)
+        .db(db)
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
+    assert!(
+        manager.is_purging(),
+        "memory keeps expired sessions until purged"
+    );
+    assert_eq!(manager.db().unwrap().backend(), "sqlite");
+    exercise(&manager).await;
+    assert!(!manager.is_purging(), "shutdown stops the purge task");
+
+    // Sessions only: no database, and a store whose backend expires keys itself is not purged.
+    let url = redis_url();
+    require_redis(&url);
+    let prefix = unique_prefix("builder");
+    let redis = session_redis::RedisStore::connect(
+        session_redis::RedisConfig::new(url.clone()).key_prefix(prefix.clone()),
+        SessionPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let manager = SessionManager::builder().store(redis).build().unwrap();
+    assert!(!manager.is_purging());
+    assert!(matches!(
+        manager.db(),
+        Err(SessionError::Config { key, .. }) if key == "database_url"
+    ));
+    manager.health().await.unwrap();
+    manager.shutdown().await;
+    redis_delete_prefix(&url, &prefix);
+
+    let (key, _) = match SessionManager::builder().build() {
+        Err(SessionError::Config { key, reason }) => (key, reason),
+        other => panic!("expected a Config error, got {other:?}"),
+    };
+    assert_eq!(key, "store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_managers_purge_task_purges_a_postgres_store_and_shutdown_closes_its_pool() {
+    let schema = PgSchema::create("mgr_purge");
+    let clock = ManualClock::starting_now();
+    let store = session_manager::session_diesel::PgSessionStore::connect(
+        &schema.url(),
+        PoolConfig::default(),
+        SessionPolicy::default().with_clock(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let manager = SessionManager::builder()
+        .store(store)
+        .purge_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        manager
+            .sessions()
+            .create(NewUserSession::new(format!("u{i}")))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(31 * 60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while session_testkit::servers::psql(&schema.url(), "SELECT count(*) FROM user_sessions") != "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purge task did not purge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    manager.shutdown().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while schema.backends() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shutdown left the store's connections open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -34,7 +34,7 @@ async fn main() -> Result<(), session_core::SessionError> {
         .await?
         .ok_or(session_core::SessionError::NotFound)?;
     session.set_attribute("theme", "dark");
-    let session = store.update(&session).await?;
+    let session = store.update(&session).await?.session;
     println!(
         "updated:    version={} attributes={:?}",
         session.version, session.attributes

@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use session_core::{
     IssuedSession, NewUserSession, Result, SessionError, SessionHandle, SessionPolicy,
-    SessionToken, StorageDump, UserSession, UserSessionStore,
+    SessionToken, StorageDump, Updated, UserSession, UserSessionStore,
 };
 
 /// Number of session shards (and user shards). A power of two well above the core count keeps
@@ -92,6 +93,7 @@ pub struct MemoryStore {
     users: Box<[Mutex<HashMap<String, UserIndex>>]>,
     user_hasher: RandomState,
     policy: SessionPolicy,
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -123,6 +125,7 @@ impl MemoryStore {
             users: (0..SHARDS).map(|_| Mutex::default()).collect(),
             user_hasher: RandomState::new(),
             policy,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -136,6 +139,14 @@ impl MemoryStore {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `Closed` once [`UserSessionStore::close`] has run.
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(SessionError::Closed { backend: BACKEND });
+        }
+        Ok(())
     }
 
     fn shard(&self, handle: &SessionHandle) -> &Mutex<Shard> {
@@ -192,6 +203,7 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn create(&self, new: NewUserSession) -> Result<IssuedSession> {
+        self.ensure_open()?;
         let token = SessionToken::generate()?;
         let session = new.into_session(&token, &self.policy)?;
         let now = session.created_at;
@@ -209,6 +221,7 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        self.ensure_open()?;
         let now = self.policy.now();
         Ok(lock(self.shard(token.handle()))
             .live(token.handle(), &self.policy, now)
@@ -216,6 +229,7 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
+        self.ensure_open()?;
         let now = self.policy.now();
         let handle = token.handle();
         let mut shard = lock(self.shard(handle));
@@ -233,36 +247,70 @@ impl UserSessionStore for MemoryStore {
         Ok(Some(session))
     }
 
-    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+    async fn update(&self, session: &UserSession) -> Result<Updated> {
+        self.ensure_open()?;
         session.validate(&self.policy)?;
         let now = self.policy.now();
-        let mut shard = lock(self.shard(&session.handle));
-        let stored = shard
-            .sessions
-            .get_mut(&session.handle)
-            .filter(|s| !self.policy.is_expired(s, now))
-            .ok_or(SessionError::NotFound)?;
-        if stored.user_id != session.user_id {
-            return Err(SessionError::invalid_input(
-                "user_id",
-                "cannot change; sign the other user in with a new session",
-            ));
+        let check = |stored: Option<&UserSession>| -> Result<bool> {
+            let stored = stored
+                .filter(|s| !self.policy.is_expired(s, now))
+                .ok_or(SessionError::NotFound)?;
+            if stored.user_id != session.user_id {
+                return Err(SessionError::invalid_input(
+                    "user_id",
+                    "cannot change; sign the other user in with a new session",
+                ));
+            }
+            if stored.version != session.version {
+                return Err(SessionError::Conflict {
+                    expected: session.version,
+                    actual: stored.version,
+                });
+            }
+            Ok(stored.is_root != session.is_root)
+        };
+        let apply = |stored: &mut UserSession| {
+            stored.company_name.clone_from(&session.company_name);
+            stored.email.clone_from(&session.email);
+            stored.is_root = session.is_root;
+            stored.attributes.clone_from(&session.attributes);
+            stored.version += 1;
+        };
+        {
+            let mut shard = lock(self.shard(&session.handle));
+            let root_changes = check(shard.sessions.get(&session.handle))?;
+            if !root_changes {
+                let stored = shard
+                    .sessions
+                    .get_mut(&session.handle)
+                    .ok_or(SessionError::NotFound)?;
+                apply(stored);
+                return Ok(Updated::kept(stored.clone()));
+            }
         }
-        if stored.version != session.version {
-            return Err(SessionError::Conflict {
-                expected: session.version,
-                actual: stored.version,
-            });
+        // A root change moves the session to a new token. Lock order is user then session, so
+        // take the user's index first and check again under both locks.
+        let new_token = SessionToken::generate_tagged(session.handle.routing_tag())?;
+        let mut users = lock(self.user_shard(&session.user_id));
+        let mut stored = {
+            let mut shard = lock(self.shard(&session.handle));
+            check(shard.sessions.get(&session.handle))?;
+            shard
+                .remove(&session.handle)
+                .ok_or(SessionError::NotFound)?
+        };
+        apply(&mut stored);
+        stored.handle = new_token.handle().clone();
+        lock(self.shard(&stored.handle)).insert(stored.clone());
+        if let Some(index) = users.get_mut(&session.user_id) {
+            index.handles.remove(&session.handle);
+            index.handles.insert(stored.handle.clone());
         }
-        stored.company_name.clone_from(&session.company_name);
-        stored.email.clone_from(&session.email);
-        stored.is_root = session.is_root;
-        stored.attributes.clone_from(&session.attributes);
-        stored.version += 1;
-        Ok(stored.clone())
+        Ok(Updated::rotated(stored, new_token))
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
+        self.ensure_open()?;
         let now = self.policy.now();
         let old = token.handle();
         // Lock order is user then session, so learn the user first and re-check under both locks.
@@ -294,6 +342,7 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
+        self.ensure_open()?;
         let now = self.policy.now();
         let Some(removed) = lock(self.shard(handle)).remove(handle) else {
             return Ok(false);
@@ -309,6 +358,7 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
+        self.ensure_open()?;
         let now = self.policy.now();
         let handles = lock(self.user_shard(user_id))
             .get(user_id)
@@ -323,6 +373,7 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64> {
+        self.ensure_open()?;
         let now = self.policy.now();
         let mut users = lock(self.user_shard(user_id));
         let Some(index) = users.get_mut(user_id) else {
@@ -345,6 +396,7 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn purge_expired(&self) -> Result<u64> {
+        self.ensure_open()?;
         let now = self.policy.now();
         let mut expired: HashMap<String, Vec<SessionHandle>> = HashMap::new();
         let mut count = 0;
@@ -378,7 +430,24 @@ impl UserSessionStore for MemoryStore {
     }
 
     async fn health(&self) -> Result<()> {
-        Ok(())
+        self.ensure_open()
+    }
+
+    fn needs_purge(&self) -> bool {
+        true
+    }
+
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Nothing can read them any more: free the memory now rather than when the store drops.
+        for shard in &*self.shards {
+            *lock(shard) = Shard::default();
+        }
+        for users in &*self.users {
+            lock(users).clear();
+        }
     }
 }
 

@@ -83,7 +83,7 @@ pub(crate) fn lua_fields() -> String {
     lua
 }
 
-fn flag(b: bool) -> &'static str {
+pub(crate) fn flag(b: bool) -> &'static str {
     if b { "Y" } else { "N" }
 }
 

@@ -130,22 +130,34 @@ return {h, -3}
     )
 });
 
-/// KEYS: session. ARGV: now, expected version, user_id, field, value, ...
-/// Returns `{'ok', last_seen_at, idle_expires_at, absolute_expires_at, created_at, remember_me}`
-/// (what the caller's copy may lack), `{'missing'}`, `{'user'}` or `{'conflict', version}`.
+/// KEYS: session, the session's key under a new token (same slot), the user's index.
+/// ARGV: now, expected version, user_id, new hash, old hash, new is_root flag, field, value, ...
+/// Returns `{tag, last_seen_at, idle_expires_at, absolute_expires_at, created_at, remember_me}`
+/// (what the caller's copy may lack) where `tag` is `'ok'`, or `'rotated'` when the write changed
+/// `is_root` and the session moved to the new key in the same step; else `{'missing'}`,
+/// `{'user'}` or `{'conflict', version}`.
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'user_id', 'version', 'idle_expires_at',
-  'absolute_expires_at', 'last_seen_at', 'created_at', 'remember_me')
+  'absolute_expires_at', 'last_seen_at', 'created_at', 'remember_me', 'is_root')
 if not f[1] then return {'missing'} end
 if expired(now, tonumber(f[3]), tonumber(f[4])) then return {'missing'} end
 if f[1] ~= ARGV[3] then return {'user'} end
 local v = tonumber(f[2]) or 0
 if v ~= tonumber(ARGV[2]) then return {'conflict', tostring(v)} end
-redis.call('HSET', KEYS[1], 'version', v + 1, unpack(ARGV, 4))
-return {'ok', f[5], f[3], f[4], f[6], f[7]}
+redis.call('HSET', KEYS[1], 'version', v + 1, unpack(ARGV, 7))
+local tag = 'ok'
+if f[8] ~= ARGV[6] then
+  -- A privilege change: the session moves to the new token's key (RENAME keeps the TTL), and
+  -- the index follows, scored by the unchanged idle expiry.
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('ZADD', KEYS[3], f[3], ARGV[4])
+  tag = 'rotated'
+end
+return {tag, f[5], f[3], f[4], f[6], f[7]}
 ",
     )
 });

@@ -1,6 +1,7 @@
 //! The Redis store.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -9,12 +10,13 @@ use redis::{RedisError, Value};
 use session_core::clock::millis_since_epoch;
 use session_core::{
     IssuedSession, NewUserSession, PoolState, Result, SessionError, SessionHandle, SessionPolicy,
-    SessionToken, StorageDump, UserSession, UserSessionStore,
+    SessionToken, StorageDump, SuspectConnections, Updated, UserSession, UserSessionStore,
 };
 use sha2::{Digest, Sha256};
 
 use crate::codec::{
-    FIELDS, Row, bytes, decode_session, push_all_fields, push_editable_fields, updated_session,
+    FIELDS, Row, bytes, decode_session, flag, push_all_fields, push_editable_fields,
+    updated_session,
 };
 use crate::config::{Layout, RedisConfig};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
@@ -25,7 +27,7 @@ use crate::scripts;
 /// Cluster slots.
 const TAG_LEN: usize = 4;
 
-type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
+type Pooled = bb8::PooledConnection<'static, Manager>;
 
 /// A [`UserSessionStore`] on Redis, through a bb8 pool of bb8-redis multiplexed connections.
 ///
@@ -33,12 +35,13 @@ type Pooled<'a> = bb8::PooledConnection<'a, Manager>;
 /// script loaded once (reloaded on `NOSCRIPT`). Expiry is native (`PEXPIREAT` at the policy's idle
 /// expiry) and also checked against the policy clock on every read. See docs/backends.md.
 pub struct RedisStore {
-    pool: bb8::Pool<Manager>,
+    /// `None` once closed. Checkouts take a clone (an `Arc` inside), so closing drops only this
+    /// handle: idle connections close at once, busy ones when their operations return them.
+    pool: RwLock<Option<bb8::Pool<Manager>>>,
     config: RedisConfig,
     policy: SessionPolicy,
-    /// Checkouts still to be pinged because a connection was recently found broken: after one
-    /// connection dies (server restart, `CLIENT KILL`), its siblings in the pool probably did too.
-    suspect: AtomicU32,
+    /// Checkouts still to be pinged because a connection was recently found broken.
+    suspect: SuspectConnections,
     connect_failures: std::sync::Arc<ConnectFailures>,
 }
 
@@ -47,7 +50,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("config", &self.config)
             .field("policy", &self.policy)
-            .field("pool", &self.pool.state())
+            .field("pool", &self.pool_state())
             .finish_non_exhaustive()
     }
 }
@@ -62,39 +65,20 @@ struct Location {
 
 /// Runs `$op` (an expression using the connection `$conn`) on a clone of a pooled multiplexed
 /// connection and converts its error. The checkout ends before the operation starts, so concurrent
-/// operations pipeline over the pool's connections instead of queueing for exclusive use. An idempotent operation (a read, or a touch, whose repeat is a read) is retried once
-/// on another connection when the first turns out to be dead, so a dropped connection costs a read
-/// nothing; a write is never repeated, since the lost reply may belong to a write that happened.
+/// operations pipeline over the pool's connections instead of queueing for exclusive use. A
+/// connection that breaks is discarded; retrying is the [`session_core::Retrying`] layer's.
 /// A macro rather than a function taking an async closure: such closures' futures cannot yet be
 /// proven `Send` for every borrow, which `async_trait` requires.
 macro_rules! run {
-    ($store:expr, $idempotent:expr, $handle:expr, |$conn:ident| $op:expr) => {{
+    ($store:expr, $handle:expr, |$conn:ident| $op:expr) => {{
         let store = $store;
-        let mut retry = $idempotent == Idempotent::Yes;
-        loop {
-            let mut shared = store.checkout().await?.share();
-            let $conn = &mut shared.inner;
-            match $op {
-                Ok(value) => break Ok(value),
-                // A time-out is not retried: against a stalled server it would double the wait.
-                Err(err) if retry && breaks_connection(&err) && !err.is_timeout() => {
-                    shared.broken.store(true, Ordering::Relaxed);
-                    store
-                        .suspect
-                        .store(store.config.pool_max_size, Ordering::Relaxed);
-                    retry = false;
-                }
-                Err(err) => break Err(store.fail(&shared.broken, err, $handle)),
-            }
+        let mut shared = store.checkout().await?.share();
+        let $conn = &mut shared.inner;
+        match $op {
+            Ok(value) => Ok(value),
+            Err(err) => Err(store.fail(&shared.broken, err, $handle)),
         }
     }};
-}
-
-/// Whether an operation may be repeated after a dropped connection.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Idempotent {
-    Yes,
-    No,
 }
 
 impl RedisStore {
@@ -135,10 +119,10 @@ impl RedisStore {
             .retry_connection(false)
             .build_unchecked(manager);
         Ok(Self {
-            pool,
+            pool: RwLock::new(Some(pool)),
             config,
             policy,
-            suspect: AtomicU32::new(0),
+            suspect: SuspectConnections::new(),
             connect_failures,
         })
     }
@@ -152,8 +136,11 @@ impl RedisStore {
     /// The pool's state now.
     #[must_use]
     pub fn pool_state(&self) -> PoolState {
-        let state = self.pool.state();
         let mut out = PoolState::default();
+        let Ok(pool) = self.pool() else {
+            return out;
+        };
+        let state = pool.state();
         out.connections = state.connections;
         out.idle = state.idle_connections;
         out.max_size = self.config.pool_max_size;
@@ -214,7 +201,17 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn checkout(&self) -> Result<Pooled<'_>> {
+    /// The pool, or `Closed`.
+    fn pool(&self) -> Result<bb8::Pool<Manager>> {
+        self.pool
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(SessionError::Closed { backend: BACKEND })
+    }
+
+    async fn checkout(&self) -> Result<Pooled> {
+        let pool = self.pool()?;
         let mut attempts = 0;
         loop {
             let connect_failed = self.connect_failures.notify.notified();
@@ -222,24 +219,19 @@ impl RedisStore {
             connect_failed.as_mut().enable();
             let mut conn = tokio::select! {
                 biased;
-                got = self.pool.get() => got.map_err(|e| from_pool(e, self.config.checkout_timeout, self.config.response_timeout))?,
+                got = pool.get_owned() => got.map_err(|e| from_pool(e, self.config.checkout_timeout, self.config.response_timeout))?,
                 () = connect_failed => {
                     let err = self.connect_failures.last().unwrap_or_else(|| (redis::ErrorKind::Io, "connect failed").into());
                     return Err(SessionError::Unavailable { backend: BACKEND, source: Box::new(err) });
                 }
             };
-            if self.suspect.load(Ordering::Relaxed) == 0 || self.config.test_on_checkout {
+            if self.config.test_on_checkout || !self.suspect.take() {
                 return Ok(conn);
             }
             let ping: std::result::Result<(), RedisError> =
                 redis::cmd("PING").query_async(&mut conn.inner).await;
             match ping {
-                Ok(()) => {
-                    let _ = self
-                        .suspect
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-                    return Ok(conn);
-                }
+                Ok(()) => return Ok(conn),
                 Err(err) => {
                     conn.broken.store(true, Ordering::Relaxed);
                     drop(conn);
@@ -261,19 +253,17 @@ impl RedisStore {
     ) -> SessionError {
         if breaks_connection(&err) {
             broken.store(true, Ordering::Relaxed);
-            self.suspect
-                .store(self.config.pool_max_size, Ordering::Relaxed);
+            self.suspect.raise(self.config.pool_max_size);
         }
         from_redis(err, handle, self.config.response_timeout)
     }
 
     async fn invoke(
         &self,
-        idempotent: Idempotent,
         invocation: &redis::ScriptInvocation<'_>,
         handle: Option<&SessionHandle>,
     ) -> Result<Value> {
-        run!(self, idempotent, handle, |conn| invocation
+        run!(self, handle, |conn| invocation
             .invoke_async::<Value>(conn)
             .await)
     }
@@ -318,9 +308,7 @@ impl RedisStore {
             .arg(self.now_ms())
             .arg(&location.base)
             .arg(&location.member);
-        let reply = self
-            .invoke(Idempotent::No, &invocation, Some(handle))
-            .await?;
+        let reply = self.invoke(&invocation, Some(handle)).await?;
         Ok(matches!(reply, Value::Int(1)))
     }
 
@@ -366,8 +354,7 @@ impl UserSessionStore for RedisStore {
             .arg(self.policy.max_sessions_per_user.unwrap_or(0))
             .arg(&location.base);
         push_all_fields(&mut invocation, &session)?;
-        self.invoke(Idempotent::No, &invocation, Some(&session.handle))
-            .await?;
+        self.invoke(&invocation, Some(&session.handle)).await?;
         Ok(IssuedSession { token, session })
     }
 
@@ -378,7 +365,7 @@ impl UserSessionStore for RedisStore {
         let handle = token.handle();
         let layout = self.config.layout;
         let key = location.key.as_str();
-        let (row, pttl) = run!(self, Idempotent::Yes, Some(handle), |conn| match layout {
+        let (row, pttl) = run!(self, Some(handle), |conn| match layout {
             Layout::Standard => redis::cmd("HMGET")
                 .arg(key)
                 .arg(&FIELDS[..])
@@ -413,34 +400,46 @@ impl UserSessionStore for RedisStore {
             .arg(ms(policy.absolute_timeout))
             .arg(&location.base)
             .arg(&location.member);
-        let reply = self
-            .invoke(Idempotent::Yes, &invocation, Some(token.handle()))
-            .await?;
+        let reply = self.invoke(&invocation, Some(token.handle())).await?;
         self.session_reply(token.handle(), reply)
     }
 
-    async fn update(&self, session: &UserSession) -> Result<UserSession> {
+    async fn update(&self, session: &UserSession) -> Result<Updated> {
         self.unsupported_in_compat("update")?;
         session.validate(&self.policy)?;
         let location = self
             .locate_handle(&session.handle)
             .ok_or(SessionError::NotFound)?;
+        // The token the session moves to if this write changes `is_root` (the script decides,
+        // atomically); same routing tag, so the new key is in the same slot.
+        let new_token = SessionToken::generate_tagged(session.handle.routing_tag())?;
+        let new = self
+            .locate(&new_token)
+            .ok_or_else(|| decode(new_token.handle(), "issued token has no location"))?;
         let mut invocation = scripts::UPDATE.prepare_invoke();
         invocation
             .key(&location.key)
+            .key(&new.key)
+            .key(format!("{}u:{}", location.base, session.user_id))
             .arg(self.now_ms())
             .arg(session.version)
-            .arg(&session.user_id);
+            .arg(&session.user_id)
+            .arg(&new.member)
+            .arg(&location.member)
+            .arg(flag(session.is_root));
         push_editable_fields(&mut invocation, session)?;
-        let reply = self
-            .invoke(Idempotent::No, &invocation, Some(&session.handle))
-            .await?;
+        let reply = self.invoke(&invocation, Some(&session.handle)).await?;
         let handle = &session.handle;
         let Value::Array(parts) = &reply else {
             return Err(decode(handle, format!("unexpected update reply {reply:?}")));
         };
         match parts.first().and_then(bytes) {
-            Some(b"ok") => updated_session(handle, session, &parts[1..]),
+            Some(b"ok") => updated_session(handle, session, &parts[1..]).map(Updated::kept),
+            Some(b"rotated") => {
+                let mut stored = updated_session(handle, session, &parts[1..])?;
+                stored.handle = new_token.handle().clone();
+                Ok(Updated::rotated(stored, new_token))
+            }
             Some(b"missing") => Err(SessionError::NotFound),
             Some(b"user") => Err(SessionError::invalid_input(
                 "user_id",
@@ -479,9 +478,7 @@ impl UserSessionStore for RedisStore {
             .arg(&old.base)
             .arg(&old.member)
             .arg(&new.member);
-        let reply = self
-            .invoke(Idempotent::No, &invocation, Some(token.handle()))
-            .await?;
+        let reply = self.invoke(&invocation, Some(token.handle())).await?;
         Ok(self
             .session_reply(new_token.handle(), reply)?
             .map(|session| IssuedSession {
@@ -511,7 +508,7 @@ impl UserSessionStore for RedisStore {
         let (index, base) = self.index_key(user_id);
         let mut invocation = scripts::LIST.prepare_invoke();
         invocation.key(&index).arg(self.now_ms()).arg(&base);
-        let reply = self.invoke(Idempotent::Yes, &invocation, None).await?;
+        let reply = self.invoke(&invocation, None).await?;
         let Value::Array(items) = reply else {
             return Err(SessionError::Decode {
                 backend: BACKEND,
@@ -553,7 +550,7 @@ impl UserSessionStore for RedisStore {
             .arg(self.now_ms())
             .arg(&base)
             .arg(keep);
-        match self.invoke(Idempotent::No, &invocation, None).await? {
+        match self.invoke(&invocation, None).await? {
             Value::Int(n) => Ok(n.unsigned_abs()),
             other => Err(SessionError::Decode {
                 backend: BACKEND,
@@ -599,9 +596,21 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn health(&self) -> Result<()> {
-        run!(self, Idempotent::Yes, None, |conn| redis::cmd("PING")
+        run!(self, None, |conn| redis::cmd("PING")
             .query_async::<()>(conn)
             .await)
+    }
+
+    fn needs_purge(&self) -> bool {
+        // Keys expire by their TTLs and every write trims the user's index.
+        false
+    }
+
+    async fn close(&self) {
+        self.pool
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }
 

@@ -407,17 +407,21 @@ async fn killed_connections_are_replaced_and_reads_do_not_notice() {
     let server = RedisServer::start();
     let mut config = RedisConfig::new(server.url()).pool_max_size(4);
     config.pool_min_idle = Some(4);
-    let store = RedisStore::connect(config, SessionPolicy::default())
-        .await
-        .unwrap();
+    // Served through the retry layer, as the manager serves it: reads are retried there.
+    let store = session_core::Retrying::new(
+        RedisStore::connect(config, SessionPolicy::default())
+            .await
+            .unwrap(),
+        session_core::RetryPolicy::default(),
+    );
     let issued = store.create(alice()).await.unwrap();
     // Wait until the pool holds all four connections, so the kill leaves several dead ones in it.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while store.pool_state().connections < 4 {
+    while store.inner().pool_state().connections < 4 {
         assert!(
             Instant::now() < deadline,
             "pool did not fill: {:?}",
-            store.pool_state()
+            store.inner().pool_state()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -453,16 +457,16 @@ async fn killed_connections_are_replaced_and_reads_do_not_notice() {
     let mut session = store.get(&issued.token).await.unwrap().unwrap();
     session.email = "after-kill@acme.test".into();
     match store.update(&session).await {
-        Ok(s) => session = s,
+        Ok(s) => session = s.session,
         Err(e) => assert!(e.is_temporary(), "{e:?}"),
     }
     // ...and the next writes succeed on fresh connections.
     for _ in 0..10 {
         let fresh = store.get(&issued.token).await.unwrap().unwrap();
-        session = store.update(&fresh).await.unwrap();
+        session = store.update(&fresh).await.unwrap().session;
     }
     assert!(session.version >= 11);
-    assert!(store.pool_state().broken_closed >= 1);
+    assert!(store.inner().pool_state().broken_closed >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,11 +625,14 @@ async fn a_stall_mid_session_times_out_and_checkouts_during_it_time_out_too() {
         .pool_max_size(1)
         .checkout_timeout(Duration::from_millis(300))
         .response_timeout(Duration::from_millis(500));
-    let store = std::sync::Arc::new(
+    // Through the retry layer, as the manager serves it: time-outs are not retried (each would
+    // add a whole time-out), a cut connection is.
+    let store = std::sync::Arc::new(session_core::Retrying::new(
         RedisStore::connect(config, SessionPolicy::default())
             .await
             .unwrap(),
-    );
+        session_core::RetryPolicy::default(),
+    ));
     let issued = store.create(alice()).await.unwrap();
 
     proxy.stall(true);

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use session_core::{NewUserSession, SessionError, SessionHandle, SessionToken, UserSessionStore};
+use session_core::{
+    NewUserSession, SessionError, SessionHandle, SessionToken, UserSessionStore,
+    UserSessionStoreExt,
+};
 
 use crate::{Fixture, StoreFactory};
 
@@ -254,6 +257,8 @@ pub async fn update_is_compare_and_set(factory: &dyn StoreFactory) {
     first.email = "first@acme.test".into();
     first.set_attribute("step", 1);
     let written = fx.store().update(&first).await.unwrap();
+    assert!(written.rotated.is_none(), "no root change, no new token");
+    let written = written.session;
     assert_eq!(written.version, 2);
     assert_eq!(written.email, "first@acme.test");
 
@@ -269,10 +274,138 @@ pub async fn update_is_compare_and_set(factory: &dyn StoreFactory) {
     fx.clock.advance(2 * MINUTE);
     fx.store().touch(&issued.token).await.unwrap().unwrap();
     let mut next = stored.clone();
-    next.is_root = false;
-    let written = fx.store().update(&next).await.unwrap();
+    next.company_name = "Acme Group".into();
+    let written = fx.store().update(&next).await.unwrap().session;
     assert_eq!(written.version, 3);
-    assert!(!written.is_root);
+    assert_eq!(written.company_name, "Acme Group");
+}
+
+/// An update that changes `is_root` rotates the session in the same step: new token and handle,
+/// the old token dead, data and expiry kept; other updates keep the token.
+pub async fn update_that_changes_root_rotates_the_token(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    fx.clock.advance(2 * MINUTE);
+    let mut demoted = issued.session.clone();
+    demoted.is_root = false;
+    demoted.email = "demoted@acme.test".into();
+    let written = fx.store().update(&demoted).await.unwrap();
+    let new_token = written.rotated.expect("a root change issues a new token");
+    let s = written.session;
+    assert_ne!(new_token.expose_secret(), issued.token.expose_secret());
+    assert_eq!(&s.handle, new_token.handle());
+    assert_ne!(s.handle, issued.session.handle);
+    assert_eq!(
+        (s.is_root, s.email.as_str(), s.version),
+        (false, "demoted@acme.test", 2)
+    );
+    assert_eq!(s.idle_expires_at, issued.session.idle_expires_at);
+    assert_eq!(s.created_at, issued.session.created_at);
+
+    assert_eq!(fx.store().get(&issued.token).await.unwrap(), None);
+    assert!(fx.store().rotate(&issued.token).await.unwrap().is_none());
+    assert_eq!(fx.store().get(&new_token).await.unwrap().unwrap(), s);
+    assert_eq!(listed_handles(&fx, "alice").await, vec![s.handle.clone()]);
+    // A stale copy under the old handle finds nothing to write.
+    assert!(matches!(
+        fx.store().update(&demoted).await,
+        Err(SessionError::NotFound)
+    ));
+    // Promoting again rotates again; a plain change keeps the token.
+    let mut promoted = s.clone();
+    promoted.is_root = true;
+    let again = fx.store().update(&promoted).await.unwrap();
+    let newest = again.rotated.expect("rotates on promotion too");
+    assert_eq!(fx.store().get(&new_token).await.unwrap(), None);
+    let mut plain = again.session.clone();
+    plain.set_attribute("locale", "fr-FR");
+    let kept = fx.store().update(&plain).await.unwrap();
+    assert!(kept.rotated.is_none());
+    assert_eq!(kept.session.handle, *newest.handle());
+    assert!(fx.store().get(&newest).await.unwrap().unwrap().is_root);
+}
+
+/// `update_with` reruns its change on a fresh copy after a conflict, stores typed values, and
+/// writes nothing when the change fails or the session is gone.
+pub async fn update_with_retries_conflicts_and_stores_typed_values(factory: &dyn StoreFactory) {
+    const TASKS: u64 = 4;
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    let token = Arc::new(issued.token);
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (store, token) = (fx.store.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .update_with(&token, |s| {
+                    let n = s.get::<u64>("count")?.unwrap_or(0) + 1;
+                    s.insert("count", &n)?;
+                    Ok(n)
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        let (n, updated) = task.await.unwrap();
+        assert!(updated.rotated.is_none());
+        seen.push(n);
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=TASKS).collect::<Vec<_>>(),
+        "each attempt that was stored saw the last"
+    );
+    let s = fx.store().get(&token).await.unwrap().unwrap();
+    assert_eq!(s.get::<u64>("count").unwrap(), Some(TASKS));
+    assert_eq!(s.version, TASKS + 1);
+
+    let failed = fx
+        .store()
+        .update_with(&token, |s| {
+            s.insert("count", &0u64)?;
+            Err::<(), _>(SessionError::invalid_input(
+                "count",
+                "refused by the caller",
+            ))
+        })
+        .await;
+    assert!(matches!(
+        failed,
+        Err(SessionError::InvalidInput { field: "count", .. })
+    ));
+    assert_eq!(
+        fx.store().get(&token).await.unwrap().unwrap(),
+        s,
+        "nothing written"
+    );
+    let unknown = SessionToken::generate().unwrap();
+    assert!(matches!(
+        fx.store().update_with(&unknown, |_| Ok(())).await,
+        Err(SessionError::NotFound)
+    ));
+}
+
+/// `close` is idempotent, and every operation after it is `Closed`, not a hang or a panic.
+pub async fn close_is_idempotent_and_later_calls_are_closed(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let issued = fx.store().create(alice()).await.unwrap();
+    fx.store().close().await;
+    fx.store().close().await;
+    assert!(matches!(
+        fx.store().get(&issued.token).await,
+        Err(SessionError::Closed { .. })
+    ));
+    assert!(matches!(
+        fx.store().create(alice()).await,
+        Err(SessionError::Closed { .. })
+    ));
+    assert!(matches!(
+        fx.store().health().await,
+        Err(SessionError::Closed { .. })
+    ));
 }
 
 /// `update` validates its input, cannot move a session to another user, and does not extend expiry.
@@ -297,7 +430,7 @@ pub async fn update_validates_and_keeps_user_and_expiry(factory: &dyn StoreFacto
     fx.clock.advance(10 * MINUTE);
     let mut changed = issued.session.clone();
     changed.company_name = "Acme Group".into();
-    let written = fx.store().update(&changed).await.unwrap();
+    let written = fx.store().update(&changed).await.unwrap().session;
     assert_eq!(written.idle_expires_at, issued.session.idle_expires_at);
     assert_eq!(written.last_seen_at, issued.session.last_seen_at);
     assert_eq!(written.user_id, "alice");
@@ -387,7 +520,7 @@ pub async fn rotate_kills_old_token_and_keeps_data(factory: &dyn StoreFactory) {
     // The new token is fully functional.
     let mut s = rotated.session.clone();
     s.email = "rotated@acme.test".into();
-    assert_eq!(fx.store().update(&s).await.unwrap().version, 2);
+    assert_eq!(fx.store().update(&s).await.unwrap().session.version, 2);
     assert!(fx.store().delete(&rotated.token).await.unwrap());
 }
 

@@ -117,11 +117,44 @@ impl Fixture {
     }
 }
 
-/// Expands to one `#[tokio::test]` per conformance case, each calling the case with `$factory`.
-/// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
+/// Opens the inner factory's store inside the layer stack `SessionManager` serves
+/// ([`session_core::stacked`]), so the suite tests what is served, not only the bare backend.
+pub struct StackedFactory<F>(pub F);
+
+#[async_trait]
+impl<F: StoreFactory> StoreFactory for StackedFactory<F> {
+    async fn open(&self, policy: SessionPolicy) -> Opened {
+        let opened = self.0.open(policy).await;
+        let store: SharedTestStore = Arc::new(session_core::stacked(
+            opened.store,
+            session_core::RetryPolicy::default(),
+        ));
+        Opened {
+            store,
+            cleanup: opened.cleanup,
+        }
+    }
+}
+
+/// Expands to two modules, `bare` and `stacked`, each with one `#[tokio::test]` per conformance
+/// case: `bare` calls every case with `$factory`'s store, `stacked` with the same store inside the
+/// manager's layer stack ([`StackedFactory`]). The calling crate needs `tokio` (with `macros` and
+/// `rt-multi-thread`) as a dev-dependency.
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
+        mod bare {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_tests!(@all $factory);
+        }
+        mod stacked {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_tests!(@all $crate::StackedFactory($factory));
+        }
+    };
+    (@all $factory:expr) => {
         $crate::conformance_tests!(@cases $factory;
             round_trip_every_field,
             unissued_token_is_never_adopted,
@@ -142,6 +175,9 @@ macro_rules! conformance_tests {
             oversized_attributes_are_rejected,
             raw_token_is_stored_nowhere,
             health_answers,
+            update_that_changes_root_rotates_the_token,
+            update_with_retries_conflicts_and_stores_typed_values,
+            close_is_idempotent_and_later_calls_are_closed,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -1,0 +1,126 @@
+//! How the session cookie is written.
+
+use std::time::SystemTime;
+
+use axum::http::HeaderValue;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use session_core::{SessionToken, UserSession};
+
+/// How the session cookie is written.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SessionCookies {
+    /// The cookie's name. Default `session`.
+    pub name: String,
+    /// Send it over HTTPS only. Default `true`; turn off only for local plain-HTTP development.
+    pub secure: bool,
+    /// The `SameSite` attribute. Default `Lax`.
+    pub same_site: SameSite,
+    /// The cookie's path. Default `/`.
+    pub path: String,
+}
+
+impl Default for SessionCookies {
+    fn default() -> Self {
+        Self {
+            name: "session".to_owned(),
+            secure: true,
+            same_site: SameSite::Lax,
+            path: "/".to_owned(),
+        }
+    }
+}
+
+impl SessionCookies {
+    /// Sets whether the cookie is `Secure` (keep it on outside local plain-HTTP development).
+    #[must_use]
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// Sets the cookie's name.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The `Set-Cookie` value carrying `token`. A "remember me" session's cookie lives until the
+    /// session's absolute expiry; any other session gets a browser-session cookie (no `Max-Age`),
+    /// gone when the browser closes. The server enforces the idle expiry either way.
+    #[must_use]
+    pub fn set(&self, token: &SessionToken, session: &UserSession) -> HeaderValue {
+        let mut cookie = Cookie::build((self.name.clone(), token.expose_secret().to_owned()))
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(self.same_site)
+            .path(self.path.clone());
+        if session.remember_me {
+            let seconds = session
+                .absolute_expires_at
+                .duration_since(SystemTime::now())
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            cookie = cookie.max_age(time::Duration::seconds(seconds));
+        }
+        header(&cookie.build())
+    }
+
+    /// The `Set-Cookie` value that removes the cookie.
+    #[must_use]
+    pub fn clear(&self) -> HeaderValue {
+        let cookie = Cookie::build((self.name.clone(), ""))
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(self.same_site)
+            .path(self.path.clone())
+            .max_age(time::Duration::ZERO)
+            .build();
+        header(&cookie)
+    }
+}
+
+fn header(cookie: &Cookie<'_>) -> HeaderValue {
+    // A token is base64url and the attributes are ASCII, so this is always a valid header.
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_http_only_secure_lax_and_scoped_by_default() {
+        let policy = session_core::SessionPolicy::default();
+        let token = SessionToken::generate().unwrap();
+        let session = session_core::NewUserSession::new("u")
+            .into_session(&token, &policy)
+            .unwrap();
+        let set = SessionCookies::default().set(&token, &session);
+        let text = set.to_str().unwrap();
+        for part in ["session=", "HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+            assert!(text.contains(part), "{text}");
+        }
+        assert!(
+            !text.contains("Max-Age"),
+            "a browser-session cookie: {text}"
+        );
+        let remembered = session_core::NewUserSession::new("u")
+            .remember_me(true)
+            .into_session(&token, &policy)
+            .unwrap();
+        let text = SessionCookies::default().set(&token, &remembered);
+        assert!(text.to_str().unwrap().contains("Max-Age="), "{text:?}");
+        let local = SessionCookies::default()
+            .secure(false)
+            .set(&token, &session);
+        assert!(!local.to_str().unwrap().contains("Secure"));
+        assert!(
+            SessionCookies::default()
+                .clear()
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! The tower layer that gives every request a [`Session`] and writes its cookie.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::http::header::{CACHE_CONTROL, SET_COOKIE};
+use axum::http::{HeaderValue, Request, Response};
+use session_core::UserSessionStore;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::cookie::SessionCookies;
+use crate::session::Session;
+
+/// Puts a request-scoped [`Session`] in every request's extensions and, once the handler has
+/// answered, writes the `Set-Cookie` its actions call for: the new cookie after a sign-in, a
+/// rotation or a rotation caused by a root change; a clearing cookie after sign-out, or when the
+/// presented cookie names no live session. A response that sets a cookie is also marked
+/// `Cache-Control: no-store`, so no cache keeps a token.
+///
+/// ```
+/// # use std::sync::Arc;
+/// use axum::{Router, routing::get};
+/// use session_axum::{CurrentSession, SessionCookies, SessionLayer};
+/// # let store: Arc<dyn session_core::UserSessionStore> = Arc::new(
+/// #     session_memory::MemoryStore::new(session_core::SessionPolicy::default()).unwrap());
+/// let app: Router = Router::new()
+///     .route("/me", get(|current: CurrentSession| async move { current.session.user_id }))
+///     .layer(SessionLayer::new(store).with_cookies(SessionCookies::default()));
+/// ```
+#[derive(Clone, Debug)]
+pub struct SessionLayer {
+    store: Arc<dyn UserSessionStore>,
+    cookies: Arc<SessionCookies>,
+}
+
+impl SessionLayer {
+    /// Sessions from `store` (e.g. `SessionManager::sessions()`), with the default cookie.
+    pub fn new(store: Arc<dyn UserSessionStore>) -> Self {
+        Self {
+            store,
+            cookies: Arc::new(SessionCookies::default()),
+        }
+    }
+
+    /// Writes and reads the cookie as `cookies` says.
+    #[must_use]
+    pub fn with_cookies(mut self, cookies: SessionCookies) -> Self {
+        self.cookies = Arc::new(cookies);
+        self
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] wraps around the routes.
+#[derive(Clone, Debug)]
+pub struct SessionService<S> {
+    inner: S,
+    layer: SessionLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let session = Session::from_headers(
+            request.headers(),
+            self.layer.store.clone(),
+            self.layer.cookies.clone(),
+        );
+        request.extensions_mut().insert(session.clone());
+        // The clone that was polled ready serves this request; the fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut response = inner.call(request).await?;
+            if let Some(cookie) = session.cookie_header().await {
+                let headers = response.headers_mut();
+                headers.append(SET_COOKIE, cookie);
+                headers
+                    .entry(CACHE_CONTROL)
+                    .or_insert(HeaderValue::from_static("no-store"));
+            }
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,304 @@
+//! The request-scoped session handle the layer gives every request.
+
+use std::sync::Arc;
+
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderValue};
+use axum_extra::extract::cookie::CookieJar;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use session_core::{
+    IssuedSession, NewUserSession, SessionError, SessionToken, Updated, UserSession,
+    UserSessionStore, UserSessionStoreExt,
+};
+
+use crate::cookie::SessionCookies;
+
+/// How a request presented its session token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// `Authorization: Bearer <token>` (APIs). The layer never writes cookies for it, except for
+    /// a session signed in by this request.
+    Bearer,
+    /// The session cookie (browsers).
+    Cookie,
+}
+
+/// What the layer does to the cookie once the handler has answered.
+#[derive(Debug)]
+pub(crate) enum CookieAction {
+    Keep,
+    Set(HeaderValue),
+    Clear,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The token the session now has: the one presented, or one issued during this request.
+    token: Option<SessionToken>,
+    /// What the store said about `token` (`None`: not asked yet).
+    loaded: Option<Option<UserSession>>,
+    /// Whether cookie changes are this request's to make: the token came in a cookie, or this
+    /// request signed in.
+    cookie_owned: bool,
+    cookie: CookieAction,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn UserSessionStore>,
+    cookies: Arc<SessionCookies>,
+    transport: Option<Transport>,
+    state: tokio::sync::Mutex<State>,
+}
+
+/// The session of one request, given to handlers by [`crate::SessionLayer`] (extract it as
+/// `session: Session`). Nothing is asked of the store until a method needs it, and then once per
+/// request: a handler that never looks costs no store call.
+///
+/// Sign-in, rotation, sign-out and a rotation caused by a root change decide the cookie; the
+/// layer writes `Set-Cookie` after the handler. A presented cookie that names no live session is
+/// cleared. Clones share one state.
+#[derive(Clone, Debug)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+/// The raw token a request presents and how: a bearer token if the `Authorization` header has
+/// the Bearer scheme (any case), else the session cookie.
+fn presented(headers: &HeaderMap, cookie: &str) -> Option<(String, Transport)> {
+    if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let mut parts = value.splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            return Some((token.trim().to_owned(), Transport::Bearer));
+        }
+    }
+    CookieJar::from_headers(headers)
+        .get(cookie)
+        .map(|c| (c.value().to_owned(), Transport::Cookie))
+}
+
+impl Session {
+    /// The session a request with these headers presents. Parses the token (a malformed one is
+    /// treated as absent); asks the store nothing.
+    pub(crate) fn from_headers(
+        headers: &HeaderMap,
+        store: Arc<dyn UserSessionStore>,
+        cookies: Arc<SessionCookies>,
+    ) -> Self {
+        let found = presented(headers, &cookies.name);
+        let transport = found.as_ref().map(|(_, via)| *via);
+        let token = found.and_then(|(raw, _)| SessionToken::parse(&raw).ok());
+        let malformed = transport.is_some() && token.is_none();
+        let cookie_owned = transport == Some(Transport::Cookie);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                cookies,
+                transport,
+                state: tokio::sync::Mutex::new(State {
+                    token,
+                    // A malformed token names no session: known absent without asking.
+                    loaded: malformed.then_some(None),
+                    cookie_owned,
+                    cookie: if malformed && cookie_owned {
+                        CookieAction::Clear
+                    } else {
+                        CookieAction::Keep
+                    },
+                }),
+            }),
+        }
+    }
+
+    /// How the request presented its token, if it did.
+    #[must_use]
+    pub fn transport(&self) -> Option<Transport> {
+        self.inner.transport
+    }
+
+    /// The store behind the layer.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn UserSessionStore> {
+        &self.inner.store
+    }
+
+    /// The live session, touched (sliding its idle expiry, throttled by the policy); `None` when
+    /// the request presents no token or one that names no live session (then a presented cookie
+    /// is cleared). Asks the store at most once per request.
+    ///
+    /// # Errors
+    /// The store's error (e.g. `Unavailable`), not cached: a later call asks again.
+    pub async fn current(&self) -> Result<Option<UserSession>, SessionError> {
+        Ok(self.current_with_token().await?.map(|(session, _)| session))
+    }
+
+    /// [`Session::current`] with the token that names it.
+    pub(crate) async fn current_with_token(
+        &self,
+    ) -> Result<Option<(UserSession, SessionToken)>, SessionError> {
+        let mut state = self.inner.state.lock().await;
+        if state.loaded.is_none() {
+            let found = match &state.token {
+                Some(token) => self.inner.store.touch(token).await?,
+                None => None,
+            };
+            if found.is_none() && state.token.is_some() && state.cookie_owned {
+                state.cookie = CookieAction::Clear;
+            }
+            state.loaded = Some(found);
+        }
+        Ok(match (&state.loaded, &state.token) {
+            (Some(Some(session)), Some(token)) => Some((session.clone(), token.clone())),
+            _ => None,
+        })
+    }
+
+    /// The attribute `key` of the live session, decoded as a `T`; `None` if there is no session
+    /// or no such attribute.
+    ///
+    /// # Errors
+    /// As [`Session::current`]; `InvalidInput` if the value is not a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        match self.current().await? {
+            Some(session) => session.get(key),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `value` under `key` in the live session (one compare-and-set write, re-read and
+    /// retried on a concurrent change).
+    ///
+    /// # Errors
+    /// `NotFound` without a live session; `InvalidInput`/`PayloadTooLarge` for a value that
+    /// cannot be encoded or does not fit; the store's errors.
+    pub async fn insert<T: Serialize + Sync + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), SessionError> {
+        self.update_with(|s| s.insert(key, value)).await.map(drop)
+    }
+
+    /// Removes the attribute `key` from the live session; returns its raw value if it was there.
+    ///
+    /// # Errors
+    /// `NotFound` without a live session; the store's errors.
+    pub async fn remove(&self, key: &str) -> Result<Option<serde_json::Value>, SessionError> {
+        self.update_with(|s| Ok(s.remove(key)))
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// Edits the live session with `change` and writes it (see
+    /// [`UserSessionStoreExt::update_with`]: rerun on a concurrent change). If `change` flips
+    /// `is_root`, the store rotates the token in the same step and the layer sends the new cookie.
+    ///
+    /// # Errors
+    /// `NotFound` without a live session; `change`'s error; the store's errors.
+    pub async fn update_with<T, F>(&self, change: F) -> Result<(T, Updated), SessionError>
+    where
+        F: FnMut(&mut UserSession) -> Result<T, SessionError> + Send,
+        T: Send,
+    {
+        let mut state = self.inner.state.lock().await;
+        let token = match (&state.loaded, &state.token) {
+            (Some(None), _) | (_, None) => return Err(SessionError::NotFound),
+            (_, Some(token)) => token.clone(),
+        };
+        let (value, updated) = match self.inner.store.update_with(&token, change).await {
+            Err(SessionError::NotFound) => {
+                self.forget(&mut state);
+                return Err(SessionError::NotFound);
+            }
+            other => other?,
+        };
+        if let Some(new_token) = &updated.rotated {
+            self.adopt(&mut state, new_token.clone(), &updated.session);
+        } else {
+            state.loaded = Some(Some(updated.session.clone()));
+        }
+        Ok((value, updated))
+    }
+
+    /// Signs a user in: creates a session and sets its cookie. A session the request presented is
+    /// removed first (a browser holds one session; keeping the old one would leave it orphaned).
+    ///
+    /// # Errors
+    /// `InvalidInput`/`PayloadTooLarge` for bad fields; the store's errors.
+    pub async fn sign_in(&self, new: NewUserSession) -> Result<IssuedSession, SessionError> {
+        let mut state = self.inner.state.lock().await;
+        if let Some(old) = state.token.take() {
+            self.inner.store.delete(&old).await?;
+        }
+        let issued = self.inner.store.create(new).await?;
+        state.cookie_owned = true;
+        self.adopt(&mut state, issued.token.clone(), &issued.session);
+        Ok(issued)
+    }
+
+    /// Moves the live session to a new token (after sign-in or any privilege change) and sends
+    /// the new cookie. `None` without a live session.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn rotate(&self) -> Result<Option<IssuedSession>, SessionError> {
+        let mut state = self.inner.state.lock().await;
+        let Some(token) = state.token.clone() else {
+            return Ok(None);
+        };
+        match self.inner.store.rotate(&token).await? {
+            Some(issued) => {
+                self.adopt(&mut state, issued.token.clone(), &issued.session);
+                Ok(Some(issued))
+            }
+            None => {
+                self.forget(&mut state);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Signs out: removes the session and clears the cookie. True if a live session was removed.
+    ///
+    /// # Errors
+    /// The store's errors (the cookie is then left as it was).
+    pub async fn sign_out(&self) -> Result<bool, SessionError> {
+        let mut state = self.inner.state.lock().await;
+        let removed = match &state.token {
+            Some(token) => self.inner.store.delete(token).await?,
+            None => false,
+        };
+        self.forget(&mut state);
+        Ok(removed)
+    }
+
+    fn adopt(&self, state: &mut State, token: SessionToken, session: &UserSession) {
+        if state.cookie_owned {
+            state.cookie = CookieAction::Set(self.inner.cookies.set(&token, session));
+        }
+        state.token = Some(token);
+        state.loaded = Some(Some(session.clone()));
+    }
+
+    fn forget(&self, state: &mut State) {
+        if state.cookie_owned && state.token.is_some() {
+            state.cookie = CookieAction::Clear;
+        }
+        state.token = None;
+        state.loaded = Some(None);
+    }
+
+    /// The `Set-Cookie` value this request decided on, if any, for the layer to write.
+    pub(crate) async fn cookie_header(&self) -> Option<HeaderValue> {
+        let state = self.inner.state.lock().await;
+        match &state.cookie {
+            CookieAction::Keep => None,
+            CookieAction::Set(value) => Some(value.clone()),
+            CookieAction::Clear => Some(self.inner.cookies.clear()),
+        }
+    }
+}
