@@ -19,6 +19,7 @@ if [ -n "${MATRIX_TARGET_DIR:-}" ]; then export CARGO_TARGET_DIR=$MATRIX_TARGET_
 
 # label | package | feature arguments
 rows=(
+    "none|session-manager|--no-default-features"
     "memory|session-manager|--no-default-features --features memory"
     "redis|session-manager|--no-default-features --features redis"
     "postgres|session-manager|--no-default-features --features postgres"

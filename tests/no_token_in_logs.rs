@@ -60,7 +60,7 @@ async fn no_operation_logs_a_raw_token() {
     clock.advance(Duration::from_secs(120));
     store.touch(&a.token).await.expect("touch");
     let s = store.get(&a.token).await.expect("get").expect("live");
-    store.update(&s).await.expect("update");
+    let _ = store.update(&s).await.expect("update");
     store
         .update(&s)
         .await

@@ -46,6 +46,24 @@ impl SessionCookies {
         self
     }
 
+    /// Whether the name and path can be written in a `Set-Cookie` header.
+    ///
+    /// # Errors
+    /// What is wrong, naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        let token_char = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+        if self.name.is_empty() || !self.name.chars().all(token_char) {
+            return Err(format!("cookie name `{}` is not an HTTP token", self.name));
+        }
+        if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_control() || c == ';') {
+            return Err(format!(
+                "cookie path `{}` must start with / and hold no `;`",
+                self.path
+            ));
+        }
+        Ok(())
+    }
+
     /// The `Set-Cookie` value carrying `token`. A "remember me" session's cookie lives until the
     /// session's absolute expiry; any other session gets a browser-session cookie (no `Max-Age`),
     /// gone when the browser closes. The server enforces the idle expiry either way.
@@ -81,8 +99,13 @@ impl SessionCookies {
 }
 
 fn header(cookie: &Cookie<'_>) -> HeaderValue {
-    // A token is base64url and the attributes are ASCII, so this is always a valid header.
-    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    // A token is base64url, and the name and path were checked by `SessionCookies::check`, so this
+    // is always a valid header.
+    let mut value =
+        HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""));
+    // It carries a token: kept out of `Debug` output and of HTTP/2 header compression tables.
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]

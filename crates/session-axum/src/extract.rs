@@ -29,7 +29,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 pub struct CurrentSession {
     /// The session, as the touch left it.
     pub session: UserSession,
-    /// The token the request presented.
+    /// The token that names the session now: the one the request presented, or one a handler
+    /// earlier in this request was issued (sign-in, rotation).
     pub token: SessionToken,
 }
 

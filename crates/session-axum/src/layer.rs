@@ -17,8 +17,9 @@ use crate::session::Session;
 /// Puts a request-scoped [`Session`] in every request's extensions and, once the handler has
 /// answered, writes the `Set-Cookie` its actions call for: the new cookie after a sign-in, a
 /// rotation or a rotation caused by a root change; a clearing cookie after sign-out, or when the
-/// presented cookie names no live session. A response that sets a cookie is also marked
-/// `Cache-Control: no-store`, so no cache keeps a token.
+/// request found that the presented cookie names no live session (a handler that never looks at
+/// the session does not find out). A response that sets a cookie is also marked
+/// `Cache-Control: no-store`, replacing what the handler set, so no cache keeps a token.
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -38,6 +39,7 @@ pub struct SessionLayer {
 
 impl SessionLayer {
     /// Sessions from `store` (e.g. `SessionManager::sessions()`), with the default cookie.
+    #[must_use]
     pub fn new(store: Arc<dyn UserSessionStore>) -> Self {
         Self {
             store,
@@ -46,8 +48,15 @@ impl SessionLayer {
     }
 
     /// Writes and reads the cookie as `cookies` says.
+    ///
+    /// # Panics
+    /// If the cookie's name or path cannot be written in a header ([`SessionCookies::check`]):
+    /// a configuration mistake that would otherwise sign nobody in.
     #[must_use]
     pub fn with_cookies(mut self, cookies: SessionCookies) -> Self {
+        if let Err(reason) = cookies.check() {
+            panic!("SessionLayer::with_cookies: {reason}");
+        }
         self.cookies = Arc::new(cookies);
         self
     }
@@ -102,9 +111,7 @@ where
             if let Some(cookie) = session.cookie_header().await {
                 let headers = response.headers_mut();
                 headers.append(SET_COOKIE, cookie);
-                headers
-                    .entry(CACHE_CONTROL)
-                    .or_insert(HeaderValue::from_static("no-store"));
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
             Ok(response)
         })

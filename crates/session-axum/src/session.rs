@@ -26,14 +26,12 @@ pub enum Transport {
 }
 
 /// What the layer does to the cookie once the handler has answered.
-#[derive(Debug)]
 pub(crate) enum CookieAction {
     Keep,
     Set(HeaderValue),
     Clear,
 }
 
-#[derive(Debug)]
 struct State {
     /// The token the session now has: the one presented, or one issued during this request.
     token: Option<SessionToken>,
@@ -45,7 +43,6 @@ struct State {
     cookie: CookieAction,
 }
 
-#[derive(Debug)]
 struct Inner {
     store: Arc<dyn UserSessionStore>,
     cookies: Arc<SessionCookies>,
@@ -58,11 +55,20 @@ struct Inner {
 /// request: a handler that never looks costs no store call.
 ///
 /// Sign-in, rotation, sign-out and a rotation caused by a root change decide the cookie; the
-/// layer writes `Set-Cookie` after the handler. A presented cookie that names no live session is
-/// cleared. Clones share one state.
-#[derive(Clone, Debug)]
+/// layer writes `Set-Cookie` after the handler. A presented cookie that this request finds names
+/// no live session is cleared. Clones share one state.
+#[derive(Clone)]
 pub struct Session {
     inner: Arc<Inner>,
+}
+
+/// Shows the transport only: the state holds tokens and `Set-Cookie` values.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("transport", &self.inner.transport)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The raw token a request presents and how: a bearer token if the `Authorization` header has
@@ -184,33 +190,54 @@ impl Session {
     }
 
     /// Removes the attribute `key` from the live session; returns its raw value if it was there.
+    /// Writes nothing when the session has no such attribute.
     ///
     /// # Errors
     /// `NotFound` without a live session; the store's errors.
     pub async fn remove(&self, key: &str) -> Result<Option<serde_json::Value>, SessionError> {
+        match self.current().await? {
+            Some(session) if !session.attributes.contains_key(key) => return Ok(None),
+            Some(_) => {}
+            None => return Err(SessionError::NotFound),
+        }
         self.update_with(|s| Ok(s.remove(key)))
             .await
             .map(|(value, _)| value)
     }
 
-    /// Edits the live session with `change` and writes it (see
-    /// [`UserSessionStoreExt::update_with`]: rerun on a concurrent change). If `change` flips
-    /// `is_root`, the store rotates the token in the same step and the layer sends the new cookie.
+    /// Edits the live session with `change` and writes it with compare-and-set, starting from the
+    /// copy this request already read when there is one (see
+    /// [`UserSessionStoreExt::update_from`]: reread and rerun on a concurrent change). If `change`
+    /// flips `is_root`, the store rotates the token in the same step and the layer sends the new
+    /// cookie.
     ///
     /// # Errors
-    /// `NotFound` without a live session; `change`'s error; the store's errors.
-    pub async fn update_with<T, F>(&self, change: F) -> Result<(T, Updated), SessionError>
+    /// `NotFound` without a live session (the cookie is then cleared); `change`'s own error as it
+    /// is (the session and cookie stay); the store's errors.
+    pub async fn update_with<T, F>(&self, mut change: F) -> Result<(T, Updated), SessionError>
     where
         F: FnMut(&mut UserSession) -> Result<T, SessionError> + Send,
         T: Send,
     {
         let mut state = self.inner.state.lock().await;
-        let token = match (&state.loaded, &state.token) {
-            (Some(None), _) | (_, None) => return Err(SessionError::NotFound),
-            (_, Some(token)) => token.clone(),
+        let Some(token) = state.token.clone() else {
+            return Err(SessionError::NotFound);
         };
-        let (value, updated) = match self.inner.store.update_with(&token, change).await {
-            Err(SessionError::NotFound) => {
+        let loaded = state.loaded.clone();
+        // Tells the caller's own error from the store's, so only the store's `NotFound` signs out.
+        let mut change_failed = false;
+        let tracked = |s: &mut UserSession| {
+            let result = change(s);
+            change_failed = result.is_err();
+            result
+        };
+        let result = match loaded {
+            Some(None) => Err(SessionError::NotFound),
+            Some(Some(current)) => self.inner.store.update_from(&token, current, tracked).await,
+            None => self.inner.store.update_with(&token, tracked).await,
+        };
+        let (value, updated) = match result {
+            Err(SessionError::NotFound) if !change_failed => {
                 self.forget(&mut state);
                 return Err(SessionError::NotFound);
             }
@@ -224,17 +251,24 @@ impl Session {
         Ok((value, updated))
     }
 
-    /// Signs a user in: creates a session and sets its cookie. A session the request presented is
-    /// removed first (a browser holds one session; keeping the old one would leave it orphaned).
+    /// Signs a user in: creates a session and sets its cookie (also on a request that came with a
+    /// bearer token: a sign-in response is where a browser gets its cookie). A session whose
+    /// cookie the request presented is then removed: this browser holds one session, and the old
+    /// one would otherwise live on unused. A bearer-presented session is left alone (an API client
+    /// may hold several).
     ///
     /// # Errors
-    /// `InvalidInput`/`PayloadTooLarge` for bad fields; the store's errors.
+    /// `InvalidInput`/`PayloadTooLarge` for bad fields; the store's errors. Nothing changes then.
     pub async fn sign_in(&self, new: NewUserSession) -> Result<IssuedSession, SessionError> {
         let mut state = self.inner.state.lock().await;
-        if let Some(old) = state.token.take() {
-            self.inner.store.delete(&old).await?;
-        }
         let issued = self.inner.store.create(new).await?;
+        let replaced = state.token.take().filter(|_| state.cookie_owned);
+        if let Some(old) = replaced
+            && let Err(e) = self.inner.store.delete(&old).await
+        {
+            // The new session stands; the old one, no longer in this browser, expires by itself.
+            tracing::warn!(handle = %old.handle(), error = %e, "could not remove the session replaced by a sign-in");
+        }
         state.cookie_owned = true;
         self.adopt(&mut state, issued.token.clone(), &issued.session);
         Ok(issued)

@@ -146,6 +146,25 @@ fn app() -> App {
             }),
         )
         .route(
+            "/sign-in-cached",
+            post(|session: Session| async move {
+                session.sign_in(NewUserSession::new("ada")).await.unwrap();
+                ([(header::CACHE_CONTROL, "public, max-age=600")], "cached?")
+            }),
+        )
+        .route(
+            "/missing-cart",
+            post(|session: Session| async move {
+                let refused = session
+                    .update_with(|s| {
+                        s.get::<Vec<u32>>("cart")?
+                            .ok_or(session_core::SessionError::NotFound)
+                    })
+                    .await;
+                assert!(matches!(refused, Err(session_core::SessionError::NotFound)));
+            }),
+        )
+        .route(
             "/sign-out",
             post(|session: Session| async move { session.sign_out().await.unwrap().to_string() }),
         )
@@ -353,5 +372,51 @@ async fn bearer_requests_read_with_any_case_and_get_no_cookie_on_rotation() {
     assert!(
         rotated.set_cookie.is_none(),
         "API clients get tokens in bodies, not cookies"
+    );
+}
+
+#[tokio::test]
+async fn a_token_bearing_response_is_never_cacheable_and_a_sign_in_replaces_the_browsers_session() {
+    let app = app();
+    let first = app.send("POST", "/sign-in", None).await.body;
+    let again = app.send("POST", "/sign-in-cached", cookie(&first)).await;
+    assert_eq!(
+        again.cache_control.as_deref(),
+        Some("no-store"),
+        "the handler's caching is overridden"
+    );
+    let second = token_of(&again.set_cookie.unwrap());
+    assert_ne!(second, first);
+    assert_eq!(
+        app.send("GET", "/me", cookie(&first)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the session the browser held before is removed"
+    );
+    // A bearer-presented session is left alone: an API client may hold several.
+    let third = app
+        .send(
+            "POST",
+            "/sign-in",
+            Some(("authorization", format!("Bearer {second}"))),
+        )
+        .await
+        .body;
+    assert_ne!(third, second);
+    assert_eq!(
+        app.send("GET", "/me", cookie(&second)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_handlers_own_not_found_does_not_sign_the_browser_out() {
+    let app = app();
+    let token = app.send("POST", "/sign-in", None).await.body;
+    let missing = app.send("POST", "/missing-cart", cookie(&token)).await;
+    assert_eq!(missing.status, StatusCode::OK);
+    assert!(missing.set_cookie.is_none(), "the cookie is kept");
+    assert_eq!(
+        app.send("GET", "/me", cookie(&token)).await.status,
+        StatusCode::OK
     );
 }

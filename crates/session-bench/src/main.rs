@@ -1,8 +1,8 @@
 //! Benchmarks the user-session stores against raw-driver baselines measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p session-bench -- [--seconds N] [memory] [redis] [postgres] [scope]
-//! BENCH_OPS=get,touch cargo run --release -p session-bench -- redis    # only those operations
+//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- [--seconds N] [memory] [redis] [postgres] [scope]
+//! BENCH_OPS=get,touch cargo run --release --manifest-path crates/session-bench/Cargo.toml -- redis    # only those operations
 //! ```
 //! `peers` runs tower-sessions' memory, moka, Redis and sqlx PostgreSQL stores against ours (see
 //! peers.rs); `peers-memory`, `peers-redis`, `peers-postgres` run one backend's comparisons. `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,

@@ -30,24 +30,57 @@ pub trait UserSessionStoreExt: UserSessionStore {
     where
         F: FnMut(&mut UserSession) -> Result<T> + Send,
         T: Send;
+
+    /// [`UserSessionStoreExt::update_with`] starting from `current`, a copy of the session the
+    /// caller has just read (a request that already touched it), which saves the first read; the
+    /// session is read again only after a `Conflict`.
+    ///
+    /// # Errors
+    /// As `update_with`; [`SessionError::NotFound`] if `current` is not the session `token` names.
+    async fn update_from<T, F>(
+        &self,
+        token: &SessionToken,
+        current: UserSession,
+        change: F,
+    ) -> Result<(T, Updated)>
+    where
+        F: FnMut(&mut UserSession) -> Result<T> + Send,
+        T: Send;
 }
 
 #[async_trait]
 impl<S: UserSessionStore + ?Sized> UserSessionStoreExt for S {
-    async fn update_with<T, F>(&self, token: &SessionToken, mut change: F) -> Result<(T, Updated)>
+    async fn update_with<T, F>(&self, token: &SessionToken, change: F) -> Result<(T, Updated)>
     where
         F: FnMut(&mut UserSession) -> Result<T> + Send,
         T: Send,
     {
+        let current = self.get(token).await?.ok_or(SessionError::NotFound)?;
+        self.update_from(token, current, change).await
+    }
+
+    async fn update_from<T, F>(
+        &self,
+        token: &SessionToken,
+        mut session: UserSession,
+        mut change: F,
+    ) -> Result<(T, Updated)>
+    where
+        F: FnMut(&mut UserSession) -> Result<T> + Send,
+        T: Send,
+    {
+        if session.handle != *token.handle() {
+            return Err(SessionError::NotFound);
+        }
         let mut attempt = 1;
         loop {
-            let mut session = self.get(token).await?.ok_or(SessionError::NotFound)?;
             let value = change(&mut session)?;
             match self.update(&session).await {
                 Ok(updated) => return Ok((value, updated)),
                 Err(e) if e.is_conflict() && attempt < UPDATE_WITH_ATTEMPTS => attempt += 1,
                 Err(e) => return Err(e),
             }
+            session = self.get(token).await?.ok_or(SessionError::NotFound)?;
         }
     }
 }

@@ -137,6 +137,7 @@ impl OpMetrics {
 
 impl<S> Instrumented<S> {
     /// Wraps `inner`.
+    #[must_use]
     pub fn new(inner: S) -> Self {
         Self {
             inner,

@@ -1,4 +1,8 @@
-//! Contracts, policy, tokens, errors and instrumentation shared by every session backend.
+//! Contracts, policy, tokens, errors and layers shared by every session backend.
+//!
+//! Building a service? Start with the `session-manager` crate (`SessionManager::build` from
+//! configuration, or `SessionManager::builder()` for stores made by hand) and put the
+//! `session-axum` crate's `SessionLayer` in front of your routes; this crate holds what they share.
 //!
 //! Two kinds of session share one policy and one error type here:
 //! - the **user session** ([`UserSessionStore`]): who is signed in, as whom, until when;
@@ -50,6 +54,7 @@ pub type Stacked<S> = Instrumented<Retrying<S>>;
 
 /// Wraps `store` in the manager's layer stack ([`Stacked`]). The conformance suite runs every
 /// backend both bare and through this function, so what is tested is what is served.
+#[must_use]
 pub fn stacked<S: UserSessionStore>(store: S, retry: RetryPolicy) -> Stacked<S> {
     Instrumented::new(Retrying::new(store, retry))
 }

@@ -20,10 +20,11 @@ use crate::token::{SessionHandle, SessionToken};
 pub struct RetryPolicy {
     /// Attempts after the first. `0` turns retrying off. Default `2`.
     pub max_retries: u32,
-    /// Wait before the first retry; each later wait doubles, with jitter. Default `5ms`.
+    /// Wait before the first retry; each later wait doubles. Each wait gets a random jitter of up
+    /// to its own length, so processes that failed together do not retry together. Default `5ms`.
     #[serde(with = "humantime_serde")]
     pub min_delay: Duration,
-    /// Longest wait between attempts. Default `100ms`.
+    /// Longest wait between attempts, jitter included. Default `100ms`.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     /// Also retry [`SessionError::Timeout`]. Default `false`: against a stalled server each retry
@@ -89,7 +90,8 @@ impl RetryPolicy {
 
 /// Retries the idempotent operations (`get`, `touch`, `list_by_user`, `purge_expired`, `health`)
 /// when they fail with a temporary error ([`RetryPolicy::retries`]), waiting with exponential
-/// backoff between attempts. A retry runs on another pooled connection: the backend discarded the
+/// backoff and jitter between attempts. (A retried `purge_expired` reports what its last attempt
+/// removed.) A retry runs on another pooled connection: the backend discarded the
 /// one that failed. Writes (`create`, `update`, `rotate`, the deletes) are never repeated: their
 /// lost reply may belong to a write that happened. Forwards every method.
 #[derive(Debug, Clone)]
@@ -100,6 +102,7 @@ pub struct Retrying<S> {
 
 impl<S> Retrying<S> {
     /// Wraps `inner`.
+    #[must_use]
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         Self { inner, policy }
     }
@@ -121,6 +124,7 @@ impl<S: UserSessionStore> Retrying<S> {
             done => return done,
         };
         for delay in self.policy.backoff().build() {
+            let delay = delay.min(self.policy.max_delay);
             tracing::debug!(target: "session", backend = self.inner.backend(), op,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 error = %last, "session.retry");

@@ -167,23 +167,24 @@ impl UserSession {
     /// The attribute `key` decoded as a `T`, or `None` if the session has no such attribute.
     ///
     /// # Errors
-    /// [`SessionError::InvalidInput`] naming the key if the stored value is not a `T`.
+    /// [`SessionError::Decode`] naming the key if the stored value is not a `T`: stored data the
+    /// program reads as the wrong type is a server-side fault (the client cannot fix it), and the
+    /// error never quotes the stored value.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.attributes
             .get(key)
             .map(|value| {
-                T::deserialize(value).map_err(|e| {
-                    SessionError::invalid_input(
-                        "attributes",
-                        format!("`{key}` does not hold the requested type: {e}"),
-                    )
+                T::deserialize(value).map_err(|_| SessionError::Decode {
+                    backend: "attributes",
+                    handle: Some(self.handle.clone()),
+                    reason: format!("`{key}` does not hold a {}", std::any::type_name::<T>()),
                 })
             })
             .transpose()
     }
 
     /// Stores `value` (encoded as JSON) under `key`, replacing what was there. Nothing is written
-    /// until the session is passed to `update` (or returned from an `update_with` closure); the
+    /// until the session is passed to `update` (or edited inside an `update_with` closure); the
     /// size limit is checked then.
     ///
     /// # Errors
@@ -211,6 +212,7 @@ impl UserSession {
 /// What [`crate::UserSessionStore::update`] stored.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
+#[must_use = "a change of is_root moves the session to a new token: send `rotated` to the client"]
 pub struct Updated {
     /// The session as stored, at `version + 1`.
     pub session: UserSession,
@@ -222,7 +224,6 @@ pub struct Updated {
 
 impl Updated {
     /// An update that kept the token.
-    #[must_use]
     pub fn kept(session: UserSession) -> Self {
         Self {
             session,
@@ -230,9 +231,8 @@ impl Updated {
         }
     }
 
-    /// An update that rotated the token to `token`.
-    #[must_use]
-    pub fn rotated(session: UserSession, token: SessionToken) -> Self {
+    /// An update that moved the session to `token`.
+    pub fn moved_to(session: UserSession, token: SessionToken) -> Self {
         Self {
             session,
             rotated: Some(token),
@@ -369,13 +369,15 @@ mod tests {
             s.get::<Cart>("cart").unwrap(),
             Some(Cart { items: vec![1, 2] })
         );
-        assert!(matches!(
-            s.get::<u64>("cart"),
-            Err(SessionError::InvalidInput {
-                field: "attributes",
-                ..
-            })
-        ));
+        match s.get::<u64>("cart") {
+            Err(SessionError::Decode { reason, .. }) => {
+                assert!(
+                    reason.contains("`cart`") && !reason.contains('1'),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Decode, got {other:?}"),
+        }
         let non_string_keys: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
         assert!(s.insert("bad", &non_string_keys).is_err());
         assert!(s.remove("cart").is_some());

@@ -1,6 +1,8 @@
 //! The user-session contract every backend implements.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -90,8 +92,10 @@ pub trait UserSessionStore: Send + Sync + fmt::Debug {
     /// expires data by itself (Redis key TTLs).
     fn needs_purge(&self) -> bool;
 
-    /// Stops background work and closes connection pools. Idempotent; every later operation fails
-    /// with [`crate::SessionError::Closed`]. Operations already running finish.
+    /// Stops background work and closes connection pools. Idempotent. Every later operation that
+    /// needs the backend fails with [`crate::SessionError::Closed`] (one that can answer without
+    /// it, such as a lookup of a token no session of this store could have, may still answer).
+    /// Operations already running finish.
     async fn close(&self);
 }
 
@@ -158,9 +162,15 @@ impl Drop for PurgeTask {
     }
 }
 
+/// A boxed future as `async_trait` declares the trait's methods.
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// Forwards to the shared store, so `Arc<dyn UserSessionStore>` can be wrapped by layers.
+///
+/// Written without `#[async_trait]`: each method hands back the inner store's boxed future as it
+/// is, instead of boxing a future that awaits it. Every box is an allocation that, at 32 tasks, is
+/// often freed on another worker thread, which is where layer overhead was found (ADR 0010).
 #[deny(clippy::missing_trait_methods)]
-#[async_trait]
 impl<T: UserSessionStore + ?Sized> UserSessionStore for Arc<T> {
     fn backend(&self) -> &'static str {
         (**self).backend()
@@ -168,43 +178,119 @@ impl<T: UserSessionStore + ?Sized> UserSessionStore for Arc<T> {
     fn policy(&self) -> &SessionPolicy {
         (**self).policy()
     }
-    async fn create(&self, new: NewUserSession) -> Result<IssuedSession> {
-        (**self).create(new).await
+    fn create<'s, 'f>(&'s self, new: NewUserSession) -> BoxFuture<'f, Result<IssuedSession>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).create(new)
     }
-    async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        (**self).get(token).await
+    fn get<'s, 't, 'f>(
+        &'s self,
+        token: &'t SessionToken,
+    ) -> BoxFuture<'f, Result<Option<UserSession>>>
+    where
+        's: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).get(token)
     }
-    async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        (**self).touch(token).await
+    fn touch<'s, 't, 'f>(
+        &'s self,
+        token: &'t SessionToken,
+    ) -> BoxFuture<'f, Result<Option<UserSession>>>
+    where
+        's: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).touch(token)
     }
-    async fn update(&self, session: &UserSession) -> Result<Updated> {
-        (**self).update(session).await
+    fn update<'s, 'u, 'f>(&'s self, session: &'u UserSession) -> BoxFuture<'f, Result<Updated>>
+    where
+        's: 'f,
+        'u: 'f,
+        Self: 'f,
+    {
+        (**self).update(session)
     }
-    async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
-        (**self).rotate(token).await
+    fn rotate<'s, 't, 'f>(
+        &'s self,
+        token: &'t SessionToken,
+    ) -> BoxFuture<'f, Result<Option<IssuedSession>>>
+    where
+        's: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).rotate(token)
     }
-    async fn delete(&self, token: &SessionToken) -> Result<bool> {
-        (**self).delete(token).await
+    fn delete<'s, 't, 'f>(&'s self, token: &'t SessionToken) -> BoxFuture<'f, Result<bool>>
+    where
+        's: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).delete(token)
     }
-    async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
-        (**self).delete_by_handle(handle).await
+    fn delete_by_handle<'s, 'h, 'f>(
+        &'s self,
+        handle: &'h SessionHandle,
+    ) -> BoxFuture<'f, Result<bool>>
+    where
+        's: 'f,
+        'h: 'f,
+        Self: 'f,
+    {
+        (**self).delete_by_handle(handle)
     }
-    async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
-        (**self).list_by_user(user_id).await
+    fn list_by_user<'s, 'u, 'f>(
+        &'s self,
+        user_id: &'u str,
+    ) -> BoxFuture<'f, Result<Vec<UserSession>>>
+    where
+        's: 'f,
+        'u: 'f,
+        Self: 'f,
+    {
+        (**self).list_by_user(user_id)
     }
-    async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64> {
-        (**self).delete_by_user(user_id, except).await
+    fn delete_by_user<'s, 'u, 'h, 'f>(
+        &'s self,
+        user_id: &'u str,
+        except: Option<&'h SessionHandle>,
+    ) -> BoxFuture<'f, Result<u64>>
+    where
+        's: 'f,
+        'u: 'f,
+        'h: 'f,
+        Self: 'f,
+    {
+        (**self).delete_by_user(user_id, except)
     }
-    async fn purge_expired(&self) -> Result<u64> {
-        (**self).purge_expired().await
+    fn purge_expired<'s, 'f>(&'s self) -> BoxFuture<'f, Result<u64>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).purge_expired()
     }
-    async fn health(&self) -> Result<()> {
-        (**self).health().await
+    fn health<'s, 'f>(&'s self) -> BoxFuture<'f, Result<()>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).health()
     }
     fn needs_purge(&self) -> bool {
         (**self).needs_purge()
     }
-    async fn close(&self) {
-        (**self).close().await;
+    fn close<'s, 'f>(&'s self) -> BoxFuture<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).close()
     }
 }

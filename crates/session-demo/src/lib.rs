@@ -65,12 +65,26 @@ fn db_error(e: session_manager::session_diesel::diesel::result::Error) -> ApiErr
     })
 }
 
-/// Creates the demo's table if it is missing, on whichever database the manager has.
+/// The manager's database, or a 501 for a demo started with `DATABASE_URL=none`.
+fn database(manager: &SessionManager) -> Result<&session_manager::Db, ApiError> {
+    manager.db().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "no_database",
+            "this service runs without a database (DATABASE_URL=none)",
+        )
+    })
+}
+
+/// Creates the demo's table if it is missing, on whichever database the manager has (none: nothing
+/// to do).
 ///
 /// # Errors
-/// If the manager has no database or it refuses.
+/// If the database refuses.
 pub async fn migrate(manager: &SessionManager) -> Result<(), ApiError> {
-    let db = manager.db()?;
+    let Ok(db) = manager.db() else {
+        return Ok(());
+    };
     let sql = match db.backend() {
         "postgres" => {
             "CREATE TABLE IF NOT EXISTS db_items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, quantity BIGINT NOT NULL, created_by TEXT NOT NULL)"
@@ -185,30 +199,39 @@ async fn sign_out(session: Session) -> Result<StatusCode, ApiError> {
 }
 
 /// A root session gives up root. The store rotates the token in the same step as the write.
-async fn step_down(session: Session) -> Result<axum::Json<Issued>, ApiError> {
-    let (was_root, updated) = session
-        .update_with(|s| Ok(std::mem::replace(&mut s.is_root, false)))
+async fn step_down(
+    session: Session,
+    current: CurrentSession,
+) -> Result<axum::Json<Issued>, ApiError> {
+    if !current.session.is_root {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_root",
+            "this session has no root rights to give up",
+        ));
+    }
+    let (_, updated) = session
+        .update_with(|s| {
+            s.is_root = false;
+            Ok(())
+        })
         .await
         .map_err(|e| match e {
             SessionError::NotFound => ApiError::unauthenticated(),
             other => other.into(),
         })?;
-    match updated.rotated {
-        Some(token) => Ok(axum::Json(Issued {
-            session_id: token.expose_secret().to_owned(),
-            session: updated.session,
-        })),
-        None if !was_root => Err(ApiError::new(
+    // A concurrent request may have stepped down first: then nothing rotated here.
+    let token = updated.rotated.ok_or_else(|| {
+        ApiError::new(
             StatusCode::CONFLICT,
             "not_root",
             "this session has no root rights to give up",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the service could not complete the request",
-        )),
-    }
+        )
+    })?;
+    Ok(axum::Json(Issued {
+        session_id: token.expose_secret().to_owned(),
+        session: updated.session,
+    }))
 }
 
 /// Typed session data: kept in the session's attributes under `preferences`.
@@ -303,7 +326,7 @@ async fn list_items(
     State(state): State<AppState>,
     _current: CurrentSession,
 ) -> Result<axum::Json<Vec<Item>>, ApiError> {
-    let items = db_transaction!(state.manager.db()?, ScopeOptions::new(), |conn| {
+    let items = db_transaction!(database(&state.manager)?, ScopeOptions::new(), |conn| {
         session_manager::session_diesel::diesel::sql_query(
             "SELECT CAST(id AS BIGINT) AS id, name, quantity, created_by FROM db_items ORDER BY id",
         )
@@ -320,7 +343,7 @@ async fn create_item(
     JsonBody(body): JsonBody<NewItem>,
 ) -> Result<(StatusCode, axum::Json<Item>), ApiError> {
     let user = current.session.user_id;
-    let item = db_transaction!(state.manager.db()?, ScopeOptions::new(), |conn| {
+    let item = db_transaction!(database(&state.manager)?, ScopeOptions::new(), |conn| {
         use session_manager::session_diesel::diesel::sql_types::BigInt as Big;
         let item = session_manager::session_diesel::diesel::sql_query(
             "INSERT INTO db_items (name, quantity, created_by) VALUES ($1, $2, $3)

@@ -128,7 +128,9 @@ where
             .max_size(config.max_size)
             .min_idle(config.min_idle)
             .connection_timeout(config.checkout_timeout)
-            .test_on_check_out(config.test_on_checkout)
+            // The local check runs in the manager's `is_valid`, which bb8 calls only when testing
+            // checkouts, so a pool that checks locally always tests.
+            .test_on_check_out(config.test_on_checkout || check == CheckoutCheck::Local)
             .idle_timeout(config.idle_timeout)
             .max_lifetime(config.max_lifetime);
         // A refused connection should fail the checkout that needed it, not be retried silently

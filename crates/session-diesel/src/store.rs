@@ -422,7 +422,7 @@ impl UserSessionStore for PgSessionStore {
             return Ok(if stored.handle == session.handle {
                 Updated::kept(stored)
             } else {
-                Updated::rotated(stored, new_token)
+                Updated::moved_to(stored, new_token)
             });
         }
         // Nothing matched: a second statement, on the failure path only, says why.

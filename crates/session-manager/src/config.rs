@@ -95,19 +95,22 @@ impl Default for SessionConfig {
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_STORE_URL", "store_url"),
     ("DATABASE_URL", "database_url"),
-    ("SESSION_IDLE_TIMEOUT", "idle_timeout"),
-    ("SESSION_ABSOLUTE_TIMEOUT", "absolute_timeout"),
-    ("SESSION_TOUCH_INTERVAL", "touch_interval"),
+    ("SESSION_IDLE_TIMEOUT", "policy.idle_timeout"),
+    ("SESSION_ABSOLUTE_TIMEOUT", "policy.absolute_timeout"),
+    ("SESSION_TOUCH_INTERVAL", "policy.touch_interval"),
     (
         "SESSION_REMEMBER_ME_IDLE_TIMEOUT",
-        "remember_me_idle_timeout",
+        "policy.remember_me_idle_timeout",
     ),
     (
         "SESSION_REMEMBER_ME_ABSOLUTE_TIMEOUT",
-        "remember_me_absolute_timeout",
+        "policy.remember_me_absolute_timeout",
     ),
-    ("SESSION_MAX_ATTRIBUTES_BYTES", "max_attributes_bytes"),
-    ("SESSION_MAX_PER_USER", "max_sessions_per_user"),
+    (
+        "SESSION_MAX_ATTRIBUTES_BYTES",
+        "policy.max_attributes_bytes",
+    ),
+    ("SESSION_MAX_PER_USER", "policy.max_sessions_per_user"),
     ("SESSION_PURGE_INTERVAL", "purge_interval"),
     ("SESSION_RETRY_MAX", "retry.max_retries"),
     ("SESSION_STORE_POOL_SIZE", "redis.pool_max_size"),
@@ -118,14 +121,23 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_REDIS_RESPONSE_TIMEOUT", "redis.response_timeout"),
     ("SESSION_REDIS_TEST_ON_CHECKOUT", "redis.test_on_checkout"),
     ("SESSION_PG_PURGE_BATCH", "postgres_store.purge_batch"),
-    ("DB_POOL_MAX_SIZE", "max_size"),
-    ("DB_POOL_MIN_IDLE", "min_idle"),
-    ("DB_CHECKOUT_TIMEOUT", "checkout_timeout"),
-    ("DB_TEST_ON_CHECKOUT", "test_on_checkout"),
+    ("DB_POOL_MAX_SIZE", "db_pool.max_size"),
+    ("DB_POOL_MIN_IDLE", "db_pool.min_idle"),
+    ("DB_CHECKOUT_TIMEOUT", "db_pool.checkout_timeout"),
+    ("DB_TEST_ON_CHECKOUT", "db_pool.test_on_checkout"),
 ];
 
 /// The variable naming the TOML file [`SessionConfig::from_env`] reads first.
 pub const CONFIG_FILE_VAR: &str = "SESSION_CONFIG_FILE";
+
+fn read_file(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        SessionError::config(
+            "config file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })
+}
 
 fn duration(var: &str, value: &str) -> Result<Duration> {
     humantime::parse_duration(value).map_err(|e| {
@@ -173,11 +185,28 @@ impl SessionConfig {
     /// [`SessionError::Config`] naming the variable (or the file's key) and what it should look
     /// like.
     pub fn from_env() -> Result<Self> {
-        let base = match std::env::var(CONFIG_FILE_VAR) {
-            Ok(path) if !path.is_empty() => Self::from_toml_file(path)?,
-            _ => Self::default(),
+        let file = std::env::var_os(CONFIG_FILE_VAR).filter(|path| !path.is_empty());
+        // Variables that are not UTF-8 cannot be ours; skipped rather than a panic.
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::from_sources(file.as_deref().map(std::path::Path::new), vars)
+    }
+
+    /// What [`SessionConfig::from_env`] does, with the file and the variables given: defaults,
+    /// then the TOML `file` if any, then `vars`, validated once at the end, so a variable can
+    /// correct what the file says.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] naming the variable, or the file's key.
+    pub fn from_sources(
+        file: Option<&std::path::Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let base = match file {
+            Some(path) => Self::parse_toml(&read_file(path)?)?,
+            None => Self::default(),
         };
-        base.with_vars(std::env::vars())
+        base.with_vars(vars)
     }
 
     /// Defaults overridden by the given `(name, value)` pairs; names not in [`ENV_VARS`] are ignored.
@@ -193,16 +222,20 @@ impl SessionConfig {
     /// # Errors
     /// [`SessionError::Config`] naming the variable and what it should look like.
     pub fn with_vars(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let mut applied = Vec::new();
         for (var, value) in vars {
-            self.apply_var(&var, &value)?;
+            if let Some((name, _)) = ENV_VARS.iter().find(|(name, _)| *name == var) {
+                self.apply_var(name, &value)?;
+                applied.push(*name);
+            }
         }
-        // Report a bad value under the variable that set it.
+        // A bad value is reported under the variable that set it, if one did.
         self.validate().map_err(|e| match e {
             SessionError::Config { key, reason } => {
                 let var = ENV_VARS
                     .iter()
-                    .find(|(_, k)| *k == key)
-                    .map_or(key.clone(), |(var, _)| (*var).to_owned());
+                    .find(|(name, k)| *k == key && applied.contains(name))
+                    .map_or(key, |(name, _)| (*name).to_owned());
                 SessionError::Config { key: var, reason }
             }
             other => other,
@@ -276,7 +309,14 @@ impl SessionConfig {
     /// # Errors
     /// [`SessionError::Config`] naming the key, for syntax errors, unknown keys and bad values.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let c: Self = toml::from_str(text).map_err(|e| {
+        let c = Self::parse_toml(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses without validating, so that values applied later (the environment) can still fix it.
+    fn parse_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
             let key = e
                 .message()
                 .split('`')
@@ -284,9 +324,7 @@ impl SessionConfig {
                 .unwrap_or("config file")
                 .to_owned();
             SessionError::config(key, e.to_string().trim().to_owned())
-        })?;
-        c.validate()?;
-        Ok(c)
+        })
     }
 
     /// Reads and parses a TOML file.
@@ -295,14 +333,7 @@ impl SessionConfig {
     /// [`SessionError::Config`] with key `config file` if it cannot be read, else as
     /// [`SessionConfig::from_toml_str`].
     pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            SessionError::config(
-                "config file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        Self::from_toml_str(&text)
+        Self::from_toml_str(&read_file(path.as_ref())?)
     }
 
     /// Checks every value that can be checked without connecting.
@@ -310,8 +341,8 @@ impl SessionConfig {
     /// # Errors
     /// [`SessionError::Config`] naming the first bad key.
     pub fn validate(&self) -> Result<()> {
-        self.policy.validate()?;
-        self.db_pool.validate()?;
+        self.policy.validate().map_err(|e| nested("policy", e))?;
+        self.db_pool.validate().map_err(|e| nested("db_pool", e))?;
         self.retry.validate().map_err(|e| nested("retry", e))?;
         let store = crate::backend::StoreKind::of(&self.store_url)?;
         crate::backend::DbKind::of(&self.database_url)?;

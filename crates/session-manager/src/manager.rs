@@ -10,6 +10,8 @@ use session_core::{
 
 use crate::backend::{DbKind, StoreKind};
 use crate::config::SessionConfig;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use session_core::DbSessionProvider as _;
 
 /// The application database: one provider, chosen by `database_url` at run time or given to
 /// [`SessionManagerBuilder::db`].
@@ -43,13 +45,10 @@ impl From<session_diesel::PgProvider> for Db {
 
 // `match *self` rather than `match self`: with no database feature `Db` has no variant, and only
 // a match on the place itself may then have no arm.
-#[allow(clippy::needless_return, unreachable_code, unused_imports)]
 impl Db {
     /// `sqlite` or `postgres`.
     #[must_use]
     pub fn backend(&self) -> &'static str {
-        #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        use session_core::DbSessionProvider as _;
         match *self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(ref p) => p.backend(),
@@ -61,8 +60,6 @@ impl Db {
     /// The pool's state.
     #[must_use]
     pub fn state(&self) -> PoolState {
-        #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        use session_core::DbSessionProvider as _;
         match *self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(ref p) => p.state(),
@@ -76,8 +73,6 @@ impl Db {
     /// # Errors
     /// As the provider's `health`.
     pub async fn health(&self) -> Result<()> {
-        #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        use session_core::DbSessionProvider as _;
         match *self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(ref p) => p.health().await,
@@ -88,8 +83,6 @@ impl Db {
 
     /// Closes the pool; idempotent.
     pub async fn close(&self) {
-        #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        use session_core::DbSessionProvider as _;
         match *self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(ref p) => p.close().await,
@@ -161,7 +154,8 @@ impl std::fmt::Debug for SessionManagerBuilder {
 }
 
 impl SessionManagerBuilder {
-    /// The user-session store, bare (the manager adds the layers). Any [`UserSessionStore`],
+    /// The user-session store, bare: the manager adds the layers, so do not pass a store that
+    /// already has them (such as another manager's `sessions()`). Any [`UserSessionStore`],
     /// including an `Arc<dyn UserSessionStore>`.
     pub fn store(mut self, store: impl UserSessionStore + 'static) -> Self {
         self.store = Some(Arc::new(store));

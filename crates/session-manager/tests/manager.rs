@@ -114,8 +114,8 @@ fn toml_files_load_and_their_errors_name_the_key() {
     for (text, key) in [
         ("stor_url = \"memory://\"", "stor_url"),
         ("[policy]\nidle_timout = \"1m\"", "idle_timout"),
-        ("[policy]\nidle_timeout = \"13h\"", "idle_timeout"),
-        ("[db_pool]\nmax_size = 0", "max_size"),
+        ("[policy]\nidle_timeout = \"13h\"", "policy.idle_timeout"),
+        ("[db_pool]\nmax_size = 0", "db_pool.max_size"),
         ("store_url = \"ftp://x\"", "store_url"),
         ("database_url = \"mysql://x\"", "database_url"),
     ] {
@@ -191,6 +191,46 @@ fn every_backend_option_is_reachable_from_the_file_and_the_environment_wins() {
         "99",
     )])));
     assert_eq!(key, "SESSION_RETRY_MAX");
+
+    // The file is validated only after the environment is applied, so a variable corrects it,
+    // and a bad value the file set is reported under its key, not under an unrelated variable.
+    let dir = std::env::temp_dir().join(format!("session-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("session.toml");
+    std::fs::write(
+        &path,
+        "store_url = \"ftp://nowhere\"\n[db_pool]\nmin_idle = 20\n",
+    )
+    .unwrap();
+    let fixed = SessionConfig::from_sources(
+        Some(&path),
+        vars(&[
+            ("SESSION_STORE_URL", "memory://"),
+            ("DB_POOL_MIN_IDLE", "2"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (fixed.store_url.as_str(), fixed.db_pool.min_idle),
+        ("memory://", Some(2))
+    );
+    let (key, _) = config_key(SessionConfig::from_sources(
+        Some(&path),
+        vars(&[("DB_POOL_MAX_SIZE", "30")]),
+    ));
+    assert_eq!(key, "store_url", "the file's own bad value");
+    let (key, _) = config_key(SessionConfig::from_sources(
+        Some(&path),
+        vars(&[
+            ("SESSION_STORE_URL", "memory://"),
+            ("DB_POOL_MAX_SIZE", "3"),
+        ]),
+    ));
+    assert_eq!(
+        key, "db_pool.min_idle",
+        "set by the file, not by DB_POOL_MAX_SIZE"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,6 +141,23 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Files `session`, already removed from its shard, under `token`'s handle: in that handle's
+    /// shard and in the user's index (whose lock the caller holds as `users`).
+    fn rekey(
+        &self,
+        users: &mut HashMap<String, UserIndex>,
+        mut session: UserSession,
+        token: &SessionToken,
+    ) -> UserSession {
+        let old = std::mem::replace(&mut session.handle, token.handle().clone());
+        lock(self.shard(&session.handle)).insert(session.clone());
+        if let Some(index) = users.get_mut(&session.user_id) {
+            index.handles.remove(&old);
+            index.handles.insert(session.handle.clone());
+        }
+        session
+    }
+
     /// `Closed` once [`UserSessionStore::close`] has run.
     fn ensure_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Relaxed) {
@@ -290,7 +307,7 @@ impl UserSessionStore for MemoryStore {
         }
         // A root change moves the session to a new token. Lock order is user then session, so
         // take the user's index first and check again under both locks.
-        let new_token = SessionToken::generate_tagged(session.handle.routing_tag())?;
+        let new_token = SessionToken::generate()?;
         let mut users = lock(self.user_shard(&session.user_id));
         let mut stored = {
             let mut shard = lock(self.shard(&session.handle));
@@ -300,13 +317,8 @@ impl UserSessionStore for MemoryStore {
                 .ok_or(SessionError::NotFound)?
         };
         apply(&mut stored);
-        stored.handle = new_token.handle().clone();
-        lock(self.shard(&stored.handle)).insert(stored.clone());
-        if let Some(index) = users.get_mut(&session.user_id) {
-            index.handles.remove(&session.handle);
-            index.handles.insert(stored.handle.clone());
-        }
-        Ok(Updated::rotated(stored, new_token))
+        let stored = self.rekey(&mut users, stored, &new_token);
+        Ok(Updated::moved_to(stored, new_token))
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
@@ -322,15 +334,10 @@ impl UserSessionStore for MemoryStore {
         };
         let new_token = SessionToken::generate()?;
         let mut users = lock(self.user_shard(&user_id));
-        let Some(mut session) = self.remove_session(old, now) else {
+        let Some(session) = self.remove_session(old, now) else {
             return Ok(None);
         };
-        session.handle = new_token.handle().clone();
-        lock(self.shard(&session.handle)).insert(session.clone());
-        if let Some(index) = users.get_mut(&user_id) {
-            index.handles.remove(old);
-            index.handles.insert(session.handle.clone());
-        }
+        let session = self.rekey(&mut users, session, &new_token);
         Ok(Some(IssuedSession {
             token: new_token,
             session,

@@ -159,7 +159,7 @@ impl RedisConfig {
             Some("rediss") => {
                 return Err(SessionError::config(
                     "url",
-                    "rediss:// needs TLS support: enable the `tls` feature of session-redis",
+                    "rediss:// needs TLS support: enable the `tls` feature of session-redis (`redis-tls` of session-manager)",
                 ));
             }
             _ => {

@@ -164,7 +164,7 @@ impl RedisStore {
 
     fn index_key(&self, user_id: &str) -> (String, String) {
         let base = self.base(&Self::user_tag(user_id));
-        (format!("{base}u:{user_id}"), base)
+        (index_at(&base, user_id), base)
     }
 
     /// The location of the session a handle names, or `None` if no session of this store could
@@ -317,6 +317,11 @@ impl RedisStore {
     }
 }
 
+/// The user's index key under a key base (`<prefix>{tag}:`), in the base's slot.
+fn index_at(base: &str, user_id: &str) -> String {
+    format!("{base}u:{user_id}")
+}
+
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -420,7 +425,7 @@ impl UserSessionStore for RedisStore {
         invocation
             .key(&location.key)
             .key(&new.key)
-            .key(format!("{}u:{}", location.base, session.user_id))
+            .key(index_at(&location.base, &session.user_id))
             .arg(self.now_ms())
             .arg(session.version)
             .arg(&session.user_id)
@@ -438,7 +443,7 @@ impl UserSessionStore for RedisStore {
             Some(b"rotated") => {
                 let mut stored = updated_session(handle, session, &parts[1..])?;
                 stored.handle = new_token.handle().clone();
-                Ok(Updated::rotated(stored, new_token))
+                Ok(Updated::moved_to(stored, new_token))
             }
             Some(b"missing") => Err(SessionError::NotFound),
             Some(b"user") => Err(SessionError::invalid_input(
