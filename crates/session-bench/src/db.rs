@@ -259,5 +259,122 @@ pub(crate) async fn bench_postgres(seconds: u64) {
             );
         }
     }
+    if Op::Create.selected() {
+        capped_create(&tokens, seconds).await;
+    }
     drop(schema);
 }
+
+/// Rounds of the capped/uncapped `create` comparison, alternating (each `--seconds` per side).
+const CAP_ROUNDS: usize = 4;
+
+/// `create` under a per-user cap of 10 (the function that evicts and inserts with the user's
+/// creates taking turns) against the uncapped insert. Each store has a table of its own, so the
+/// uncapped one's rows never fill the capped one's users past the cap (its evictions would then
+/// be work the other side does not do); one warm-up round each reaches the capped side's steady
+/// state (every create evicts one), then alternating rounds.
+async fn capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u64) {
+    let open = |schema: &PgSchema, cap: Option<u32>| {
+        let url = schema.url();
+        async move {
+            let mut policy = SessionPolicy::default();
+            policy.max_sessions_per_user = cap;
+            let store: Arc<dyn UserSessionStore> = Arc::new(
+                PgSessionStore::connect(&url, PoolConfig::default(), policy)
+                    .await
+                    .unwrap(),
+            );
+            store
+        }
+    };
+    let (capped_schema, uncapped_schema) =
+        (PgSchema::create("bench_capped"), PgSchema::create("bench_uncapped"));
+    let capped = open(&capped_schema, Some(10)).await;
+    let uncapped = open(&uncapped_schema, None).await;
+    run_store(&capped, tokens, Op::Create, 32, seconds).await;
+    run_store(&uncapped, tokens, Op::Create, 32, seconds).await;
+    for tasks in CONCURRENCY {
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for round in 0..CAP_ROUNDS {
+            if round % 2 == 0 {
+                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
+                base.push(run_store(&uncapped, tokens, Op::Create, tasks, seconds).await);
+            } else {
+                base.push(run_store(&uncapped, tokens, Op::Create, tasks, seconds).await);
+                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
+            }
+        }
+        let (ours, base) = (crate::Outcome::combine(ours), crate::Outcome::combine(base));
+        row_named(
+            "postgres+cap",
+            "create",
+            "uncapped create",
+            tasks,
+            &ours,
+            Some(&base),
+        );
+    }
+    // What taking turns costs: the same eviction and insert as one statement with no lock (the
+    // store's capped create before it took turns, which let concurrent creates exceed the cap),
+    // raw diesel-async on a table of its own, against the store's capped create.
+    let racy_schema = PgSchema::create("bench_capped_racy");
+    open(&racy_schema, None).await; // migrates
+    let raw = raw_pool::<AsyncPgConnection>(&racy_schema.url(), &PoolConfig::default()).await;
+    let racy = |tasks| {
+        let raw = raw.clone();
+        drive(
+            tasks,
+            seconds,
+            |task| async move { task * 7919 },
+            move |i| {
+                let raw = raw.clone();
+                async move {
+                    let mut conn = raw.get().await.unwrap();
+                    diesel::sql_query(CAPPED_ONE_STATEMENT)
+                        .bind::<Text, _>(format!(
+                            "racy-{}",
+                            NEXT_RAW.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        ))
+                        .bind::<Text, _>(format!("new-user-{}", i % USERS))
+                        .prepared()
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                    i + 1
+                }
+            },
+        )
+    };
+    racy(32).await;
+    for tasks in CONCURRENCY {
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for round in 0..CAP_ROUNDS {
+            if round % 2 == 0 {
+                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
+                base.push(racy(tasks).await);
+            } else {
+                base.push(racy(tasks).await);
+                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
+            }
+        }
+        let (ours, base) = (crate::Outcome::combine(ours), crate::Outcome::combine(base));
+        row_named(
+            "postgres+cap",
+            "create",
+            "evict+insert, no lock",
+            tasks,
+            &ours,
+            Some(&base),
+        );
+    }
+}
+
+/// The capped create as one statement without the per-user lock, cap 10 (`$1` handle, `$2` user).
+const CAPPED_ONE_STATEMENT: &str = "WITH evicted AS (
+    DELETE FROM user_sessions WHERE handle IN (
+        SELECT handle FROM user_sessions WHERE user_id = $2 AND idle_expires_at > now()
+        ORDER BY created_at DESC, handle DESC OFFSET 9))
+    INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me, attributes,
+        created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
+    VALUES ($1, $2, '', '', false, false, '{}', now(), now(), now() + interval '30 minutes',
+        now() + interval '12 hours', 1)";

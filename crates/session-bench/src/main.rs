@@ -105,7 +105,7 @@ pub(crate) struct Outcome {
 impl Outcome {
     /// Several runs as one: their operations over their summed time; the percentiles are the
     /// runs' medians.
-    fn combine(mut runs: Vec<Outcome>) -> Outcome {
+    pub(crate) fn combine(mut runs: Vec<Outcome>) -> Outcome {
         let ops = runs.iter().map(|o| o.ops).sum();
         let elapsed = runs.iter().map(|o| o.elapsed).sum();
         let median = |runs: &mut Vec<Outcome>, key: fn(&Outcome) -> Duration| {

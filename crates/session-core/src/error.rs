@@ -88,8 +88,9 @@ pub enum SessionError {
         after: Duration,
     },
 
-    /// A serializable or repeatable-read transaction lost to a concurrent one. Temporary: run the
-    /// whole transaction again.
+    /// A transaction lost to a concurrent one: a serialization failure of a serializable or
+    /// repeatable-read transaction (SQLSTATE 40001), or the victim of a deadlock (40P01).
+    /// Temporary: run the whole transaction again.
     #[error("{backend} transaction could not be serialized with a concurrent one; retry it")]
     SerializationFailure {
         /// The backend name.

@@ -28,6 +28,17 @@ pub(crate) fn from_diesel(backend: &'static str, err: DieselError) -> SessionErr
             handle: None,
             reason: err.to_string(),
         },
+        // diesel-async maps only 40001 to `SerializationFailure`; a deadlock (40P01) arrives as an
+        // unknown error. The server chose this transaction as the victim: running it again is the
+        // remedy, as for a serialization failure. (Matched by message: the SQLSTATE is not exposed.)
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)
+            if info.message().contains("deadlock detected") =>
+        {
+            SessionError::SerializationFailure {
+                backend,
+                source: Box::new(err),
+            }
+        }
         // A connection whose server went away surfaces as an unknown database error whose message
         // says so; it is temporary like any other lost connection.
         DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)
@@ -75,5 +86,28 @@ pub(crate) fn from_pool(
             source: Box::new(e),
         },
         bb8::RunError::User(PoolError::QueryError(e)) => from_diesel(backend, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadlock_victim_is_temporary_like_a_serialization_failure() {
+        let deadlock = DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("deadlock detected".to_owned()),
+        );
+        let err = from_diesel("postgres", deadlock);
+        assert!(
+            matches!(err, SessionError::SerializationFailure { .. }) && err.is_temporary(),
+            "{err:?}"
+        );
+        let other = DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("syntax error".to_owned()),
+        );
+        assert!(!from_diesel("postgres", other).is_temporary());
     }
 }

@@ -64,17 +64,16 @@ static CREATE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The insert of `create` with a per-user cap (`$13`): the user's newest `cap - 1` live sessions
-/// stay and older live ones go, in the same statement as the insert.
+/// `create` with a per-user cap (`$13`): the user's newest `cap - 1` live sessions stay, older
+/// live ones go, and the new one is inserted, with concurrent creates of one user taking turns
+/// (the function's migration says how). One round trip, like the uncapped insert.
 static CREATE_CAPPED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH evicted AS (
-            DELETE FROM user_sessions WHERE handle IN (
-                SELECT handle FROM user_sessions WHERE user_id = $2 AND idle_expires_at > {now}
-                ORDER BY created_at DESC, handle DESC OFFSET $13 - 1))
-         {insert}",
+        "SELECT user_sessions_create_capped($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12, $13)",
         now = at(8),
-        insert = *CREATE,
+        seen = at(9),
+        idle = at(10),
+        absolute = at(11),
     )
 });
 

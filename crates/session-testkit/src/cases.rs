@@ -388,6 +388,51 @@ pub async fn update_with_retries_conflicts_and_stores_typed_values(factory: &dyn
     ));
 }
 
+/// Concurrent sign-ins of one user never leave more live sessions than the cap: 32 at once at a
+/// cap of 5, and 2 at once at a cap of 1, 20 rounds each, every create succeeding.
+pub async fn per_user_cap_holds_under_concurrent_creates(factory: &dyn StoreFactory) {
+    const ROUNDS: usize = 20;
+    for (cap, tasks) in [(5u32, 32usize), (1, 2)] {
+        let fx = Fixture::open(factory, |p| p.max_sessions_per_user = Some(cap)).await;
+        for round in 0..ROUNDS {
+            let user = format!("crowd-{cap}-{round}");
+            let mut creates = Vec::new();
+            for _ in 0..tasks {
+                let (store, user) = (fx.store.clone(), user.clone());
+                creates.push(tokio::spawn(async move {
+                    store.create(NewUserSession::new(user)).await
+                }));
+            }
+            let mut issued = Vec::new();
+            for create in creates {
+                issued.push(create.await.unwrap().unwrap());
+            }
+            let live = listed_handles(&fx, &user).await;
+            assert_eq!(
+                live.len(),
+                cap as usize,
+                "cap {cap}, {tasks} concurrent creates, round {round}"
+            );
+            let answering = live_count(&fx, &issued).await;
+            assert_eq!(
+                answering, cap as usize,
+                "the listed sessions are the live ones"
+            );
+        }
+    }
+}
+
+/// How many of `issued` still answer `get`.
+async fn live_count(fx: &Fixture, issued: &[session_core::IssuedSession]) -> usize {
+    let mut n = 0;
+    for i in issued {
+        if fx.store().get(&i.token).await.unwrap().is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// `close` is idempotent, and every operation after it is `Closed`, not a hang or a panic.
 pub async fn close_is_idempotent_and_later_calls_are_closed(factory: &dyn StoreFactory) {
     let fx = Fixture::open(factory, |_| {}).await;

@@ -178,6 +178,7 @@ macro_rules! conformance_tests {
             update_that_changes_root_rotates_the_token,
             update_with_retries_conflicts_and_stores_typed_values,
             close_is_idempotent_and_later_calls_are_closed,
+            per_user_cap_holds_under_concurrent_creates,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
