@@ -10,7 +10,8 @@ use session_core::{SessionToken, UserSession};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SessionCookies {
-    /// The cookie's name. Default `session`.
+    /// The cookie's name. Default `session`. A `Secure` cookie on path `/` is sent as
+    /// `__Host-<name>` (see [`SessionCookies::cookie_name`]).
     pub name: String,
     /// Send it over HTTPS only. Default `true`; turn off only for local plain-HTTP development.
     pub secure: bool,
@@ -46,6 +47,18 @@ impl SessionCookies {
         self
     }
 
+    /// The name the cookie is written and read under: `__Host-<name>` when it is `Secure` and on
+    /// path `/`, so a browser accepts it only from this exact host over HTTPS, never from a
+    /// sibling subdomain or a plain-HTTP page (OWASP ASVS 4.0.3 V3.4.4); else `name` as it is.
+    #[must_use]
+    pub fn cookie_name(&self) -> std::borrow::Cow<'_, str> {
+        if self.secure && self.path == "/" && !self.name.starts_with("__Host-") {
+            std::borrow::Cow::Owned(format!("__Host-{}", self.name))
+        } else {
+            std::borrow::Cow::Borrowed(&self.name)
+        }
+    }
+
     /// Whether the name and path can be written in a `Set-Cookie` header.
     ///
     /// # Errors
@@ -69,11 +82,14 @@ impl SessionCookies {
     /// gone when the browser closes. The server enforces the idle expiry either way.
     #[must_use]
     pub fn set(&self, token: &SessionToken, session: &UserSession) -> HeaderValue {
-        let mut cookie = Cookie::build((self.name.clone(), token.expose_secret().to_owned()))
-            .http_only(true)
-            .secure(self.secure)
-            .same_site(self.same_site)
-            .path(self.path.clone());
+        let mut cookie = Cookie::build((
+            self.cookie_name().into_owned(),
+            token.expose_secret().to_owned(),
+        ))
+        .http_only(true)
+        .secure(self.secure)
+        .same_site(self.same_site)
+        .path(self.path.clone());
         if session.remember_me {
             let seconds = session
                 .absolute_expires_at
@@ -87,7 +103,7 @@ impl SessionCookies {
     /// The `Set-Cookie` value that removes the cookie.
     #[must_use]
     pub fn clear(&self) -> HeaderValue {
-        let cookie = Cookie::build((self.name.clone(), ""))
+        let cookie = Cookie::build((self.cookie_name().into_owned(), ""))
             .http_only(true)
             .secure(self.secure)
             .same_site(self.same_site)
@@ -121,7 +137,13 @@ mod tests {
             .unwrap();
         let set = SessionCookies::default().set(&token, &session);
         let text = set.to_str().unwrap();
-        for part in ["session=", "HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+        for part in [
+            "__Host-session=",
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/",
+        ] {
             assert!(text.contains(part), "{text}");
         }
         assert!(
@@ -138,6 +160,10 @@ mod tests {
             .secure(false)
             .set(&token, &session);
         assert!(!local.to_str().unwrap().contains("Secure"));
+        assert!(
+            local.to_str().unwrap().starts_with("session="),
+            "no prefix without Secure"
+        );
         assert!(
             SessionCookies::default()
                 .clear()

@@ -1,8 +1,9 @@
 //! Errors as HTTP responses, in one JSON shape.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::RETRY_AFTER;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -56,7 +57,9 @@ impl From<SessionError> for ApiError {
     fn from(err: SessionError) -> Self {
         let status = match &err {
             SessionError::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
-            SessionError::NotFound => StatusCode::NOT_FOUND,
+            // The session a request acts on is gone (revoked, expired, rotated away): the client
+            // must sign in again, whatever the route.
+            SessionError::NotFound => StatusCode::UNAUTHORIZED,
             SessionError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             SessionError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             SessionError::Conflict { .. } => StatusCode::CONFLICT,
@@ -67,7 +70,6 @@ impl From<SessionError> for ApiError {
         };
         let code = match status {
             StatusCode::UNAUTHORIZED => "invalid_session",
-            StatusCode::NOT_FOUND => "not_found",
             StatusCode::BAD_REQUEST => "invalid_input",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::CONFLICT => "conflict",
@@ -77,7 +79,11 @@ impl From<SessionError> for ApiError {
         };
         // Client errors say what is wrong; server errors are logged and not described.
         let message = if status.is_server_error() {
-            tracing::error!(error = %err, "request failed");
+            // As an error value, so the subscriber records its source chain (the driver's cause).
+            tracing::error!(
+                error = &err as &(dyn std::error::Error + 'static),
+                "request failed"
+            );
             "the service could not complete the request".to_owned()
         } else {
             err.to_string()
@@ -112,6 +118,46 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// `axum::extract::Path<T>` whose rejection (a segment that is not valid percent-encoded UTF-8 or
+/// not a `T`: 400) is an [`ApiError`] rather than axum's plain text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for JsonPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection: PathRejection| {
+                ApiError::new(rejection.status(), "invalid_path", rejection.body_text())
+            })?;
+        Ok(Self(value))
+    }
+}
+
+impl ApiError {
+    /// 404 for a route that does not exist: use as the router's `fallback`.
+    #[must_use]
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// 405 for a route that exists without this method: use as `method_not_allowed_fallback`.
+    #[must_use]
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take this method",
+        )
+    }
+}
+
 /// `axum::Json<T>` whose rejection (a malformed or mistyped body: 400, 415 or 422) is an
 /// [`ApiError`], so every error a client sees has the same JSON shape.
 #[derive(Debug, Clone, Copy, Default)]
@@ -143,7 +189,7 @@ mod tests {
                 },
                 StatusCode::UNAUTHORIZED,
             ),
-            (SessionError::NotFound, StatusCode::NOT_FOUND),
+            (SessionError::NotFound, StatusCode::UNAUTHORIZED),
             (
                 SessionError::invalid_input("user_id", "must not be empty"),
                 StatusCode::BAD_REQUEST,
@@ -183,5 +229,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_server_error_is_logged_with_its_source_chain() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let cause = std::io::Error::other("invalid byte sequence for encoding UTF8: 0x00");
+            let api = ApiError::from(SessionError::Backend {
+                backend: "db",
+                source: Box::new(cause),
+            });
+            assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("db error"), "{log}");
+        assert!(
+            log.contains("invalid byte sequence"),
+            "the cause is logged: {log}"
+        );
     }
 }

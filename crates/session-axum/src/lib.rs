@@ -8,7 +8,9 @@
 //!   the cookie; a JSON 401 when there is none. [`MaybeSession`]: the same, optional.
 //! - [`SessionCookies`]: the cookie, with safe defaults (HttpOnly, Secure, SameSite=Lax, Path=/).
 //! - [`ApiError`]: [`session_core::SessionError`] mapped to HTTP statuses and a JSON body that
-//!   never carries a token or an internal detail; [`JsonBody`] gives body rejections that shape.
+//!   never carries a token or an internal detail; [`JsonBody`] and [`JsonPath`] give body and path
+//!   rejections that shape, and [`ApiError::no_route`] / [`ApiError::method_not_allowed`] serve
+//!   as the router's fallbacks.
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM, for `axum::serve(..).with_graceful_shutdown(..)`.
 //!
 //! It depends on `session-core` only: the store can come from `session-manager` or be built by hand.
@@ -23,7 +25,7 @@ mod session;
 mod shutdown;
 
 pub use cookie::SessionCookies;
-pub use error::{ApiError, JsonBody};
+pub use error::{ApiError, JsonBody, JsonPath};
 pub use extract::{CurrentSession, MaybeSession};
 pub use layer::{SessionLayer, SessionService};
 pub use session::{Session, Transport};

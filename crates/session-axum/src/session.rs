@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::{HeaderMap, HeaderValue};
-use axum_extra::extract::cookie::CookieJar;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use session_core::{
@@ -35,6 +34,9 @@ pub(crate) enum CookieAction {
 struct State {
     /// The token the session now has: the one presented, or one issued during this request.
     token: Option<SessionToken>,
+    /// Further well-formed tokens presented under the cookie's name, tried in order when `token`
+    /// names no live session (duplicate cookies: a planted one cannot hide the real one).
+    alternatives: Vec<SessionToken>,
     /// What the store said about `token` (`None`: not asked yet).
     loaded: Option<Option<UserSession>>,
     /// Whether cookie changes are this request's to make: the token came in a cookie, or this
@@ -71,20 +73,35 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// The raw token a request presents and how: a bearer token if the `Authorization` header has
-/// the Bearer scheme (any case), else the session cookie.
-fn presented(headers: &HeaderMap, cookie: &str) -> Option<(String, Transport)> {
+/// Most cookie values of the session's name a request may present that are tried.
+const MAX_PRESENTED_COOKIES: usize = 4;
+
+/// The raw tokens a request presents and how: a bearer token if the `Authorization` header has
+/// the Bearer scheme (any case), else every value of the session cookie, in the order sent.
+fn presented(headers: &HeaderMap, cookie: &str) -> Option<(Vec<String>, Transport)> {
     if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let mut parts = value.splitn(2, ' ');
         if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
             && scheme.eq_ignore_ascii_case("bearer")
         {
-            return Some((token.trim().to_owned(), Transport::Bearer));
+            return Some((vec![token.trim().to_owned()], Transport::Bearer));
         }
     }
-    CookieJar::from_headers(headers)
-        .get(cookie)
-        .map(|c| (c.value().to_owned(), Transport::Cookie))
+    // Every `name=value` pair of every Cookie header: a cookie planted for a parent domain (or
+    // over plain HTTP without the `__Host-` prefix) arrives beside the real one under the same
+    // name, and which comes first is up to the browser.
+    let values: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name.trim() == cookie).then(|| value.trim().trim_matches('"').to_owned())
+        })
+        .take(MAX_PRESENTED_COOKIES)
+        .collect();
+    (!values.is_empty()).then_some((values, Transport::Cookie))
 }
 
 impl Session {
@@ -95,9 +112,14 @@ impl Session {
         store: Arc<dyn UserSessionStore>,
         cookies: Arc<SessionCookies>,
     ) -> Self {
-        let found = presented(headers, &cookies.name);
+        let found = presented(headers, &cookies.cookie_name());
         let transport = found.as_ref().map(|(_, via)| *via);
-        let token = found.and_then(|(raw, _)| SessionToken::parse(&raw).ok());
+        let mut tokens: Vec<SessionToken> = found
+            .into_iter()
+            .flat_map(|(raws, _)| raws)
+            .filter_map(|raw| SessionToken::parse(&raw).ok())
+            .collect();
+        let token = (!tokens.is_empty()).then(|| tokens.remove(0));
         let malformed = transport.is_some() && token.is_none();
         let cookie_owned = transport == Some(Transport::Cookie);
         Self {
@@ -107,6 +129,7 @@ impl Session {
                 transport,
                 state: tokio::sync::Mutex::new(State {
                     token,
+                    alternatives: tokens,
                     // A malformed token names no session: known absent without asking.
                     loaded: malformed.then_some(None),
                     cookie_owned,
@@ -148,10 +171,17 @@ impl Session {
     ) -> Result<Option<(UserSession, SessionToken)>, SessionError> {
         let mut state = self.inner.state.lock().await;
         if state.loaded.is_none() {
-            let found = match &state.token {
+            let mut found = match &state.token {
                 Some(token) => self.inner.store.touch(token).await?,
                 None => None,
             };
+            // Duplicate cookies: the first value that names a live session wins, whatever order
+            // the browser sent them in.
+            while found.is_none() && !state.alternatives.is_empty() {
+                let next = state.alternatives.remove(0);
+                found = self.inner.store.touch(&next).await?;
+                state.token = Some(next);
+            }
             if found.is_none() && state.token.is_some() && state.cookie_owned {
                 state.cookie = CookieAction::Clear;
             }

@@ -98,6 +98,10 @@ struct App {
 }
 
 fn app() -> App {
+    app_with(SessionCookies::default().secure(false))
+}
+
+fn app_with(cookies: SessionCookies) -> App {
     let store = Arc::new(Counted {
         inner: MemoryStore::new(SessionPolicy::default()).unwrap(),
         calls: AtomicUsize::new(0),
@@ -168,7 +172,7 @@ fn app() -> App {
             "/sign-out",
             post(|session: Session| async move { session.sign_out().await.unwrap().to_string() }),
         )
-        .layer(SessionLayer::new(shared).with_cookies(SessionCookies::default().secure(false)));
+        .layer(SessionLayer::new(shared).with_cookies(cookies));
     App { router, store }
 }
 
@@ -418,5 +422,65 @@ async fn the_handlers_own_not_found_does_not_sign_the_browser_out() {
     assert_eq!(
         app.send("GET", "/me", cookie(&token)).await.status,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_planted_duplicate_cookie_cannot_hide_the_real_one() {
+    let app = app();
+    let real = app.send("POST", "/sign-in", None).await.body;
+    let planted = SessionToken::generate().unwrap();
+    for header in [
+        format!("session={}; session={real}", planted.expose_secret()),
+        format!("session={real}; session={}", planted.expose_secret()),
+        format!("session=garbage; session={real}"),
+    ] {
+        let me = app
+            .send("GET", "/me", Some(("cookie", header.clone())))
+            .await;
+        assert_eq!(
+            (me.status, me.body.as_str()),
+            (StatusCode::OK, "ada"),
+            "{header}"
+        );
+        assert!(me.set_cookie.is_none(), "the real cookie is kept: {header}");
+    }
+    // In two Cookie headers, as HTTP/2 clients send them, too.
+    let me = app
+        .send_all(
+            "GET",
+            "/me",
+            vec![
+                ("cookie", format!("session={}", planted.expose_secret())),
+                ("cookie", format!("session={real}")),
+            ],
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_secure_cookie_carries_the_host_prefix_and_is_read_only_under_it() {
+    let app = app_with(SessionCookies::default());
+    let signed_in = app.send("POST", "/sign-in", None).await;
+    let set = signed_in.set_cookie.unwrap();
+    assert!(
+        set.starts_with("__Host-session=") && set.contains("Secure") && set.contains("Path=/"),
+        "{set}"
+    );
+    let token = signed_in.body;
+    let me = app
+        .send(
+            "GET",
+            "/me",
+            Some(("cookie", format!("__Host-session={token}"))),
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+    let unprefixed = app.send("GET", "/me", cookie(&token)).await;
+    assert_eq!(
+        unprefixed.status,
+        StatusCode::UNAUTHORIZED,
+        "a cookie without the prefix is not ours"
     );
 }

@@ -23,13 +23,15 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use session_axum::{ApiError, CurrentSession, JsonBody, Session, SessionCookies, SessionLayer};
+use session_axum::{
+    ApiError, CurrentSession, JsonBody, JsonPath, Session, SessionCookies, SessionLayer,
+};
 use session_core::{IssuedSession, NewUserSession, ScopeOptions, SessionError, UserSession};
 use session_manager::session_diesel::diesel::QueryableByName;
 use session_manager::session_diesel::diesel::sql_types::{BigInt, Text};
@@ -132,6 +134,8 @@ pub async fn app(
         .route("/db-items", get(list_items).post(create_item))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(sessions)
         .with_state(state))
 }
@@ -275,7 +279,7 @@ fn may_manage(current: &CurrentSession, user_id: &str) -> Result<(), ApiError> {
 async fn list_user_sessions(
     State(state): State<AppState>,
     current: CurrentSession,
-    Path(user_id): Path<String>,
+    JsonPath(user_id): JsonPath<String>,
 ) -> Result<axum::Json<Vec<UserSession>>, ApiError> {
     may_manage(&current, &user_id)?;
     Ok(axum::Json(
@@ -291,7 +295,7 @@ struct Revoked {
 async fn revoke_user_sessions(
     State(state): State<AppState>,
     current: CurrentSession,
-    Path(user_id): Path<String>,
+    JsonPath(user_id): JsonPath<String>,
 ) -> Result<axum::Json<Revoked>, ApiError> {
     may_manage(&current, &user_id)?;
     // "Sign out everywhere else": one's own current session stays.
@@ -342,6 +346,13 @@ async fn create_item(
     current: CurrentSession,
     JsonBody(body): JsonBody<NewItem>,
 ) -> Result<(StatusCode, axum::Json<Item>), ApiError> {
+    // Text reaches every database the same way: PostgreSQL refuses a NUL in TEXT, SQLite would
+    // store it, so it is refused here, as the session fields are by the policy.
+    if body.name.chars().any(char::is_control) {
+        return Err(
+            SessionError::invalid_input("name", "must not contain control characters").into(),
+        );
+    }
     let user = current.session.user_id;
     let item = db_transaction!(database(&state.manager)?, ScopeOptions::new(), |conn| {
         use session_manager::session_diesel::diesel::sql_types::BigInt as Big;

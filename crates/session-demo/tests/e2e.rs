@@ -233,6 +233,16 @@ async fn scenario(demo: &Demo) {
     let error: Value = malformed.json().await.unwrap();
     assert_eq!(error["error"], "invalid_body");
     assert!(error["message"].as_str().unwrap().contains("quantity"));
+    // A NUL (or any control character) in a text field is a 400 on every database, not a 500.
+    let nul = alice_b
+        .post(demo.url("/db-items"))
+        .json(&json!({"name": "nul\u{0}x", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nul.status(), StatusCode::BAD_REQUEST);
+    let error: Value = nul.json().await.unwrap();
+    assert_eq!(error["error"], "invalid_input");
     let items: Vec<Value> = json(alice_b.get(demo.url("/db-items"))).await;
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["apple"], "the rejected insert was rolled back");
@@ -332,6 +342,34 @@ async fn a_stale_cookie_is_cleared(demo: &Demo) {
     assert!(health.headers().get("set-cookie").is_none());
 }
 
+/// Requests the routes do not expect get the same JSON error shape as the rest.
+async fn every_client_error_is_json(demo: &Demo) {
+    let client = browser();
+    sign_in(demo, &client, "erin", false).await;
+    for (request, status) in [
+        (
+            client.get(demo.url("/no/such/route")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            client.patch(demo.url("/sessions/me")),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            client.get(demo.url("/users/%FF%FE/sessions")),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{body}"
+        );
+    }
+}
+
 /// A token the store never issued gets 401, and no session is created from it.
 async fn unknown_tokens_are_refused(demo: &Demo) {
     let invented = SessionToken::generate().unwrap();
@@ -370,6 +408,7 @@ async fn end_to_end_on_memory_and_sqlite() {
     scenario(&demo).await;
     unknown_tokens_are_refused(&demo).await;
     a_stale_cookie_is_cleared(&demo).await;
+    every_client_error_is_json(&demo).await;
     demo.stop().await;
 }
 

@@ -81,18 +81,31 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL with its password (or a lone user name, which Redis URLs may use for one) replaced by
+/// `***`, parsed as a URL so that `@`, `:` and `%` inside a password cannot leave part of it
+/// behind. A string that does not parse as a URL is not shown at all beyond its scheme.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-            None => format!("{scheme}://***@{host}"),
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Fails only for URLs that cannot have credentials, which then have none.
+                let _ = parsed.set_password(Some("***"));
+            } else if !parsed.username().is_empty() {
+                let _ = parsed.set_username("***");
+            }
+            parsed.to_string()
+        }
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _))
+                if scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+            {
+                format!("{scheme}://*** (unparseable)")
+            }
+            _ => "*** (unparseable)".to_owned(),
         },
-        None => url.to_owned(),
     }
 }
 
@@ -224,6 +237,34 @@ impl RedisConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_with_at_colon_and_percent_are_redacted_whole() {
+        for (url, secret) in [
+            ("redis://user:p@ss@cache.internal:6379/0", "p@ss"),
+            ("redis://user:pa:ss@cache.internal:6379/0", "pa:ss"),
+            (
+                "redis://user:p%40%3Ass%25@cache.internal:6379/0",
+                "p%40%3Ass%25",
+            ),
+            ("redis://:only-password@cache.internal", "only-password"),
+            ("rediss://default:s3cr3t@cache.internal:6380", "s3cr3t"),
+            ("redis://lone-secret@cache.internal", "lone-secret"),
+        ] {
+            let shown = redact_url(url);
+            assert!(shown.contains("***"), "{url} -> {shown}");
+            for part in secret.split(['@', ':', '%']).filter(|p| p.len() > 1) {
+                assert!(!shown.contains(part), "{url} -> {shown} shows {part}");
+            }
+            assert!(shown.contains("cache.internal"), "{url} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        let garbled = redact_url("redis://user:pw@[not a host");
+        assert!(!garbled.contains("pw"), "{garbled}");
+    }
 
     fn key_of(err: SessionError) -> String {
         match err {
