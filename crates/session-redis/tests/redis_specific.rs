@@ -580,18 +580,18 @@ async fn corrupt_session_data_is_a_decode_error_naming_the_handle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_a_prompt_temporary_error() {
     let port = free_port(); // nothing listens here
-    let checkout = Duration::from_millis(500);
-    let config = RedisConfig::new(format!("redis://127.0.0.1:{port}/0")).checkout_timeout(checkout);
-    let start = Instant::now();
-    let err = RedisStore::connect(config.clone(), SessionPolicy::default())
-        .await
-        .expect_err("nothing listens");
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{port}/0"))
+        .checkout_timeout(Duration::from_millis(500));
+    // A refused connection is reported as such (not waited out as a checkout time-out); the
+    // bound only catches a hang, it makes no speed claim.
+    let err = answers(RedisStore::connect(
+        config.clone(),
+        SessionPolicy::default(),
+    ))
+    .await
+    .expect_err("nothing listens");
     assert!(err.is_temporary(), "{err:?}");
     assert!(matches!(err, SessionError::Unavailable { .. }), "{err:?}");
-    assert!(
-        start.elapsed() < checkout + Duration::from_secs(1),
-        "answered within the checkout timeout"
-    );
     let lazy = RedisStore::new_lazy(config, SessionPolicy::default()).unwrap();
     let err = lazy
         .get(&SessionToken::generate_tagged(Some("abcd")).unwrap())
@@ -603,18 +603,14 @@ async fn an_unreachable_server_is_a_prompt_temporary_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_is_a_timeout() {
     let stalled = StalledServer::start();
-    let checkout = Duration::from_millis(300);
     let config = RedisConfig::new(format!("redis://127.0.0.1:{}/0", stalled.port()))
-        .checkout_timeout(checkout);
+        .checkout_timeout(Duration::from_millis(300));
     let store = RedisStore::new_lazy(config, SessionPolicy::default()).unwrap();
-    let start = Instant::now();
-    let err = store
-        .get(&SessionToken::generate_tagged(Some("abcd")).unwrap())
+    let err = answers(store.get(&SessionToken::generate_tagged(Some("abcd")).unwrap()))
         .await
         .expect_err("no reply");
     // The handshake itself never completes, so the checkout is what times out.
     assert_timeout(&err, "checkout");
-    assert!(start.elapsed() < checkout + Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,10 +632,10 @@ async fn a_stall_mid_session_times_out_and_checkouts_during_it_time_out_too() {
     let issued = store.create(alice()).await.unwrap();
 
     proxy.stall(true);
-    let start = Instant::now();
-    let err = store.get(&issued.token).await.expect_err("stalled");
+    let err = answers(store.get(&issued.token))
+        .await
+        .expect_err("stalled");
     assert_timeout(&err, "command");
-    assert!(start.elapsed() < Duration::from_secs(2));
 
     // Operations do not hold connections (they pipeline over a clone), but the timed-out connection
     // is now suspect: checkouts ping it, the ping fails, and a replacement cannot complete its
@@ -649,13 +645,10 @@ async fn a_stall_mid_session_times_out_and_checkouts_during_it_time_out_too() {
         tokio::spawn(async move { store.get(&token).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let start = Instant::now();
-    let err = store
-        .get(&issued.token)
+    let err = answers(store.get(&issued.token))
         .await
         .expect_err("no connection can be had");
     assert_timeout(&err, "checkout");
-    assert!(start.elapsed() < Duration::from_secs(2));
     assert!(busy.await.unwrap().is_err());
 
     // Once the server answers again, so does the store (timed-out connections were discarded).
@@ -667,6 +660,14 @@ async fn a_stall_mid_session_times_out_and_checkouts_during_it_time_out_too() {
     // Cut connections are survived the same way as killed ones.
     proxy.cut();
     assert!(store.get(&issued.token).await.unwrap().is_some());
+}
+
+/// Awaits `operation`, failing the test if it has not answered within 10 s: a hang, far beyond
+/// every time-out configured in these tests (a bound on hanging, not a speed claim).
+async fn answers<T>(operation: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), operation)
+        .await
+        .expect("answers within its configured time-outs instead of hanging")
 }
 
 /// Keys of the compatibility layout are bare session ids; this guard deletes the ones a test made.
