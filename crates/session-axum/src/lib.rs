@@ -11,7 +11,9 @@
 //!   never carries a token or an internal detail; [`JsonBody`] and [`JsonPath`] give body and path
 //!   rejections that shape, and [`ApiError::no_route`] / [`ApiError::method_not_allowed`] serve
 //!   as the router's fallbacks.
-//! - [`shutdown_signal`]: Ctrl-C or SIGTERM, for `axum::serve(..).with_graceful_shutdown(..)`.
+//! - [`serve`] with [`ServerLimits`]: HTTP/1.1 with a header-read time-out (which also ends idle
+//!   keep-alive connections), a whole-request time-out (408) and a body limit (413), as JSON errors;
+//!   [`shutdown_signal`]: Ctrl-C or SIGTERM, for it or `axum::serve(..).with_graceful_shutdown(..)`.
 //!
 //! It depends on `session-core` only: the store can come from `session-manager` or be built by hand.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ mod cookie;
 mod error;
 mod extract;
 mod layer;
+mod serve;
 mod session;
 mod shutdown;
 
@@ -28,5 +31,6 @@ pub use cookie::SessionCookies;
 pub use error::{ApiError, JsonBody, JsonPath};
 pub use extract::{CurrentSession, MaybeSession};
 pub use layer::{SessionLayer, SessionService};
+pub use serve::{ServerLimits, serve};
 pub use session::{Session, Transport};
 pub use shutdown::shutdown_signal;

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use session_axum::{SessionCookies, shutdown_signal};
+use session_axum::{ServerLimits, SessionCookies, shutdown_signal};
 use session_manager::{SessionConfig, SessionManager};
 
 #[tokio::main]
@@ -44,6 +44,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let router = session_demo::app(manager.clone(), SessionCookies::default().secure(secure))
         .await
         .map_err(|e| format!("{e:?}"))?;
+    let limits = ServerLimits::default()
+        .header_read_timeout(duration_var("DEMO_HEADER_READ_TIMEOUT", "10s")?)
+        .request_timeout(duration_var("DEMO_REQUEST_TIMEOUT", "30s")?);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!(
@@ -54,10 +57,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "try: curl -i -X POST http://{local}/sessions -H 'content-type: application/json' -d '{{\"user_id\":\"42\",\"company_name\":\"Acme\",\"email\":\"ada@acme.test\",\"is_root\":false}}'"
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    session_axum::serve(listener, router, limits, shutdown_signal()).await?;
     manager.shutdown().await;
     println!("session-demo stopped");
     Ok(())
+}
+
+/// A duration from the environment variable `var` (human form: `10s`, `1m`), or `default`.
+fn duration_var(var: &str, default: &str) -> Result<std::time::Duration, String> {
+    let value = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    humantime::parse_duration(&value)
+        .map_err(|e| format!("{var}: `{value}` is not a duration like `10s` ({e})"))
 }

@@ -29,7 +29,15 @@ impl Demo {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        // Served as the binary serves it, with short limits so the time-out tests finish quickly.
+        let limits = session_axum::ServerLimits::default()
+            .header_read_timeout(std::time::Duration::from_secs(1))
+            .request_timeout(std::time::Duration::from_secs(2));
+        let server = tokio::spawn(async move {
+            session_axum::serve(listener, router, limits, std::future::pending())
+                .await
+                .unwrap();
+        });
         Self {
             base,
             manager,
@@ -370,6 +378,76 @@ async fn every_client_error_is_json(demo: &Demo) {
     }
 }
 
+/// A client that stalls is cut off: half a header block ends the connection at the header-read
+/// time-out (1 s here), a stalled body gets a JSON 408 at the request time-out (2 s), and a body
+/// over the limit a JSON 413. The 10 s bounds only catch a server that never cuts off.
+async fn stalling_clients_are_cut_off(demo: &Demo) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = demo.base.trim_start_matches("http://").to_owned();
+
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        half.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a connection with half its headers stays open"
+    );
+
+    let client = browser();
+    sign_in(demo, &client, "frank", false).await;
+    let token = client
+        .post(demo.url("/sessions/me/rotate"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /db-items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut reply),
+    )
+    .await;
+    assert!(answered.is_ok(), "a stalled body holds the connection");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"request_timeout\""), "{reply}");
+
+    let big = client
+        .post(demo.url("/db-items"))
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"name\":\"{}\",\"quantity\":1}}",
+            "x".repeat(70_000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let error: Value = big.json().await.unwrap();
+    assert!(error["error"].is_string(), "{error}");
+}
+
 /// A token the store never issued gets 401, and no session is created from it.
 async fn unknown_tokens_are_refused(demo: &Demo) {
     let invented = SessionToken::generate().unwrap();
@@ -409,6 +487,7 @@ async fn end_to_end_on_memory_and_sqlite() {
     unknown_tokens_are_refused(&demo).await;
     a_stale_cookie_is_cleared(&demo).await;
     every_client_error_is_json(&demo).await;
+    stalling_clients_are_cut_off(&demo).await;
     demo.stop().await;
 }
 
