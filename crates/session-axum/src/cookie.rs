@@ -74,6 +74,16 @@ impl SessionCookies {
                 self.path
             ));
         }
+        // Browsers silently drop prefixed cookies that break the prefix's rules.
+        if self.name.starts_with("__Host-") && !(self.secure && self.path == "/") {
+            return Err(format!(
+                "cookie name `{}` needs Secure and path /",
+                self.name
+            ));
+        }
+        if self.name.starts_with("__Secure-") && !self.secure {
+            return Err(format!("cookie name `{}` needs Secure", self.name));
+        }
         Ok(())
     }
 

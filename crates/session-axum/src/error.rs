@@ -134,6 +134,15 @@ where
         let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map_err(|rejection: PathRejection| {
+                if rejection.status().is_server_error() {
+                    // The route and the extractor disagree: the service's fault, not described.
+                    tracing::error!(error = %rejection.body_text(), "path extraction failed");
+                    return ApiError::new(
+                        rejection.status(),
+                        "internal",
+                        "the service could not complete the request",
+                    );
+                }
                 ApiError::new(rejection.status(), "invalid_path", rejection.body_text())
             })?;
         Ok(Self(value))

@@ -22,10 +22,15 @@ pub struct ServerLimits {
     /// the server starts waiting for it (so it also ends idle keep-alive connections). Default `10s`.
     pub header_read_timeout: Duration,
     /// A request must be answered within this, reading its body included: a client that stalls
-    /// its body gets a 408. Default `30s`.
+    /// its body gets a 408 (and so does a handler that takes longer: the two cannot be told apart
+    /// from outside the handler). Default `30s`.
     pub request_timeout: Duration,
     /// Largest request body read, in bytes; larger is a 413. Default 64 KiB.
     pub max_body_bytes: usize,
+    /// After the shutdown signal, how long requests in flight may take to finish before their
+    /// connections are dropped (a client that never reads its response cannot hold shutdown
+    /// up). Default `10s`.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerLimits {
@@ -34,6 +39,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -74,10 +80,15 @@ impl ServerLimits {
 
 /// Serves `router` on `listener` over HTTP/1.1 with `limits` ([`ServerLimits::apply`] plus the
 /// header-read time-out, which `axum::serve` cannot set), until `shutdown` resolves; then stops
-/// accepting, lets requests in flight finish, and returns.
+/// accepting, closes idle connections, lets requests in flight finish for at most
+/// `shutdown_grace`, drops what is left, and returns.
+///
+/// A failed accept (e.g. out of file descriptors) is logged and retried after a short pause; a
+/// failed connection is logged at DEBUG. There is no cap on open connections: put one in front
+/// (a proxy, or the OS's limits) where that matters.
 ///
 /// # Errors
-/// Never for a single connection's failure (it is logged); only if the listener itself fails.
+/// None today; the `Result` leaves room for listener failures that should stop the server.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -125,6 +136,16 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
     }
     let _ = stop.send(true);
-    while connections.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "connections still busy after the shutdown grace period; dropping them"
+        );
+        connections.shutdown().await;
+    }
     Ok(())
 }

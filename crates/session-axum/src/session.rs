@@ -99,7 +99,6 @@ fn presented(headers: &HeaderMap, cookie: &str) -> Option<(Vec<String>, Transpor
             let (name, value) = pair.trim().split_once('=')?;
             (name.trim() == cookie).then(|| value.trim().trim_matches('"').to_owned())
         })
-        .take(MAX_PRESENTED_COOKIES)
         .collect();
     (!values.is_empty()).then_some((values, Transport::Cookie))
 }
@@ -114,10 +113,13 @@ impl Session {
     ) -> Self {
         let found = presented(headers, &cookies.cookie_name());
         let transport = found.as_ref().map(|(_, via)| *via);
+        // Well-formed values only, then at most a few: each costs a store read when the ones
+        // before it name nothing, and garbage must not push a real value out of the window.
         let mut tokens: Vec<SessionToken> = found
             .into_iter()
             .flat_map(|(raws, _)| raws)
             .filter_map(|raw| SessionToken::parse(&raw).ok())
+            .take(MAX_PRESENTED_COOKIES)
             .collect();
         let token = (!tokens.is_empty()).then(|| tokens.remove(0));
         let malformed = transport.is_some() && token.is_none();
@@ -170,27 +172,43 @@ impl Session {
         &self,
     ) -> Result<Option<(UserSession, SessionToken)>, SessionError> {
         let mut state = self.inner.state.lock().await;
-        if state.loaded.is_none() {
-            let mut found = match &state.token {
-                Some(token) => self.inner.store.touch(token).await?,
-                None => None,
-            };
-            // Duplicate cookies: the first value that names a live session wins, whatever order
-            // the browser sent them in.
-            while found.is_none() && !state.alternatives.is_empty() {
-                let next = state.alternatives.remove(0);
-                found = self.inner.store.touch(&next).await?;
-                state.token = Some(next);
-            }
-            if found.is_none() && state.token.is_some() && state.cookie_owned {
-                state.cookie = CookieAction::Clear;
-            }
-            state.loaded = Some(found);
-        }
+        self.load(&mut state).await?;
         Ok(match (&state.loaded, &state.token) {
             (Some(Some(session)), Some(token)) => Some((session.clone(), token.clone())),
             _ => None,
         })
+    }
+
+    /// Asks the store about the presented token(s), once per request. Duplicate cookies: the
+    /// first value that names a live session becomes the request's token, whatever order the
+    /// browser sent them in.
+    async fn load(&self, state: &mut State) -> Result<(), SessionError> {
+        if state.loaded.is_some() {
+            return Ok(());
+        }
+        let mut found = match &state.token {
+            Some(token) => self.inner.store.touch(token).await?,
+            None => None,
+        };
+        while found.is_none() && !state.alternatives.is_empty() {
+            let next = state.alternatives.remove(0);
+            found = self.inner.store.touch(&next).await?;
+            state.token = Some(next);
+        }
+        if found.is_none() && state.token.is_some() && state.cookie_owned {
+            state.cookie = CookieAction::Clear;
+        }
+        state.loaded = Some(found);
+        Ok(())
+    }
+
+    /// Before a write acts on the request's token: with duplicate cookies, settle which one names
+    /// the live session first, so a dead value sent ahead of it is never the one written to.
+    async fn settle(&self, state: &mut State) -> Result<(), SessionError> {
+        if state.alternatives.is_empty() {
+            return Ok(());
+        }
+        self.load(state).await
     }
 
     /// The attribute `key` of the live session, decoded as a `T`; `None` if there is no session
@@ -250,6 +268,7 @@ impl Session {
         T: Send,
     {
         let mut state = self.inner.state.lock().await;
+        self.settle(&mut state).await?;
         let Some(token) = state.token.clone() else {
             return Err(SessionError::NotFound);
         };
@@ -291,6 +310,7 @@ impl Session {
     /// `InvalidInput`/`PayloadTooLarge` for bad fields; the store's errors. Nothing changes then.
     pub async fn sign_in(&self, new: NewUserSession) -> Result<IssuedSession, SessionError> {
         let mut state = self.inner.state.lock().await;
+        self.settle(&mut state).await?;
         let issued = self.inner.store.create(new).await?;
         let replaced = state.token.take().filter(|_| state.cookie_owned);
         if let Some(old) = replaced
@@ -311,6 +331,7 @@ impl Session {
     /// The store's errors.
     pub async fn rotate(&self) -> Result<Option<IssuedSession>, SessionError> {
         let mut state = self.inner.state.lock().await;
+        self.settle(&mut state).await?;
         let Some(token) = state.token.clone() else {
             return Ok(None);
         };
@@ -332,6 +353,7 @@ impl Session {
     /// The store's errors (the cookie is then left as it was).
     pub async fn sign_out(&self) -> Result<bool, SessionError> {
         let mut state = self.inner.state.lock().await;
+        self.settle(&mut state).await?;
         let removed = match &state.token {
             Some(token) => self.inner.store.delete(token).await?,
             None => false,

@@ -445,6 +445,32 @@ async fn a_planted_duplicate_cookie_cannot_hide_the_real_one() {
         );
         assert!(me.set_cookie.is_none(), "the real cookie is kept: {header}");
     }
+    // Writes act on the live one too: signing out with the dead value first revokes the real one.
+    let dead_first = format!("session={}; session={real}", planted.expose_secret());
+    let out = app
+        .send("POST", "/sign-out", Some(("cookie", dead_first)))
+        .await;
+    assert_eq!(out.body, "true", "the live session was the one removed");
+    assert_eq!(
+        app.send("GET", "/me", cookie(&real)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let real = app.send("POST", "/sign-in", None).await.body;
+    let rotated = app
+        .send(
+            "POST",
+            "/rotate",
+            Some((
+                "cookie",
+                format!(
+                    "session=x; session={}; session={real}",
+                    planted.expose_secret()
+                ),
+            )),
+        )
+        .await;
+    assert_eq!(rotated.body, "true");
+    let real = token_of(&rotated.set_cookie.unwrap());
     // In two Cookie headers, as HTTP/2 clients send them, too.
     let me = app
         .send_all(

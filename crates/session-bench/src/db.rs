@@ -317,7 +317,12 @@ async fn capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u
     // What taking turns costs: the same eviction and insert as one statement with no lock (the
     // store's capped create before it took turns, which let concurrent creates exceed the cap),
     // raw diesel-async on a table of its own, against the store's capped create.
-    let racy_schema = PgSchema::create("bench_capped_racy");
+    // Both sides start on fresh tables again, so neither has evicted for longer than the other.
+    let (capped_schema, racy_schema) = (
+        PgSchema::create("bench_capped_again"),
+        PgSchema::create("bench_capped_racy"),
+    );
+    let capped = open(&capped_schema, Some(10)).await;
     open(&racy_schema, None).await; // migrates
     let raw = raw_pool::<AsyncPgConnection>(&racy_schema.url(), &PoolConfig::default()).await;
     let racy = |tasks| {
@@ -345,6 +350,7 @@ async fn capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u
             },
         )
     };
+    run_store(&capped, tokens, Op::Create, 32, seconds).await;
     racy(32).await;
     for tasks in CONCURRENCY {
         let (mut ours, mut base) = (Vec::new(), Vec::new());

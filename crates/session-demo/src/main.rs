@@ -66,6 +66,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// A duration from the environment variable `var` (human form: `10s`, `1m`), or `default`.
 fn duration_var(var: &str, default: &str) -> Result<std::time::Duration, String> {
     let value = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    humantime::parse_duration(&value)
-        .map_err(|e| format!("{var}: `{value}` is not a duration like `10s` ({e})"))
+    match humantime::parse_duration(&value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("{var}: must be greater than zero (e.g. `10s`)")),
+        Err(e) => Err(format!(
+            "{var}: `{value}` is not a duration like `10s` ({e})"
+        )),
+    }
 }

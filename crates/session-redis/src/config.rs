@@ -94,6 +94,22 @@ pub fn redact_url(url: &str) -> String {
             } else if !parsed.username().is_empty() {
                 let _ = parsed.set_username("***");
             }
+            // redis-rs also takes credentials from the query of `redis+unix://` URLs.
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = matches!(k.as_ref(), "pass" | "password" | "user");
+                        let v = if secret {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
         Err(_) => match url.split_once("://") {
@@ -261,6 +277,11 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379/0"),
             "redis://127.0.0.1:6379/0"
+        );
+        let socket = redact_url("redis+unix:///run/redis.sock?db=2&user=app&pass=s3cret");
+        assert!(
+            !socket.contains("s3cret") && !socket.contains("app") && socket.contains("db=2"),
+            "{socket}"
         );
         let garbled = redact_url("redis://user:pw@[not a host");
         assert!(!garbled.contains("pw"), "{garbled}");
