@@ -287,24 +287,20 @@ async fn capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u
             store
         }
     };
-    let (capped_schema, uncapped_schema) =
-        (PgSchema::create("bench_capped"), PgSchema::create("bench_uncapped"));
+    let (capped_schema, uncapped_schema) = (
+        PgSchema::create("bench_capped"),
+        PgSchema::create("bench_uncapped"),
+    );
     let capped = open(&capped_schema, Some(10)).await;
     let uncapped = open(&uncapped_schema, None).await;
     run_store(&capped, tokens, Op::Create, 32, seconds).await;
     run_store(&uncapped, tokens, Op::Create, 32, seconds).await;
     for tasks in CONCURRENCY {
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
-        for round in 0..CAP_ROUNDS {
-            if round % 2 == 0 {
-                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
-                base.push(run_store(&uncapped, tokens, Op::Create, tasks, seconds).await);
-            } else {
-                base.push(run_store(&uncapped, tokens, Op::Create, tasks, seconds).await);
-                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
-            }
-        }
-        let (ours, base) = (crate::Outcome::combine(ours), crate::Outcome::combine(base));
+        let (ours, base) = alternate(
+            || run_store(&capped, tokens, Op::Create, tasks, seconds),
+            || run_store(&uncapped, tokens, Op::Create, tasks, seconds),
+        )
+        .await;
         row_named(
             "postgres+cap",
             "create",
@@ -353,17 +349,11 @@ async fn capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u
     run_store(&capped, tokens, Op::Create, 32, seconds).await;
     racy(32).await;
     for tasks in CONCURRENCY {
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
-        for round in 0..CAP_ROUNDS {
-            if round % 2 == 0 {
-                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
-                base.push(racy(tasks).await);
-            } else {
-                base.push(racy(tasks).await);
-                ours.push(run_store(&capped, tokens, Op::Create, tasks, seconds).await);
-            }
-        }
-        let (ours, base) = (crate::Outcome::combine(ours), crate::Outcome::combine(base));
+        let (ours, base) = alternate(
+            || run_store(&capped, tokens, Op::Create, tasks, seconds),
+            || racy(tasks),
+        )
+        .await;
         row_named(
             "postgres+cap",
             "create",
@@ -373,6 +363,32 @@ async fn capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u
             Some(&base),
         );
     }
+}
+
+/// `CAP_ROUNDS` alternating rounds of both sides, which going first alternating too, so drift in
+/// the machine's speed falls on both alike; each side's rounds combined.
+async fn alternate<O, B>(
+    ours: impl Fn() -> O,
+    base: impl Fn() -> B,
+) -> (crate::Outcome, crate::Outcome)
+where
+    O: std::future::Future<Output = crate::Outcome>,
+    B: std::future::Future<Output = crate::Outcome>,
+{
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..CAP_ROUNDS {
+        if round % 2 == 0 {
+            mine.push(ours().await);
+            theirs.push(base().await);
+        } else {
+            theirs.push(base().await);
+            mine.push(ours().await);
+        }
+    }
+    (
+        crate::Outcome::combine(mine),
+        crate::Outcome::combine(theirs),
+    )
 }
 
 /// The capped create as one statement without the per-user lock, cap 10 (`$1` handle, `$2` user).
