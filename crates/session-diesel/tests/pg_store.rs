@@ -10,7 +10,7 @@ use session_core::{
     UserSessionStore,
 };
 use session_diesel::PgSessionStore;
-use session_testkit::servers::{PgSchema, psql};
+use session_testkit::servers::{PgSchema, eventually, psql};
 
 fn policy(clock: &ManualClock) -> SessionPolicy {
     SessionPolicy::default().with_clock(clock.clone())
@@ -91,14 +91,12 @@ async fn the_purge_task_purges_and_close_closes_the_pool() {
     clock.advance(Duration::from_secs(31 * 60));
     let shared: Arc<dyn UserSessionStore> = store.clone();
     let task = session_core::PurgeTask::spawn(&shared, Duration::from_millis(50));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while psql(&schema.url(), "SELECT count(*) FROM user_sessions") != "0" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the purge task did not purge"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the purge task did not purge",
+        || psql(&schema.url(), "SELECT count(*) FROM user_sessions") == "0",
+    )
+    .await;
     task.stop().await;
     store.close().await;
     store.close().await; // idempotent
@@ -108,14 +106,12 @@ async fn the_purge_task_purges_and_close_closes_the_pool() {
             .await,
         Err(SessionError::Closed { .. })
     ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while schema.backends() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "close() left connections open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "close() left connections open",
+        || schema.backends() == 0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use session_core::{
 };
 use session_manager::{SessionConfig, SessionManager};
 use session_testkit::servers::{
-    PgSchema, redis_delete_prefix, redis_url, require_redis, unique_prefix,
+    PgSchema, eventually, redis_delete_prefix, redis_url, require_redis, unique_prefix,
 };
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -440,22 +440,20 @@ async fn the_managers_purge_task_purges_a_postgres_store_and_shutdown_closes_its
             .unwrap();
     }
     clock.advance(Duration::from_secs(31 * 60));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while session_testkit::servers::psql(&schema.url(), "SELECT count(*) FROM user_sessions") != "0"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the purge task did not purge"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the purge task did not purge",
+        || {
+            session_testkit::servers::psql(&schema.url(), "SELECT count(*) FROM user_sessions")
+                == "0"
+        },
+    )
+    .await;
     manager.shutdown().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while schema.backends() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "shutdown left the store's connections open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "shutdown left the store's connections open",
+        || schema.backends() == 0,
+    )
+    .await;
 }

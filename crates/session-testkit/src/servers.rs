@@ -14,6 +14,17 @@ use session_core::SessionToken;
 /// How to start the shared Redis, quoted in failures.
 pub const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
 
+/// Polls `condition` until it holds, failing the test with `what` if it has not within `within`:
+/// for effects of background work (a purge task, a pool closing), a bound on waiting, not a
+/// speed claim.
+pub async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The shared Redis: `REDIS_URL`, default `redis://127.0.0.1:6379/0`.
 #[must_use]
 pub fn redis_url() -> String {
