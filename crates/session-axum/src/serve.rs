@@ -6,11 +6,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt as _;
 
 use crate::error::ApiError;
 
@@ -27,6 +29,16 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// Largest request body read, in bytes; larger is a 413. Default 64 KiB.
     pub max_body_bytes: usize,
+    /// Longest request target (path and query), in bytes; longer is a JSON 414. Default 8 KiB.
+    pub max_uri_bytes: usize,
+    /// Largest header block (each header's name and value, plus 4 bytes for `: ` and CRLF);
+    /// larger is a JSON 431. Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields; more is a JSON 431. Default 100.
+    pub max_headers: usize,
+    /// Most connections open at once; at the cap the server stops accepting until one closes
+    /// (new clients wait in the listen backlog rather than being reset). Default 10 000.
+    pub max_connections: usize,
     /// After the shutdown signal, how long requests in flight may take to finish before their
     /// connections are dropped (a client that never reads its response cannot hold shutdown
     /// up). Default `10s`.
@@ -39,6 +51,10 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -59,9 +75,35 @@ impl ServerLimits {
         self
     }
 
-    /// The router with the request time-out (408) and the body limit (413) applied, as JSON errors.
+    /// Sets the connection cap.
+    #[must_use]
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// hyper's read buffer: room for the largest request head these limits accept, so that hyper
+    /// itself (whose refusals have no body) only cuts off heads far past them.
+    fn read_buffer_bytes(&self) -> usize {
+        (self.max_uri_bytes + self.max_header_bytes + 4096).max(8192)
+    }
+
+    /// The router with the request time-out (408), the body limit (413) and the request-target
+    /// and header limits (414, 431) applied, as JSON errors.
     pub fn apply(&self, router: Router) -> Router {
+        let (max_uri, max_header_bytes, max_headers) =
+            (self.max_uri_bytes, self.max_header_bytes, self.max_headers);
         router
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    if let Some(refusal) =
+                        oversized_head(&request, max_uri, max_header_bytes, max_headers)
+                    {
+                        return refusal.into_response();
+                    }
+                    next.run(request).await
+                },
+            ))
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -78,14 +120,54 @@ impl ServerLimits {
     }
 }
 
+/// The JSON refusal of a request whose target or header block is over the limits.
+fn oversized_head(
+    request: &axum::extract::Request,
+    max_uri: usize,
+    max_header_bytes: usize,
+    max_headers: usize,
+) -> Option<ApiError> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > max_uri {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is longer than {max_uri} bytes"),
+        ));
+    }
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > max_headers || header_bytes > max_header_bytes {
+        return Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has more than {max_headers} header fields or more than {max_header_bytes} bytes of them"
+            ),
+        ));
+    }
+    None
+}
+
 /// Serves `router` on `listener` over HTTP/1.1 with `limits` ([`ServerLimits::apply`] plus the
 /// header-read time-out, which `axum::serve` cannot set), until `shutdown` resolves; then stops
 /// accepting, closes idle connections, lets requests in flight finish for at most
 /// `shutdown_grace`, drops what is left, and returns.
 ///
 /// A failed accept (e.g. out of file descriptors) is logged and retried after a short pause; a
-/// failed connection is logged at DEBUG. There is no cap on open connections: put one in front
-/// (a proxy, or the OS's limits) where that matters.
+/// failed connection is logged at DEBUG. At `max_connections` open connections it accepts no
+/// more until one closes. Requests get the peer's address as
+/// `axum::extract::ConnectInfo<SocketAddr>`, as with axum's `into_make_service_with_connect_info`.
+///
+/// hyper parses the request head before any of this runs: a head beyond its read buffer (sized
+/// for the largest accepted target plus header block, plus 4 KiB) or with more than twice
+/// `max_headers` fields is refused by hyper with a bare 431 and no body.
 ///
 /// # Errors
 /// None today; the `Result` leaves room for listener failures that should stop the server.
@@ -99,7 +181,12 @@ pub async fn serve(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -112,13 +199,25 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The peer's address, as `axum::serve`'s `into_make_service_with_connect_info` gives
+        // it, for handlers that limit or log by client.
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
         let mut stopping = stopping.clone();
         let header_read_timeout = limits.header_read_timeout;
+        let (read_buffer, max_headers) = (limits.read_buffer_bytes(), limits.max_headers * 2);
         connections.spawn(async move {
+            // Held for the connection's life: dropping it lets the accept loop take another.
+            let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
+                .max_buf_size(read_buffer)
+                .max_headers(max_headers)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {

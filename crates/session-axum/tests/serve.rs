@@ -50,3 +50,104 @@ async fn shutdown_ends_idle_and_stuck_connections_within_the_grace_period() {
     assert!(closed.is_ok(), "the idle connection was left open");
     drop(stuck);
 }
+
+/// Serves a one-route router with `limits` on an ephemeral port.
+async fn start(limits: ServerLimits) -> std::net::SocketAddr {
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, router, limits, std::future::pending()));
+    addr
+}
+
+/// Sends `head` on a new connection and returns what the server answers before closing or
+/// within 10 s.
+async fn exchange(addr: std::net::SocketAddr, head: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut reply))
+        .await
+        .expect("no answer")
+        .unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_targets_and_header_blocks_get_json_errors() {
+    let addr = start(ServerLimits::default()).await;
+    let long_target = format!("GET /?q={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9_000));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(17_000)
+    );
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..150)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    for (head, status, code) in [
+        (long_target.as_str(), "414", "uri_too_long"),
+        (big_header.as_str(), "431", "headers_too_large"),
+        (many_headers.as_str(), "431", "headers_too_large"),
+    ] {
+        let reply = exchange(addr, head).await;
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+        assert!(reply.contains("application/json"), "{reply}");
+        assert!(reply.contains(&format!("\"error\":\"{code}\"")), "{reply}");
+    }
+    // Just under the limits is served.
+    let fits = format!("GET /?q={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(8_000));
+    assert!(exchange(addr, &fits).await.starts_with("HTTP/1.1 200"));
+    // Far past hyper's read buffer, hyper refuses on its own (a bare 431, or a reset when the
+    // refusal closes the connection with the rest of the head unread) and the server goes on
+    // serving.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+        "c".repeat(64 * 1024)
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    if stream.write_all(huge.as_bytes()).await.is_ok() {
+        let mut reply = vec![0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut reply))
+            .await
+            .expect("no answer to an oversized head");
+        if let Ok(n) = read {
+            assert!(reply[..n].starts_with(b"HTTP/1.1 431"), "{:?}", &reply[..n]);
+        }
+    }
+    assert!(
+        exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+/// At the connection cap, a new connection is not served until an open one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_new_connections_until_one_closes() {
+    let addr = start(ServerLimits::default().max_connections(1)).await;
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = [0u8; 256];
+    let n = first.read(&mut reply).await.unwrap();
+    assert!(reply[..n].starts_with(b"HTTP/1.1 200"));
+    // The first stays open (keep-alive); the second waits in the backlog.
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut reply)).await;
+    assert!(early.is_err(), "served past the cap");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut reply))
+        .await
+        .expect("the second connection was never served")
+        .unwrap();
+    assert!(reply[..n].starts_with(b"HTTP/1.1 200"));
+}

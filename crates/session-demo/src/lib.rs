@@ -4,10 +4,13 @@
 //! Every route sits behind [`SessionLayer`], which owns the cookie: no handler writes one.
 //!
 //! Routes:
-//! - `POST /sessions` sign in (`user_id`, `company_name`, `email`, `is_root`, `remember_me`): the
-//!   layer sets the cookie; the body returns the session id (the token, for API clients) and the
-//!   session;
+//! - `POST /sessions` sign in (`email`, `password`, `remember_me`): the password is checked against
+//!   the account's argon2id hash (see [`accounts`]) and the session is built from the account's
+//!   row, root flag included; the layer sets the cookie; the body returns the session id (the
+//!   token, for API clients) and the session;
 //! - `GET /sessions/me`, `POST /sessions/me/rotate`, `DELETE /sessions/me`;
+//! - `PUT /sessions/me/password` (`current_password`, `new_password`): signs out every other
+//!   session of the account and rotates this one;
 //! - `POST /sessions/me/step-down`: a root session gives up root; the store rotates the token in
 //!   the same step and the layer sends the new cookie;
 //! - `GET /sessions/me/preferences`, `PUT /sessions/me/preferences` (`locale`, `theme`): typed
@@ -20,13 +23,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod accounts;
+
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use session_axum::{
@@ -38,11 +43,14 @@ use session_manager::session_diesel::diesel::sql_types::{BigInt, Text};
 use session_manager::session_diesel::diesel_async::RunQueryDsl;
 use session_manager::{SessionManager, db_transaction};
 
+use crate::accounts::{AccountError, AddressLimiter, ClientAddr, NewAccount, SignInLimits};
+
 /// The router's state.
 #[derive(Clone)]
 pub struct AppState {
     manager: Arc<SessionManager>,
     metrics: PrometheusHandle,
+    limiter: Arc<AddressLimiter>,
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -78,50 +86,83 @@ fn database(manager: &SessionManager) -> Result<&session_manager::Db, ApiError> 
     })
 }
 
-/// Creates the demo's table if it is missing, on whichever database the manager has (none: nothing
-/// to do).
+/// Applies the demo's migrations (the `users` and `db_items` tables), on whichever database the
+/// manager has (none: nothing to do).
 ///
 /// # Errors
 /// If the database refuses.
-pub async fn migrate(manager: &SessionManager) -> Result<(), ApiError> {
-    let Ok(db) = manager.db() else {
-        return Ok(());
-    };
-    let sql = match db.backend() {
-        "postgres" => {
-            "CREATE TABLE IF NOT EXISTS db_items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, quantity BIGINT NOT NULL, created_by TEXT NOT NULL)"
-        }
-        _ => {
-            "CREATE TABLE IF NOT EXISTS db_items (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, quantity BIGINT NOT NULL, created_by TEXT NOT NULL)"
-        }
-    };
-    db_transaction!(db, ScopeOptions::new(), |conn| {
-        session_manager::session_diesel::diesel::sql_query(sql)
-            .execute(conn)
-            .await
-            .map_err(db_error)
-    })
-    .map(drop)
+pub async fn migrate(manager: &SessionManager) -> Result<(), SessionError> {
+    match manager.db() {
+        Ok(db) => accounts::migrate(db).await,
+        Err(_) => Ok(()),
+    }
 }
 
-/// The router, on `manager`, writing cookies as `cookies` says. Migrates the demo's table first.
+/// The accounts [`seed`] adds: email, whether root, company.
+pub const SEED_ACCOUNTS: [(&str, bool, &str); 2] = [
+    ("root@demo.test", true, "Demo Inc"),
+    ("user@demo.test", false, "Demo Inc"),
+];
+
+/// Adds [`SEED_ACCOUNTS`] with fresh random passwords and returns `(email, password, is_root)`
+/// for each. The binary does this on the embedded default (an in-memory database, so the
+/// passwords live as long as the process).
+///
+/// # Errors
+/// If the database refuses, or an account exists already.
+pub async fn seed(manager: &SessionManager) -> Result<Vec<(String, String, bool)>, AccountError> {
+    let db = database(manager)?;
+    let mut added = Vec::new();
+    for (email, is_root, company) in SEED_ACCOUNTS {
+        let password = accounts::random_password()?;
+        accounts::add_account(
+            db,
+            NewAccount {
+                email: email.to_owned(),
+                password: password.clone(),
+                company_name: company.to_owned(),
+                is_root,
+            },
+        )
+        .await?;
+        added.push((email.to_owned(), password, is_root));
+    }
+    Ok(added)
+}
+
+/// The router, on `manager`, writing cookies as `cookies` says, with the default sign-in limits.
+/// Migrates the database first.
 ///
 /// # Errors
 /// If the database refuses the migration.
 pub async fn app(
     manager: Arc<SessionManager>,
     cookies: SessionCookies,
-) -> Result<Router, ApiError> {
+) -> Result<Router, SessionError> {
+    app_with(manager, cookies, SignInLimits::default()).await
+}
+
+/// [`app`] with these sign-in limits.
+///
+/// # Errors
+/// If the database refuses the migration.
+pub async fn app_with(
+    manager: Arc<SessionManager>,
+    cookies: SessionCookies,
+    limits: SignInLimits,
+) -> Result<Router, SessionError> {
     migrate(&manager).await?;
     let sessions = SessionLayer::new(manager.sessions().clone()).with_cookies(cookies);
     let state = AppState {
         manager,
         metrics: prometheus(),
+        limiter: Arc::new(AddressLimiter::new(limits)),
     };
     Ok(Router::new()
         .route("/sessions", post(sign_in))
         .route("/sessions/me", get(me).delete(sign_out))
         .route("/sessions/me/rotate", post(rotate))
+        .route("/sessions/me/password", put(change_password))
         .route("/sessions/me/step-down", post(step_down))
         .route(
             "/sessions/me/preferences",
@@ -141,14 +182,10 @@ pub async fn app(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SignIn {
-    user_id: String,
-    #[serde(default)]
-    company_name: String,
-    #[serde(default)]
     email: String,
-    #[serde(default)]
-    is_root: bool,
+    password: String,
     #[serde(default)]
     remember_me: bool,
 }
@@ -168,17 +205,74 @@ impl From<IssuedSession> for Issued {
     }
 }
 
+/// Signs in with a password. Everything in the session comes from the account's row; the client
+/// chooses only `remember_me`.
 async fn sign_in(
+    State(state): State<AppState>,
+    client: ClientAddr,
     session: Session,
     JsonBody(body): JsonBody<SignIn>,
-) -> Result<(StatusCode, axum::Json<Issued>), ApiError> {
-    let new = NewUserSession::new(body.user_id)
-        .company_name(body.company_name)
-        .email(body.email)
-        .root(body.is_root)
+) -> Result<(StatusCode, axum::Json<Issued>), AccountError> {
+    let db = database(&state.manager)?;
+    let account =
+        accounts::authenticate(db, &state.limiter, client, &body.email, &body.password).await?;
+    let new = NewUserSession::new(account.id.to_string())
+        .company_name(account.company_name)
+        .email(account.email)
+        .root(account.is_root)
         .remember_me(body.remember_me);
     let issued = session.sign_in(new).await?;
     Ok((StatusCode::CREATED, axum::Json(issued.into())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+#[derive(Serialize)]
+struct PasswordChanged {
+    session_id: String,
+    session: UserSession,
+    /// The account's other sessions, now signed out.
+    signed_out: u64,
+}
+
+/// Changes the account's password: every other session of the account is signed out (ASVS 4.0.3
+/// V3.3.3) and this one moves to a new token.
+async fn change_password(
+    State(state): State<AppState>,
+    session: Session,
+    current: CurrentSession,
+    JsonBody(body): JsonBody<PasswordChange>,
+) -> Result<axum::Json<PasswordChanged>, AccountError> {
+    let db = database(&state.manager)?;
+    let user_id = &current.session.user_id;
+    let id = user_id.parse().map_err(|_| AccountError::NoAccount)?;
+    accounts::change_password(
+        db,
+        state.limiter.limits(),
+        id,
+        &body.current_password,
+        body.new_password,
+    )
+    .await?;
+    let signed_out = state
+        .manager
+        .sessions()
+        .delete_by_user(user_id, Some(&current.session.handle))
+        .await?;
+    let issued = session
+        .rotate()
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    Ok(axum::Json(PasswordChanged {
+        session_id: issued.token.expose_secret().to_owned(),
+        session: issued.session,
+        signed_out,
+    }))
 }
 
 async fn me(current: CurrentSession) -> axum::Json<UserSession> {

@@ -1,6 +1,9 @@
 //! The demo service. `cargo run -p session-demo`: in-memory sessions and an in-memory SQLite
 //! database, no server needed. The same binary runs on Redis and PostgreSQL by environment
 //! variables alone (`SESSION_STORE_URL`, `DATABASE_URL`; see docs/configuration.md).
+//!
+//! `session-demo add-user EMAIL [--root] [--company NAME]` adds an account to the configured
+//! database, reading its password from standard input.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -18,7 +21,16 @@ async fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match run().await {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        None => run().await,
+        Some("add-user") => add_user(&args[1..]).await,
+        Some(other) => Err(format!(
+            "unknown command `{other}`; usage: session-demo [add-user EMAIL [--root] [--company NAME]]"
+        )
+        .into()),
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("session-demo: {e}");
@@ -40,13 +52,27 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // The recorder goes in before the manager exists: the session layer registers its metric
     // handles on each operation's first use.
     session_demo::prometheus();
-    let manager = Arc::new(SessionManager::build(SessionConfig::from_env()?).await?);
-    let router = session_demo::app(manager.clone(), SessionCookies::default().secure(secure))
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let config = SessionConfig::from_env()?;
+    let embedded = config.database_url == SessionConfig::default().database_url
+        && config.database_url.contains(":memory:");
+    let manager = Arc::new(SessionManager::build(config).await?);
+    let router =
+        session_demo::app(manager.clone(), SessionCookies::default().secure(secure)).await?;
+    // An in-memory database starts empty: give it two accounts to sign in with.
+    let seeded = if embedded {
+        session_demo::seed(&manager).await?
+    } else {
+        Vec::new()
+    };
     let limits = ServerLimits::default()
         .header_read_timeout(duration_var("DEMO_HEADER_READ_TIMEOUT", "10s")?)
-        .request_timeout(duration_var("DEMO_REQUEST_TIMEOUT", "30s")?);
+        .request_timeout(duration_var("DEMO_REQUEST_TIMEOUT", "30s")?)
+        .max_connections(match std::env::var("DEMO_MAX_CONNECTIONS") {
+            Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(format!(
+                "DEMO_MAX_CONNECTIONS: `{v}` is not a positive number"
+            ))?,
+            Err(_) => 10_000,
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!(
@@ -54,12 +80,79 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         manager.sessions().backend(),
         manager.db().map_or("none", session_manager::Db::backend)
     );
-    println!(
-        "try: curl -i -X POST http://{local}/sessions -H 'content-type: application/json' -d '{{\"user_id\":\"42\",\"company_name\":\"Acme\",\"email\":\"ada@acme.test\",\"is_root\":false}}'"
-    );
+    match seeded.iter().find(|(_, _, root)| !root) {
+        Some((email, password, _)) => println!(
+            "try: curl -i -X POST http://{local}/sessions -H 'content-type: application/json' -d '{{\"email\":\"{email}\",\"password\":\"{password}\"}}'"
+        ),
+        None => println!(
+            "try: curl -i -X POST http://{local}/sessions -H 'content-type: application/json' -d '{{\"email\":\"EMAIL\",\"password\":\"PASSWORD\"}}' (add an account with `session-demo add-user EMAIL`)"
+        ),
+    }
+    for (email, password, root) in &seeded {
+        let root = if *root { " (root)" } else { "" };
+        println!(
+            "account: {email} password: {password}{root} (in memory: new passwords on every start)"
+        );
+    }
     session_axum::serve(listener, router, limits, shutdown_signal()).await?;
     manager.shutdown().await;
     println!("session-demo stopped");
+    Ok(())
+}
+
+/// `add-user EMAIL [--root] [--company NAME]`: the password is the first line of standard input
+/// (so it stays out of the shell history and the process list).
+async fn add_user(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    const USAGE: &str =
+        "usage: session-demo add-user EMAIL [--root] [--company NAME] (password on standard input)";
+    let mut email = None;
+    let mut is_root = false;
+    let mut company_name = String::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--root" => is_root = true,
+            "--company" => {
+                company_name = rest
+                    .next()
+                    .ok_or(format!("--company needs a NAME; {USAGE}"))?
+                    .clone();
+            }
+            flag if flag.starts_with("--") => {
+                return Err(format!("unknown option `{flag}`; {USAGE}").into());
+            }
+            value if email.is_none() => email = Some(value.to_owned()),
+            extra => return Err(format!("unexpected argument `{extra}`; {USAGE}").into()),
+        }
+    }
+    let email = email.ok_or(USAGE)?;
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    let config = SessionConfig::from_env()?;
+    if config.database_url.contains(":memory:") {
+        eprintln!(
+            "session-demo: DATABASE_URL is an in-memory database; this account ends with this command (set DATABASE_URL to a file or PostgreSQL)"
+        );
+    }
+    let manager = SessionManager::build(config).await?;
+    session_demo::migrate(&manager).await?;
+    let db = manager.db()?;
+    let id = session_demo::accounts::add_account(
+        db,
+        session_demo::accounts::NewAccount {
+            email: email.clone(),
+            password,
+            company_name,
+            is_root,
+        },
+    )
+    .await?;
+    manager.shutdown().await;
+    println!(
+        "added account {id}: {email}{}",
+        if is_root { " (root)" } else { "" }
+    );
     Ok(())
 }
 

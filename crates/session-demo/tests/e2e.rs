@@ -3,30 +3,47 @@
 //! started and stopped with SIGTERM.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use session_axum::SessionCookies;
 use session_core::SessionToken;
+use session_demo::accounts::{NewAccount, SignInLimits, add_account};
 use session_manager::{SessionConfig, SessionManager};
 use session_testkit::servers::{
     PgSchema, redis_delete_prefix, redis_url, require_redis, unique_prefix,
 };
 
+/// The password of every account the tests add.
+const PASSWORD: &str = "correct horse battery staple";
+
 struct Demo {
     base: String,
     manager: Arc<SessionManager>,
     server: tokio::task::JoinHandle<()>,
+    /// Account name (the email's local part) to user id.
+    accounts: Mutex<HashMap<String, String>>,
 }
 
 impl Demo {
+    /// The demo with sign-in limits high enough for the scenarios, which sign in often from one
+    /// address.
     async fn start(config: SessionConfig) -> Self {
+        Self::start_with(config, SignInLimits::default().per_address(1_000)).await
+    }
+
+    async fn start_with(config: SessionConfig, limits: SignInLimits) -> Self {
         let manager = Arc::new(SessionManager::build(config).await.unwrap());
         // Plain HTTP on loopback: a Secure cookie would never be sent back.
-        let router = session_demo::app(manager.clone(), SessionCookies::default().secure(false))
-            .await
-            .unwrap();
+        let router = session_demo::app_with(
+            manager.clone(),
+            SessionCookies::default().secure(false),
+            limits,
+        )
+        .await
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         // Served as the binary serves it, with short limits so the time-out tests finish quickly.
@@ -42,7 +59,38 @@ impl Demo {
             base,
             manager,
             server,
+            accounts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The user id of account `name` (`name@acme.test`, password [`PASSWORD`]), added on first
+    /// use.
+    async fn account(&self, name: &str, root: bool) -> String {
+        if let Some(id) = self.accounts.lock().unwrap().get(name) {
+            return id.clone();
+        }
+        let id = add_account(
+            self.manager.db().unwrap(),
+            NewAccount {
+                email: format!("{name}@acme.test"),
+                password: PASSWORD.to_owned(),
+                company_name: "Acme".to_owned(),
+                is_root: root,
+            },
+        )
+        .await
+        .unwrap()
+        .to_string();
+        self.accounts
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), id.clone());
+        id
+    }
+
+    /// The user id of account `name`, which must exist.
+    fn id(&self, name: &str) -> String {
+        self.accounts.lock().unwrap()[name].clone()
     }
 
     fn url(&self, path: &str) -> String {
@@ -62,10 +110,12 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
+/// Signs `client` in to account `user` (added as root or not on first use) with its password.
 async fn sign_in(demo: &Demo, client: &reqwest::Client, user: &str, root: bool) -> String {
+    let id = demo.account(user, root).await;
     let response = client
         .post(demo.url("/sessions"))
-        .json(&json!({"user_id": user, "company_name": "Acme", "email": format!("{user}@acme.test"), "is_root": root}))
+        .json(&json!({"email": format!("{user}@acme.test"), "password": PASSWORD}))
         .send()
         .await
         .unwrap();
@@ -81,7 +131,11 @@ async fn sign_in(demo: &Demo, client: &reqwest::Client, user: &str, root: bool) 
         assert!(cookie.contains(attribute), "{cookie}");
     }
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["session"]["user_id"], user);
+    assert_eq!(body["session"]["user_id"], id);
+    assert_eq!(
+        body["session"]["is_root"], root,
+        "root comes from the account"
+    );
     assert!(
         body["session"].get("token").is_none(),
         "the session body carries no token"
@@ -132,26 +186,24 @@ async fn scenario(demo: &Demo) {
     // A second session of alice's; list from it.
     let alice_b = browser();
     sign_in(demo, &alice_b, "alice", false).await;
-    let list: Vec<Value> = json(alice_b.get(demo.url("/users/alice/sessions"))).await;
+    let alice = format!("/users/{}/sessions", demo.id("alice"));
+    let list: Vec<Value> = json(alice_b.get(demo.url(&alice))).await;
     assert_eq!(list.len(), 2);
 
     // Authorization: another non-root user is refused; a root session is allowed.
     let bob = browser();
     sign_in(demo, &bob, "bob", false).await;
     assert_eq!(
-        status(bob.get(demo.url("/users/alice/sessions"))).await,
+        status(bob.get(demo.url(&alice))).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        status(bob.delete(demo.url("/users/alice/sessions"))).await,
+        status(bob.delete(demo.url(&alice))).await,
         StatusCode::FORBIDDEN
     );
     let carol = browser();
     sign_in(demo, &carol, "carol", true).await;
-    assert_eq!(
-        status(carol.get(demo.url("/users/alice/sessions"))).await,
-        StatusCode::OK
-    );
+    assert_eq!(status(carol.get(demo.url(&alice))).await, StatusCode::OK);
 
     // Typed session data through the layer's handle.
     let prefs: Value = json(
@@ -185,7 +237,7 @@ async fn scenario(demo: &Demo) {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        status(carol.get(demo.url("/users/alice/sessions"))).await,
+        status(carol.get(demo.url(&alice))).await,
         StatusCode::FORBIDDEN,
         "no longer root"
     );
@@ -193,11 +245,11 @@ async fn scenario(demo: &Demo) {
         status(carol.post(demo.url("/sessions/me/step-down"))).await,
         StatusCode::CONFLICT
     );
-    // Root again, by signing in anew (the demo still trusts the sign-in body; see issue 14).
+    // Root again, by signing in anew: the account is a root account.
     sign_in(demo, &carol, "carol", true).await;
 
     // Revoke-all from alice's other session: the first browser is signed out, this one stays.
-    let revoked: Value = json(alice_b.delete(demo.url("/users/alice/sessions"))).await;
+    let revoked: Value = json(alice_b.delete(demo.url(&alice))).await;
     assert_eq!(revoked["revoked"], 1);
     assert_eq!(
         status(alice_a.get(demo.url("/sessions/me"))).await,
@@ -208,7 +260,8 @@ async fn scenario(demo: &Demo) {
         StatusCode::OK
     );
     // A root session revokes another user's sessions entirely.
-    let revoked: Value = json(carol.delete(demo.url("/users/bob/sessions"))).await;
+    let bob_sessions = format!("/users/{}/sessions", demo.id("bob"));
+    let revoked: Value = json(carol.delete(demo.url(&bob_sessions))).await;
     assert_eq!(revoked["revoked"], 1);
     assert_eq!(
         status(bob.get(demo.url("/sessions/me"))).await,
@@ -254,7 +307,7 @@ async fn scenario(demo: &Demo) {
     let items: Vec<Value> = json(alice_b.get(demo.url("/db-items"))).await;
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["apple"], "the rejected insert was rolled back");
-    assert_eq!(items[0]["created_by"], "alice");
+    assert_eq!(items[0]["created_by"], demo.id("alice"));
     assert_eq!(
         status(reqwest::Client::new().get(demo.url("/db-items"))).await,
         StatusCode::UNAUTHORIZED
@@ -366,6 +419,59 @@ async fn every_client_error_is_json(demo: &Demo) {
         (
             client.get(demo.url("/users/%FF%FE/sessions")),
             StatusCode::BAD_REQUEST,
+        ),
+        (
+            client.get(demo.url(&format!("/sessions/me?{}", "a".repeat(9_000)))),
+            StatusCode::URI_TOO_LONG,
+        ),
+        (
+            client
+                .get(demo.url("/sessions/me"))
+                .header("x-padding", "p".repeat(17_000)),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        (
+            client
+                .post(demo.url("/sessions"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client.post(demo.url("/sessions")).body("email=x"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            client.post(demo.url("/sessions")).json(&json!([1, 2])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            client
+                .post(demo.url("/sessions"))
+                .json(&json!({"email": "erin@acme.test", "password": "p".repeat(129)})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client
+                .put(demo.url("/sessions/me/password"))
+                .json(&json!({"current_password": PASSWORD})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            reqwest::Client::new()
+                .get(demo.url("/sessions/me"))
+                .header("authorization", "Basic ZXJpbjpwdw=="),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            reqwest::Client::new()
+                .get(demo.url("/sessions/me"))
+                .header("cookie", "session=\u{e9}t\u{e9}; session=%%%; =; session"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            client.delete(demo.url(&format!("/users/{}/sessions", "9".repeat(4_000)))),
+            StatusCode::FORBIDDEN,
         ),
     ] {
         let response = request.send().await.unwrap();
@@ -480,10 +586,217 @@ async fn unknown_tokens_are_refused(demo: &Demo) {
     );
 }
 
+/// Identity comes from the account, never from the client: a body naming a user or a root flag
+/// is refused, and unknown accounts and wrong passwords get one and the same answer.
+async fn identity_comes_from_the_password(demo: &Demo) {
+    demo.account("mallory", false).await;
+    let client = browser();
+    let forged = client
+        .post(demo.url("/sessions"))
+        .json(&json!({"user_id": "mallory", "is_root": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let forged = client
+        .post(demo.url("/sessions"))
+        .json(&json!({"email": "mallory@acme.test", "password": PASSWORD, "is_root": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a root flag in the body is refused, not ignored"
+    );
+    let mut answers = Vec::new();
+    for (email, password) in [
+        ("mallory@acme.test", "not the password"),
+        ("nobody@acme.test", PASSWORD),
+        ("not an email", PASSWORD),
+        ("MALLORY@acme.test", ""),
+    ] {
+        let response = client
+            .post(demo.url("/sessions"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{email}");
+        assert!(response.headers().get("set-cookie").is_none());
+        answers.push(response.text().await.unwrap());
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "one answer for every failure: {answers:?}"
+    );
+    // The email is matched case-insensitively, and the session is the account's, not root.
+    let response = client
+        .post(demo.url("/sessions"))
+        .json(&json!({"email": " Mallory@ACME.test ", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["session"]["is_root"], false);
+    assert_eq!(body["session"]["user_id"], demo.id("mallory"));
+    assert_eq!(body["session"]["email"], "mallory@acme.test");
+}
+
+/// After `per_account` failures the account refuses even its right password, with the answer a
+/// wrong one gets, also when the failures arrive at once; other accounts are unaffected.
+async fn failed_attempts_lock_the_account(demo: &Demo) {
+    demo.account("olga", false).await;
+    demo.account("pete", false).await;
+    let attempts = (0..8).map(|_| {
+        reqwest::Client::new()
+            .post(demo.url("/sessions"))
+            .json(&json!({"email": "olga@acme.test", "password": "a wrong password"}))
+            .send()
+    });
+    for response in futures_join_all(attempts).await {
+        assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let right = reqwest::Client::new()
+        .post(demo.url("/sessions"))
+        .json(&json!({"email": "olga@acme.test", "password": PASSWORD}));
+    let response = right.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "locked");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_credentials");
+    sign_in(demo, &browser(), "pete", false).await;
+}
+
+/// Runs the requests concurrently and returns their results in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    requests: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let tasks: Vec<_> = requests.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+/// Changing the password signs out every other session of the account and moves this one to a
+/// new token; the old password stops working.
+async fn changing_the_password_signs_out_the_others(demo: &Demo) {
+    let here = browser();
+    let elsewhere = browser();
+    let old_token = sign_in(demo, &here, "quinn", false).await;
+    sign_in(demo, &elsewhere, "quinn", false).await;
+    for (body, status) in [
+        (
+            json!({"current_password": "wrong guess", "new_password": "a brand new passphrase"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"current_password": PASSWORD, "new_password": "short"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let response = here
+            .put(demo.url("/sessions/me/password"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{body}");
+    }
+    assert_eq!(
+        status(elsewhere.get(demo.url("/sessions/me"))).await,
+        StatusCode::OK,
+        "a refused change signs no one out"
+    );
+    let changed = here
+        .put(demo.url("/sessions/me/password"))
+        .json(&json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert!(changed.headers().get("set-cookie").is_some(), "new cookie");
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!(changed["signed_out"], 1);
+    assert_ne!(changed["session_id"].as_str().unwrap(), old_token);
+    assert_eq!(
+        status(elsewhere.get(demo.url("/sessions/me"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(with_token(demo, "/sessions/me", &old_token)).await,
+        StatusCode::UNAUTHORIZED,
+        "this session's old token is dead"
+    );
+    assert_eq!(
+        status(here.get(demo.url("/sessions/me"))).await,
+        StatusCode::OK
+    );
+    for (password, expected) in [
+        (PASSWORD, StatusCode::UNAUTHORIZED),
+        ("a brand new passphrase", StatusCode::CREATED),
+    ] {
+        let response = browser()
+            .post(demo.url("/sessions"))
+            .json(&json!({"email": "quinn@acme.test", "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+    }
+}
+
+/// Past `per_address` failures from one address, every sign-in from it gets 429 with
+/// `Retry-After`, whatever account and password it names; successes do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_from_one_address_are_limited() {
+    let demo = Demo::start_with(
+        SessionConfig::default(),
+        SignInLimits::default().per_address(3),
+    )
+    .await;
+    for _ in 0..4 {
+        sign_in(&demo, &browser(), "rita", false).await;
+    }
+    for name in ["x1", "x2", "x3"] {
+        let response = browser()
+            .post(demo.url("/sessions"))
+            .json(&json!({"email": format!("{name}@acme.test"), "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let refused = browser()
+        .post(demo.url("/sessions"))
+        .json(&json!({"email": "rita@acme.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=15 * 60).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_attempts");
+    demo.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_on_memory_and_sqlite() {
     let demo = Demo::start(SessionConfig::default()).await;
     scenario(&demo).await;
+    identity_comes_from_the_password(&demo).await;
+    failed_attempts_lock_the_account(&demo).await;
+    changing_the_password_signs_out_the_others(&demo).await;
     unknown_tokens_are_refused(&demo).await;
     a_stale_cookie_is_cleared(&demo).await;
     every_client_error_is_json(&demo).await;
@@ -512,6 +825,9 @@ async fn end_to_end_on_redis_and_postgres() {
         ("redis", "postgres")
     );
     scenario(&demo).await;
+    identity_comes_from_the_password(&demo).await;
+    failed_attempts_lock_the_account(&demo).await;
+    changing_the_password_signs_out_the_others(&demo).await;
     unknown_tokens_are_refused(&demo).await;
     a_stale_cookie_is_cleared(&demo).await;
     demo.stop().await;
@@ -575,12 +891,12 @@ async fn the_compatible_layout_accepts_sessions_the_python_service_wrote() {
     assert_eq!(items.status(), StatusCode::OK);
     // The demo's own sign-in writes the same layout, readable by the other service.
     let client = browser();
-    let ours = sign_in(&demo, &client, "7", false).await;
+    let ours = sign_in(&demo, &client, "ivan", false).await;
     let fields: std::collections::HashMap<String, String> =
         redis::cmd("HGETALL").arg(&ours).query(&mut conn).unwrap();
     assert_eq!(
-        (fields["user_id"].as_str(), fields["is_root"].as_str()),
-        ("7", "N")
+        (fields["user_id"].clone(), fields["is_root"].as_str()),
+        (demo.id("ivan"), "N")
     );
     // Signing out removes the other service's session the same way.
     let out = reqwest::Client::new()
@@ -625,9 +941,28 @@ async fn the_binary_serves_on_defaults_and_stops_gracefully_on_sigterm() {
         first.contains("sessions: memory, database: sqlite"),
         "{first}"
     );
+    let example = lines.next().unwrap().unwrap();
     assert!(
-        lines.next().unwrap().unwrap().starts_with("try: curl"),
+        example.starts_with("try: curl"),
         "prints an example request"
+    );
+    // The example signs in to a seeded account with its printed password.
+    let body = example.split("-d '").nth(1).unwrap().trim_end_matches('\'');
+    let signed_in = reqwest::Client::new()
+        .post(format!("{base}/sessions"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::CREATED, "{body}");
+    let signed_in: Value = signed_in.json().await.unwrap();
+    assert_eq!(signed_in["session"]["email"], "user@demo.test");
+    assert_eq!(signed_in["session"]["is_root"], false);
+    let root_line = lines.next().unwrap().unwrap();
+    assert!(
+        root_line.starts_with("account: root@demo.test password: ") && root_line.contains("(root)"),
+        "{root_line}"
     );
     let health: Value = reqwest::get(format!("{base}/healthz"))
         .await
@@ -651,4 +986,88 @@ async fn the_binary_serves_on_defaults_and_stops_gracefully_on_sigterm() {
             .map_while(Result::ok)
             .any(|l| l == "session-demo stopped")
     );
+}
+
+/// `session-demo add-user` adds an account to the configured database with the password from
+/// standard input; the demo started on that database signs it in (and seeds nothing there).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_user_adds_an_account_the_demo_signs_in() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = std::env::temp_dir().join(format!("session-demo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let database_url = format!("sqlite://{}", dir.join("demo.db").display());
+    let add = |args: &[&str], password: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"))
+            .arg("add-user")
+            .args(args)
+            .env("DATABASE_URL", &database_url)
+            .env_remove("SESSION_STORE_URL")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let added = add(&["Zoe@Acme.test", "--root", "--company", "Acme"], PASSWORD);
+    assert!(added.status.success(), "{added:?}");
+    let said = String::from_utf8(added.stdout).unwrap();
+    assert!(
+        said.starts_with("added account ") && said.contains("(root)"),
+        "{said}"
+    );
+    let again = add(&["zoe@acme.test"], PASSWORD);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{again:?}"
+    );
+    let weak = add(&["yan@acme.test"], "short");
+    assert!(!weak.status.success());
+    assert!(
+        String::from_utf8_lossy(&weak.stderr).contains("password"),
+        "{weak:?}"
+    );
+    let unknown = add(&["yan@acme.test", "--admin"], PASSWORD);
+    assert!(!unknown.status.success());
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"))
+        .env("DEMO_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", &database_url)
+        .env_remove("SESSION_STORE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        lines.next().unwrap().unwrap().contains("add-user"),
+        "no seeded account on a database of one's own"
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{base}/sessions"))
+        .json(&json!({"email": "zoe@acme.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            body["session"]["is_root"].as_bool(),
+            body["session"]["company_name"].as_str()
+        ),
+        (Some(true), Some("Acme"))
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -65,7 +65,10 @@ pub enum SqliteTarget {
 /// Parses `sqlite://path`, `sqlite:path`, a bare path, or `sqlite::memory:` / `:memory:`.
 ///
 /// A plain `:memory:` would give every pooled connection a separate empty database, so memory
-/// URLs become a named shared-cache database private to this process and call.
+/// URLs become a named database of SQLite's `memdb` VFS, private to this process and call. Not
+/// shared-cache mode: there, a write waiting on another connection's fails at once with "database
+/// table is locked" (the busy time-out does not apply), so concurrent write scopes failed; memdb
+/// uses ordinary locks, and the busy time-out makes writers wait their turn.
 ///
 /// # Errors
 /// [`SessionError::Config`] for an empty path.
@@ -79,7 +82,7 @@ pub fn parse_sqlite_url(url: &str) -> Result<SqliteTarget> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         return Ok(SqliteTarget::Memory(format!(
-            "file:session-mem-{}-{n}?mode=memory&cache=shared",
+            "file:/session-mem-{}-{n}?vfs=memdb",
             std::process::id()
         )));
     }
@@ -137,7 +140,7 @@ mod tests {
             panic!("memory URLs");
         };
         assert_ne!(a, b, "each memory database is private");
-        assert!(a.contains("cache=shared"));
+        assert!(a.contains("vfs=memdb"));
         assert!(matches!(
             parse_sqlite_url("sqlite://"),
             Err(SessionError::Config { .. })

@@ -387,3 +387,44 @@ async fn sqlite_in_memory_database_is_shared_by_the_pool() {
         "{err:?}"
     );
 }
+
+/// Write scopes on the in-memory database from every pooled connection at once all commit: the
+/// writers wait for each other (shared-cache mode failed them with "database table is locked").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_in_memory_concurrent_writes_take_turns() {
+    let p = std::sync::Arc::new(
+        SqliteProvider::open("sqlite::memory:", small_pool())
+            .await
+            .unwrap(),
+    );
+    p.transaction(ScopeOptions::new(), async |conn| {
+        diesel::sql_query("CREATE TABLE items (v BIGINT NOT NULL)")
+            .execute(conn)
+            .await
+            .map_err(TestError::from)
+    })
+    .await
+    .unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                p.transaction(ScopeOptions::new(), async |conn| {
+                    diesel::sql_query("UPDATE items SET v = v + 1")
+                        .execute(conn)
+                        .await?;
+                    diesel::sql_query("INSERT INTO items (v) VALUES ($1)")
+                        .bind::<diesel::sql_types::BigInt, _>(i64::from(i))
+                        .execute(conn)
+                        .await
+                        .map_err(TestError::from)
+                })
+                .await
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    assert_eq!(count!(p), 32);
+}
