@@ -35,3 +35,23 @@ services:
 # Everything CI runs.
 ci:
     bash .ci/run
+
+# The soak: the release demo on Redis + PostgreSQL at a fixed rate for MINUTES (default 30), sampled
+# every minute; writes docs/soak/soak.md (table) and docs/soak/soak.svg (plot).
+soak MINUTES="30" RATE="100":
+    cargo build --release -p session-demo --bin session-demo --example soak
+    target/release/examples/soak {{MINUTES}} {{RATE}} docs/soak
+
+# Fuzz the parsers (fuzz/, cargo-fuzz on nightly; docs/fuzzing.md), one target after another, each
+# for SECONDS, or with RUNS > 0 until that many executions (`just fuzz 0 10000000`, the campaign).
+fuzz SECONDS="60" RUNS="0":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd fuzz
+    for spec in token:256 headers:1024 redis_row:1024 pg_row:1024 config:1024 urls:512; do
+        target="${spec%%:*}"
+        if [ "{{RUNS}}" -gt 0 ]; then limit="-runs={{RUNS}}"; else limit="-max_total_time={{SECONDS}}"; fi
+        dict=(); if [ -f "$target.dict" ]; then dict=("-dict=$target.dict"); fi
+        nice -n 10 cargo +nightly fuzz run --sanitizer none "$target" -- "$limit" \
+            -max_len="${spec##*:}" "${dict[@]}" -print_final_stats=1
+    done

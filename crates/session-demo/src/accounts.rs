@@ -5,7 +5,7 @@
 //! 1. a scope claims an attempt on the account (one `UPDATE … RETURNING`: the counter goes up
 //!    before the password is checked, so concurrent guesses cannot slip past the limit) and
 //!    reads the row;
-//! 2. the password is verified on the blocking pool, against the row's hash, or against a dummy
+//! 2. the password is verified on the hashing threads (one per CPU), against the row's hash, or against a dummy
 //!    hash with the same parameters when there is no such account or it is locked, so the answer
 //!    takes the same time either way;
 //! 3. on success a second scope sets the counter back to zero.
@@ -310,19 +310,69 @@ fn check_new_password(password: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
+/// Runs `work` on the hashing threads: one per CPU, started on first use. Each argon2 computation
+/// takes 19 MiB, so running them on tokio's blocking pool (up to 512 threads) let a burst of
+/// sign-ins hold hundreds of MiB at once, kept afterwards by the allocator's per-thread arenas
+/// (the soak saw 1.8 GiB RSS with 64 concurrent sign-ins); here at most one per CPU runs, and the
+/// rest wait their turn. Work whose caller has gone (its request timed out) is skipped.
+async fn on_hashing_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SessionError> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static QUEUE: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<Job>();
+        let receiver = std::sync::Arc::new(Mutex::new(receiver));
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        for n in 0..threads {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = receiver
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a hashing thread");
+            }
+        }
+        Mutex::new(sender)
+    });
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        if !reply.is_closed() {
+            let _ = reply.send(work());
+        }
+    });
+    let gone = || SessionError::Unavailable {
+        backend: "argon2",
+        source: "the hashing threads have stopped".into(),
+    };
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send(job)
+        .map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())
+}
+
 /// Hashes `password` with argon2id (the crate's defaults: 19 MiB, 2 passes, 1 lane, OWASP's
-/// first recommendation) and a random salt, on the blocking pool.
+/// first recommendation) and a random salt, on the hashing threads.
 async fn hash(password: String) -> Result<String, SessionError> {
-    tokio::task::spawn_blocking(move || {
+    on_hashing_thread(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
     })
-    .await
-    .map_err(|e| SessionError::Backend {
-        backend: "argon2",
-        source: Box::new(e),
-    })?
+    .await?
     .map_err(|e| SessionError::Backend {
         backend: "argon2",
         source: e.to_string().into(),
@@ -354,10 +404,10 @@ pub fn random_password() -> Result<String, SessionError> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// Verifies `password` against `stored` on the blocking pool. A stored hash that does not parse
-/// is logged and fails the check.
+/// Verifies `password` against `stored` on the hashing threads. A stored hash that does not
+/// parse is logged and fails the check.
 async fn verify(password: String, stored: String) -> Result<bool, SessionError> {
-    tokio::task::spawn_blocking(move || match PasswordHash::new(&stored) {
+    on_hashing_thread(move || match PasswordHash::new(&stored) {
         Ok(parsed) => Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok(),
@@ -367,10 +417,6 @@ async fn verify(password: String, stored: String) -> Result<bool, SessionError> 
         }
     })
     .await
-    .map_err(|e| SessionError::Backend {
-        backend: "argon2",
-        source: Box::new(e),
-    })
 }
 
 fn epoch_ms(at: SystemTime) -> i64 {

@@ -17,7 +17,8 @@
 //!   session data;
 //! - `GET /users/{user_id}/sessions`, `DELETE /users/{user_id}/sessions` (the user, or a root
 //!   session; 403 otherwise). Deleting one's own sessions keeps the current one;
-//! - `GET /db-items`, `POST /db-items` (`name`, `quantity`), each in a transaction scope; a POST
+//! - `GET /db-items?limit=N` (the newest, default 100), `POST /db-items` (`name`, `quantity`),
+//!   each in a transaction scope; a POST
 //!   whose quantity fails validation after the insert rolls back;
 //! - `GET /healthz` (both stores), `GET /metrics` (Prometheus text).
 #![forbid(unsafe_code)]
@@ -420,14 +421,34 @@ struct Item {
     created_by: String,
 }
 
+/// `GET /db-items?limit=N`: the newest `N` items (default 100, at most 1000).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemsQuery {
+    #[serde(default = "default_items_limit")]
+    limit: i64,
+}
+
+fn default_items_limit() -> i64 {
+    100
+}
+
 async fn list_items(
     State(state): State<AppState>,
     _current: CurrentSession,
+    query: Result<axum::extract::Query<ItemsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Vec<Item>>, ApiError> {
+    let query = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if !(1..=1000).contains(&query.limit) {
+        return Err(SessionError::invalid_input("limit", "must be between 1 and 1000").into());
+    }
     let items = db_transaction!(database(&state.manager)?, ScopeOptions::new(), |conn| {
         session_manager::session_diesel::diesel::sql_query(
-            "SELECT CAST(id AS BIGINT) AS id, name, quantity, created_by FROM db_items ORDER BY id",
+            "SELECT CAST(id AS BIGINT) AS id, name, quantity, created_by FROM db_items
+             ORDER BY id DESC LIMIT $1",
         )
+        .bind::<BigInt, _>(query.limit)
         .load::<Item>(conn)
         .await
         .map_err(db_error)
