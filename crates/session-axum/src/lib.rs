@@ -34,3 +34,9 @@ pub use layer::{SessionLayer, SessionService};
 pub use serve::{ServerLimits, serve};
 pub use session::{Session, Transport};
 pub use shutdown::shutdown_signal;
+
+/// Not part of the API; for the fuzz targets and property tests.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::session::presented;
+}

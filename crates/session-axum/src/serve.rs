@@ -37,8 +37,13 @@ pub struct ServerLimits {
     /// Most header fields; more is a JSON 431. Default 100.
     pub max_headers: usize,
     /// Most connections open at once; at the cap the server stops accepting until one closes
-    /// (new clients wait in the listen backlog rather than being reset). Default 10 000.
+    /// (new clients wait in the listen backlog rather than being reset). Default 10 000; the
+    /// process's open-file limit (`ulimit -n`) must allow it.
     pub max_connections: usize,
+    /// A write to the client that makes no progress for this long ends the connection: a client
+    /// that asks and never reads cannot hold its connection (and its place under
+    /// `max_connections`) for ever. Default `30s`.
+    pub write_stall_timeout: Duration,
     /// After the shutdown signal, how long requests in flight may take to finish before their
     /// connections are dropped (a client that never reads its response cannot hold shutdown
     /// up). Default `10s`.
@@ -55,6 +60,7 @@ impl Default for ServerLimits {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_connections: 10_000,
+            write_stall_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -85,7 +91,17 @@ impl ServerLimits {
     /// hyper's read buffer: room for the largest request head these limits accept, so that hyper
     /// itself (whose refusals have no body) only cuts off heads far past them.
     fn read_buffer_bytes(&self) -> usize {
-        (self.max_uri_bytes + self.max_header_bytes + 4096).max(8192)
+        self.max_uri_bytes
+            .saturating_add(self.max_header_bytes)
+            .saturating_add(4096)
+            .max(8192)
+    }
+
+    /// Sets the write-stall time-out.
+    #[must_use]
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.write_stall_timeout = timeout;
+        self
     }
 
     /// The router with the request time-out (408), the body limit (413) and the request-target
@@ -209,7 +225,12 @@ pub async fn serve(
         ));
         let mut stopping = stopping.clone();
         let header_read_timeout = limits.header_read_timeout;
-        let (read_buffer, max_headers) = (limits.read_buffer_bytes(), limits.max_headers * 2);
+        let (read_buffer, max_headers) = (
+            limits.read_buffer_bytes(),
+            limits.max_headers.max(1).saturating_mul(2),
+        );
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_stall_timeout));
         connections.spawn(async move {
             // Held for the connection's life: dropping it lets the accept loop take another.
             let _slot = slot;
@@ -218,7 +239,7 @@ pub async fn serve(
                 .header_read_timeout(header_read_timeout)
                 .max_buf_size(read_buffer)
                 .max_headers(max_headers)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(Box::pin(stream)), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

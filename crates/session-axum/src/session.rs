@@ -78,7 +78,7 @@ const MAX_PRESENTED_COOKIES: usize = 4;
 
 /// The raw tokens a request presents and how: a bearer token if the `Authorization` header has
 /// the Bearer scheme (any case), else every value of the session cookie, in the order sent.
-fn presented(headers: &HeaderMap, cookie: &str) -> Option<(Vec<String>, Transport)> {
+pub fn presented(headers: &HeaderMap, cookie: &str) -> Option<(Vec<String>, Transport)> {
     if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let mut parts = value.splitn(2, ' ');
         if let (Some(scheme), Some(token)) = (parts.next(), parts.next())

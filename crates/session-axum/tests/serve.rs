@@ -51,26 +51,45 @@ async fn shutdown_ends_idle_and_stuck_connections_within_the_grace_period() {
     drop(stuck);
 }
 
-/// Serves a one-route router with `limits` on an ephemeral port.
+/// Serves a small route (`/`) and a 16 MiB one (`/large`) with `limits` on an ephemeral port.
 async fn start(limits: ServerLimits) -> std::net::SocketAddr {
-    let router = Router::new().route("/", get(|| async { "ok" }));
+    let router = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/large", get(|| async { vec![b'x'; 16 << 20] }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, router, limits, std::future::pending()));
     addr
 }
 
-/// Sends `head` on a new connection and returns what the server answers before closing or
-/// within 10 s.
+/// Sends `head` on a new connection and returns the server's answer: its head and, by its
+/// `content-length`, its body (read until complete, whatever the segments; 10 s at most).
 async fn exchange(addr: std::net::SocketAddr, head: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
-    let mut reply = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut reply))
+    let mut reply = Vec::new();
+    let read_all = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            reply.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+            let complete = text.find("\r\n\r\n").is_some_and(|end| {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                reply.len() >= end + 4 + length
+            });
+            if n == 0 || complete {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
         .await
-        .expect("no answer")
-        .unwrap();
-    String::from_utf8_lossy(&reply[..n]).into_owned()
+        .expect("no complete answer");
+    String::from_utf8_lossy(&reply).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,4 +169,26 @@ async fn the_connection_cap_holds_new_connections_until_one_closes() {
         .expect("the second connection was never served")
         .unwrap();
     assert!(reply[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+/// A client that asks for a large answer and never reads it loses its connection once a write
+/// has made no progress for the write-stall time-out, so it cannot keep its place under the
+/// connection cap: with a cap of 1, the next client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_loses_its_connection() {
+    let addr = start(
+        ServerLimits::default()
+            .max_connections(1)
+            .write_stall_timeout(Duration::from_millis(500)),
+    )
+    .await;
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stuck
+        .write_all(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The bound only catches a server that keeps the stuck connection (and so the only slot).
+    let next = exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    drop(stuck);
 }

@@ -50,6 +50,14 @@ pub struct ScopeOptions {
     pub isolation: IsolationLevel,
     /// A read-only transaction.
     pub read_only: bool,
+    /// A deadline for the whole scope, from the wait for a connection to the commit. Past it the
+    /// scope is abandoned and answers [`SessionError::Timeout`] (operation `scope`); its
+    /// connection, caught mid-transaction, is discarded rather than returned to the pool. On
+    /// PostgreSQL the scope also runs with `SET LOCAL statement_timeout` of the same length, so
+    /// the server stops the work too (a statement it cancels is the same `Timeout`); SQLite has no
+    /// server-side limit, and a statement already running finishes on its blocking thread before
+    /// that connection closes. Default: none.
+    pub timeout: Option<Duration>,
 }
 
 impl ScopeOptions {
@@ -71,6 +79,28 @@ impl ScopeOptions {
     pub fn read_only(mut self) -> Self {
         self.read_only = true;
         self
+    }
+
+    /// Sets the scope's deadline (see [`ScopeOptions::timeout`]).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// An error type a transaction scope may return, which says whether the transaction lost to a
+/// concurrent one (a serialization failure or a deadlock): the kind of failure that running the
+/// whole scope again can cure. Implemented for [`SessionError`]; an application's own scope error
+/// implements it by asking the `SessionError` it wraps.
+pub trait ScopeError: From<SessionError> {
+    /// Whether the scope lost a serialization conflict or was a deadlock's victim.
+    fn is_serialization_failure(&self) -> bool;
+}
+
+impl ScopeError for SessionError {
+    fn is_serialization_failure(&self) -> bool {
+        matches!(self, SessionError::SerializationFailure { .. })
     }
 }
 

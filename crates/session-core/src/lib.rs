@@ -33,7 +33,9 @@ pub mod store;
 pub mod token;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use db::{DbSessionProvider, IsolationLevel, PoolConfig, PoolState, ScopeFn, ScopeOptions};
+pub use db::{
+    DbSessionProvider, IsolationLevel, PoolConfig, PoolState, ScopeError, ScopeFn, ScopeOptions,
+};
 pub use error::{BoxError, Result, SessionError};
 pub use ext::{UPDATE_WITH_ATTEMPTS, UserSessionStoreExt};
 pub use instrument::Instrumented;

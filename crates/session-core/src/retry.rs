@@ -79,6 +79,12 @@ impl RetryPolicy {
         Ok(())
     }
 
+    /// The waits before each retry under this policy: `max_retries` of them, growing from
+    /// `min_delay` to `max_delay`, with jitter.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        self.backoff().build()
+    }
+
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)

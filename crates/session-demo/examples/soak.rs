@@ -359,6 +359,10 @@ async fn main() {
     let rate: u64 = args
         .get(1)
         .map_or(100, |r| r.parse().expect("RATE (operations/s)"));
+    assert!(
+        (1..=1_000_000).contains(&rate),
+        "RATE must be 1 to 1000000 operations/s"
+    );
     let out = args
         .get(2)
         .cloned()

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -203,16 +204,13 @@ pub async fn migrate(db: &Db) -> Result<(), SessionError> {
             result.map_err(failed)
         }
         Db::Postgres(provider) => {
-            let mut conn = provider.connection().await?;
+            // A connection outside the pool: the session-level lock dies with it whatever happens
+            // (a failed migration, a panic in the harness, this call cancelled while waiting).
+            let mut conn = provider.dedicated_connection().await?;
             conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
                 .await
                 .map_err(db_error)?;
-            let (mut conn, result) = apply(conn, POSTGRES_MIGRATIONS).await?;
-            // Unlocked on this connection before it goes back to the pool (a session-level lock
-            // would otherwise outlive this call).
-            conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
-                .await
-                .map_err(db_error)?;
+            let (_, result) = apply(conn, POSTGRES_MIGRATIONS).await?;
             result.map_err(failed)
         }
     }
@@ -244,8 +242,8 @@ where
     })
 }
 
-/// A new account.
-#[derive(Clone, Debug, Default)]
+/// A new account. Its `Debug` does not show the password.
+#[derive(Clone, Default)]
 pub struct NewAccount {
     /// Compared case-insensitively (stored lower-cased).
     pub email: String,
@@ -257,8 +255,19 @@ pub struct NewAccount {
     pub is_root: bool,
 }
 
-/// An account as a sign-in reads it.
-#[derive(Debug, QueryableByName)]
+impl std::fmt::Debug for NewAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccount")
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("company_name", &self.company_name)
+            .field("is_root", &self.is_root)
+            .finish()
+    }
+}
+
+/// An account as a sign-in reads it. Its `Debug` does not show the password hash.
+#[derive(QueryableByName)]
 pub struct Account {
     /// The id, which is the user id of the account's sessions.
     #[diesel(sql_type = BigInt)]
@@ -276,6 +285,58 @@ pub struct Account {
     pub is_root: bool,
     #[diesel(sql_type = Integer)]
     failed_attempts: i32,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("company_name", &self.company_name)
+            .field("is_root", &self.is_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    /// What a session created from this sign-in depends on: see [`still_current`].
+    #[must_use]
+    pub fn stamp(&self) -> PasswordStamp {
+        PasswordStamp {
+            id: self.id,
+            hash: self.password_hash.clone(),
+        }
+    }
+}
+
+/// The account and the password hash a sign-in verified.
+pub struct PasswordStamp {
+    id: i64,
+    hash: String,
+}
+
+/// Whether the account still has the password hash a sign-in verified. A sign-in checks this
+/// after creating its session: a password change that landed in between (and whose sign-out of
+/// the other sessions ran before this session existed) is caught here, and the session is ended.
+///
+/// # Errors
+/// The database's.
+pub async fn still_current(db: &Db, stamp: &PasswordStamp) -> Result<bool, SessionError> {
+    #[derive(QueryableByName)]
+    struct Current {
+        #[diesel(sql_type = Text)]
+        password_hash: String,
+    }
+    let rows = db_transaction!(db, ScopeOptions::new(), |conn| {
+        session_manager::session_diesel::diesel::sql_query(
+            "SELECT password_hash FROM users WHERE id = $1",
+        )
+        .bind::<BigInt, _>(stamp.id)
+        .get_results::<Current>(conn)
+        .await
+        .map_err(db_error)
+    })?;
+    Ok(<[Current]>::first(&rows).is_some_and(|row| row.password_hash == stamp.hash))
 }
 
 fn normalize_email(email: &str) -> Result<String, AccountError> {
@@ -346,22 +407,55 @@ async fn on_hashing_thread<T: Send + 'static>(
         }
         Mutex::new(sender)
     });
+    // Past this many waiting, a new request is refused at once (503) rather than queued behind
+    // work that would outlast its own request time-out.
+    static QUEUED: AtomicUsize = AtomicUsize::new(0);
+    let limit = MAX_QUEUED_PER_THREAD
+        * std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let busy = || SessionError::Unavailable {
+        backend: "argon2",
+        source: "too many password checks waiting".into(),
+    };
+    if QUEUED.fetch_add(1, Ordering::AcqRel) >= limit {
+        QUEUED.fetch_sub(1, Ordering::AcqRel);
+        return Err(busy());
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
+        QUEUED.fetch_sub(1, Ordering::AcqRel);
         if !reply.is_closed() {
-            let _ = reply.send(work());
+            // A panic in the work is the caller's error, not the end of this thread.
+            if let Ok(value) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                let _ = reply.send(value);
+            }
         }
     });
     let gone = || SessionError::Unavailable {
         backend: "argon2",
-        source: "the hashing threads have stopped".into(),
+        source: "the password check failed".into(),
     };
-    queue
+    if queue
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .send(job)
-        .map_err(|_| gone())?;
+        .is_err()
+    {
+        QUEUED.fetch_sub(1, Ordering::AcqRel);
+        return Err(gone());
+    }
     answer.await.map_err(|_| gone())
+}
+
+/// Password checks allowed to wait per hashing thread: at ~20 ms each, 64 is about 1.3 s.
+const MAX_QUEUED_PER_THREAD: usize = 64;
+
+/// Computes the dummy hash now, so the first unknown-account attempt does not pay for it (and
+/// take twice as long as a real check).
+///
+/// # Errors
+/// If hashing fails.
+pub async fn warm_up() -> Result<(), SessionError> {
+    dummy_hash().await.map(drop)
 }
 
 /// Hashes `password` with argon2id (the crate's defaults: 19 MiB, 2 passes, 1 lane, OWASP's
@@ -404,9 +498,19 @@ pub fn random_password() -> Result<String, SessionError> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Password verifications run so far in this process (real and dummy alike): what a test reads
+/// to see that an unknown or locked account is checked like a real one.
+#[doc(hidden)]
+pub fn password_checks() -> u64 {
+    std::sync::atomic::AtomicU64::load(&PASSWORD_CHECKS, Ordering::Relaxed)
+}
+
+static PASSWORD_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Verifies `password` against `stored` on the hashing threads. A stored hash that does not
 /// parse is logged and fails the check.
 async fn verify(password: String, stored: String) -> Result<bool, SessionError> {
+    PASSWORD_CHECKS.fetch_add(1, Ordering::Relaxed);
     on_hashing_thread(move || match PasswordHash::new(&stored) {
         Ok(parsed) => Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
@@ -491,7 +595,19 @@ async fn claim_attempt(
          WHERE {condition}
          RETURNING CAST(id AS BIGINT) AS id, email, password_hash, company_name, is_root, failed_attempts"
     );
+    // The claim writes a row only when the account exists, and a commit that wrote waits for
+    // PostgreSQL to flush its log: that wait would tell an attacker which emails have accounts.
+    // The counter is not worth a flush (a crash loses at most the last moments' counts).
+    let postgres = db.backend() == "postgres";
     db_transaction!(db, ScopeOptions::new(), |conn| {
+        if postgres {
+            session_manager::session_diesel::diesel::sql_query(
+                "SET LOCAL synchronous_commit = off",
+            )
+            .execute(conn)
+            .await
+            .map_err(db_error)?;
+        }
         let query = session_manager::session_diesel::diesel::sql_query(&sql)
             .bind::<BigInt, _>(window_start)
             .bind::<BigInt, _>(now);
@@ -576,10 +692,14 @@ async fn check_password(
 pub struct AddressLimiter {
     limits: SignInLimits,
     windows: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    last_sweep: Mutex<Option<Instant>>,
 }
 
-/// Addresses tracked at most; past it, expired windows are dropped, and if none has expired a
-/// new address goes untracked rather than evicting one under attack.
+/// The shared key of new addresses while the table is full (an address no client has).
+const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// Addresses tracked at most; past it, expired windows are dropped, and if none has expired new
+/// addresses share one window (never evicting an address under attack, never going unlimited).
 const MAX_TRACKED_ADDRESSES: usize = 100_000;
 
 impl AddressLimiter {
@@ -589,6 +709,7 @@ impl AddressLimiter {
         Self {
             limits,
             windows: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(None),
         }
     }
 
@@ -612,8 +733,9 @@ impl AddressLimiter {
         }
     }
 
-    /// Counts an attempt from `addr` before it is checked, or refuses it with how long to wait.
-    fn claim(&self, addr: IpAddr) -> Result<(), AccountError> {
+    /// Counts an attempt from `addr` before it is checked and returns the key it was counted
+    /// under, or refuses it with how long to wait.
+    fn claim(&self, addr: IpAddr) -> Result<IpAddr, AccountError> {
         let key = Self::key(addr);
         let now = Instant::now();
         let window = self.limits.window;
@@ -621,10 +743,21 @@ impl AddressLimiter {
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut key = key;
         if !windows.contains_key(&key) && windows.len() >= MAX_TRACKED_ADDRESSES {
-            windows.retain(|_, (_, since)| now.duration_since(*since) < window);
+            // Expired windows are swept at most once a second (a sweep walks the whole table).
+            let mut last_sweep = self
+                .last_sweep
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last_sweep.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                windows.retain(|_, (_, since)| now.duration_since(*since) < window);
+                *last_sweep = Some(now);
+            }
             if windows.len() >= MAX_TRACKED_ADDRESSES {
-                return Ok(());
+                // Full of live windows: a distributed attack is on. New addresses share one
+                // window, so they stay limited, together.
+                key = OVERFLOW;
             }
         }
         let (count, since) = windows.entry(key).or_insert((0, now));
@@ -637,16 +770,17 @@ impl AddressLimiter {
             });
         }
         *count += 1;
-        Ok(())
+        Ok(key)
     }
 
-    /// Takes back the claim of an attempt that succeeded: only failures count.
-    fn succeeded(&self, addr: IpAddr) {
+    /// Takes back the claim (counted under `key`) of an attempt that succeeded: only failures
+    /// count.
+    fn succeeded(&self, key: IpAddr) {
         let mut windows = self
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((count, _)) = windows.get_mut(&Self::key(addr)) {
+        if let Some((count, _)) = windows.get_mut(&key) {
             *count = count.saturating_sub(1);
         }
     }
@@ -683,15 +817,13 @@ pub async fn authenticate(
     email: &str,
     password: &str,
 ) -> Result<Account, AccountError> {
-    if let Some(addr) = client.0 {
-        limiter.claim(addr)?;
-    }
+    let claimed = client.0.map(|addr| limiter.claim(addr)).transpose()?;
     // A malformed email is checked like an unknown one (same time, same answer).
     let email = normalize_email(email).unwrap_or_default();
     match check_password(db, Lookup::Email(&email), password, &limiter.limits).await? {
         Checked::Passed(account) => {
-            if let Some(addr) = client.0 {
-                limiter.succeeded(addr);
+            if let Some(key) = claimed {
+                limiter.succeeded(key);
             }
             Ok(account)
         }

@@ -153,6 +153,7 @@ pub async fn app_with(
     limits: SignInLimits,
 ) -> Result<Router, SessionError> {
     migrate(&manager).await?;
+    accounts::warm_up().await?;
     let sessions = SessionLayer::new(manager.sessions().clone()).with_cookies(cookies);
     let state = AppState {
         manager,
@@ -217,12 +218,19 @@ async fn sign_in(
     let db = database(&state.manager)?;
     let account =
         accounts::authenticate(db, &state.limiter, client, &body.email, &body.password).await?;
+    let stamp = account.stamp();
     let new = NewUserSession::new(account.id.to_string())
         .company_name(account.company_name)
         .email(account.email)
         .root(account.is_root)
         .remember_me(body.remember_me);
     let issued = session.sign_in(new).await?;
+    // A password change between the check and this session's creation signed out the account's
+    // sessions before this one existed: this one must not outlive the old password either.
+    if !accounts::still_current(db, &stamp).await? {
+        session.sign_out().await?;
+        return Err(AccountError::InvalidCredentials);
+    }
     Ok((StatusCode::CREATED, axum::Json(issued.into())))
 }
 

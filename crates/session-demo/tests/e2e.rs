@@ -658,14 +658,89 @@ async fn failed_attempts_lock_the_account(demo: &Demo) {
     for response in futures_join_all(attempts).await {
         assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
     }
-    let right = reqwest::Client::new()
-        .post(demo.url("/sessions"))
-        .json(&json!({"email": "olga@acme.test", "password": PASSWORD}));
-    let response = right.send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "locked");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_credentials");
+    // The right password on the locked account is answered exactly as a wrong password is (that
+    // both are verified against a hash is tests/password_checks.rs's subject).
+    let locked = answer(demo, "olga@acme.test", PASSWORD).await;
+    let wrong = answer(demo, "pete@acme.test", "a wrong password").await;
+    assert_eq!(locked, wrong, "a lock answers as a wrong password does");
+    assert_eq!(locked.0, StatusCode::UNAUTHORIZED);
+    // Every attempt was counted, the concurrent ones included: 8 wrong and the right one.
+    assert_eq!(failed_attempts(demo, "olga@acme.test").await, 9);
+    assert_eq!(answer(demo, "nobody@acme.test", PASSWORD).await, wrong);
+    // Pete's one failure did not lock him.
     sign_in(demo, &browser(), "pete", false).await;
+    assert_eq!(failed_attempts(demo, "pete@acme.test").await, 0);
+}
+
+/// A sign-in's status, `content-type`, `set-cookie` and body.
+async fn answer(
+    demo: &Demo,
+    email: &str,
+    password: &str,
+) -> (StatusCode, Option<String>, Option<String>, String) {
+    let response = reqwest::Client::new()
+        .post(demo.url("/sessions"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &reqwest::header::HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let (content_type, cookie) = (header("content-type"), header("set-cookie"));
+    (
+        response.status(),
+        content_type,
+        cookie,
+        response.text().await.unwrap(),
+    )
+}
+
+/// The account's failed-attempt count, read from the database.
+async fn failed_attempts(demo: &Demo, email: &str) -> i64 {
+    use session_manager::session_diesel::diesel::{QueryableByName, sql_query, sql_types};
+    use session_manager::session_diesel::diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = sql_types::BigInt)]
+        n: i64,
+    }
+    let count = session_manager::db_transaction!(
+        demo.manager.db().unwrap(),
+        session_core::ScopeOptions::new(),
+        |conn| {
+            sql_query("SELECT CAST(failed_attempts AS BIGINT) AS n FROM users WHERE email = $1")
+                .bind::<sql_types::Text, _>(email)
+                .get_result::<Count>(conn)
+                .await
+                .map_err(|e| session_manager::session_diesel::from_diesel("db", e))
+        }
+    )
+    .unwrap();
+    count.n
+}
+
+/// An account locked by failures opens again once its window, counted from the first failure,
+/// has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_lock_ends_with_its_window() {
+    let mut limits = SignInLimits::default().per_account(2).per_address(1_000);
+    limits.window = std::time::Duration::from_secs(1);
+    let demo = Demo::start_with(SessionConfig::default(), limits).await;
+    demo.account("sam", false).await;
+    for _ in 0..3 {
+        let (status, ..) = answer(&demo, "sam@acme.test", "a wrong password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, ..) = answer(&demo, "sam@acme.test", PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "locked");
+    // Past the window (with room for a slow machine), the count starts again.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    sign_in(&demo, &browser(), "sam", false).await;
+    demo.stop().await;
 }
 
 /// Runs the requests concurrently and returns their results in order.
@@ -918,25 +993,38 @@ async fn the_compatible_layout_accepts_sessions_the_python_service_wrote() {
     demo.stop().await;
 }
 
-#[cfg(unix)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_serves_on_defaults_and_stops_gracefully_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"))
+/// The demo binary's output lines.
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Starts the demo binary on a free port with in-memory sessions and `database_url` (the
+/// embedded default if `None`); returns it, its remaining output, its first line and its base URL.
+fn spawn_demo(database_url: Option<&str>) -> (std::process::Child, Lines, String, String) {
+    use std::io::BufRead;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"));
+    command
         .env("DEMO_ADDR", "127.0.0.1:0")
         .env_remove("SESSION_STORE_URL")
-        .env_remove("DATABASE_URL")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        .stderr(std::process::Stdio::null());
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    let mut child = command.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let base = first
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
         .unwrap()
         .to_owned();
+    (child, lines, first, base)
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_on_defaults_and_stops_gracefully_on_sigterm() {
+    let (mut child, mut lines, first, base) = spawn_demo(None);
     assert!(
         first.contains("sessions: memory, database: sqlite"),
         "{first}"
@@ -993,7 +1081,7 @@ async fn the_binary_serves_on_defaults_and_stops_gracefully_on_sigterm() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_user_adds_an_account_the_demo_signs_in() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let dir = std::env::temp_dir().join(format!("session-demo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let database_url = format!("sqlite://{}", dir.join("demo.db").display());
@@ -1033,21 +1121,7 @@ async fn add_user_adds_an_account_the_demo_signs_in() {
     let unknown = add(&["yan@acme.test", "--admin"], PASSWORD);
     assert!(!unknown.status.success());
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"))
-        .env("DEMO_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", &database_url)
-        .env_remove("SESSION_STORE_URL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let base = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
+    let (mut child, mut lines, _, base) = spawn_demo(Some(&database_url));
     assert!(
         lines.next().unwrap().unwrap().contains("add-user"),
         "no seeded account on a database of one's own"

@@ -6,8 +6,12 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::PoolError;
 use session_core::SessionError;
 
-/// Converts a query error.
-pub(crate) fn from_diesel(backend: &'static str, err: DieselError) -> SessionError {
+/// Converts a diesel query error into the [`SessionError`] every backend uses: serialization
+/// failures and deadlocks are [`SessionError::SerializationFailure`] (which
+/// [`session_core::ScopeError`] reports and [`crate::DieselProvider::transaction_retrying`] runs
+/// again), lost connections `Unavailable`, anything else `Backend` with the driver's error as its
+/// source. For a scope's closure: `.map_err(|e| from_diesel("postgres", e))`.
+pub fn from_diesel(backend: &'static str, err: DieselError) -> SessionError {
     match err {
         DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
             SessionError::SerializationFailure {

@@ -26,6 +26,7 @@ mod sqlite;
 #[cfg(feature = "postgres")]
 mod store;
 
+pub use error::from_diesel;
 #[cfg(feature = "postgres")]
 pub use pg::PgProvider;
 #[cfg(feature = "postgres")]
@@ -35,6 +36,13 @@ pub use provider::{DieselProvider, PooledConnection, ProviderConnection};
 pub use sqlite::{SqliteConn, SqliteProvider, SqliteTarget, parse_sqlite_url};
 #[cfg(feature = "postgres")]
 pub use store::{DEFAULT_PURGE_BATCH, MIGRATIONS, PgSessionStore};
+
+/// Not part of the API; for the fuzz targets and property tests.
+#[doc(hidden)]
+pub mod fuzzing {
+    #[cfg(feature = "postgres")]
+    pub use crate::store::Row as PgRow;
+}
 
 /// The driver crates, re-exported so users name the same versions.
 pub use {bb8, diesel, diesel_async};

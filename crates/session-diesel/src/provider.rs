@@ -1,5 +1,6 @@
 //! The pooled transaction scope, generic over the diesel-async connection.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
@@ -8,8 +9,8 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncConnection, SimpleAsyncConnection, TransactionManager};
 use session_core::{
-    DbSessionProvider, PoolConfig, PoolState, Result, ScopeFn, ScopeOptions, SessionError,
-    SuspectConnections,
+    DbSessionProvider, PoolConfig, PoolState, Result, RetryPolicy, ScopeError, ScopeFn,
+    ScopeOptions, SessionError, SuspectConnections,
 };
 
 use crate::error::{from_diesel, from_pool};
@@ -25,11 +26,11 @@ pub trait ProviderConnection:
     /// The backend's name for logs, metrics and errors.
     const BACKEND: &'static str;
 
-    /// The statement that applies `options` right after `BEGIN`, if any.
+    /// The statements that apply `options` right after `BEGIN`, if any.
     ///
     /// # Errors
     /// [`SessionError::Unsupported`] for an option the backend cannot honour.
-    fn scope_prelude(options: &ScopeOptions) -> Result<Option<&'static str>>;
+    fn scope_prelude(options: &ScopeOptions) -> Result<Option<Cow<'static, str>>>;
 
     /// How new connections are opened (e.g. SQLite pragmas).
     fn manager_config() -> ManagerConfig<Self>;
@@ -174,6 +175,77 @@ where
             .await
             .map_err(|e| from_pool(C::BACKEND, e, self.config.checkout_timeout))
     }
+
+    /// A new connection of the pool's kind (same URL and set-up) that never enters the pool:
+    /// closed when dropped, so session state left on it (a session-level advisory lock, `SET`,
+    /// `LISTEN`) cannot leak into a later scope. For migrations and other long or stateful work.
+    ///
+    /// # Errors
+    /// `Closed` after [`DbSessionProvider::close`]; `Unavailable` if the database cannot be
+    /// reached.
+    pub async fn dedicated_connection(&self) -> Result<C> {
+        self.pool()?
+            .dedicated_connection()
+            .await
+            .map_err(|e| SessionError::Unavailable {
+                backend: C::BACKEND,
+                source: Box::new(e),
+            })
+    }
+}
+
+impl<C: ProviderConnection> DieselProvider<C>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    /// Runs `scope` as [`DbSessionProvider::transaction`] does, and when it fails with a
+    /// serialization failure or a deadlock ([`ScopeError::is_serialization_failure`]: 40001 and
+    /// 40P01 on PostgreSQL) runs it again from the start in a new transaction, at most
+    /// `retry.max_retries` more times, waiting `retry`'s backoff (with jitter) in between. The way
+    /// to run SERIALIZABLE work: conflicts are expected there, and the cure is a fresh attempt.
+    ///
+    /// The closure is cloned for each attempt, so it must be `Clone` (an `async` closure is when
+    /// what it captures is), and it should have no effect outside the transaction, since an
+    /// attempt that lost is run again. Other errors, the deadline's included, are returned at once.
+    ///
+    /// # Errors
+    /// The last attempt's error.
+    pub async fn transaction_retrying<'a, R, E, F>(
+        &'a self,
+        options: ScopeOptions,
+        retry: &RetryPolicy,
+        scope: F,
+    ) -> std::result::Result<R, E>
+    where
+        for<'r> F: AsyncFnOnce(&'r mut C) -> std::result::Result<R, E>
+            + ScopeFn<&'r mut C, std::result::Result<R, E>, Fut: Send>
+            + Clone
+            + Send
+            + 'a,
+        E: ScopeError + Send + 'a,
+        R: Send + 'a,
+    {
+        let mut delays = retry.delays();
+        let mut attempt = 1u32;
+        loop {
+            match self.transaction(options, scope.clone()).await {
+                Err(e) if e.is_serialization_failure() => {
+                    let Some(delay) = delays.next() else {
+                        return Err(e);
+                    };
+                    tracing::debug!(
+                        backend = C::BACKEND,
+                        attempt,
+                        ?delay,
+                        "scope lost a serialization conflict; running it again"
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 impl<C: ProviderConnection> DbSessionProvider<C> for DieselProvider<C>
@@ -203,38 +275,61 @@ where
         E: From<SessionError> + Send + 'a,
         R: Send + 'a,
     {
-        let db = |e| E::from(from_diesel(C::BACKEND, e));
-        let prelude = C::scope_prelude(&options)?;
-        let mut pooled = self.checkout().await?;
-        let conn: &mut C = &mut pooled;
-        // If this future is dropped from here on (a timeout, a client gone) or the scope
-        // panics, the connection goes back with its transaction open; diesel-async then
-        // reports it broken and bb8 closes it, so the server rolls back and no later scope
-        // can inherit the open transaction.
-        C::TransactionManager::begin_transaction(conn)
-            .await
-            .map_err(db)?;
-        if let Some(statement) = prelude
-            && let Err(e) = conn.batch_execute(statement).await
-        {
-            let _ = C::TransactionManager::rollback_transaction(conn).await;
-            return Err(db(e));
-        }
-        match scope(conn).await {
-            Ok(value) => {
-                C::TransactionManager::commit_transaction(conn)
-                    .await
-                    .map_err(db)?;
-                Ok(value)
+        let limit = options.timeout;
+        let started = std::time::Instant::now();
+        let work = async move {
+            let db = |e| E::from(from_diesel(C::BACKEND, e));
+            let prelude = C::scope_prelude(&options)?;
+            let mut pooled = self.checkout().await?;
+            let conn: &mut C = &mut pooled;
+            // If this future is dropped from here on (a timeout, a client gone) or the scope
+            // panics, the connection goes back with its transaction open; diesel-async then
+            // reports it broken and bb8 closes it, so the server rolls back and no later scope
+            // can inherit the open transaction.
+            C::TransactionManager::begin_transaction(conn)
+                .await
+                .map_err(db)?;
+            if let Some(statement) = prelude
+                && let Err(e) = conn.batch_execute(&statement).await
+            {
+                let _ = C::TransactionManager::rollback_transaction(conn).await;
+                return Err(db(e));
             }
-            Err(err) => {
-                // The caller's error wins; a failed rollback leaves the connection marked
-                // broken, so it is discarded rather than reused.
-                if let Err(rollback) = C::TransactionManager::rollback_transaction(conn).await {
-                    tracing::warn!(backend = C::BACKEND, error = %rollback, "rollback failed; the connection will be discarded");
+            match scope(conn).await {
+                Ok(value) => {
+                    C::TransactionManager::commit_transaction(conn)
+                        .await
+                        .map_err(db)?;
+                    Ok(value)
                 }
-                Err(err)
+                Err(err) => {
+                    // The caller's error wins; a failed rollback leaves the connection marked
+                    // broken, so it is discarded rather than reused.
+                    if let Err(rollback) = C::TransactionManager::rollback_transaction(conn).await {
+                        tracing::warn!(backend = C::BACKEND, error = %rollback, "rollback failed; the connection will be discarded");
+                    }
+                    Err(err)
+                }
             }
+        };
+        let Some(limit) = limit else {
+            return work.await;
+        };
+        let timed_out = || {
+            E::from(SessionError::Timeout {
+                backend: C::BACKEND,
+                operation: "scope",
+                after: limit,
+            })
+        };
+        match tokio::time::timeout(limit, work).await {
+            // Dropped mid-transaction: the connection goes back broken and is discarded.
+            Err(_) => Err(timed_out()),
+            // A failure at or past the deadline is the deadline's doing (on PostgreSQL the
+            // server's `statement_timeout` may cancel a statement a moment before the client's
+            // timer fires); the scope has rolled back and its connection is clean.
+            Ok(Err(_)) if started.elapsed() >= limit => Err(timed_out()),
+            Ok(result) => result,
         }
     }
 

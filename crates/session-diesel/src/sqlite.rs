@@ -1,6 +1,8 @@
 //! SQLite, the embedded default: diesel's `SqliteConnection` behind diesel-async's
 //! `SyncConnectionWrapper` (queries run on tokio's blocking pool).
 
+use std::borrow::Cow;
+
 use diesel::SqliteConnection;
 use diesel_async::pooled_connection::ManagerConfig;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
@@ -16,7 +18,8 @@ pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 pub type SqliteProvider = DieselProvider<SqliteConn>;
 
 /// Applied to every new connection: wait up to 5 s for a lock instead of failing at once, and use
-/// the write-ahead log so readers do not block the writer.
+/// the write-ahead log so readers do not block the writer (a file database; an in-memory one keeps
+/// its journal in memory, `journal_mode` stays `memory`, and a commit waits for open readers).
 const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 impl sealed::Sealed for SqliteConn {}
@@ -24,9 +27,9 @@ impl sealed::Sealed for SqliteConn {}
 impl ProviderConnection for SqliteConn {
     const BACKEND: &'static str = "sqlite";
 
-    fn scope_prelude(options: &ScopeOptions) -> Result<Option<&'static str>> {
+    fn scope_prelude(options: &ScopeOptions) -> Result<Option<Cow<'static, str>>> {
         // SQLite transactions are serializable whatever level is asked for; read-only scopes have
-        // no per-transaction switch.
+        // no per-transaction switch; a deadline is the client's alone (no statement time-out).
         if options.read_only {
             return Err(SessionError::Unsupported {
                 backend: Self::BACKEND,
@@ -58,7 +61,7 @@ impl ProviderConnection for SqliteConn {
 pub enum SqliteTarget {
     /// A database file.
     File(String),
-    /// A private in-memory database, shared by the pool's connections (a shared-cache URI).
+    /// A private in-memory database, shared by the pool's connections (a `memdb` VFS URI).
     Memory(String),
 }
 

@@ -82,32 +82,35 @@ fn at(n: u8) -> String {
     format!("(TIMESTAMPTZ 'epoch' + ${n} * INTERVAL '1 millisecond')")
 }
 
+/// A row of `user_sessions` as `columns` selects it (instants as epoch milliseconds). Public,
+/// hidden, only for the fuzz targets and property tests (`fuzzing::PgRow`).
+#[doc(hidden)]
 #[derive(QueryableByName)]
-struct Row {
+pub struct Row {
     #[diesel(sql_type = Text)]
-    handle: String,
+    pub handle: String,
     #[diesel(sql_type = Text)]
-    user_id: String,
+    pub user_id: String,
     #[diesel(sql_type = Text)]
-    company_name: String,
+    pub company_name: String,
     #[diesel(sql_type = Text)]
-    email: String,
+    pub email: String,
     #[diesel(sql_type = Bool)]
-    is_root: bool,
+    pub is_root: bool,
     #[diesel(sql_type = Bool)]
-    remember_me: bool,
+    pub remember_me: bool,
     #[diesel(sql_type = Text)]
-    attributes: String,
+    pub attributes: String,
     #[diesel(sql_type = BigInt)]
-    created_at_ms: i64,
+    pub created_at_ms: i64,
     #[diesel(sql_type = BigInt)]
-    last_seen_at_ms: i64,
+    pub last_seen_at_ms: i64,
     #[diesel(sql_type = BigInt)]
-    idle_expires_at_ms: i64,
+    pub idle_expires_at_ms: i64,
     #[diesel(sql_type = BigInt)]
-    absolute_expires_at_ms: i64,
+    pub absolute_expires_at_ms: i64,
     #[diesel(sql_type = BigInt)]
-    version: i64,
+    pub version: i64,
 }
 
 #[derive(QueryableByName)]
@@ -143,7 +146,8 @@ fn ms_of(d: Duration) -> i64 {
 }
 
 impl Row {
-    fn into_session(self) -> Result<UserSession> {
+    /// The session this row holds; `Decode` for a malformed handle or attributes.
+    pub fn into_session(self) -> Result<UserSession> {
         let handle = SessionHandle::parse(&self.handle).map_err(|_| SessionError::Decode {
             backend: BACKEND,
             handle: None,

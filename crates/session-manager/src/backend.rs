@@ -31,6 +31,20 @@ fn scheme(url: &str) -> &str {
     url.split_once(':').map_or("", |(scheme, _)| scheme)
 }
 
+/// How an error names a URL it refuses: by its scheme alone, since the rest may hold a password.
+fn described(url: &str) -> String {
+    let scheme = scheme(url);
+    let well_formed = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if well_formed {
+        format!("a `{scheme}:` URL")
+    } else {
+        "a value without a URL scheme".to_owned()
+    }
+}
+
 impl StoreKind {
     pub(crate) fn of(url: &str) -> Result<Self> {
         const KEY: &str = "store_url";
@@ -44,7 +58,8 @@ impl StoreKind {
             _ => Err(SessionError::config(
                 KEY,
                 format!(
-                    "`{url}` is not a session store URL; use memory://, redis://host:6379/0, rediss://… or postgres://…"
+                    "{} is not a session store URL; use memory://, redis://host:6379/0, rediss://… or postgres://…",
+                    described(url)
                 ),
             )),
         }
@@ -65,7 +80,8 @@ impl DbKind {
             _ => Err(SessionError::config(
                 KEY,
                 format!(
-                    "`{url}` is not a database URL; use sqlite://path, sqlite::memory:, postgres://… or none"
+                    "{} is not a database URL; use sqlite://path, sqlite::memory:, postgres://… or none",
+                    described(url)
                 ),
             )),
         }

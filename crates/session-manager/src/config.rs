@@ -166,6 +166,45 @@ fn boolean(var: &str, value: &str) -> Result<bool> {
     }
 }
 
+/// The key a TOML error is about, found from the error's span (its message quotes values as
+/// well as keys): an unknown key or table it points at, by its name; a bad value, by the key on
+/// its line under the table above it (`redis.layout`), as validation names keys. `None` when the
+/// span is not on a `key = value` or `[table]` line (a syntax error).
+fn toml_error_key(text: &str, err: &toml::de::Error) -> Option<String> {
+    let at = err.span()?.start;
+    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    };
+    let header = |l: &str| {
+        Some(
+            l.trim()
+                .strip_prefix('[')?
+                .strip_suffix(']')?
+                .trim()
+                .to_owned(),
+        )
+    };
+    let Some((key, _)) = line.split_once('=') else {
+        return header(line).filter(|t| is_key(t));
+    };
+    let key = key.trim();
+    if !is_key(key) {
+        return None;
+    }
+    if at - line_start <= line.find('=')? {
+        return Some(key.to_owned());
+    }
+    let table = text[..line_start].lines().rev().find_map(header);
+    Some(match table {
+        Some(table) if is_key(&table) => format!("{table}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
 /// A table's error under the table's path, e.g. `redis.pool_max_size`.
 fn nested(table: &str, err: SessionError) -> SessionError {
     match err {
@@ -317,12 +356,7 @@ impl SessionConfig {
     /// Parses without validating, so that values applied later (the environment) can still fix it.
     fn parse_toml(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| {
-            let key = e
-                .message()
-                .split('`')
-                .nth(1)
-                .unwrap_or("config file")
-                .to_owned();
+            let key = toml_error_key(text, &e).unwrap_or_else(|| "config file".to_owned());
             SessionError::config(key, e.to_string().trim().to_owned())
         })
     }

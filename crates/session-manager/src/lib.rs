@@ -43,6 +43,11 @@ pub use session_redis;
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __db_scope {
+    ($provider:expr, $options:expr, retry = $retry:expr, |$conn:ident| $body:expr) => {
+        $provider
+            .transaction_retrying($options, $retry, async |$conn| $body)
+            .await
+    };
     ($provider:expr, $options:expr, |$conn:ident| $body:expr) => {
         $crate::session_core::DbSessionProvider::transaction($provider, $options, async |$conn| {
             $body
@@ -61,15 +66,22 @@ macro_rules! __db_scope {
 ///     diesel::sql_query("INSERT INTO items (name) VALUES ('x')").execute(conn).await.map_err(AppError::from)
 /// })?;
 /// ```
+///
+/// With `retry = &policy` before the closure, a scope that fails with a serialization failure or a
+/// deadlock runs again from the start ([`session_diesel::DieselProvider::transaction_retrying`]; the
+/// error type implements `session_core::ScopeError`), the way to run SERIALIZABLE work:
+///
+/// ```text
+/// let options = ScopeOptions::new().isolation(IsolationLevel::Serializable).timeout(Duration::from_secs(2));
+/// db_transaction!(manager.db()?, options, retry = &RetryPolicy::default(), |conn| { … })?;
+/// ```
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 #[macro_export]
 macro_rules! db_transaction {
-    ($db:expr, $options:expr, |$conn:ident| $body:expr) => {
+    ($db:expr, $options:expr, $($scope:tt)+) => {
         match $db {
-            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, |$conn| $body),
-            $crate::Db::Postgres(provider) => {
-                $crate::__db_scope!(provider, $options, |$conn| $body)
-            }
+            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
+            $crate::Db::Postgres(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
         }
     };
 }
@@ -78,9 +90,9 @@ macro_rules! db_transaction {
 #[cfg(all(feature = "sqlite", not(feature = "postgres")))]
 #[macro_export]
 macro_rules! db_transaction {
-    ($db:expr, $options:expr, |$conn:ident| $body:expr) => {
+    ($db:expr, $options:expr, $($scope:tt)+) => {
         match $db {
-            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, |$conn| $body),
+            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
         }
     };
 }
@@ -89,11 +101,9 @@ macro_rules! db_transaction {
 #[cfg(all(feature = "postgres", not(feature = "sqlite")))]
 #[macro_export]
 macro_rules! db_transaction {
-    ($db:expr, $options:expr, |$conn:ident| $body:expr) => {
+    ($db:expr, $options:expr, $($scope:tt)+) => {
         match $db {
-            $crate::Db::Postgres(provider) => {
-                $crate::__db_scope!(provider, $options, |$conn| $body)
-            }
+            $crate::Db::Postgres(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
         }
     };
 }

@@ -342,6 +342,25 @@ async fn exercise(manager: &SessionManager) {
     })
     .unwrap();
     assert_eq!(n, 1);
+    // The retrying form, with a deadline: a scope that commits runs once.
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let n = session_manager::db_transaction!(
+        manager.db().unwrap(),
+        ScopeOptions::new().timeout(std::time::Duration::from_secs(5)),
+        retry = &session_core::RetryPolicy::default(),
+        |conn| {
+            use session_manager::session_diesel::diesel_async::RunQueryDsl;
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            session_manager::session_diesel::diesel::sql_query(
+                "INSERT INTO manager_probe (x) VALUES (2)",
+            )
+            .execute(conn)
+            .await
+            .map_err(|e| session_manager::session_diesel::from_diesel("db", e))
+        }
+    )
+    .unwrap();
+    assert_eq!((n, runs.into_inner()), (1, 1));
     manager.record_pool_gauges();
     manager.shutdown().await;
     manager.shutdown().await;

@@ -312,7 +312,11 @@ pub(crate) fn updated_session(
         std::str::from_utf8(value).map_err(|_| not_utf8(handle, field))
     };
     let mut stored = session.clone();
-    stored.version = session.version + 1;
+    // A stored version has no successor only if another writer put it there; refuse, not wrap.
+    stored.version = session
+        .version
+        .checked_add(1)
+        .ok_or_else(|| decode(handle, "`version` is at its maximum"))?;
     stored.last_seen_at = instant(handle, LAST_SEEN_AT, text(0, LAST_SEEN_AT)?)?;
     stored.idle_expires_at = instant(handle, IDLE_EXPIRES_AT, text(1, IDLE_EXPIRES_AT)?)?;
     stored.absolute_expires_at =

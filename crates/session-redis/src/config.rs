@@ -83,10 +83,16 @@ impl fmt::Debug for RedisConfig {
 
 /// The URL with its password (or a lone user name, which Redis URLs may use for one) replaced by
 /// `***`, parsed as a URL so that `@`, `:` and `%` inside a password cannot leave part of it
-/// behind. A string that does not parse as a URL is not shown at all beyond its scheme.
+/// behind. A string that does not parse as a URL, or has an `@` after its host, is not shown at
+/// all beyond its scheme.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
+        // A `/`, `?` or `#` in a password that is not percent-encoded ends the authority early, and
+        // the rest of the password, up to its `@`, lands in the path, query or fragment.
+        Ok(parsed) if parsed[url::Position::BeforePath..].contains('@') => {
+            format!("{}://*** (unparseable)", parsed.scheme())
+        }
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 // Fails only for URLs that cannot have credentials, which then have none.

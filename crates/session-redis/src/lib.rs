@@ -32,5 +32,41 @@ pub use codec::FIELDS as SESSION_FIELDS;
 pub use config::{Layout, RedisConfig, redact_url};
 pub use store::RedisStore;
 
+/// Not part of the API; for the fuzz targets and property tests.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::SystemTime;
+
+    use redis::Value;
+    use session_core::{Result, SessionHandle, SessionPolicy, UserSession};
+
+    use crate::Layout;
+    use crate::codec::{Row, decode_session};
+
+    /// What the store makes of an `HMGET <FIELDS>` reply before applying expiry: `None` for an
+    /// absent key, else the decoded session or a `Decode` error.
+    pub fn decode_reply(
+        handle: &SessionHandle,
+        reply: Value,
+        pttl: Option<i64>,
+        now: SystemTime,
+        policy: &SessionPolicy,
+        layout: Layout,
+    ) -> Result<Option<UserSession>> {
+        Row::from_reply(handle, reply)?
+            .map(|row| decode_session(handle, row, pttl, now, policy, layout))
+            .transpose()
+    }
+
+    /// The session `update` stored, from the update script's reply after its tag.
+    pub fn updated_session(
+        handle: &SessionHandle,
+        session: &UserSession,
+        reply: &[Value],
+    ) -> Result<UserSession> {
+        crate::codec::updated_session(handle, session, reply)
+    }
+}
+
 /// The driver crates, re-exported so users name the same versions.
 pub use {bb8, bb8_redis, redis};

@@ -1,0 +1,274 @@
+//! Scope deadlines and the retry of serialization failures, against real databases: PostgreSQL
+//! (127.0.0.1:5432, each test in its own schema) and SQLite (each test in its own file).
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::RunQueryDsl;
+use session_core::{
+    DbSessionProvider, IsolationLevel, PoolConfig, RetryPolicy, ScopeError, ScopeOptions,
+    SessionError,
+};
+use session_diesel::{PgProvider, SqliteProvider, from_diesel};
+use session_testkit::servers::{PgSchema, SqliteFile};
+
+#[derive(Debug, QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn pool(max_size: u32) -> PoolConfig {
+    let mut config = PoolConfig::default();
+    config.max_size = max_size;
+    config
+}
+
+fn is_scope_timeout(e: &SessionError, limit: Duration) -> bool {
+    matches!(e, SessionError::Timeout { operation: "scope", after, .. } if *after == limit)
+}
+
+/// A thousand scopes cut by their deadline, sixteen at a time, each in the middle of a statement
+/// that would run for ten seconds: every one answers a typed `Timeout`, the server stops every
+/// statement (no backend of this schema is left running one or idle in a transaction), and the
+/// pool then serves clean connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deadline_cut_scopes_leave_the_pool_clean() {
+    let schema = PgSchema::create("deadline");
+    let provider = Arc::new(PgProvider::connect(&schema.url(), pool(8)).await.unwrap());
+    let limit = Duration::from_millis(20);
+    let mut cut = tokio::task::JoinSet::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    for _ in 0..16 {
+        let (provider, started) = (provider.clone(), started.clone());
+        cut.spawn(async move {
+            while started.fetch_add(1, Ordering::Relaxed) < 1000 {
+                let result = provider
+                    .transaction(ScopeOptions::new().timeout(limit), async |conn| {
+                        diesel::sql_query("SELECT pg_sleep(60)")
+                            .execute(conn)
+                            .await
+                            .map_err(|e| from_diesel("postgres", e))
+                    })
+                    .await;
+                let err = result.unwrap_err();
+                assert!(is_scope_timeout(&err, limit), "{err:?}");
+            }
+        });
+    }
+    while let Some(done) = cut.join_next().await {
+        done.unwrap();
+    }
+    // Each backend the client gave up on stops at its own statement_timeout.
+    let app = schema.name().to_owned();
+    let leftovers = || {
+        let provider = provider.clone();
+        let app = app.clone();
+        async move {
+            provider
+                .transaction(ScopeOptions::new(), async |conn| {
+                    diesel::sql_query(
+                        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE application_name = $1
+                         AND pid <> pg_backend_pid()
+                         AND (query LIKE '%pg_sleep%' AND state = 'active' OR state LIKE 'idle in transaction%')",
+                    )
+                    .bind::<Text, _>(&app)
+                    .get_result::<Count>(conn)
+                    .await
+                    .map_err(|e| from_diesel("postgres", e))
+                })
+                .await
+                .unwrap()
+                .n
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = leftovers().await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} backends still sleeping or idle in a transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pool serves: every connection it hands out runs statements outside any transaction.
+    for _ in 0..16 {
+        let depth = provider
+            .transaction(ScopeOptions::new(), async |conn| {
+                diesel::sql_query("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE pid = pg_backend_pid() AND state = 'active'")
+                    .get_result::<Count>(conn)
+                    .await
+                    .map_err(|e| from_diesel("postgres", e))
+            })
+            .await
+            .unwrap();
+        assert_eq!(depth.n, 1);
+    }
+    let state = provider.state();
+    assert!(state.connections <= 8, "{state:?}");
+}
+
+/// A scope within its deadline commits as usual, and a deadline also bounds the wait for a
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_deadline_covers_the_wait_for_a_connection() {
+    let schema = PgSchema::create("deadline");
+    let provider = PgProvider::connect(&schema.url(), pool(1)).await.unwrap();
+    let fine = provider
+        .transaction(
+            ScopeOptions::new().timeout(Duration::from_secs(5)),
+            async |conn| {
+                diesel::sql_query("SELECT CAST(1 AS BIGINT) AS n")
+                    .get_result::<Count>(conn)
+                    .await
+                    .map_err(|e| from_diesel("postgres", e))
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fine.n, 1);
+    let held = provider.connection().await.unwrap();
+    let limit = Duration::from_millis(100);
+    let err = provider
+        .transaction(ScopeOptions::new().timeout(limit), async |_conn| {
+            Ok::<_, SessionError>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(is_scope_timeout(&err, limit), "{err:?}");
+    drop(held);
+}
+
+/// SQLite has no statement time-out: the client's deadline alone cuts the scope, and the pool
+/// serves on (the abandoned statement finishes on its blocking thread, and that connection is
+/// discarded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_scope_past_its_deadline_times_out_and_the_pool_serves_on() {
+    let file = SqliteFile::new("deadline");
+    let provider = SqliteProvider::open(&file.url(), pool(4)).await.unwrap();
+    let limit = Duration::from_millis(50);
+    let err = provider
+        .transaction(ScopeOptions::new().timeout(limit), async |conn| {
+            diesel::sql_query(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)
+                 SELECT COUNT(*) AS n FROM c",
+            )
+            .get_result::<Count>(conn)
+            .await
+            .map_err(|e| from_diesel("sqlite", e))
+        })
+        .await
+        .unwrap_err();
+    assert!(is_scope_timeout(&err, limit), "{err:?}");
+    let n = provider
+        .transaction(ScopeOptions::new(), async |conn| {
+            diesel::sql_query("SELECT CAST(7 AS BIGINT) AS n")
+                .get_result::<Count>(conn)
+                .await
+                .map_err(|e| from_diesel("sqlite", e))
+        })
+        .await
+        .unwrap();
+    assert_eq!(n.n, 7);
+}
+
+/// Two SERIALIZABLE scopes that each read the whole table and then insert (write skew): run
+/// together, one of them loses. `transaction` returns the loss as a serialization failure;
+/// `transaction_retrying` runs the loser again and both commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_serialization_failures_run_again_until_they_commit() {
+    let schema = PgSchema::create("retry");
+    let provider = Arc::new(PgProvider::connect(&schema.url(), pool(4)).await.unwrap());
+    provider
+        .transaction(ScopeOptions::new(), async |conn| {
+            diesel::sql_query("CREATE TABLE ledger (v BIGINT NOT NULL)")
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel("postgres", e))
+        })
+        .await
+        .unwrap();
+    let serializable = ScopeOptions::new().isolation(IsolationLevel::Serializable);
+
+    // Both read before either writes: the barrier holds the first attempts of both together.
+    async fn skewed(
+        provider: Arc<PgProvider>,
+        barrier: Arc<tokio::sync::Barrier>,
+        attempts: Arc<AtomicUsize>,
+        retry: Option<RetryPolicy>,
+    ) -> Result<(), SessionError> {
+        let options = ScopeOptions::new().isolation(IsolationLevel::Serializable);
+        let (barrier, attempts) = (&*barrier, &*attempts);
+        let scope = async |conn: &mut diesel_async::AsyncPgConnection| {
+            let first = attempts.fetch_add(1, Ordering::SeqCst) < 2;
+            let sum = diesel::sql_query("SELECT COALESCE(SUM(v), 0)::BIGINT AS n FROM ledger")
+                .get_result::<Count>(conn)
+                .await
+                .map_err(|e| from_diesel("postgres", e))?;
+            if first {
+                barrier.wait().await;
+            }
+            diesel::sql_query("INSERT INTO ledger (v) VALUES ($1)")
+                .bind::<BigInt, _>(sum.n + 1)
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel("postgres", e))?;
+            Ok::<_, SessionError>(())
+        };
+        match retry {
+            Some(retry) => provider.transaction_retrying(options, &retry, scope).await,
+            None => provider.transaction(options, scope).await,
+        }
+    }
+
+    for retry in [None, Some(RetryPolicy::default())] {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(skewed(
+                    provider.clone(),
+                    barrier.clone(),
+                    attempts.clone(),
+                    retry.clone(),
+                ))
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for run in runs {
+            outcomes.push(run.await.unwrap());
+        }
+        match retry {
+            None => {
+                let lost: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+                assert_eq!(lost.len(), 1, "{outcomes:?}");
+                assert!(lost[0].is_serialization_failure(), "{:?}", lost[0]);
+            }
+            Some(_) => {
+                assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+                assert!(
+                    AtomicUsize::load(&attempts, Ordering::SeqCst) >= 3,
+                    "the loser ran again"
+                );
+            }
+        }
+    }
+    // One row from the first round's winner, two from the second: each saw a consistent sum.
+    let rows = provider
+        .transaction(serializable, async |conn| {
+            diesel::sql_query("SELECT COUNT(DISTINCT v) AS n FROM ledger")
+                .get_result::<Count>(conn)
+                .await
+                .map_err(|e| from_diesel("postgres", e))
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.n, 3);
+}
