@@ -35,7 +35,10 @@ impl Default for PostgresStoreConfig {
 ///
 /// Sources, later over earlier: defaults, the TOML file named by `SESSION_CONFIG_FILE` (if set),
 /// environment variables ([`ENV_VARS`]); see [`SessionConfig::from_env`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// Its `Debug` shows the URLs without credentials ([`redacted_url`]), so a logged configuration
+/// cannot leak a password.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SessionConfig {
@@ -63,6 +66,45 @@ pub struct SessionConfig {
     /// The PostgreSQL session store (`[postgres_store]`).
     #[cfg(feature = "postgres")]
     pub postgres_store: PostgresStoreConfig,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("SessionConfig");
+        d.field("store_url", &redacted_url(&self.store_url))
+            .field("database_url", &redacted_url(&self.database_url))
+            .field("policy", &self.policy)
+            .field("db_pool", &self.db_pool)
+            .field("purge_interval", &self.purge_interval)
+            .field("retry", &self.retry);
+        #[cfg(feature = "redis")]
+        d.field("redis", &self.redis);
+        #[cfg(feature = "postgres")]
+        d.field("postgres_store", &self.postgres_store);
+        d.finish()
+    }
+}
+
+/// `url` as it may be logged: unchanged when it can hold no credentials (no `@`, no `pass` in
+/// any case), else only its scheme and `://***`. Errs on the side of hiding: a URL parser is not
+/// compiled into every build, and a wrong guess here would print a password.
+#[must_use]
+pub fn redacted_url(url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    if !url.contains('@') && !lower.contains("pass") {
+        return url.to_owned();
+    }
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            format!("{scheme}://***")
+        }
+        _ => "***".to_owned(),
+    }
 }
 
 /// The database URL meaning "no application database".

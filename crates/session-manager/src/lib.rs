@@ -27,7 +27,7 @@ mod manager;
 
 #[cfg(feature = "postgres")]
 pub use config::PostgresStoreConfig;
-pub use config::{CONFIG_FILE_VAR, ENV_VARS, NO_DATABASE, SessionConfig};
+pub use config::{CONFIG_FILE_VAR, ENV_VARS, NO_DATABASE, SessionConfig, redacted_url};
 pub use manager::{Db, SessionManager, SessionManagerBuilder};
 
 /// Re-exported so applications name one version.

@@ -476,3 +476,36 @@ async fn the_managers_purge_task_purges_a_postgres_store_and_shutdown_closes_its
     )
     .await;
 }
+
+/// A configuration's `Debug` (what a service logs at start-up) shows no credential of its URLs.
+#[test]
+fn debug_of_a_configuration_hides_url_credentials() {
+    let config = SessionConfig::from_vars([
+        (
+            "SESSION_STORE_URL".to_owned(),
+            "redis://:p%40ss:w0rd@127.0.0.1:6379/0".to_owned(),
+        ),
+        (
+            "DATABASE_URL".to_owned(),
+            "postgres://app:s3cr@t/x@db.internal/app?sslmode=require".to_owned(),
+        ),
+    ])
+    .unwrap();
+    let shown = format!("{config:?}");
+    for secret in ["w0rd", "s3cr", "t/x", "db.internal"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(
+        shown.contains("redis://***") && shown.contains("postgres://***"),
+        "{shown}"
+    );
+    // A URL that can hold no credential is shown as it is.
+    assert_eq!(
+        session_manager::redacted_url("sqlite://data/app.db"),
+        "sqlite://data/app.db"
+    );
+    assert_eq!(
+        session_manager::redacted_url("postgres://db/app?password=x"),
+        "postgres://***"
+    );
+}
