@@ -123,6 +123,12 @@ pub struct PoolState {
 }
 
 /// Pool settings shared by every database provider. Durations accept human form (`30s`, `10m`).
+///
+/// The seed's SQLAlchemy pool in these terms: `pool_size = 5` is `min_idle = 5`, `max_overflow = 10`
+/// is `max_size = 15` (5 + 10), `pool_pre_ping = True` is `test_on_checkout = true`, and
+/// `engine.dispose()` is the provider's `close()` (the manager's `shutdown()`). SQLAlchemy closes an
+/// overflow connection as soon as it is returned; here connections above `min_idle` close once idle
+/// for `idle_timeout` (docs/backends.md has the measured timeline).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -134,7 +140,9 @@ pub struct PoolConfig {
     /// Longest wait for a connection before [`SessionError::Timeout`]. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
-    /// Idle connections older than this are closed. Default `10m`.
+    /// Connections idle longer than this are closed (down to `min_idle`, which is then
+    /// replenished): the seed's `max_overflow` connections, gone once a burst has passed. Checked
+    /// every quarter of this (at least every 100 ms, at most every 30 s). Default `10m`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// Connections older than this are closed. Default `30m`.

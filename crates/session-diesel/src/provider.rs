@@ -133,7 +133,8 @@ where
             // checkouts, so a pool that checks locally always tests.
             .test_on_check_out(config.test_on_checkout || check == CheckoutCheck::Local)
             .idle_timeout(config.idle_timeout)
-            .max_lifetime(config.max_lifetime);
+            .max_lifetime(config.max_lifetime)
+            .reaper_rate(reaper_rate(&config));
         // A refused connection should fail the checkout that needed it, not be retried silently
         // until the checkout timeout.
         builder = builder.retry_connection(false);
@@ -192,6 +193,21 @@ where
                 source: Box::new(e),
             })
     }
+}
+
+/// How often idle and old connections are looked for: a quarter of the shorter of `idle_timeout`
+/// and `max_lifetime`, between 100 ms and 30 s (bb8's own default, 30 s, would keep a connection
+/// idle for `1s` up to half a minute).
+fn reaper_rate(config: &PoolConfig) -> std::time::Duration {
+    let shortest = [config.idle_timeout, config.max_lifetime]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(std::time::Duration::from_secs(120));
+    (shortest / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(30),
+    )
 }
 
 impl<C: ProviderConnection> DieselProvider<C>

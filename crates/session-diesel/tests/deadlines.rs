@@ -272,3 +272,56 @@ async fn postgres_serialization_failures_run_again_until_they_commit() {
         .unwrap();
     assert_eq!(rows.n, 3);
 }
+
+/// The seed's pool (`pool_size 5`, `max_overflow 10`) as `min_idle 5`, `max_size 15`: a burst of
+/// 15 concurrent scopes opens 15 connections, and once the burst has passed the ten above the
+/// minimum close after `idle_timeout` (1 s here), leaving 5. Prints the timeline it measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_overflow_connections_close_once_the_burst_has_passed() {
+    let schema = PgSchema::create("overflow");
+    let mut config = pool(15);
+    config.min_idle = Some(5);
+    config.idle_timeout = Some(Duration::from_secs(1));
+    let provider = Arc::new(PgProvider::connect(&schema.url(), config).await.unwrap());
+    let burst: Vec<_> = (0..15)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move {
+                provider
+                    .transaction(ScopeOptions::new(), async |conn| {
+                        diesel::sql_query("SELECT pg_sleep(0.3)")
+                            .execute(conn)
+                            .await
+                            .map_err(|e| from_diesel("postgres", e))
+                    })
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for scope in burst {
+        scope.await.unwrap();
+    }
+    let passed = std::time::Instant::now();
+    assert_eq!(provider.state().connections, 15, "the burst used all 15");
+    let mut timeline = vec![(0, provider.state().connections)];
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let open = provider.state().connections;
+        let at = passed.elapsed().as_millis();
+        if timeline.last().is_some_and(|(_, last)| *last != open) {
+            timeline.push((at, open));
+        }
+        if open == 5 {
+            break;
+        }
+        assert!(
+            at < 10_000,
+            "still {open} connections 10 s after the burst: {timeline:?}"
+        );
+    }
+    println!("connections after the burst (ms since it passed, open): {timeline:?}");
+    // And the minimum stays.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(provider.state().connections, 5);
+}
