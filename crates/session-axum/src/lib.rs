@@ -12,7 +12,9 @@
 //!   rejections that shape, and [`ApiError::no_route`] / [`ApiError::method_not_allowed`] serve
 //!   as the router's fallbacks.
 //! - [`serve`] with [`ServerLimits`]: HTTP/1.1 with a header-read time-out (which also ends idle
-//!   keep-alive connections), a whole-request time-out (408) and a body limit (413), as JSON errors;
+//!   keep-alive connections), a whole-request time-out (408), body, target and header limits (413,
+//!   414, 431), a connection cap and a write-stall time-out; every error is JSON, hyper's own
+//!   refusals of heads it cannot parse included;
 //!   [`shutdown_signal`]: Ctrl-C or SIGTERM, for it or `axum::serve(..).with_graceful_shutdown(..)`.
 //!
 //! It depends on `session-core` only: the store can come from `session-manager` or be built by hand.
@@ -23,6 +25,7 @@ mod cookie;
 mod error;
 mod extract;
 mod layer;
+mod refusals;
 mod serve;
 mod session;
 mod shutdown;

@@ -181,9 +181,11 @@ fn oversized_head(
 /// more until one closes. Requests get the peer's address as
 /// `axum::extract::ConnectInfo<SocketAddr>`, as with axum's `into_make_service_with_connect_info`.
 ///
-/// hyper parses the request head before any of this runs: a head beyond its read buffer (sized
-/// for the largest accepted target plus header block, plus 4 KiB) or with more than twice
-/// `max_headers` fields is refused by hyper with a bare 431 and no body.
+/// hyper parses the request head before any of this runs, and refuses a head it cannot parse (a
+/// control byte in a header value, a malformed `Content-Length`, more than its read buffer, sized
+/// for the largest accepted target plus header block plus 4 KiB, or more than twice `max_headers`
+/// fields) itself, with a bodiless 400, 414, 431 or 505; the connection gives those answers the same
+/// JSON body as every other error, so a client sees one error shape whatever refused it.
 ///
 /// # Errors
 /// None today; the `Result` leaves room for listener failures that should stop the server.
@@ -239,7 +241,10 @@ pub async fn serve(
                 .header_read_timeout(header_read_timeout)
                 .max_buf_size(read_buffer)
                 .max_headers(max_headers)
-                .serve_connection(TokioIo::new(Box::pin(stream)), service);
+                .serve_connection(
+                    TokioIo::new(crate::refusals::JsonRefusals::new(Box::pin(stream))),
+                    service,
+                );
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

@@ -192,3 +192,45 @@ async fn a_client_that_never_reads_loses_its_connection() {
     assert!(next.starts_with("HTTP/1.1 200"), "{next}");
     drop(stuck);
 }
+
+/// Heads hyper cannot parse, which it refuses before any service runs, get the same JSON error
+/// shape as everything else; the server serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_hyper_refuses_get_json_errors_too() {
+    let addr = start(ServerLimits::default()).await;
+    for (head, status, code) in [
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \u{1}abc\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
+        ("GARBAGE\r\n\r\n", "400", "bad_request"),
+        (
+            "GET /sess\u{1}ions HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
+        ("GET / HTTP/2.5\r\nHost: x\r\n\r\n", "400", "bad_request"),
+    ] {
+        let reply = exchange(addr, head).await;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {reply}"
+        );
+        assert!(reply.contains("content-type: application/json"), "{reply}");
+        let body = reply.split("\r\n\r\n").nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], code, "{reply}");
+        assert!(json["message"].is_string());
+    }
+    assert!(
+        exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
