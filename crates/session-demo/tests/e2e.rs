@@ -482,6 +482,30 @@ async fn every_client_error_is_json(demo: &Demo) {
             "{body}"
         );
     }
+    // Heads hyper refuses before any route runs get the same shape.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = demo.base.trim_start_matches("http://").to_owned();
+    for head in [
+        "GET /sessions/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \u{1}x\r\n\r\n",
+        "GET /sessions/me HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        raw.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            raw.read_to_end(&mut reply),
+        )
+        .await
+        .expect("the server closes after a refusal")
+        .unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(
+            reply.ends_with("\"message\":\"the request is not valid HTTP/1.1\"}"),
+            "{reply}"
+        );
+    }
 }
 
 /// A client that stalls is cut off: half a header block ends the connection at the header-read
