@@ -1,6 +1,5 @@
-//! diesel-async backends: a [`DbSessionProvider`](session_core::DbSessionProvider) for PostgreSQL,
-//! MySQL/MariaDB and SQLite on a bb8 pool, and a PostgreSQL
-//! [`UserSessionStore`](session_core::UserSessionStore).
+//! diesel-async backends: a [`DbSessionProvider`](session_core::DbSessionProvider) for PostgreSQL
+//! and SQLite on a bb8 pool, and a PostgreSQL [`UserSessionStore`](session_core::UserSessionStore).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), session_core::SessionError> {
@@ -17,8 +16,6 @@
 #![deny(missing_docs)]
 
 mod error;
-#[cfg(feature = "mysql")]
-mod mysql;
 #[cfg(feature = "postgres")]
 mod pg;
 #[cfg(feature = "postgres")]
@@ -30,8 +27,6 @@ mod sqlite;
 mod store;
 
 pub use error::from_diesel;
-#[cfg(feature = "mysql")]
-pub use mysql::MysqlProvider;
 #[cfg(feature = "postgres")]
 pub use pg::PgProvider;
 #[cfg(feature = "postgres")]

@@ -19,7 +19,7 @@ use crate::error::{from_diesel, from_pool};
 pub type PooledConnection<C> = bb8::PooledConnection<'static, AsyncDieselConnectionManager<C>>;
 
 /// What differs between the connection types a provider can pool. Sealed: implemented for
-/// `AsyncPgConnection`, `AsyncMysqlConnection` and `SyncConnectionWrapper<SqliteConnection>` only.
+/// `AsyncPgConnection` and `SyncConnectionWrapper<SqliteConnection>` only.
 pub trait ProviderConnection:
     AsyncConnection + SimpleAsyncConnection + PoolableConnection + Send + 'static + sealed::Sealed
 {
@@ -31,15 +31,6 @@ pub trait ProviderConnection:
     /// # Errors
     /// [`SessionError::Unsupported`] for an option the backend cannot honour.
     fn scope_prelude(options: &ScopeOptions) -> Result<Option<Cow<'static, str>>>;
-
-    /// The statements that apply `options` right before `BEGIN`, if any: MySQL sets the next
-    /// transaction's characteristics there, and refuses to change them once it has begun.
-    ///
-    /// # Errors
-    /// [`SessionError::Unsupported`] for an option the backend cannot honour.
-    fn scope_preamble(_options: &ScopeOptions) -> Result<Option<Cow<'static, str>>> {
-        Ok(None)
-    }
 
     /// How new connections are opened (e.g. SQLite pragmas).
     fn manager_config() -> ManagerConfig<Self>;
@@ -304,13 +295,9 @@ where
         let started = std::time::Instant::now();
         let work = async move {
             let db = |e| E::from(from_diesel(C::BACKEND, e));
-            let preamble = C::scope_preamble(&options)?;
             let prelude = C::scope_prelude(&options)?;
             let mut pooled = self.checkout().await?;
             let conn: &mut C = &mut pooled;
-            if let Some(statement) = preamble {
-                conn.batch_execute(&statement).await.map_err(db)?;
-            }
             // If this future is dropped from here on (a timeout, a client gone) or the scope
             // panics, the connection goes back with its transaction open; diesel-async then
             // reports it broken and bb8 closes it, so the server rolls back and no later scope
