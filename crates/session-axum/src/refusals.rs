@@ -2,7 +2,7 @@
 //!
 //! hyper parses each request head before any service runs; a head it cannot parse (a control byte
 //! in a header value or in the request line, a malformed `Content-Length`, a head past its read
-//! buffer) is answered by hyper directly with a bodiless `400`, `414`, `431` or `505` and
+//! buffer) is answered by hyper directly with a bodiless `400`, `414` or `431` and
 //! `connection: close`, and hyper has no hook to change that answer. This wrapper around the
 //! connection recognises exactly that answer in what hyper writes (its status line, then only
 //! `connection: close`, `content-length: 0` and `date`) and writes in its place the same status with
@@ -14,8 +14,10 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The refusals hyper writes on its own, and the JSON each becomes.
-const REFUSALS: [(&[u8], &str, &str); 4] = [
+/// The refusals hyper writes on its own, and the JSON each becomes. (hyper 1 answers a bad
+/// version with a 400, never a 505.) Only hyper's can reach the wire bodiless: `serve` gives
+/// every bodiless error response of the service a JSON body before it is written.
+const REFUSALS: [(&[u8], &str, &str); 3] = [
     (
         b"HTTP/1.1 400 Bad Request\r\n",
         "bad_request",
@@ -31,11 +33,6 @@ const REFUSALS: [(&[u8], &str, &str); 4] = [
         "headers_too_large",
         "the request head is too large",
     ),
-    (
-        b"HTTP/1.1 505 HTTP Version Not Supported\r\n",
-        "http_version_not_supported",
-        "only HTTP/1.1 and HTTP/1.0 are served",
-    ),
 ];
 
 /// A connection whose writes have hyper's bare refusals replaced by JSON ones.
@@ -44,6 +41,9 @@ pub(crate) struct JsonRefusals<T> {
     /// Bytes accepted from hyper (with a refusal replaced) and not yet written.
     pending: Vec<u8>,
     written: usize,
+    /// The last write was taken in part: the next one continues it (a body's rest, perhaps) and
+    /// is not looked into.
+    continuing: bool,
 }
 
 impl<T> JsonRefusals<T> {
@@ -52,6 +52,7 @@ impl<T> JsonRefusals<T> {
             inner,
             pending: Vec::new(),
             written: 0,
+            continuing: false,
         }
     }
 }
@@ -145,8 +146,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonRefusals<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_drain(cx))?;
-        let Some((start, end, replacement)) = replace_refusal(buf) else {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        let refusal = if this.continuing {
+            None
+        } else {
+            replace_refusal(buf)
+        };
+        let Some((start, end, replacement)) = refusal else {
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+            this.continuing = n < buf.len();
+            return Poll::Ready(Ok(n));
         };
         this.pending.extend_from_slice(&buf[..start]);
         this.pending.extend_from_slice(&replacement);
@@ -194,7 +202,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(length, text.split("\r\n\r\n").nth(1).unwrap().len());
-        // A handler's 400 has other headers (its content type): left alone.
+        // A 400 with other headers (a content type) is not hyper's refusal: left alone.
         let handler = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
         assert!(replace_refusal(handler).is_none());
         // Only a write that starts with the refusal: a body is never scanned.

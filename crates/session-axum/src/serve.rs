@@ -110,6 +110,10 @@ impl ServerLimits {
         let (max_uri, max_header_bytes, max_headers) =
             (self.max_uri_bytes, self.max_header_bytes, self.max_headers);
         router
+            // Last on the way out: an error response with no body (a handler's bare
+            // `StatusCode::BAD_REQUEST`) gets the JSON shape too, so that on the wire a bodiless
+            // error can only be hyper's own refusal, which the connection rewrites.
+            .layer(axum::middleware::map_response(json_for_bodiless_errors))
             .layer(axum::middleware::from_fn(
                 move |request: axum::extract::Request, next: axum::middleware::Next| async move {
                     if let Some(refusal) =
@@ -134,6 +138,44 @@ impl ServerLimits {
             )
             .layer(DefaultBodyLimit::max(self.max_body_bytes))
     }
+}
+
+/// An error response without a body or a content type, given `{"error", "message"}` from its
+/// status; everything else as it is.
+async fn json_for_bodiless_errors(response: axum::response::Response) -> axum::response::Response {
+    use axum::body::HttpBody as _;
+    let status = response.status();
+    let bodiless = response.body().size_hint().exact() == Some(0)
+        && !response
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE);
+    if !(status.is_client_error() || status.is_server_error()) || !bodiless {
+        return response;
+    }
+    let reason = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    let code: &'static str = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let (mut parts, _) = response.into_parts();
+    let mut json = ApiError::new(status, code, reason).into_response();
+    // The response's own headers (e.g. `Retry-After`, `WWW-Authenticate`) stay.
+    for (name, value) in json.headers().iter() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = std::mem::take(json.body_mut());
+    axum::response::Response::from_parts(parts, body)
 }
 
 /// The JSON refusal of a request whose target or header block is over the limits.
@@ -184,8 +226,9 @@ fn oversized_head(
 /// hyper parses the request head before any of this runs, and refuses a head it cannot parse (a
 /// control byte in a header value, a malformed `Content-Length`, more than its read buffer, sized
 /// for the largest accepted target plus header block plus 4 KiB, or more than twice `max_headers`
-/// fields) itself, with a bodiless 400, 414, 431 or 505; the connection gives those answers the same
-/// JSON body as every other error, so a client sees one error shape whatever refused it.
+/// fields) itself, with a bodiless 400, 414 or 431; the connection gives those answers the same
+/// JSON body as every other error (and [`ServerLimits::apply`] gives one to a handler's bodiless
+/// error status), so a client sees one error shape whatever refused it.
 ///
 /// # Errors
 /// None today; the `Result` leaves room for listener failures that should stop the server.

@@ -119,9 +119,9 @@ async fn oversized_targets_and_header_blocks_get_json_errors() {
     // Just under the limits is served.
     let fits = format!("GET /?q={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(8_000));
     assert!(exchange(addr, &fits).await.starts_with("HTTP/1.1 200"));
-    // Far past hyper's read buffer, hyper refuses on its own (a bare 431, or a reset when the
-    // refusal closes the connection with the rest of the head unread) and the server goes on
-    // serving.
+    // Far past hyper's read buffer, hyper refuses on its own (a 431, given its JSON body on the
+    // way out, or a reset when the refusal closes the connection with the rest of the head
+    // unread) and the server goes on serving.
     let huge = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
         "c".repeat(64 * 1024)
@@ -133,7 +133,12 @@ async fn oversized_targets_and_header_blocks_get_json_errors() {
             .await
             .expect("no answer to an oversized head");
         if let Ok(n) = read {
-            assert!(reply[..n].starts_with(b"HTTP/1.1 431"), "{:?}", &reply[..n]);
+            let text = String::from_utf8_lossy(&reply[..n]);
+            assert!(
+                text.starts_with("HTTP/1.1 431")
+                    && text.contains("\"error\":\"headers_too_large\""),
+                "{text}"
+            );
         }
     }
     assert!(
@@ -233,4 +238,37 @@ async fn heads_hyper_refuses_get_json_errors_too() {
             .await
             .starts_with("HTTP/1.1 200")
     );
+}
+
+/// A handler's bare error status becomes a JSON error with its own status and no claim about
+/// HTTP validity, also when the connection closes after it (where its head would otherwise look
+/// like hyper's own refusal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_bare_error_gets_its_own_json_body() {
+    let router = Router::new().route(
+        "/bare",
+        get(|| async { axum::http::StatusCode::BAD_REQUEST }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        router,
+        ServerLimits::default(),
+        std::future::pending(),
+    ));
+    for head in [
+        "GET /bare HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /bare HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let reply = exchange(addr, head).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        let body = reply.split("\r\n\r\n").nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (json["error"].as_str(), json["message"].as_str()),
+            (Some("bad_request"), Some("bad request")),
+            "{reply}"
+        );
+    }
 }
