@@ -53,10 +53,12 @@ pub struct ScopeOptions {
     /// A deadline for the whole scope, from the wait for a connection to the commit. Past it the
     /// scope is abandoned and answers [`SessionError::Timeout`] (operation `scope`); its
     /// connection, caught mid-transaction, is discarded rather than returned to the pool. On
-    /// PostgreSQL the scope also runs with `SET LOCAL statement_timeout` of the same length, so
-    /// the server stops the work too (a statement it cancels is the same `Timeout`); SQLite has no
-    /// server-side limit, and a statement already running finishes on its blocking thread before
-    /// that connection closes. Default: none.
+    /// PostgreSQL the scope also runs with `SET LOCAL statement_timeout` of what the deadline has
+    /// left once a connection is had, so the server stops an abandoned statement too (usually the
+    /// client's timer fires first; an error at or past the deadline, the server's cancellation
+    /// included, is reported as the same `Timeout`). SQLite has no server-side limit: a statement
+    /// already running finishes on its blocking thread before that connection closes. Default:
+    /// none.
     pub timeout: Option<Duration>,
 }
 
@@ -140,9 +142,10 @@ pub struct PoolConfig {
     /// Longest wait for a connection before [`SessionError::Timeout`]. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
-    /// Connections idle longer than this are closed (down to `min_idle`, which is then
-    /// replenished): the seed's `max_overflow` connections, gone once a burst has passed. Checked
-    /// every quarter of this (at least every 100 ms, at most every 30 s). Default `10m`.
+    /// Connections idle longer than this are closed (bb8 closes every such connection, then opens
+    /// new ones up to `min_idle`): the seed's `max_overflow` connections, gone once a burst has
+    /// passed. Checked every quarter of this, but no more often than every 100 ms and no less
+    /// often than every 30 s. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// Connections older than this are closed. Default `30m`.

@@ -80,9 +80,11 @@ impl RetryPolicy {
     }
 
     /// The waits before each retry under this policy: `max_retries` of them, growing from
-    /// `min_delay` to `max_delay`, with jitter.
+    /// `min_delay`, with jitter, never over `max_delay`.
     pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
-        self.backoff().build()
+        // backon's jitter may take a wait past `max_delay`; the policy says "jitter included".
+        let max = self.max_delay;
+        self.backoff().build().map(move |d| d.min(max))
     }
 
     fn backoff(&self) -> ExponentialBuilder {

@@ -223,6 +223,8 @@ where
     /// The closure is cloned for each attempt, so it must be `Clone` (an `async` closure is when
     /// what it captures is), and it should have no effect outside the transaction, since an
     /// attempt that lost is run again. Other errors, the deadline's included, are returned at once.
+    /// A deadline in `options` bounds all the attempts and waits together: each attempt runs with
+    /// what is left of it, and no attempt starts that the wait before it would leave no time for.
     ///
     /// # Errors
     /// The last attempt's error.
@@ -243,12 +245,32 @@ where
     {
         let mut delays = retry.delays();
         let mut attempt = 1u32;
+        // A deadline bounds all the attempts together, waits included: each gets what is left.
+        let deadline = options
+            .timeout
+            .map(|limit| (std::time::Instant::now() + limit, limit));
         loop {
-            match self.transaction(options, scope.clone()).await {
+            let mut this_attempt = options;
+            if let Some((at, limit)) = deadline {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(E::from(SessionError::Timeout {
+                        backend: C::BACKEND,
+                        operation: "scope",
+                        after: limit,
+                    }));
+                }
+                this_attempt.timeout = Some(left);
+            }
+            match self.transaction(this_attempt, scope.clone()).await {
                 Err(e) if e.is_serialization_failure() => {
                     let Some(delay) = delays.next() else {
                         return Err(e);
                     };
+                    if deadline.is_some_and(|(at, _)| std::time::Instant::now() + delay >= at) {
+                        // No time left for another attempt: the conflict is the answer.
+                        return Err(e);
+                    }
                     tracing::debug!(
                         backend = C::BACKEND,
                         attempt,
@@ -295,8 +317,19 @@ where
         let started = std::time::Instant::now();
         let work = async move {
             let db = |e| E::from(from_diesel(C::BACKEND, e));
-            let prelude = C::scope_prelude(&options)?;
+            // Checked before the wait for a connection (an option the backend refuses fails at
+            // once), and made after it, so a server-side limit is the time the deadline has left.
+            C::scope_prelude(&options)?;
             let mut pooled = self.checkout().await?;
+            let mut left = options;
+            if let Some(limit) = options.timeout {
+                left.timeout = Some(
+                    limit
+                        .saturating_sub(started.elapsed())
+                        .max(std::time::Duration::from_millis(1)),
+                );
+            }
+            let prelude = C::scope_prelude(&left)?;
             let conn: &mut C = &mut pooled;
             // If this future is dropped from here on (a timeout, a client gone) or the scope
             // panics, the connection goes back with its transaction open; diesel-async then
