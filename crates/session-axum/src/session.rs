@@ -81,8 +81,10 @@ const MAX_PRESENTED_COOKIES: usize = 4;
 pub fn presented(headers: &HeaderMap, cookie: &str) -> Option<(Vec<String>, Transport)> {
     if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let mut parts = value.splitn(2, ' ');
+        // An empty bearer token names nothing: it does not hide the cookie.
         if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
             && scheme.eq_ignore_ascii_case("bearer")
+            && !token.trim().is_empty()
         {
             return Some((vec![token.trim().to_owned()], Transport::Bearer));
         }

@@ -399,7 +399,17 @@ impl SessionConfig {
     fn parse_toml(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| {
             let key = toml_error_key(text, &e).unwrap_or_else(|| "config file".to_owned());
-            SessionError::config(key, e.to_string().trim().to_owned())
+            // The message and the line number, not the toml crate's quote of the line: that
+            // line may hold a URL with its password.
+            let line = e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| before.matches('\n').count() + 1);
+            let reason = match line {
+                Some(line) => format!("line {line}: {}", e.message().trim()),
+                None => e.message().trim().to_owned(),
+            };
+            SessionError::config(key, reason)
         })
     }
 

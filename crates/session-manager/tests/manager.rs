@@ -509,3 +509,22 @@ fn debug_of_a_configuration_hides_url_credentials() {
         "postgres://***"
     );
 }
+
+/// A configuration file's error names the key and the line, and never quotes the line: it may
+/// hold a password.
+#[test]
+fn a_toml_error_does_not_quote_the_line() {
+    let err = SessionConfig::from_toml_str(
+        "store_url = \"redis://:hunter2hunter2@cache:6379/0\"\npurge_interval = 5\n",
+    )
+    .unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("purge_interval") && shown.contains("line 2"),
+        "{shown}"
+    );
+    let err =
+        SessionConfig::from_toml_str("store_url = \"redis://:hunter2hunter2@cache:6379/0\" x\n")
+            .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
