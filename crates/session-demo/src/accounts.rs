@@ -29,16 +29,15 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use session_axum::ApiError;
 use session_core::{ScopeOptions, SessionError};
 use session_manager::Db;
 use session_manager::db_transaction;
 use session_manager::session_diesel::diesel::QueryableByName;
 use session_manager::session_diesel::diesel::sql_types::{BigInt, Bool, Integer, Text};
-use session_manager::session_diesel::diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, RunQueryDsl, SimpleAsyncConnection,
-};
+use session_manager::session_diesel::diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use session_manager::session_diesel::run_pending_migrations;
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -193,15 +192,11 @@ fn db_error(e: session_manager::session_diesel::diesel::result::Error) -> Sessio
 /// If the database refuses.
 pub async fn migrate(db: &Db) -> Result<(), SessionError> {
     use session_core::DbSessionProvider;
-    let failed = |reason: String| SessionError::Backend {
-        backend: "db",
-        source: reason.into(),
-    };
     match db {
         Db::Sqlite(provider) => {
             let conn = provider.connection().await?;
-            let (_, result) = apply(conn, SQLITE_MIGRATIONS).await?;
-            result.map_err(failed)
+            let (_, result) = run_pending_migrations("sqlite", conn, SQLITE_MIGRATIONS).await?;
+            result
         }
         Db::Postgres(provider) => {
             // A connection outside the pool: the session-level lock dies with it whatever happens
@@ -210,36 +205,10 @@ pub async fn migrate(db: &Db) -> Result<(), SessionError> {
             conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
                 .await
                 .map_err(db_error)?;
-            let (_, result) = apply(conn, POSTGRES_MIGRATIONS).await?;
-            result.map_err(failed)
+            let (_, result) = run_pending_migrations("postgres", conn, POSTGRES_MIGRATIONS).await?;
+            result
         }
     }
-}
-
-/// Runs diesel's synchronous migration runner over an async connection, on the blocking pool.
-async fn apply<C>(
-    conn: C,
-    migrations: EmbeddedMigrations,
-) -> Result<(C, Result<(), String>), SessionError>
-where
-    C: AsyncConnection + Send + 'static,
-    AsyncMigrationHarness<C>: MigrationHarness<C::Backend>,
-    EmbeddedMigrations:
-        session_manager::session_diesel::diesel::migration::MigrationSource<C::Backend>,
-{
-    tokio::task::spawn_blocking(move || {
-        let mut harness = AsyncMigrationHarness::new(conn);
-        let result = harness
-            .run_pending_migrations(migrations)
-            .map(drop)
-            .map_err(|e| e.to_string());
-        (harness.into_inner(), result)
-    })
-    .await
-    .map_err(|e| SessionError::Backend {
-        backend: "db",
-        source: Box::new(e),
-    })
 }
 
 /// A new account. Its `Debug` does not show the password.

@@ -16,6 +16,8 @@
 #![deny(missing_docs)]
 
 mod error;
+#[cfg(feature = "migrations")]
+mod migrate;
 #[cfg(feature = "postgres")]
 mod pg;
 #[cfg(feature = "postgres")]
@@ -27,6 +29,8 @@ mod sqlite;
 mod store;
 
 pub use error::from_diesel;
+#[cfg(feature = "migrations")]
+pub use migrate::run_pending_migrations;
 #[cfg(feature = "postgres")]
 pub use pg::PgProvider;
 #[cfg(feature = "postgres")]

@@ -12,10 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::{OptionalExtension, QueryableByName};
-use diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
-};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use session_core::clock::{from_millis_since_epoch, millis_since_epoch};
 use session_core::{
     DbSessionProvider, IssuedSession, NewUserSession, PoolConfig, Result, SessionError,
@@ -227,29 +225,12 @@ impl PgSessionStore {
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
             .await
             .map_err(|e| from_diesel(BACKEND, e))?;
-        // The harness drives diesel's synchronous migration runner over the async connection, so
-        // it runs on the blocking pool.
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let mut harness = AsyncMigrationHarness::new(conn);
-            let result = harness
-                .run_pending_migrations(MIGRATIONS)
-                .map(drop)
-                .map_err(|e| e.to_string());
-            (harness.into_inner(), result)
-        })
-        .await
-        .map_err(|e| SessionError::Backend {
-            backend: BACKEND,
-            source: Box::new(e),
-        })?;
-        let mut conn = conn;
+        let (mut conn, result) =
+            crate::migrate::run_pending_migrations(BACKEND, conn, MIGRATIONS).await?;
         let _ = conn
             .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
             .await;
-        result.map_err(|reason| SessionError::Backend {
-            backend: BACKEND,
-            source: reason.into(),
-        })
+        result
     }
 
     /// Sets how many rows each `purge_expired` statement deletes (default 1000).
