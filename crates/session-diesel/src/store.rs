@@ -131,10 +131,6 @@ struct Json {
     row: String,
 }
 
-fn instant(ms: i64) -> std::time::SystemTime {
-    from_millis_since_epoch(u64::try_from(ms).unwrap_or(0))
-}
-
 fn ms(t: std::time::SystemTime) -> i64 {
     i64::try_from(millis_since_epoch(t)).unwrap_or(i64::MAX)
 }
@@ -157,7 +153,24 @@ impl Row {
                 handle: Some(handle.clone()),
                 reason: format!("`attributes` is not a JSON object: {e}"),
             })?;
+        // The store never writes a negative instant or version: one read back is a damaged row,
+        // refused like any other undecodable field (as the Redis store does), not read as 1970 or 0.
+        let negative = |field: &str| SessionError::Decode {
+            backend: BACKEND,
+            handle: Some(handle.clone()),
+            reason: format!("`{field}` is negative"),
+        };
+        let at = |field: &str, ms: i64| {
+            u64::try_from(ms)
+                .map(from_millis_since_epoch)
+                .map_err(|_| negative(field))
+        };
         Ok(UserSession {
+            created_at: at("created_at", self.created_at_ms)?,
+            last_seen_at: at("last_seen_at", self.last_seen_at_ms)?,
+            idle_expires_at: at("idle_expires_at", self.idle_expires_at_ms)?,
+            absolute_expires_at: at("absolute_expires_at", self.absolute_expires_at_ms)?,
+            version: u64::try_from(self.version).map_err(|_| negative("version"))?,
             handle,
             user_id: self.user_id,
             company_name: self.company_name,
@@ -165,11 +178,6 @@ impl Row {
             is_root: self.is_root,
             remember_me: self.remember_me,
             attributes,
-            created_at: instant(self.created_at_ms),
-            last_seen_at: instant(self.last_seen_at_ms),
-            idle_expires_at: instant(self.idle_expires_at_ms),
-            absolute_expires_at: instant(self.absolute_expires_at_ms),
-            version: u64::try_from(self.version).unwrap_or(0),
         })
     }
 }

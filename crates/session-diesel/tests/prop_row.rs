@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use session_core::clock::from_millis_since_epoch;
-use session_core::{Attributes, SessionError, SessionHandle};
+use session_core::{Attributes, SessionError, SessionHandle, SessionToken};
 use session_diesel::fuzzing::PgRow;
 
 fn handle() -> impl Strategy<Value = String> {
@@ -191,5 +191,38 @@ proptest! {
         };
         let result = row.into_row().into_session();
         prop_assert!(result.is_ok() || is_decode_error(&result), "{result:?}");
+    }
+}
+
+/// A negative instant or version can only be a damaged row: a `Decode` error naming the field
+/// (as the Redis store answers), not a session from 1970 or at version 0.
+#[test]
+fn negative_instants_and_versions_are_decode_errors() {
+    for (field, version, created_at_ms) in [("version", -1, 1_000), ("created_at", 1, -5)] {
+        let row = Fields {
+            handle: SessionToken::generate()
+                .unwrap()
+                .handle()
+                .as_str()
+                .to_owned(),
+            user_id: "u".to_owned(),
+            company_name: String::new(),
+            email: String::new(),
+            is_root: false,
+            remember_me: false,
+            attributes: "{}".to_owned(),
+            created_at_ms,
+            last_seen_at_ms: 1_000,
+            idle_expires_at_ms: 2_000,
+            absolute_expires_at_ms: 3_000,
+            version,
+        };
+        match row.into_row().into_session() {
+            Err(SessionError::Decode { reason, handle, .. }) => {
+                assert!(reason.contains(field), "{reason}");
+                assert!(handle.is_some());
+            }
+            other => panic!("{field}: {other:?}"),
+        }
     }
 }
