@@ -20,10 +20,12 @@ impl ProviderConnection for AsyncPgConnection {
         let transaction = transaction_statement(options);
         // The server stops the scope's statements at its deadline too: a client that gives up
         // drops the connection, but the server would otherwise run a long statement to its end.
+        // Rounded up to the millisecond, so the server never cancels before the deadline has
+        // passed on the client's clock (the client then reports the deadline, not a database error).
         let deadline = options.timeout.map(|limit| {
             format!(
                 "SET LOCAL statement_timeout = {}",
-                limit.as_millis().clamp(1, i32::MAX as u128)
+                limit.as_nanos().div_ceil(1_000_000).clamp(1, i32::MAX as u128)
             )
         });
         Ok(match (transaction, deadline) {

@@ -375,8 +375,9 @@ where
             // Dropped mid-transaction: the connection goes back broken and is discarded.
             Err(_) => Err(timed_out()),
             // A failure at or past the deadline is the deadline's doing (on PostgreSQL the
-            // server's `statement_timeout` may cancel a statement a moment before the client's
-            // timer fires); the scope has rolled back and its connection is clean.
+            // server's `statement_timeout`, rounded up, may cancel a statement after the deadline
+            // but before the client's timer fires); the scope has rolled back and its connection
+            // is clean.
             Ok(Err(_)) if started.elapsed() >= limit => Err(timed_out()),
             Ok(result) => result,
         }
