@@ -25,7 +25,10 @@ impl ProviderConnection for AsyncPgConnection {
         let deadline = options.timeout.map(|limit| {
             format!(
                 "SET LOCAL statement_timeout = {}",
-                limit.as_nanos().div_ceil(1_000_000).clamp(1, i32::MAX as u128)
+                limit
+                    .as_nanos()
+                    .div_ceil(1_000_000)
+                    .clamp(1, i32::MAX as u128)
             )
         });
         Ok(match (transaction, deadline) {

@@ -51,14 +51,18 @@ impl StoreKind {
         match scheme(url) {
             "memory" if cfg!(feature = "memory") => Ok(Self::Memory),
             "memory" => Err(feature_off(KEY, "memory://", "memory")),
-            "redis" | "rediss" if cfg!(feature = "redis") => Ok(Self::Redis),
-            "redis" | "rediss" => Err(feature_off(KEY, "redis://", "redis")),
+            "redis" | "rediss" | "redis+cluster" | "redis+sentinel" if cfg!(feature = "redis") => {
+                Ok(Self::Redis)
+            }
+            "redis" | "rediss" | "redis+cluster" | "redis+sentinel" => {
+                Err(feature_off(KEY, "redis://", "redis"))
+            }
             "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
             "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
             _ => Err(SessionError::config(
                 KEY,
                 format!(
-                    "{} is not a session store URL; use memory://, redis://host:6379/0, rediss://… or postgres://…",
+                    "{} is not a session store URL; use memory://, redis://host:6379/0, rediss://…, redis+cluster://host:port,host:port, redis+sentinel://host:port,host:port/master or postgres://…",
                     described(url)
                 ),
             )),

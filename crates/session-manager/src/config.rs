@@ -42,7 +42,9 @@ impl Default for PostgresStoreConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SessionConfig {
-    /// Where user sessions live: `memory://`, `redis://…`, `rediss://…` or `postgres://…`.
+    /// Where user sessions live: `memory://`, `redis://…`, `rediss://…`, a Redis Cluster
+    /// (`redis+cluster://host:port,host:port…`), a master behind Redis Sentinel
+    /// (`redis+sentinel://host:port,host:port…/<master name>[/db]`) or `postgres://…`.
     /// Default `memory://`.
     pub store_url: String,
     /// The application database: `sqlite://path`, `sqlite::memory:`, `postgres://…`, or `none`

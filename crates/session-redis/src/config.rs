@@ -28,14 +28,20 @@ pub enum Layout {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]` or `rediss://...` (TLS, with the `tls` feature).
-    /// Default `redis://127.0.0.1:6379/0`.
+    /// Where Redis is, and which topology it has. Default `redis://127.0.0.1:6379/0`.
+    /// - One node: `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS, with the
+    ///   `tls` feature), or `redis+unix:///path/to/socket`.
+    /// - Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]`, any reachable
+    ///   nodes as seeds (the client learns the rest); database 0 only.
+    /// - Sentinel: `redis+sentinel://[user:password@]host:port[,host:port...]/<master name>[/db]`,
+    ///   the Sentinels' addresses; the credentials are the data nodes' (Sentinels without auth).
     pub url: String,
     /// Prepended to every key (standard layout). `[A-Za-z0-9:._-]`, at most 64 bytes. Default `session:`.
     pub key_prefix: String,
     /// The key layout. Default [`Layout::Standard`].
     pub layout: Layout,
-    /// Most pooled connections. Default `16`.
+    /// Most pooled connections. Default `16`. On Redis Cluster the store holds one multiplexed
+    /// connection per node instead, and this is unused.
     pub pool_max_size: u32,
     /// Idle connections kept open. Default: none.
     pub pool_min_idle: Option<u32>,
@@ -87,6 +93,14 @@ impl fmt::Debug for RedisConfig {
 /// all beyond its scheme.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
+    if let Some((scheme @ (CLUSTER_SCHEME | SENTINEL_SCHEME), rest)) = url.split_once("://") {
+        // Several hosts are no URL the `url` crate parses: everything up to the last `@` is
+        // credentials (hosts and master names hold no `@`), so all of it goes.
+        return match rest.rsplit_once('@') {
+            Some((_, hosts)) => format!("{scheme}://***@{hosts}"),
+            None => url.to_owned(),
+        };
+    }
     match url::Url::parse(url) {
         // A `/`, `?` or `#` in a password that is not percent-encoded ends the authority early, and
         // the rest of the password, up to its `@`, lands in the path, query or fragment.
@@ -129,6 +143,51 @@ pub fn redact_url(url: &str) -> String {
             _ => "*** (unparseable)".to_owned(),
         },
     }
+}
+
+/// The scheme of a Redis Cluster URL.
+const CLUSTER_SCHEME: &str = "redis+cluster";
+/// The scheme of a Redis Sentinel URL.
+const SENTINEL_SCHEME: &str = "redis+sentinel";
+
+/// What a [`RedisConfig::url`] names: one node, a Cluster or a Sentinel-watched master.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One Redis node (a pool of multiplexed connections to it).
+    Node(redis::ConnectionInfo),
+    /// A Redis Cluster, reached through these seed nodes.
+    Cluster {
+        /// The nodes to learn the cluster's layout from.
+        seeds: Vec<redis::ConnectionInfo>,
+    },
+    /// A master found through Redis Sentinel (a pool of connections to the current master).
+    Sentinel {
+        /// The Sentinels' addresses.
+        sentinels: Vec<redis::ConnectionInfo>,
+        /// The name the Sentinels monitor the master under.
+        master_name: String,
+        /// Database and credentials for the master.
+        node: redis::RedisConnectionInfo,
+    },
+}
+
+/// The `user:password@` part (empty if none), the `host:port` list and the path after it, of a
+/// URL with several hosts (`redis+cluster://`, `redis+sentinel://`).
+fn split_hosts(rest: &str) -> (&str, Vec<&str>, &str) {
+    let (credentials, after) = match rest.rsplit_once('@') {
+        Some((credentials, after)) => (credentials, after),
+        None => ("", rest),
+    };
+    let (hosts, path) = match after.find('/') {
+        Some(slash) => (&after[..slash], &after[slash + 1..]),
+        None => (after, ""),
+    };
+    (
+        credentials,
+        hosts.split(',').map(str::trim).collect(),
+        path.trim_end_matches('/'),
+    )
 }
 
 impl RedisConfig {
@@ -186,9 +245,72 @@ impl RedisConfig {
     ///
     /// # Errors
     /// [`SessionError::Config`] naming the key and the fix.
-    pub fn validate(&self) -> Result<redis::ConnectionInfo> {
+    pub fn validate(&self) -> Result<Topology> {
+        let topology = self.topology()?;
+        if matches!(topology, Topology::Cluster { .. }) && self.layout == Layout::Compatible {
+            return Err(SessionError::config(
+                "layout",
+                "the compatible layout keys sessions by their raw id, which spreads one session's keys over Cluster slots; use layout = standard on Redis Cluster",
+            ));
+        }
+        self.validate_settings()?;
+        Ok(topology)
+    }
+
+    /// Parses the URL.
+    fn topology(&self) -> Result<Topology> {
+        let url_error = |reason: String| {
+            SessionError::config("url", format!("`{}`: {reason}", redact_url(&self.url)))
+        };
+        let node = |url: &str| {
+            redis::IntoConnectionInfo::into_connection_info(url)
+                .map_err(|e| url_error(e.to_string()))
+        };
         let scheme = self.url.split_once("://").map(|(s, _)| s);
         match scheme {
+            Some(CLUSTER_SCHEME | SENTINEL_SCHEME) => {
+                let rest = &self.url[scheme.map_or(0, str::len) + 3..];
+                let (credentials, hosts, path) = split_hosts(rest);
+                if hosts.iter().any(|h| h.is_empty()) {
+                    return Err(url_error(
+                        "expected host:port[,host:port...] after the scheme".to_owned(),
+                    ));
+                }
+                let at = if credentials.is_empty() {
+                    String::new()
+                } else {
+                    format!("{credentials}@")
+                };
+                if scheme == Some(CLUSTER_SCHEME) {
+                    if !matches!(path, "" | "0") {
+                        return Err(url_error(
+                            "Redis Cluster has database 0 only; drop the path".to_owned(),
+                        ));
+                    }
+                    let seeds = hosts
+                        .iter()
+                        .map(|host| node(&format!("redis://{at}{host}")))
+                        .collect::<Result<_>>()?;
+                    return Ok(Topology::Cluster { seeds });
+                }
+                let (master_name, db) = match path.split_once('/') {
+                    Some((name, db)) => (name, db),
+                    None => (path, "0"),
+                };
+                if master_name.is_empty() {
+                    return Err(url_error("name the master after the Sentinels: redis+sentinel://host:port,.../mymaster".to_owned()));
+                }
+                let sentinels = hosts
+                    .iter()
+                    .map(|host| node(&format!("redis://{host}")))
+                    .collect::<Result<_>>()?;
+                let master = node(&format!("redis://{at}{}/{db}", hosts[0]))?;
+                return Ok(Topology::Sentinel {
+                    sentinels,
+                    master_name: master_name.to_owned(),
+                    node: master.redis_settings().clone(),
+                });
+            }
             Some("redis" | "unix" | "redis+unix") => {}
             Some("rediss") if cfg!(feature = "tls") => {}
             Some("rediss") => {
@@ -201,16 +323,17 @@ impl RedisConfig {
                 return Err(SessionError::config(
                     "url",
                     format!(
-                        "`{}` is not a Redis URL; expected redis://host:port/db or rediss://...",
+                        "`{}` is not a Redis URL; expected redis://host:port/db, rediss://..., redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master",
                         redact_url(&self.url)
                     ),
                 ));
             }
         }
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).map_err(|e| {
-                SessionError::config("url", format!("`{}`: {e}", redact_url(&self.url)))
-            })?;
+        node(&self.url).map(Topology::Node)
+    }
+
+    /// Checks every setting but the URL.
+    fn validate_settings(&self) -> Result<()> {
         if self.layout == Layout::Standard {
             if self.key_prefix.len() > 64
                 || !self
@@ -252,7 +375,7 @@ impl RedisConfig {
                 "must be greater than zero (e.g. `1s`)",
             ));
         }
-        Ok(info)
+        Ok(())
     }
 }
 
@@ -303,10 +426,73 @@ mod tests {
     #[test]
     fn defaults_validate_and_parse_database_numbers() {
         RedisConfig::default().validate().unwrap();
-        let info = RedisConfig::new("redis://127.0.0.1:6380/5")
+        let Topology::Node(info) = RedisConfig::new("redis://127.0.0.1:6380/5")
             .validate()
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("one node expected")
+        };
         assert_eq!(info.redis_settings().db(), 5);
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls_name_their_nodes() {
+        let Topology::Cluster { seeds } =
+            RedisConfig::new("redis+cluster://app:s%40cret@10.0.0.1:7000, 10.0.0.2:7001/")
+                .validate()
+                .unwrap()
+        else {
+            panic!("a cluster expected")
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].addr().to_string(), "10.0.0.2:7001");
+        assert_eq!(seeds[1].redis_settings().password(), Some("s@cret"));
+        assert_eq!(seeds[1].redis_settings().username(), Some("app"));
+        let Topology::Sentinel {
+            sentinels,
+            master_name,
+            node,
+        } = RedisConfig::new("redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/3")
+            .validate()
+            .unwrap()
+        else {
+            panic!("a sentinel expected")
+        };
+        assert_eq!(sentinels.len(), 2);
+        assert_eq!(sentinels[0].redis_settings().password(), None);
+        assert_eq!(master_name, "mymaster");
+        assert_eq!((node.db(), node.password()), (3, Some("pw")));
+        for (url, key) in [
+            ("redis+cluster://10.0.0.1:7000/2", "url"),
+            ("redis+cluster://10.0.0.1:7000,,10.0.0.2:7000", "url"),
+            ("redis+cluster://10.0.0.1:notaport", "url"),
+            ("redis+sentinel://127.0.0.1:26379", "url"),
+            ("redis+sentinel://127.0.0.1:26379/mymaster/x", "url"),
+        ] {
+            assert_eq!(
+                key_of(RedisConfig::new(url).validate().unwrap_err()),
+                key,
+                "{url}"
+            );
+        }
+        let compat = RedisConfig::new("redis+cluster://10.0.0.1:7000")
+            .layout(Layout::Compatible)
+            .key_prefix("");
+        assert_eq!(key_of(compat.validate().unwrap_err()), "layout");
+    }
+
+    #[test]
+    fn several_hosts_hide_their_credentials() {
+        for url in [
+            "redis+cluster://app:p@ss@10.0.0.1:7000,10.0.0.2:7000",
+            "redis+sentinel://:p@ss@10.0.0.1:26379,10.0.0.2:26379/mymaster/0",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("p@ss") && !shown.contains("ss@"), "{shown}");
+            assert!(shown.contains("10.0.0.2"), "{shown}");
+        }
+        let plain = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000";
+        assert_eq!(redact_url(plain), plain);
     }
 
     #[test]

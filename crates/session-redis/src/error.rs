@@ -10,7 +10,8 @@ use crate::pool::breaks_connection;
 pub(crate) const BACKEND: &str = "redis";
 
 /// Converts a command's error. Data that does not fit the session schema is `Decode`, naming the
-/// session; connectivity is `Unavailable`; a reply that did not come in time is `Timeout`.
+/// session; connectivity, and a Cluster or Sentinel in the middle of a change of owner, is
+/// `Unavailable`; a reply that did not come in time is `Timeout`.
 pub(crate) fn from_redis(
     err: RedisError,
     handle: Option<&SessionHandle>,
@@ -23,7 +24,13 @@ pub(crate) fn from_redis(
             after: response_timeout,
         };
     }
-    if err.is_connection_refusal() || breaks_connection(&err) {
+    // A cluster or a master between owners (failover, resharding, a replica still loading):
+    // temporary, like a lost connection. The cluster client retries these before giving up.
+    let in_transition = matches!(
+        err.code(),
+        Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "MOVED" | "ASK")
+    );
+    if in_transition || err.is_connection_refusal() || breaks_connection(&err) {
         return SessionError::Unavailable {
             backend: BACKEND,
             source: Box::new(err),

@@ -29,7 +29,7 @@ mod scripts;
 mod store;
 
 pub use codec::FIELDS as SESSION_FIELDS;
-pub use config::{Layout, RedisConfig, redact_url};
+pub use config::{Layout, RedisConfig, Topology, redact_url};
 pub use store::RedisStore;
 
 /// Not part of the API; for the fuzz targets and property tests.

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
 use redis::{RedisError, Value};
 use session_core::clock::millis_since_epoch;
 use session_core::{
@@ -18,18 +21,36 @@ use crate::codec::{
     FIELDS, Row, bytes, decode_session, flag, push_all_fields, push_editable_fields,
     updated_session,
 };
-use crate::config::{Layout, RedisConfig};
+use crate::config::{Layout, RedisConfig, Topology};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
-use crate::pool::{ConnectFailures, Manager, breaks_connection};
+use crate::pool::{Conn, ConnectFailures, Manager, Shared, breaks_connection};
 use crate::scripts;
 
 /// Characters of a user's routing tag: 24 bits of SHA-256 of the user id, spread over all 16,384
 /// Cluster slots.
 const TAG_LEN: usize = 4;
 
-type Pooled = bb8::PooledConnection<'static, Manager>;
+/// Where connections come from.
+#[derive(Clone)]
+enum Source {
+    /// A bb8 pool of multiplexed connections to one node (directly or through Sentinel).
+    Pool(bb8::Pool<Manager>),
+    /// The cluster client: one multiplexed connection per node, shared by every operation.
+    Cluster(std::sync::Arc<ClusterSource>),
+}
 
-/// A [`UserSessionStore`] on Redis, through a bb8 pool of bb8-redis multiplexed connections.
+/// The cluster client and its connection, opened at the first operation.
+struct ClusterSource {
+    client: redis::cluster::ClusterClient,
+    connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+    /// The `broken` flag handed with every operation's connection; nothing reads it, since the
+    /// cluster connection replaces a failed node's connection itself.
+    unused_flag: std::sync::Arc<AtomicBool>,
+}
+
+/// A [`UserSessionStore`] on Redis: one node or a Sentinel-watched master through a bb8 pool of
+/// bb8-redis multiplexed connections, or a Redis Cluster through the `redis` crate's cluster
+/// client; [`RedisConfig::url`] chooses.
 ///
 /// Every operation is one round trip: a single command (`HMGET` for `get`) or one `EVALSHA` of a
 /// script loaded once (reloaded on `NOSCRIPT`). Expiry is native (`PEXPIREAT` at the policy's idle
@@ -37,7 +58,7 @@ type Pooled = bb8::PooledConnection<'static, Manager>;
 pub struct RedisStore {
     /// `None` once closed. Checkouts take a clone (an `Arc` inside), so closing drops only this
     /// handle: idle connections close at once, busy ones when their operations return them.
-    pool: RwLock<Option<bb8::Pool<Manager>>>,
+    pool: RwLock<Option<Source>>,
     config: RedisConfig,
     policy: SessionPolicy,
     /// Checkouts still to be pinged because a connection was recently found broken.
@@ -72,7 +93,7 @@ struct Location {
 macro_rules! run {
     ($store:expr, $handle:expr, |$conn:ident| $op:expr) => {{
         let store = $store;
-        let mut shared = store.checkout().await?.share();
+        let mut shared = store.checkout().await?;
         let $conn = &mut shared.inner;
         match $op {
             Ok(value) => Ok(value),
@@ -98,7 +119,7 @@ impl RedisStore {
     /// # Errors
     /// [`SessionError::Config`] for invalid settings.
     pub fn new_lazy(config: RedisConfig, policy: SessionPolicy) -> Result<Self> {
-        let info = config.validate()?;
+        let topology = config.validate()?;
         policy.validate()?;
         if config.layout == Layout::Compatible && policy.max_sessions_per_user.is_some() {
             return Err(SessionError::config(
@@ -107,8 +128,43 @@ impl RedisStore {
             ));
         }
         let connect_failures = std::sync::Arc::new(ConnectFailures::default());
-        let manager = Manager::new(info, config.response_timeout, connect_failures.clone())
-            .map_err(|e| SessionError::config("url", e.to_string()))?;
+        let url_error = |e: RedisError| SessionError::config("url", e.to_string());
+        let manager = match topology {
+            Topology::Node(info) => {
+                Manager::direct(info, config.response_timeout, connect_failures.clone())
+            }
+            Topology::Sentinel {
+                sentinels,
+                master_name,
+                node,
+            } => Manager::sentinel(
+                sentinels,
+                master_name,
+                node,
+                config.response_timeout,
+                connect_failures.clone(),
+            ),
+            Topology::Cluster { seeds } => {
+                let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                    .connection_timeout(config.checkout_timeout)
+                    .response_timeout(config.response_timeout)
+                    .build()
+                    .map_err(url_error)?;
+                let source = ClusterSource {
+                    client,
+                    connection: tokio::sync::OnceCell::new(),
+                    unused_flag: std::sync::Arc::default(),
+                };
+                return Ok(Self {
+                    pool: RwLock::new(Some(Source::Cluster(std::sync::Arc::new(source)))),
+                    config,
+                    policy,
+                    suspect: SuspectConnections::new(),
+                    connect_failures,
+                });
+            }
+        }
+        .map_err(url_error)?;
         let pool = bb8::Pool::builder()
             .max_size(config.pool_max_size)
             .min_idle(config.pool_min_idle)
@@ -119,7 +175,7 @@ impl RedisStore {
             .retry_connection(false)
             .build_unchecked(manager);
         Ok(Self {
-            pool: RwLock::new(Some(pool)),
+            pool: RwLock::new(Some(Source::Pool(pool))),
             config,
             policy,
             suspect: SuspectConnections::new(),
@@ -137,8 +193,13 @@ impl RedisStore {
     #[must_use]
     pub fn pool_state(&self) -> PoolState {
         let mut out = PoolState::default();
-        let Ok(pool) = self.pool() else {
-            return out;
+        let pool = match self.pool() {
+            Ok(Source::Pool(pool)) => pool,
+            Ok(Source::Cluster(cluster)) => {
+                out.connections = u32::from(cluster.connection.initialized());
+                return out;
+            }
+            Err(_) => return out,
         };
         let state = pool.state();
         out.connections = state.connections;
@@ -201,8 +262,8 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The pool, or `Closed`.
-    fn pool(&self) -> Result<bb8::Pool<Manager>> {
+    /// The connection source, or `Closed`.
+    fn pool(&self) -> Result<Source> {
         self.pool
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -210,8 +271,32 @@ impl RedisStore {
             .ok_or(SessionError::Closed { backend: BACKEND })
     }
 
-    async fn checkout(&self) -> Result<Pooled> {
-        let pool = self.pool()?;
+    /// A connection for one operation: a clone of a pooled multiplexed connection (the checkout
+    /// ends at once), or of the cluster connection.
+    async fn checkout(&self) -> Result<Shared> {
+        let pool = match self.pool()? {
+            Source::Pool(pool) => pool,
+            Source::Cluster(cluster) => {
+                let connect = cluster
+                    .connection
+                    .get_or_try_init(|| cluster.client.get_async_connection());
+                let connection = tokio::time::timeout(self.config.checkout_timeout, connect)
+                    .await
+                    .map_err(|_| SessionError::Timeout {
+                        backend: BACKEND,
+                        operation: "checkout",
+                        after: self.config.checkout_timeout,
+                    })?
+                    .map_err(|e| SessionError::Unavailable {
+                        backend: BACKEND,
+                        source: Box::new(e),
+                    })?;
+                return Ok(Shared {
+                    inner: Conn::Cluster(connection.clone()),
+                    broken: cluster.unused_flag.clone(),
+                });
+            }
+        };
         let mut attempts = 0;
         loop {
             let connect_failed = self.connect_failures.notify.notified();
@@ -219,19 +304,19 @@ impl RedisStore {
             connect_failed.as_mut().enable();
             let mut conn = tokio::select! {
                 biased;
-                got = pool.get_owned() => got.map_err(|e| from_pool(e, self.config.checkout_timeout, self.config.response_timeout))?,
+                got = pool.get() => got.map_err(|e| from_pool(e, self.config.checkout_timeout, self.config.response_timeout))?,
                 () = connect_failed => {
                     let err = self.connect_failures.last().unwrap_or_else(|| (redis::ErrorKind::Io, "connect failed").into());
                     return Err(SessionError::Unavailable { backend: BACKEND, source: Box::new(err) });
                 }
             };
             if self.config.test_on_checkout || !self.suspect.take() {
-                return Ok(conn);
+                return Ok(conn.share());
             }
             let ping: std::result::Result<(), RedisError> =
                 redis::cmd("PING").query_async(&mut conn.inner).await;
             match ping {
-                Ok(()) => return Ok(conn),
+                Ok(()) => return Ok(conn.share()),
                 Err(err) => {
                     conn.broken.store(true, Ordering::Relaxed);
                     drop(conn);
@@ -242,6 +327,35 @@ impl RedisStore {
                 }
             }
         }
+    }
+
+    /// Every key matching `pattern`: SCAN on the one node, or on every master of a Cluster.
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut shared = self.checkout().await?;
+        let nodes = match &mut shared.inner {
+            Conn::Node(_) => vec![None],
+            Conn::Cluster(cluster) => masters(cluster)
+                .await
+                .map_err(|e| from_redis(e, None, self.config.response_timeout))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let mut keys = Vec::new();
+        for node in nodes {
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch) = scan_page(&mut shared.inner, node.as_ref(), cursor, pattern)
+                    .await
+                    .map_err(|e| self.fail(&shared.broken, e, None))?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
     }
 
     /// Converts a command error, discarding the connection if the error broke it.
@@ -572,38 +686,40 @@ impl UserSessionStore for RedisStore {
         }
         let pattern = format!("{}{{*}}:u:*", self.config.key_prefix);
         let now = self.now_ms();
-        let mut conn = self.checkout().await?;
-        let mut cursor = 0u64;
         let mut removed = 0u64;
-        loop {
-            let (next, keys) = scan_page(&mut conn.inner, cursor, &pattern)
+        let indexes = self.scan(&pattern).await?;
+        let mut shared = self.checkout().await?;
+        for index in indexes {
+            let Some(end) = index.find("}:u:") else {
+                continue;
+            };
+            let base = &index[..end + 2];
+            let mut invocation = scripts::PURGE_INDEX.prepare_invoke();
+            invocation.key(&index).arg(now).arg(base);
+            let n: u64 = invocation
+                .invoke_async(&mut shared.inner)
                 .await
-                .map_err(|e| self.fail(&conn.broken, e, None))?;
-            for index in keys {
-                let Some(end) = index.find("}:u:") else {
-                    continue;
-                };
-                let base = &index[..end + 2];
-                let mut invocation = scripts::PURGE_INDEX.prepare_invoke();
-                invocation.key(&index).arg(now).arg(base);
-                let n: u64 = invocation
-                    .invoke_async(&mut conn.inner)
-                    .await
-                    .map_err(|e| self.fail(&conn.broken, e, None))?;
-                removed += n;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+                .map_err(|e| self.fail(&shared.broken, e, None))?;
+            removed += n;
         }
         Ok(removed)
     }
 
     async fn health(&self) -> Result<()> {
-        run!(self, None, |conn| redis::cmd("PING")
-            .query_async::<()>(conn)
-            .await)
+        run!(self, None, |conn| match conn {
+            // Every master answers, so every slot can be served.
+            Conn::Cluster(cluster) => cluster
+                .route_command(
+                    redis::cmd("PING"),
+                    RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::AllSucceeded),
+                    )),
+                )
+                .await
+                .map(drop),
+            Conn::Node(node) => redis::cmd("PING").query_async::<()>(node).await,
+        })
     }
 
     fn needs_purge(&self) -> bool {
@@ -624,20 +740,9 @@ impl StorageDump for RedisStore {
     /// Every key under the store's prefix (the whole database in the compatible layout), with its
     /// value; session keys also show the handle they hold.
     async fn dump_raw(&self) -> Result<Vec<String>> {
-        let mut conn = self.checkout().await?;
         let pattern = format!("{}*", self.config.key_prefix);
-        let mut keys = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch) = scan_page(&mut conn.inner, cursor, &pattern)
-                .await
-                .map_err(|e| self.fail(&conn.broken, e, None))?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let keys = self.scan(&pattern).await?;
+        let mut conn = self.checkout().await?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let kind: String = redis::cmd("TYPE")
@@ -682,20 +787,60 @@ impl StorageDump for RedisStore {
     }
 }
 
-/// One page of `SCAN cursor MATCH pattern`: the next cursor (0 at the end) and the keys.
+/// One page of `SCAN cursor MATCH pattern`: the next cursor (0 at the end) and the keys; on a
+/// Cluster, of the master at `node`.
 async fn scan_page(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Conn,
+    node: Option<&(String, u16)>,
     cursor: u64,
     pattern: &str,
 ) -> redis::RedisResult<(u64, Vec<String>)> {
-    redis::cmd("SCAN")
-        .arg(cursor)
+    let mut scan = redis::cmd("SCAN");
+    scan.arg(cursor)
         .arg("MATCH")
         .arg(pattern)
         .arg("COUNT")
-        .arg(1000)
-        .query_async(conn)
-        .await
+        .arg(1000);
+    match (conn, node) {
+        (Conn::Cluster(cluster), Some((host, port))) => {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            });
+            let reply = cluster.route_command(scan, routing).await?;
+            redis::FromRedisValue::from_redis_value(reply).map_err(Into::into)
+        }
+        (conn, _) => scan.query_async(conn).await,
+    }
+}
+
+/// The masters of a cluster (host, port), from `CLUSTER SLOTS`: each slot range's first node.
+async fn masters(
+    cluster: &mut redis::cluster_async::ClusterConnection,
+) -> redis::RedisResult<Vec<(String, u16)>> {
+    let ranges: Vec<Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(cluster)
+        .await?;
+    let mut masters = Vec::new();
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        let Some(Value::Array(node)) = parts.get(2) else {
+            continue;
+        };
+        let (Some(host), Some(Value::Int(port))) = (node.first().and_then(bytes), node.get(1))
+        else {
+            continue;
+        };
+        let master = (
+            String::from_utf8_lossy(host).into_owned(),
+            u16::try_from(*port).unwrap_or_default(),
+        );
+        if !masters.contains(&master) {
+            masters.push(master);
+        }
+    }
+    Ok(masters)
 }
 
 fn render(value: &Value) -> String {

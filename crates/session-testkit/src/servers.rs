@@ -1,4 +1,5 @@
-//! Real servers for tests: the shared local services, and private processes for fault tests.
+//! Real servers for tests: the shared local services, private processes for fault tests, and local
+//! Redis topologies ([`RedisCluster`], [`RedisSentinel`]) started from the `redis-server` binary.
 //!
 //! Shared services are found through environment variables read at run time (`REDIS_URL`,
 //! `DATABASE_URL`), defaulting to the local ones. A test that cannot reach its server fails with
@@ -504,5 +505,1158 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+// Local topologies: a Redis Cluster and a Sentinel-monitored master, as real `redis-server`
+// processes on loopback ports, for the cluster and Sentinel tests of the Redis store.
+
+/// `cluster-node-timeout` of every [`RedisCluster`]: how long a node may be unreachable before it
+/// is suspected. Short, so that a failover test takes seconds, not the default 15.
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The number of hash slots of a Redis Cluster.
+pub const CLUSTER_SLOTS: u16 = 16384;
+
+/// The name the sentinels of a [`RedisSentinel`] monitor its master under.
+pub const SENTINEL_MASTER_NAME: &str = "mymaster";
+
+/// The log file of every topology node, in its own directory: quoted when a node fails to start.
+const NODE_LOG: &str = "redis.log";
+
+/// The cluster hash slot of `key`, as Redis computes it: CRC16 (XMODEM) of the key, or of its hash
+/// tag (what lies between the first `{` and the next `}`, if that is not empty), modulo 16384.
+#[must_use]
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let len = rest.iter().position(|&b| b == b'}')?;
+            (len > 0).then(|| &rest[..len])
+        })
+        .unwrap_or(bytes);
+    crc16_xmodem(hashed) % CLUSTER_SLOTS
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 == 0 {
+                crc << 1
+            } else {
+                (crc << 1) ^ 0x1021
+            };
+        }
+    }
+    crc
+}
+
+/// Polls `check` until it returns a value, panicking with `what` and its last complaint if it has
+/// not within `within`. Synchronous, as the topologies are: they are set up outside any runtime.
+fn wait_until<T>(within: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(why) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?} ({why})"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connection to one node for the helpers' own polling: it fails fast on a dead node, and a
+/// hung one fails the wait instead of hanging the test. A poll opens one per node, not one per
+/// command: waits poll every 20 ms.
+struct Probe {
+    port: u16,
+    conn: redis::Connection,
+}
+
+impl Probe {
+    fn open(port: u16) -> Result<Self, String> {
+        let connect = || {
+            let conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+                .get_connection_with_timeout(Duration::from_millis(500))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = connect().map_err(|e| format!("node {port}: {e}"))?;
+        Ok(Self { port, conn })
+    }
+
+    fn query<T: redis::FromRedisValue>(&mut self, args: &[&str]) -> Result<T, String> {
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query(&mut self.conn)
+            .map_err(|e| format!("node {}: {}: {e}", self.port, args.join(" ")))
+    }
+}
+
+/// Runs one command on the node on `port`, through a connection of its own.
+fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Result<T, String> {
+    Probe::open(port)?.query(args)
+}
+
+/// The value of `field` in an `INFO`-style text (`field:value` lines).
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.trim_end().strip_prefix(field)?.strip_prefix(':'))
+}
+
+/// A synchronous connection to the topology node on `port`.
+fn node_connection(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("cannot connect to the node on port {port}: {e}"))
+}
+
+/// What a topology's watchdog runs. It collects `node <pid> <port>` and `dir <path>` lines from its
+/// stdin until end of file, which comes when the test process closes the pipe: on drop, or when the
+/// process ends however it ends (a static is never dropped, a killed process runs no destructor).
+/// Then it kills the nodes and removes their directories. It kills a pid only while its command
+/// line still names the node's port: once the test process is gone, the pids of its reaped children
+/// may be reused. It ignores SIGINT and SIGHUP, which a Ctrl-C or a closed terminal sends to the
+/// whole process group, so it outlives them to clean up.
+const WATCHDOG: &str = r#"trap '' INT HUP
+lines=$(cat)
+printf '%s\n' "$lines" | while read -r kind pid port; do
+  if [ "$kind" = node ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qE "(:| )$port( |\$)"; then
+    kill -9 "$pid"
+  fi
+done
+printf '%s\n' "$lines" | while read -r kind dir; do
+  if [ "$kind" = dir ]; then rm -rf -- "$dir"; fi
+done"#;
+
+/// The `redis-server` processes of one topology, each in a directory of its own, with the watchdog
+/// that removes them if the test process ends without dropping this.
+struct Processes {
+    label: &'static str,
+    inner: std::sync::Mutex<ProcessesInner>,
+}
+
+struct ProcessesInner {
+    nodes: Vec<Node>,
+    dirs: Vec<PathBuf>,
+    watchdog: Option<(Child, std::process::ChildStdin)>,
+}
+
+struct Node {
+    port: u16,
+    child: Child,
+    killed: bool,
+}
+
+impl Processes {
+    fn new(label: &'static str) -> Self {
+        let mut watchdog = Command::new("sh")
+            .args(["-c", WATCHDOG])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run sh for the {label} watchdog ({e})"));
+        let stdin = watchdog.stdin.take().unwrap();
+        Self {
+            label,
+            inner: std::sync::Mutex::new(ProcessesInner {
+                nodes: Vec::new(),
+                dirs: Vec::new(),
+                watchdog: Some((watchdog, stdin)),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProcessesInner> {
+        // A test that panicked while holding it leaves the list intact: keep cleaning up.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells the watchdog about `line`; the pipe is unbuffered, so it knows at once.
+    fn tell_watchdog(inner: &mut ProcessesInner, line: &str) {
+        use std::io::Write;
+        if let Some((_, stdin)) = &mut inner.watchdog {
+            let _ = writeln!(stdin, "{line}");
+        }
+    }
+
+    /// Starts one `redis-server` on a free port, configured by `configure(command, port, dir)`, and
+    /// waits until it answers; returns its port. `free_port` only finds a port that was free a
+    /// moment ago (another test binary may take it, or a bus port of this topology), so a node that
+    /// exits at start is retried on other ports.
+    fn spawn(&self, configure: impl Fn(&mut Command, u16, &std::path::Path)) -> u16 {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "session-test-{}-{}-{port}",
+                self.label,
+                std::process::id()
+            ));
+            let shown = dir.display().to_string();
+            assert!(
+                !shown.contains('\n'),
+                "a temporary directory with a newline: {shown}"
+            );
+            std::fs::create_dir_all(&dir).unwrap();
+            {
+                let mut inner = self.lock();
+                Self::tell_watchdog(&mut inner, &format!("dir {shown}"));
+                inner.dirs.push(dir.clone());
+            }
+            let mut command = Command::new("redis-server");
+            configure(&mut command, port, &dir);
+            command
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = command.spawn().unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}); install it with: apt-get install redis-server"
+                )
+            });
+            let pid = child.id();
+            {
+                let mut inner = self.lock();
+                Self::tell_watchdog(&mut inner, &format!("node {pid} {port}"));
+                inner.nodes.push(Node {
+                    port,
+                    child,
+                    killed: false,
+                });
+            }
+            match self.wait_answering(port, pid) {
+                Ok(()) => return port,
+                Err(why) => {
+                    // Exited, or never answered: either way not to be left running.
+                    let mut inner = self.lock();
+                    let node = inner
+                        .nodes
+                        .iter_mut()
+                        .rev()
+                        .find(|n| n.port == port)
+                        .unwrap();
+                    let _ = node.child.kill();
+                    node.killed = true;
+                    drop(inner);
+                    let log = std::fs::read_to_string(dir.join(NODE_LOG)).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    failures.push(format!("port {port}: {why}; log: {tail:?}"));
+                }
+            }
+        }
+        panic!("a {} redis-server did not start: {failures:#?}", self.label);
+    }
+
+    /// Waits until the node on `port` answers as process `pid` (not some other server that took
+    /// the port first), or fails if it exited.
+    fn wait_answering(&self, port: u16, pid: u32) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let mut inner = self.lock();
+                let node = inner
+                    .nodes
+                    .iter_mut()
+                    .rev()
+                    .find(|n| n.port == port)
+                    .unwrap();
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    node.killed = true;
+                    return Err(format!("exited with {status}"));
+                }
+            }
+            if let Ok(info) = query::<String>(port, &["INFO", "server"]) {
+                if info_field(&info, "process_id") == Some(pid.to_string().as_str()) {
+                    return Ok(());
+                }
+                return Err("another server answers on the port".to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err("does not answer".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs the node on `port` and waits until its port refuses connections. The child is not
+    /// reaped until drop, so its pid cannot be reused while the watchdog holds it.
+    fn kill(&self, port: u16) {
+        {
+            let mut inner = self.lock();
+            let node = inner
+                .nodes
+                .iter_mut()
+                .find(|n| n.port == port && !n.killed)
+                .unwrap_or_else(|| panic!("no running node on port {port}"));
+            node.child.kill().unwrap();
+            node.killed = true;
+        }
+        wait_until(
+            Duration::from_secs(5),
+            "a killed node closes its port",
+            || match std::net::TcpStream::connect_timeout(
+                &(Ipv4Addr::LOCALHOST, port).into(),
+                Duration::from_millis(100),
+            ) {
+                Ok(_) => Err(format!("port {port} still accepts")),
+                Err(_) => Ok(()),
+            },
+        );
+    }
+
+    /// Whether the node on `port` was started here and not killed.
+    fn is_running(&self, port: u16) -> bool {
+        self.lock()
+            .nodes
+            .iter()
+            .any(|n| n.port == port && !n.killed)
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        let inner = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for node in &mut inner.nodes {
+            let _ = node.child.kill();
+        }
+        // Closing its stdin makes the watchdog clean up now, and exit; the nodes are not reaped yet,
+        // so no pid it holds can belong to another process.
+        if let Some((mut watchdog, stdin)) = inner.watchdog.take() {
+            drop(stdin);
+            let _ = watchdog.wait();
+        }
+        for node in &mut inner.nodes {
+            let _ = node.child.wait();
+        }
+        for dir in &inner.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Port, id, whether a master, master id and slots: a node as all nodes must see it.
+type NodeShape<'a> = (u16, &'a str, bool, Option<&'a str>, &'a [(u16, u16)]);
+
+/// One line of `CLUSTER NODES`.
+#[derive(Clone, Debug)]
+struct ClusterNode {
+    id: String,
+    port: u16,
+    flags: Vec<String>,
+    master_id: Option<String>,
+    /// Inclusive ranges; the importing and migrating markers (`[slot-<-id]`) are left out.
+    slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    fn is_master(&self) -> bool {
+        self.has("master")
+    }
+
+    /// Flagged `fail`: the cluster agreed it is down (`fail?` is one node's suspicion).
+    fn failed(&self) -> bool {
+        self.has("fail")
+    }
+
+    /// Neither failing, suspected, nor still joining.
+    fn healthy(&self) -> bool {
+        !["fail", "fail?", "handshake", "noaddr"]
+            .iter()
+            .any(|f| self.has(f))
+    }
+
+    fn owns(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
+
+    fn slot_count(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|&(a, b)| usize::from(b - a) + 1)
+            .sum()
+    }
+
+    /// What every node must agree on: flags such as `myself` differ by who is asked.
+    fn shape(&self) -> NodeShape<'_> {
+        (
+            self.port,
+            &self.id,
+            self.is_master(),
+            self.master_id.as_deref(),
+            &self.slots,
+        )
+    }
+}
+
+/// `CLUSTER NODES` of `node`.
+fn cluster_nodes(node: &mut Probe) -> Result<Vec<ClusterNode>, String> {
+    node.query::<String>(&["CLUSTER", "NODES"])
+        .map(|text| parse_cluster_nodes(&text))
+}
+
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`
+            let address = fields[1].split('@').next()?;
+            let port = address.rsplit(':').next()?.parse().ok()?;
+            let slots = fields[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|a| (a, a)),
+                })
+                .collect();
+            Some(ClusterNode {
+                id: fields[0].to_owned(),
+                port,
+                flags: fields[2].split(',').map(str::to_owned).collect(),
+                master_id: (fields[3] != "-").then(|| fields[3].to_owned()),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// How many slots `CLUSTER SLOTS` of `node` covers, and whether each range has a master and
+/// `replicas` replicas: what a cluster client reads its routing table from.
+fn cluster_slots_coverage(node: &mut Probe, replicas: usize) -> Result<usize, String> {
+    let port = node.port;
+    let ranges: Vec<Vec<redis::Value>> = node.query(&["CLUSTER", "SLOTS"])?;
+    let mut covered = 0;
+    for range in &ranges {
+        let bound = |i: usize| match range.get(i) {
+            Some(redis::Value::Int(n)) => Ok(*n),
+            other => Err(format!("node {port}: CLUSTER SLOTS range bound {other:?}")),
+        };
+        let (start, end) = (bound(0)?, bound(1)?);
+        if range.len() != 3 + replicas {
+            return Err(format!(
+                "node {port}: CLUSTER SLOTS {start}-{end} lists {} nodes",
+                range.len() - 2
+            ));
+        }
+        covered += usize::try_from(end - start + 1).unwrap_or(0);
+    }
+    Ok(covered)
+}
+
+/// A Redis Cluster of 3 masters with 1 replica each: six `redis-server` processes on free
+/// loopback ports, each in a temporary directory of its own, with [`CLUSTER_NODE_TIMEOUT`].
+///
+/// Dropping it kills the nodes and removes their directories; a watchdog does the same when the
+/// test process ends without dropping it (as with [`RedisCluster::shared`]).
+pub struct RedisCluster {
+    processes: Processes,
+    ports: Vec<u16>,
+    /// The slots each master owned when [`RedisCluster::kill`] killed it.
+    killed_masters: std::sync::Mutex<std::collections::HashMap<u16, Vec<(u16, u16)>>>,
+    /// One reshard at a time: two concurrent `SETSLOT NODE` bump config epochs without consensus.
+    resharding: std::sync::Mutex<()>,
+}
+
+impl RedisCluster {
+    /// The cluster all test cases of this test binary share, started on first use (cases keep
+    /// apart by random key prefixes). Never dropped: its watchdog removes it when the process ends.
+    /// Tests that kill nodes must use a private one, [`RedisCluster::start`].
+    pub fn shared() -> &'static Self {
+        static SHARED: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Self::start)
+    }
+
+    /// Starts a private cluster and waits until it is fully formed: every node reports
+    /// `cluster_state:ok`, all agree on the same 3 masters covering all 16384 slots (in
+    /// `CLUSTER NODES` and `CLUSTER SLOTS`), each with 1 replica whose replication link is up. A
+    /// client connecting right after `redis-cli --cluster create` could otherwise see an incomplete
+    /// routing table, and a failover test kill a master before its replica has its data.
+    pub fn start() -> Self {
+        let processes = Processes::new("cluster");
+        let timeout = CLUSTER_NODE_TIMEOUT.as_millis().to_string();
+        let ports: Vec<u16> = (0..6)
+            .map(|_| {
+                processes.spawn(|command, port, dir| {
+                    command
+                        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                        // The bus port is chosen too: the default, port + 10000, may be taken or
+                        // above 65535 for a port from the ephemeral range.
+                        .args(["--cluster-port", &free_port().to_string()])
+                        .args(["--cluster-enabled", "yes"])
+                        .args(["--cluster-config-file", "nodes.conf"])
+                        .args(["--cluster-node-timeout", &timeout])
+                        // A replica may always fail over, however long it was cut off: a failover
+                        // test does not depend on timing.
+                        .args(["--cluster-replica-validity-factor", "0"])
+                        // No replica changes master, no master that loses its slots turns replica:
+                        // the topology changes only when a test changes it.
+                        .args(["--cluster-allow-replica-migration", "no"])
+                        // A replica's first sync starts at once, not after the default 5 s.
+                        .args(["--repl-diskless-sync-delay", "0"])
+                        // `CLUSTER SLOTS` leaves out a replica until its replication offset moves,
+                        // which on an idle master only its pings do: every second, not every 10.
+                        .args(["--repl-ping-replica-period", "1"])
+                        .args(["--save", "", "--appendonly", "no"])
+                        .args(["--logfile", NODE_LOG])
+                        .arg("--dir")
+                        .arg(dir);
+                })
+            })
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli ({e}); install it with: apt-get install redis-tools")
+            });
+        let report = String::from_utf8_lossy(&created.stdout);
+        assert!(
+            created.status.success() && report.contains("All 16384 slots covered"),
+            "redis-cli --cluster create failed: {report}{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let cluster = Self {
+            processes,
+            ports,
+            killed_masters: std::sync::Mutex::default(),
+            resharding: std::sync::Mutex::new(()),
+        };
+        wait_until(Duration::from_secs(30), "the new cluster settles", || {
+            cluster.check_formed()
+        });
+        cluster
+    }
+
+    /// Ok once the freshly created cluster is complete and every node sees it the same way.
+    fn check_formed(&self) -> Result<(), String> {
+        let mut reference: Option<Vec<ClusterNode>> = None;
+        for &port in &self.ports {
+            let mut node = Probe::open(port)?;
+            let info: String = node.query(&["CLUSTER", "INFO"])?;
+            for (field, want) in [
+                ("cluster_state", "ok"),
+                ("cluster_slots_ok", "16384"),
+                ("cluster_known_nodes", "6"),
+                ("cluster_size", "3"),
+            ] {
+                if info_field(&info, field) != Some(want) {
+                    return Err(format!(
+                        "node {port}: {field} is {:?}",
+                        info_field(&info, field)
+                    ));
+                }
+            }
+            let mut view = cluster_nodes(&mut node)?;
+            view.sort_by_key(|n| n.port);
+            if let Some(bad) = view.iter().find(|n| !n.healthy()) {
+                return Err(format!("node {port} sees {} as {:?}", bad.port, bad.flags));
+            }
+            let masters: Vec<&ClusterNode> = view.iter().filter(|n| n.is_master()).collect();
+            if masters.len() != 3 || masters.iter().map(|m| m.slot_count()).sum::<usize>() != 16384
+            {
+                return Err(format!("node {port} sees {} masters", masters.len()));
+            }
+            for master in &masters {
+                let replicas = view
+                    .iter()
+                    .filter(|n| n.master_id.as_deref() == Some(master.id.as_str()))
+                    .count();
+                if replicas != 1 {
+                    return Err(format!(
+                        "node {port} sees {replicas} replicas of {}",
+                        master.port
+                    ));
+                }
+            }
+            match &reference {
+                None => reference = Some(view.clone()),
+                Some(first) => {
+                    if !first
+                        .iter()
+                        .map(ClusterNode::shape)
+                        .eq(view.iter().map(ClusterNode::shape))
+                    {
+                        return Err(format!("node {port} disagrees with node {}", self.ports[0]));
+                    }
+                }
+            }
+            let covered = cluster_slots_coverage(&mut node, 1)?;
+            if covered != 16384 {
+                return Err(format!("node {port}: CLUSTER SLOTS covers {covered} slots"));
+            }
+            let me = view.iter().find(|n| n.port == port).unwrap();
+            if !me.is_master() {
+                let replication: String = node.query(&["INFO", "replication"])?;
+                if info_field(&replication, "master_link_status") != Some("up") {
+                    return Err(format!("replica {port} is not in sync yet"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `CLUSTER NODES` of the first running node that answers.
+    fn view(&self) -> Vec<ClusterNode> {
+        let mut failures = Vec::new();
+        for port in self.running_ports() {
+            match Probe::open(port).and_then(|mut node| cluster_nodes(&mut node)) {
+                Ok(view) => return view,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("no cluster node answers: {failures:?}");
+    }
+
+    fn running_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|&p| self.processes.is_running(p))
+            .collect()
+    }
+
+    /// Ok with the common view once every running node reports `cluster_state:ok`, and all agree on
+    /// the roles, masters and slots of the running nodes, none of which any of them suspects.
+    fn check_agreement(&self) -> Result<Vec<ClusterNode>, String> {
+        let running = self.running_ports();
+        let mut reference: Option<(u16, Vec<ClusterNode>)> = None;
+        for &port in &running {
+            let mut node = Probe::open(port)?;
+            let info: String = node.query(&["CLUSTER", "INFO"])?;
+            if info_field(&info, "cluster_state") != Some("ok") {
+                return Err(format!("node {port}: cluster_state is not ok"));
+            }
+            let view = cluster_nodes(&mut node)?;
+            let mut live: Vec<&ClusterNode> =
+                view.iter().filter(|n| running.contains(&n.port)).collect();
+            live.sort_by_key(|n| n.port);
+            if let Some(bad) = live.iter().find(|n| !n.healthy()) {
+                return Err(format!("node {port} sees {} as {:?}", bad.port, bad.flags));
+            }
+            match &reference {
+                None => reference = Some((port, view.clone())),
+                Some((first_port, first)) => {
+                    let mut first_live: Vec<&ClusterNode> =
+                        first.iter().filter(|n| running.contains(&n.port)).collect();
+                    first_live.sort_by_key(|n| n.port);
+                    if !first_live
+                        .iter()
+                        .map(|n| n.shape())
+                        .eq(live.iter().map(|n| n.shape()))
+                    {
+                        return Err(format!("node {port} disagrees with node {first_port}"));
+                    }
+                }
+            }
+        }
+        reference
+            .map(|(_, view)| view)
+            .ok_or_else(|| "no node is running".to_owned())
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node (also of killed ones), in start order.
+    #[must_use]
+    pub fn seeds(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `redis+cluster://127.0.0.1:<p1>,...,127.0.0.1:<p6>`: every node, the form the store parses.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The ports of all six nodes (also of killed ones), in start order.
+    #[must_use]
+    pub fn ports(&self) -> Vec<u16> {
+        self.ports.clone()
+    }
+
+    /// Deletes every key under `prefix` on every master (each holds its own slots' keys).
+    pub fn delete_prefix(&self, prefix: &str) {
+        for port in self.masters() {
+            redis_delete_prefix(&format!("redis://127.0.0.1:{port}"), prefix);
+        }
+    }
+
+    /// The ports of the current masters (sorted), as `CLUSTER NODES` of a running node lists them,
+    /// leaving out nodes flagged `fail`.
+    #[must_use]
+    pub fn masters(&self) -> Vec<u16> {
+        let mut masters: Vec<u16> = self
+            .view()
+            .iter()
+            .filter(|n| n.is_master() && !n.failed())
+            .map(|n| n.port)
+            .collect();
+        masters.sort_unstable();
+        masters
+    }
+
+    /// The ports of the replicas of the master on `master_port` (sorted), leaving out nodes
+    /// flagged `fail`.
+    #[must_use]
+    pub fn replicas_of(&self, master_port: u16) -> Vec<u16> {
+        let view = self.view();
+        let master = view
+            .iter()
+            .find(|n| n.port == master_port)
+            .unwrap_or_else(|| panic!("no cluster node on port {master_port}"));
+        let mut replicas: Vec<u16> = view
+            .iter()
+            .filter(|n| n.master_id.as_deref() == Some(master.id.as_str()) && !n.failed())
+            .map(|n| n.port)
+            .collect();
+        replicas.sort_unstable();
+        replicas
+    }
+
+    /// The port of the master serving `slot`, as `CLUSTER NODES` of a running node says. After
+    /// [`RedisCluster::migrate_slot`] or [`RedisCluster::wait_for_failover`] all nodes agree.
+    #[must_use]
+    pub fn slot_owner(&self, slot: u16) -> u16 {
+        self.view()
+            .iter()
+            .find(|n| n.is_master() && !n.failed() && n.owns(slot))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+            .port
+    }
+
+    /// A synchronous connection to the node on `port`: it answers for its own slots only
+    /// (`MOVED` otherwise), and a replica only after `READONLY`.
+    #[must_use]
+    pub fn node_connection(&self, port: u16) -> redis::Connection {
+        node_connection(port)
+    }
+
+    /// SIGKILLs the node on `port` (no shutdown, no goodbye to the cluster) and waits until its
+    /// port is closed. Only on a private cluster: other cases share [`RedisCluster::shared`].
+    pub fn kill(&self, port: u16) {
+        if let Some(me) = self.view().into_iter().find(|n| n.port == port)
+            && me.is_master()
+        {
+            self.killed_masters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(port, me.slots);
+        }
+        self.processes.kill(port);
+    }
+
+    /// Waits until the slots of the dead master on `dead_master_port` are served by another master
+    /// (one of its replicas) and every surviving node reports `cluster_state:ok` and agrees on the
+    /// new topology; returns the new master's port. Panics if that takes longer than `within`.
+    pub fn wait_for_failover(&self, dead_master_port: u16, within: Duration) -> u16 {
+        let remembered = self
+            .killed_masters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&dead_master_port)
+            .cloned();
+        // Killed some other way: its slots are still its own until the failover.
+        let slots = remembered.unwrap_or_else(|| {
+            self.view()
+                .into_iter()
+                .find(|n| n.port == dead_master_port)
+                .map(|n| n.slots)
+                .unwrap_or_default()
+        });
+        let &(slot, _) = slots
+            .first()
+            .unwrap_or_else(|| panic!("node {dead_master_port} served no slots when killed"));
+        wait_until(within, "the cluster fails over", || {
+            let view = self.check_agreement()?;
+            let owner = view
+                .iter()
+                .find(|n| n.is_master() && !n.failed() && n.owns(slot))
+                .ok_or_else(|| format!("no master serves slot {slot}"))?;
+            if owner.port == dead_master_port {
+                return Err(format!("slot {slot} is still served by the dead master"));
+            }
+            let role: Vec<redis::Value> = query(owner.port, &["ROLE"])?;
+            match role.first() {
+                Some(redis::Value::BulkString(r)) if r == b"master" => Ok(owner.port),
+                other => Err(format!("node {} answers ROLE with {other:?}", owner.port)),
+            }
+        })
+    }
+
+    /// Moves `slot`, with all its keys, to the master on `to_port`, the documented manual way, so
+    /// that clients may keep writing to it meanwhile (they follow `ASK` to the target for keys not
+    /// moved yet): `SETSLOT IMPORTING` on the target, `SETSLOT MIGRATING` on the source, `MIGRATE`
+    /// in batches until the source holds none of its keys, then `SETSLOT NODE` on the target, the
+    /// source and the other masters. Returns once every running node agrees the target owns it.
+    ///
+    /// Returns the number of keys moved (a key deleted between listing and moving still counts).
+    pub fn migrate_slot(&self, slot: u16, to_port: u16) -> usize {
+        let _one_at_a_time = self
+            .resharding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(slot < CLUSTER_SLOTS, "no slot {slot}");
+        let view = self.view();
+        let source = view
+            .iter()
+            .find(|n| n.is_master() && !n.failed() && n.owns(slot))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+        let target = view
+            .iter()
+            .find(|n| n.port == to_port && n.is_master() && !n.failed())
+            .unwrap_or_else(|| panic!("node {to_port} is not a master"));
+        if source.port == target.port {
+            return 0;
+        }
+        let run = |port: u16, command: &redis::Cmd| {
+            let mut conn = Probe::open(port).unwrap().conn;
+            command
+                .query::<()>(&mut conn)
+                .unwrap_or_else(|e| panic!("node {port}: {command:?}: {e}"));
+        };
+        let setslot = |state: &str, id: &str| {
+            let mut command = redis::cmd("CLUSTER");
+            command.arg("SETSLOT").arg(slot).arg(state).arg(id);
+            command
+        };
+        // The target first: once the source redirects with ASK, the target must accept.
+        run(target.port, &setslot("IMPORTING", &source.id));
+        run(source.port, &setslot("MIGRATING", &target.id));
+        let mut moved = 0;
+        let mut conn = Probe::open(source.port).unwrap().conn;
+        loop {
+            // While migrating, the source creates no key in the slot (it answers ASK for missing
+            // keys), so an empty listing means it holds none.
+            let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut conn)
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let _: String = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to_port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut conn)
+                .unwrap_or_else(|e| panic!("MIGRATE of slot {slot} to {to_port}: {e}"));
+            moved += keys.len();
+        }
+        // The target first (it bumps its config epoch, so its claim wins), then the source, then
+        // the other masters, so that none of them keeps redirecting to the source.
+        let assign = setslot("NODE", &target.id);
+        run(target.port, &assign);
+        run(source.port, &assign);
+        for other in view.iter().filter(|n| {
+            n.is_master()
+                && !n.failed()
+                && n.port != source.port
+                && n.port != target.port
+                && self.processes.is_running(n.port)
+        }) {
+            run(other.port, &assign);
+        }
+        wait_until(
+            Duration::from_secs(30),
+            "every node sees the migrated slot",
+            || {
+                let view = self.check_agreement()?;
+                match view.iter().find(|n| n.is_master() && n.owns(slot)) {
+                    Some(owner) if owner.port == to_port => Ok(()),
+                    other => Err(format!(
+                        "slot {slot} is served by {:?}",
+                        other.map(|n| n.port)
+                    )),
+                }
+            },
+        );
+        moved
+    }
+}
+
+/// A master, its replica and 3 sentinels monitoring it as [`SENTINEL_MASTER_NAME`] with quorum 2
+/// (`down-after-milliseconds` 1000, `failover-timeout` 5000): five `redis-server` processes on
+/// free loopback ports, each in a temporary directory of its own.
+///
+/// Dropping it kills them and removes their directories; a watchdog does the same when the test
+/// process ends without dropping it (as with [`RedisSentinel::shared`]).
+pub struct RedisSentinel {
+    processes: Processes,
+    sentinel_ports: Vec<u16>,
+}
+
+impl RedisSentinel {
+    /// The Sentinel setup all test cases of this test binary share, started on first use. Never
+    /// dropped: its watchdog removes it when the process ends. Tests that kill the master must use
+    /// a private one, [`RedisSentinel::start`].
+    pub fn shared() -> &'static Self {
+        static SHARED: std::sync::OnceLock<RedisSentinel> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Self::start)
+    }
+
+    /// Starts a private one and waits until a failover could start at once: the replica is in
+    /// sync, and every sentinel reports the master and knows the replica and the 2 other sentinels.
+    pub fn start() -> Self {
+        let processes = Processes::new("sentinel");
+        let data_node = |command: &mut Command, port: u16, dir: &std::path::Path| {
+            command
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--logfile", NODE_LOG])
+                .arg("--dir")
+                .arg(dir);
+        };
+        let master = processes.spawn(data_node);
+        let replica = processes.spawn(|command, port, dir| {
+            data_node(command, port, dir);
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        });
+        // Sentinels learn replicas from the master's INFO, which they read when they connect and
+        // then every 10 s: they start once the replica is attached, or would not know it for 10 s.
+        wait_until(Duration::from_secs(20), "the replica syncs", || {
+            let on_replica: String = query(replica, &["INFO", "replication"])?;
+            let on_master: String = query(master, &["INFO", "replication"])?;
+            let online =
+                info_field(&on_master, "slave0").is_some_and(|s| s.contains("state=online"));
+            if info_field(&on_replica, "master_link_status") == Some("up") && online {
+                Ok(())
+            } else {
+                Err(format!("replica {replica} of {master} is not in sync"))
+            }
+        });
+        let sentinel_ports = (0..3)
+            .map(|_| {
+                processes.spawn(|command, port, dir| {
+                    // Sentinel rewrites its configuration file: a copy of its own, in its directory.
+                    let conf = dir.join("sentinel.conf");
+                    std::fs::write(
+                        &conf,
+                        format!(
+                            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {NODE_LOG}\n\
+                             sentinel resolve-hostnames no\n\
+                             sentinel monitor {SENTINEL_MASTER_NAME} 127.0.0.1 {master} 2\n\
+                             sentinel down-after-milliseconds {SENTINEL_MASTER_NAME} 1000\n\
+                             sentinel failover-timeout {SENTINEL_MASTER_NAME} 5000\n\
+                             sentinel parallel-syncs {SENTINEL_MASTER_NAME} 1\n",
+                            dir = dir.display()
+                        ),
+                    )
+                    .unwrap();
+                    command
+                        .arg(&conf)
+                        .args(["--sentinel", "--port", &port.to_string()]);
+                })
+            })
+            .collect();
+        let sentinel = Self {
+            processes,
+            sentinel_ports,
+        };
+        wait_until(Duration::from_secs(30), "the sentinels settle", || {
+            sentinel.check_settled(master, replica)
+        });
+        sentinel
+    }
+
+    fn check_settled(&self, master: u16, replica: u16) -> Result<(), String> {
+        for &port in &self.sentinel_ports {
+            let mut sentinel = Probe::open(port)?;
+            let reported = Self::reported_master(&mut sentinel)?;
+            if reported != master {
+                return Err(format!("sentinel {port} reports master {reported}"));
+            }
+            let state: std::collections::HashMap<String, String> =
+                sentinel.query(&["SENTINEL", "MASTER", SENTINEL_MASTER_NAME])?;
+            if state.get("flags").map(String::as_str) != Some("master") {
+                return Err(format!(
+                    "sentinel {port} sees the master as {:?}",
+                    state.get("flags")
+                ));
+            }
+            let others: Vec<redis::Value> =
+                sentinel.query(&["SENTINEL", "SENTINELS", SENTINEL_MASTER_NAME])?;
+            if others.len() != 2 {
+                return Err(format!(
+                    "sentinel {port} knows {} other sentinels",
+                    others.len()
+                ));
+            }
+            let replicas: Vec<std::collections::HashMap<String, String>> =
+                sentinel.query(&["SENTINEL", "REPLICAS", SENTINEL_MASTER_NAME])?;
+            let known = replicas.iter().any(|r| {
+                r.get("port") == Some(&replica.to_string())
+                    && r.get("flags").map(String::as_str) == Some("slave")
+            });
+            if replicas.len() != 1 || !known {
+                return Err(format!("sentinel {port} sees replicas {replicas:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The master port `sentinel` reports.
+    fn reported_master(sentinel: &mut Probe) -> Result<u16, String> {
+        let (_, master): (String, String) =
+            sentinel.query(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER_NAME])?;
+        master
+            .parse()
+            .map_err(|e| format!("sentinel {} reports port {master:?}: {e}", sentinel.port))
+    }
+
+    /// `redis+sentinel://127.0.0.1:<s1>,127.0.0.1:<s2>,127.0.0.1:<s3>/mymaster`: the sentinels,
+    /// then the master name as the path (a `/<db>` may follow), the form the store parses.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let sentinels: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "redis+sentinel://{}/{SENTINEL_MASTER_NAME}",
+            sentinels.join(",")
+        )
+    }
+
+    /// The ports of the 3 sentinels.
+    #[must_use]
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinel_ports.clone()
+    }
+
+    /// Deletes every key under `prefix` on the current master (the replica follows).
+    pub fn delete_prefix(&self, prefix: &str) {
+        redis_delete_prefix(&format!("redis://127.0.0.1:{}", self.master_port()), prefix);
+    }
+
+    /// The port of the current master, as the first sentinel that answers reports it.
+    #[must_use]
+    pub fn master_port(&self) -> u16 {
+        let mut failures = Vec::new();
+        for &port in &self.sentinel_ports {
+            match Probe::open(port).and_then(|mut sentinel| Self::reported_master(&mut sentinel)) {
+                Ok(master) => return master,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("no sentinel reports the master: {failures:?}");
+    }
+
+    /// The ports of the replicas the first sentinel that answers knows and considers up (sorted).
+    #[must_use]
+    pub fn replica_ports(&self) -> Vec<u16> {
+        let mut failures = Vec::new();
+        for &port in &self.sentinel_ports {
+            match query::<Vec<std::collections::HashMap<String, String>>>(
+                port,
+                &["SENTINEL", "REPLICAS", SENTINEL_MASTER_NAME],
+            ) {
+                Ok(replicas) => {
+                    let mut ports: Vec<u16> = replicas
+                        .iter()
+                        .filter(|r| {
+                            r.get("flags").is_some_and(|f| {
+                                !["s_down", "o_down", "disconnected"]
+                                    .iter()
+                                    .any(|bad| f.contains(bad))
+                            })
+                        })
+                        .filter_map(|r| r.get("port")?.parse().ok())
+                        .collect();
+                    ports.sort_unstable();
+                    return ports;
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("no sentinel lists the replicas: {failures:?}");
+    }
+
+    /// SIGKILLs the current master (no shutdown) and waits until its port is closed; returns its
+    /// port. Only on a private setup: other cases share [`RedisSentinel::shared`].
+    pub fn kill_master(&self) -> u16 {
+        let master = self.master_port();
+        self.processes.kill(master);
+        master
+    }
+
+    /// Waits until every running sentinel reports the same master, not the one on
+    /// `old_master_port`, with no failover in progress, and that master answers `ROLE` as a
+    /// master; returns its port. Panics if that takes longer than `within`.
+    pub fn wait_for_failover(&self, old_master_port: u16, within: Duration) -> u16 {
+        wait_until(within, "the sentinels fail over", || {
+            let mut reported = None;
+            for &port in &self.sentinel_ports {
+                if !self.processes.is_running(port) {
+                    continue;
+                }
+                let mut sentinel = Probe::open(port)?;
+                let master = Self::reported_master(&mut sentinel)?;
+                if master == old_master_port || reported.is_some_and(|r| r != master) {
+                    return Err(format!("sentinel {port} reports master {master}"));
+                }
+                let state: std::collections::HashMap<String, String> =
+                    sentinel.query(&["SENTINEL", "MASTER", SENTINEL_MASTER_NAME])?;
+                if state.get("flags").map(String::as_str) != Some("master") {
+                    return Err(format!(
+                        "sentinel {port} sees the master as {:?}",
+                        state.get("flags")
+                    ));
+                }
+                reported = Some(master);
+            }
+            let master = reported.ok_or_else(|| "no sentinel is running".to_owned())?;
+            let role: Vec<redis::Value> = query(master, &["ROLE"])?;
+            match role.first() {
+                Some(redis::Value::BulkString(r)) if r == b"master" => Ok(master),
+                other => Err(format!("node {master} answers ROLE with {other:?}")),
+            }
+        })
+    }
+
+    /// A synchronous connection to the node (or sentinel) on `port`.
+    #[must_use]
+    pub fn node_connection(&self, port: u16) -> redis::Connection {
+        node_connection(port)
     }
 }

@@ -1,0 +1,185 @@
+//! The Redis store on a real Redis Cluster (3 masters, 3 replicas of `redis-server` on free
+//! loopback ports): slot placement, and a steady load of 32 tasks through a killed master, a
+//! manual failover and a live resharding. Each test that changes the topology has a cluster of
+//! its own; the figures are printed (`--nocapture`) for docs/scaling.md.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use session_core::{NewUserSession, SessionPolicy, UserSessionStore};
+use session_redis::{RedisConfig, RedisStore};
+use session_testkit::servers::{RedisCluster, key_slot, redis_keys, unique_prefix};
+
+const TASKS: usize = 32;
+
+async fn store_on(cluster: &RedisCluster, prefix: &str) -> Arc<RedisStore> {
+    let config = RedisConfig::new(cluster.url()).key_prefix(prefix);
+    Arc::new(
+        RedisStore::connect(config, SessionPolicy::default())
+            .await
+            .expect("Redis Cluster store"),
+    )
+}
+
+/// Every key under `pattern`, from every master.
+fn cluster_keys(cluster: &RedisCluster, pattern: &str) -> Vec<(u16, String)> {
+    let mut keys = Vec::new();
+    for port in cluster.masters() {
+        let mut conn = cluster.node_connection(port);
+        keys.extend(
+            redis_keys(&mut conn, pattern)
+                .into_iter()
+                .map(|k| (port, k)),
+        );
+    }
+    keys
+}
+
+/// A user's sessions and index live in one slot of one master, and every operation, the
+/// scripts that read keys they find in the index included, runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_keys_share_one_slot_on_one_master() {
+    let cluster = RedisCluster::shared();
+    let prefix = unique_prefix("slots");
+    let store = store_on(cluster, &prefix).await;
+    let mut tokens = Vec::new();
+    for user in ["alice", "bob", "carol", "dave"] {
+        for _ in 0..3 {
+            tokens.push(store.create(NewUserSession::new(user)).await.unwrap().token);
+        }
+    }
+    for token in &tokens {
+        assert!(store.touch(token).await.unwrap().is_some());
+        let rotated = store.rotate(token).await.unwrap().unwrap();
+        assert!(store.get(&rotated.token).await.unwrap().is_some());
+    }
+    for user in ["alice", "bob", "carol", "dave"] {
+        assert_eq!(store.list_by_user(user).await.unwrap().len(), 3);
+        let sessions = store.list_by_user(user).await.unwrap();
+        let slots: std::collections::BTreeSet<u16> = cluster_keys(cluster, &format!("{prefix}*"))
+            .iter()
+            .filter(|(_, key)| {
+                key.ends_with(&format!(":u:{user}"))
+                    || sessions
+                        .iter()
+                        .any(|s| key.ends_with(&format!(":s:{}", s.handle.hash())))
+            })
+            .map(|(_, key)| key_slot(key))
+            .collect();
+        assert_eq!(slots.len(), 1, "{user}'s keys span slots {slots:?}");
+    }
+    assert_eq!(store.delete_by_user("alice", None).await.unwrap(), 3);
+    store.purge_expired().await.unwrap();
+    store.health().await.unwrap();
+    cluster.delete_prefix(&prefix);
+}
+
+/// A master killed under load: its replica takes over (cluster-node-timeout on these nodes is
+/// short), the store follows without being rebuilt, no call hangs past its time-outs, and only
+/// sessions written in the replication window may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_under_load() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = unique_prefix("failover");
+    let store = store_on(&cluster, &prefix).await;
+    let victim = cluster.slot_owner(0);
+    let killer = cluster.clone();
+    let report = common::run_load(
+        store.clone(),
+        TASKS,
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+        move || {
+            killer.kill(victim);
+            killer.wait_for_failover(victim, Duration::from_secs(15));
+        },
+    )
+    .await;
+    println!("{}", report.line("cluster, master killed (SIGKILL)"));
+    let config = store.config();
+    let bound = config.checkout_timeout + config.response_timeout + Duration::from_millis(500);
+    assert!(report.slowest <= bound, "a call hung: {report:?}");
+    assert_eq!(report.failed_at_the_end, 0, "{report:?}");
+    // Replication to the replica is asynchronous: only a write acknowledged just before the
+    // kill can be missing from it.
+    assert!(
+        report.lost_ms.iter().all(|ms| (-1000..=0).contains(ms)),
+        "{report:?}"
+    );
+    store.health().await.unwrap();
+}
+
+/// A manual `CLUSTER FAILOVER` (the replica takes over in step with its master) under load
+/// loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_under_load_loses_nothing() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = unique_prefix("manual");
+    let store = store_on(&cluster, &prefix).await;
+    let master = cluster.slot_owner(0);
+    let replica = cluster.replicas_of(master)[0];
+    let mover = cluster.clone();
+    let report = common::run_load(
+        store.clone(),
+        TASKS,
+        Duration::from_secs(8),
+        Duration::from_secs(2),
+        move || {
+            let () = redis::cmd("CLUSTER")
+                .arg("FAILOVER")
+                .query(&mut mover.node_connection(replica))
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while mover.slot_owner(0) != replica {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the replica did not take over"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        },
+    )
+    .await;
+    println!("{}", report.line("cluster, manual CLUSTER FAILOVER"));
+    assert!(report.lost_ms.is_empty(), "{report:?}");
+    assert_eq!(report.failed_at_the_end, 0, "{report:?}");
+}
+
+/// Slots that hold sessions move to another master while the load runs: nothing is lost and
+/// no operation fails (redirections are followed by the client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_resharding_loses_nothing() {
+    let cluster = Arc::new(RedisCluster::start());
+    let prefix = unique_prefix("reshard");
+    let store = store_on(&cluster, &prefix).await;
+    let (from, to) = (cluster.slot_owner(0), cluster.slot_owner(16383));
+    assert_ne!(from, to);
+    let mover = cluster.clone();
+    let moved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = moved.clone();
+    let report = common::run_load(
+        store.clone(),
+        TASKS,
+        Duration::from_secs(10),
+        Duration::from_secs(3),
+        move || {
+            for slot in 0..256 {
+                let n = mover.migrate_slot(slot, to);
+                counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+    )
+    .await;
+    let moved = moved.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "{} ({moved} keys in 256 slots moved from :{from} to :{to})",
+        report.line("cluster, live resharding")
+    );
+    assert!(moved > 0, "no key was in the moved slots");
+    assert_eq!(cluster.slot_owner(255), to);
+    assert!(report.lost_ms.is_empty(), "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+}

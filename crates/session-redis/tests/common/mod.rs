@@ -1,0 +1,222 @@
+//! A steady load of session operations for the topology tests (Cluster failover and resharding,
+//! Sentinel failover): tasks that create, read, touch and update their own sessions while an
+//! event (a killed master, a moved slot) happens, and what the load saw.
+#![allow(dead_code, clippy::unwrap_used)] // each test binary uses part of it; a panic is the report
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use session_core::{NewUserSession, SessionError, SessionToken, UserSessionStore};
+
+/// One task's record.
+#[derive(Default)]
+struct TaskRecord {
+    ops: u64,
+    failed: u64,
+    errors: BTreeMap<String, u64>,
+    error_times: Vec<Instant>,
+    slowest: Duration,
+    acknowledged: Vec<(SessionToken, Instant)>,
+}
+
+/// What a load saw, timed from the event.
+#[derive(Debug)]
+pub(crate) struct LoadReport {
+    /// Operations completed or failed (an update is a read and a write: one operation).
+    pub(crate) ops: u64,
+    /// Operations that failed.
+    pub(crate) failed: u64,
+    /// Failures by kind (`Unavailable`, `Timeout`, `NotFound` …).
+    pub(crate) errors: BTreeMap<String, u64>,
+    /// The first and the last failure, in ms after the event (negative: before it).
+    pub(crate) error_window_ms: Option<(i64, i64)>,
+    /// The longest single operation.
+    pub(crate) slowest: Duration,
+    /// Sessions whose creation was acknowledged.
+    pub(crate) created: u64,
+    /// Acknowledged sessions no longer found after the event, each with when its creation was
+    /// acknowledged, in ms after the event (negative: before it).
+    pub(crate) lost_ms: Vec<i64>,
+    /// Failures in the last second of the load (the topology should have settled by then).
+    pub(crate) failed_at_the_end: u64,
+    /// How long the event took (e.g. until the failover was seen done), in ms.
+    pub(crate) event_ms: i64,
+}
+
+impl LoadReport {
+    /// The figures on one line, for the docs and the closing note.
+    #[must_use]
+    pub(crate) fn line(&self, what: &str) -> String {
+        let window = self
+            .error_window_ms
+            .map_or("none".to_owned(), |(a, b)| format!("{a}..{b} ms"));
+        format!(
+            "{what}: event took {} ms; {} ops, {} failed {:?}, error window {window} after the event, slowest call {} ms, {} sessions created, {} lost {:?}",
+            self.event_ms,
+            self.ops,
+            self.failed,
+            self.errors,
+            self.slowest.as_millis(),
+            self.created,
+            self.lost_ms.len(),
+            self.lost_ms
+        )
+    }
+}
+
+fn kind(e: &SessionError) -> String {
+    let shown = format!("{e:?}");
+    shown
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs `tasks` tasks of get/touch/update/create on `store` for `total`; `event` runs (on a
+/// blocking thread) `event_after` into the load. Then checks every acknowledged session.
+pub(crate) async fn run_load(
+    store: Arc<dyn UserSessionStore>,
+    tasks: usize,
+    total: Duration,
+    event_after: Duration,
+    event: impl FnOnce() + Send + 'static,
+) -> LoadReport {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let (store, stop) = (store.clone(), stop.clone());
+        set.spawn(async move { one_task(task, &*store, &stop).await });
+    }
+    tokio::time::sleep(event_after).await;
+    let event_at = Instant::now();
+    tokio::task::spawn_blocking(event).await.unwrap();
+    let event_ms = i64::try_from(event_at.elapsed().as_millis()).unwrap();
+    tokio::time::sleep(total.saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    let ended = Instant::now();
+    let mut all = TaskRecord::default();
+    while let Some(record) = set.join_next().await {
+        let record = record.unwrap();
+        all.ops += record.ops;
+        all.failed += record.failed;
+        for (k, n) in record.errors {
+            *all.errors.entry(k).or_default() += n;
+        }
+        all.error_times.extend(record.error_times);
+        all.slowest = all.slowest.max(record.slowest);
+        all.acknowledged.extend(record.acknowledged);
+    }
+    let since_event = |t: Instant| -> i64 {
+        if t >= event_at {
+            i64::try_from((t - event_at).as_millis()).unwrap()
+        } else {
+            -i64::try_from((event_at - t).as_millis()).unwrap()
+        }
+    };
+    all.error_times.sort();
+    let error_window_ms = all
+        .error_times
+        .first()
+        .zip(all.error_times.last())
+        .map(|(a, b)| (since_event(*a), since_event(*b)));
+    let failed_at_the_end = all
+        .error_times
+        .iter()
+        .filter(|t| ended.duration_since(**t) < Duration::from_secs(1))
+        .count() as u64;
+    // Read back concurrently: tens of thousands of sessions, one at a time, would take longer
+    // than the load did.
+    let mut readers = tokio::task::JoinSet::new();
+    let chunk = all.acknowledged.len().div_ceil(32).max(1);
+    for part in all.acknowledged.chunks(chunk) {
+        let (store, part) = (store.clone(), part.to_vec());
+        readers.spawn(async move {
+            let mut lost = Vec::new();
+            for (token, at) in part {
+                let found = loop {
+                    match store.get(&token).await {
+                        Ok(found) => break found,
+                        // The check runs once the topology has settled; a temporary error is
+                        // retried.
+                        Err(e) if e.is_temporary() => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("reading back a session: {e}"),
+                    }
+                };
+                if found.is_none() {
+                    lost.push(at);
+                }
+            }
+            lost
+        });
+    }
+    let mut lost_ms = Vec::new();
+    while let Some(lost) = readers.join_next().await {
+        lost_ms.extend(lost.unwrap().into_iter().map(since_event));
+    }
+    lost_ms.sort_unstable();
+    LoadReport {
+        ops: all.ops,
+        failed: all.failed,
+        errors: all.errors,
+        error_window_ms,
+        slowest: all.slowest,
+        created: all.acknowledged.len() as u64,
+        lost_ms,
+        failed_at_the_end,
+        event_ms,
+    }
+}
+
+async fn one_task(task: usize, store: &dyn UserSessionStore, stop: &AtomicBool) -> TaskRecord {
+    let mut record = TaskRecord::default();
+    let mut mine: Vec<SessionToken> = Vec::new();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let started = Instant::now();
+        let pick = mine.get(n % mine.len().max(1)).cloned();
+        let result: Result<(), SessionError> = match (n % 4, pick) {
+            (1, Some(token)) => store.get(&token).await.map(drop),
+            (2, Some(token)) => store.touch(&token).await.map(drop),
+            (3, Some(token)) => match store.get(&token).await {
+                Ok(Some(mut session)) => {
+                    session.set_attribute("n", n);
+                    store.update(&session).await.map(drop)
+                }
+                Ok(None) => Err(SessionError::NotFound),
+                Err(e) => Err(e),
+            },
+            // A user per task and round, so the sessions spread over every slot.
+            _ => store
+                .create(NewUserSession::new(format!("load-{task}-{n}")))
+                .await
+                .map(|issued| {
+                    record
+                        .acknowledged
+                        .push((issued.token.clone(), Instant::now()));
+                    // Keep a bounded working set: the newest sessions are the ones used.
+                    mine.push(issued.token);
+                    if mine.len() > 16 {
+                        mine.remove(0);
+                    }
+                }),
+        };
+        let took = started.elapsed();
+        record.ops += 1;
+        record.slowest = record.slowest.max(took);
+        if let Err(e) = result {
+            record.failed += 1;
+            *record.errors.entry(kind(&e)).or_default() += 1;
+            record.error_times.push(Instant::now());
+            // Do not spin on a down cluster: a client would back off too.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    record
+}

@@ -1,0 +1,108 @@
+//! The Redis store through Redis Sentinel, by master name, on a real topology of its own
+//! (1 master, 1 replica, 3 Sentinels on free loopback ports): the whole conformance suite on a
+//! shared one, and a steady load of 32 tasks through a killed master and a manual failover, each
+//! on a private one. The figures are printed (`--nocapture`) for docs/scaling.md.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use session_core::{SessionPolicy, UserSessionStore};
+use session_redis::{RedisConfig, RedisStore};
+use session_testkit::Opened;
+use session_testkit::servers::{RedisSentinel, SENTINEL_MASTER_NAME, unique_prefix};
+
+session_testkit::conformance_tests!(|policy| async move {
+    let sentinel = RedisSentinel::shared();
+    let prefix = unique_prefix("conf");
+    let config = RedisConfig::new(sentinel.url()).key_prefix(prefix.clone());
+    let store = RedisStore::connect(config, policy)
+        .await
+        .expect("Redis store through Sentinel");
+    Opened::with_cleanup(Arc::new(store), move || sentinel.delete_prefix(&prefix))
+});
+
+const TASKS: usize = 32;
+
+async fn store_on(sentinel: &RedisSentinel, prefix: &str) -> Arc<RedisStore> {
+    let config = RedisConfig::new(sentinel.url()).key_prefix(prefix);
+    Arc::new(
+        RedisStore::connect(config, SessionPolicy::default())
+            .await
+            .expect("Redis store through Sentinel"),
+    )
+}
+
+/// The master killed under load: the Sentinels promote the replica, the store's new connections
+/// ask them again and reach it, with no rebuild; no call hangs past its time-outs, and only
+/// sessions written in the replication window may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_under_load() {
+    let sentinel = Arc::new(RedisSentinel::start());
+    let prefix = unique_prefix("failover");
+    let store = store_on(&sentinel, &prefix).await;
+    let old = sentinel.master_port();
+    let killer = sentinel.clone();
+    let report = common::run_load(
+        store.clone(),
+        TASKS,
+        Duration::from_secs(12),
+        Duration::from_secs(2),
+        move || {
+            killer.kill_master();
+            killer.wait_for_failover(old, Duration::from_secs(20));
+        },
+    )
+    .await;
+    println!("{}", report.line("sentinel, master killed (SIGKILL)"));
+    let config = store.config();
+    let bound = config.checkout_timeout + config.response_timeout + Duration::from_millis(500);
+    assert!(report.slowest <= bound, "a call hung: {report:?}");
+    assert_eq!(report.failed_at_the_end, 0, "{report:?}");
+    assert!(
+        report.lost_ms.iter().all(|ms| (-1000..=0).contains(ms)),
+        "{report:?}"
+    );
+    assert_ne!(sentinel.master_port(), old);
+    store.health().await.unwrap();
+}
+
+/// `SENTINEL FAILOVER` under load: the old master stays up and is made a replica, and the
+/// Sentinels close its clients, so the store's connections move to the new master. Sentinel does
+/// not stop writes to the old master before promoting the replica, so writes acknowledged during
+/// the switch may be lost; they are counted, and nothing written before it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_under_load_loses_nothing() {
+    let sentinel = Arc::new(RedisSentinel::start());
+    let prefix = unique_prefix("manual");
+    let store = store_on(&sentinel, &prefix).await;
+    let old = sentinel.master_port();
+    let mover = sentinel.clone();
+    let report = common::run_load(
+        store.clone(),
+        TASKS,
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+        move || {
+            let port = mover.sentinel_ports()[0];
+            let _: String = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(SENTINEL_MASTER_NAME)
+                .query(&mut mover.node_connection(port))
+                .unwrap();
+            mover.wait_for_failover(old, Duration::from_secs(20));
+        },
+    )
+    .await;
+    println!("{}", report.line("sentinel, manual SENTINEL FAILOVER"));
+    assert!(
+        report
+            .lost_ms
+            .iter()
+            .all(|ms| (-1000..=report.event_ms).contains(ms)),
+        "{report:?}"
+    );
+    assert_eq!(report.failed_at_the_end, 0, "{report:?}");
+}
