@@ -51,12 +51,14 @@ impl StoreKind {
         match scheme(url) {
             "memory" if cfg!(feature = "memory") => Ok(Self::Memory),
             "memory" => Err(feature_off(KEY, "memory://", "memory")),
-            "redis" | "rediss" | "redis+cluster" | "redis+sentinel" if cfg!(feature = "redis") => {
+            "redis" | "rediss" | "redis+cluster" | "redis+sentinel" | "rediss+cluster"
+            | "rediss+sentinel"
+                if cfg!(feature = "redis") =>
+            {
                 Ok(Self::Redis)
             }
-            "redis" | "rediss" | "redis+cluster" | "redis+sentinel" => {
-                Err(feature_off(KEY, "redis://", "redis"))
-            }
+            "redis" | "rediss" | "redis+cluster" | "redis+sentinel" | "rediss+cluster"
+            | "rediss+sentinel" => Err(feature_off(KEY, "redis://", "redis")),
             "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
             "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
             _ => Err(SessionError::config(

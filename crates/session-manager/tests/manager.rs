@@ -12,7 +12,8 @@ use session_core::{
 };
 use session_manager::{SessionConfig, SessionManager};
 use session_testkit::servers::{
-    PgSchema, eventually, redis_delete_prefix, redis_url, require_redis, unique_prefix,
+    PgSchema, RedisCluster, RedisSentinel, eventually, redis_delete_prefix, redis_url,
+    require_redis, unique_prefix,
 };
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -286,6 +287,30 @@ async fn redis_and_postgres_by_url_alone() {
         ("postgres", "postgres")
     );
     exercise(&manager).await;
+}
+
+/// Moving sessions to a Redis Cluster or behind Sentinel is a change of `SESSION_STORE_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_and_sentinel_by_url_alone() {
+    let cluster = RedisCluster::shared();
+    let sentinel = RedisSentinel::shared();
+    for (url, topology) in [(cluster.url(), "cluster"), (sentinel.url(), "sentinel")] {
+        let prefix = unique_prefix("manager");
+        let config = SessionConfig::from_vars(vars(&[
+            ("SESSION_STORE_URL", &url),
+            ("SESSION_KEY_PREFIX", &prefix),
+            ("DATABASE_URL", "sqlite::memory:"),
+        ]))
+        .unwrap();
+        let manager = SessionManager::build(config).await.unwrap();
+        assert_eq!(manager.sessions().backend(), "redis", "{topology}");
+        exercise(&manager).await;
+        manager.shutdown().await;
+        match topology {
+            "cluster" => cluster.delete_prefix(&prefix),
+            _ => sentinel.delete_prefix(&prefix),
+        }
+    }
 }
 
 async fn exercise(manager: &SessionManager) {

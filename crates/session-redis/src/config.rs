@@ -311,6 +311,12 @@ impl RedisConfig {
                     node: master.redis_settings().clone(),
                 });
             }
+            Some("rediss+cluster" | "rediss+sentinel") => {
+                return Err(SessionError::config(
+                    "url",
+                    "TLS to a Redis Cluster or through Sentinel is not supported yet; use redis+cluster:// or redis+sentinel:// on a trusted network, or one node over rediss://",
+                ));
+            }
             Some("redis" | "unix" | "redis+unix") => {}
             Some("rediss") if cfg!(feature = "tls") => {}
             Some("rediss") => {
@@ -468,6 +474,7 @@ mod tests {
             ("redis+cluster://10.0.0.1:notaport", "url"),
             ("redis+sentinel://127.0.0.1:26379", "url"),
             ("redis+sentinel://127.0.0.1:26379/mymaster/x", "url"),
+            ("rediss+cluster://10.0.0.1:7000", "url"),
         ] {
             assert_eq!(
                 key_of(RedisConfig::new(url).validate().unwrap_err()),

@@ -183,3 +183,27 @@ async fn live_resharding_loses_nothing() {
     assert!(report.lost_ms.is_empty(), "{report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
 }
+
+/// A cluster none of whose seeds answers is the same prompt, temporary `Unavailable` as a
+/// single node that refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_seeds_are_a_prompt_temporary_error() {
+    let (a, b) = (
+        session_testkit::servers::free_port(),
+        session_testkit::servers::free_port(),
+    );
+    let config = RedisConfig::new(format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}"));
+    let started = std::time::Instant::now();
+    let err = RedisStore::connect(config, SessionPolicy::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, session_core::SessionError::Unavailable { .. }) && err.is_temporary(),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
