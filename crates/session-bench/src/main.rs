@@ -3,7 +3,17 @@
 //! ```text
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- [--seconds N] [memory] [redis] [postgres] [scope]
 //! BENCH_OPS=get,touch cargo run --release --manifest-path crates/session-bench/Cargo.toml -- redis    # only those operations
+//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 topologies      # node vs Cluster vs Sentinel
+//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- footprint-redis footprint-pg  # bytes per session
 //! ```
+//! `topologies` starts a private one-node Redis, a private Redis Cluster (3 masters, 3 replicas) and
+//! a private Sentinel setup (master, replica, 3 sentinels) with `session_testkit::servers`, and runs
+//! the Redis store's get, touch, update, create, rotate and list_by_user at 1 and 32 tasks on the
+//! three in turn (the first of each row rotating), with the ratios cluster/node and sentinel/node
+//! (see topologies.rs). `footprint-redis` measures the Redis store's bytes per session (100k
+//! sessions, 1 and 10 per user; `used_memory` growth on a private `redis-server` and `MEMORY USAGE`
+//! of sampled keys), standard layout against the compatible one (no per-user index);
+//! `footprint-pg` the PostgreSQL store's table and index bytes per row after `VACUUM ANALYZE`.
 //! `peers` runs tower-sessions' memory, moka, Redis and sqlx PostgreSQL stores against ours (see
 //! peers.rs); `peers-memory`, `peers-redis`, `peers-postgres` run one backend's comparisons. `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
 //! 1M stored, 10% expired). `postgres` runs the PostgreSQL store (`DATABASE_URL`, default the local `test` database, in a
@@ -627,6 +637,7 @@ async fn bench_redis(seconds: u64) {
 mod db;
 mod footprint;
 mod peers;
+mod topologies;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -663,12 +674,15 @@ async fn main() {
             "postgres" => db::bench_postgres(seconds).await,
             "scope" => db::bench_scope(seconds).await,
             "footprint" => footprint::bench_footprint().await,
+            "footprint-redis" => footprint::bench_footprint_redis().await,
+            "footprint-pg" => footprint::bench_footprint_pg().await,
+            "topologies" => topologies::bench_topologies(seconds).await,
             "peers" => peers::bench_peers(seconds, &[]).await,
             "peers-memory" => peers::bench_peers(seconds, &["memory"]).await,
             "peers-redis" => peers::bench_peers(seconds, &["redis"]).await,
             "peers-postgres" => peers::bench_peers(seconds, &["postgres"]).await,
             other => panic!(
-                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, peers, peers-memory, peers-redis, peers-postgres"
+                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, footprint-redis, footprint-pg, topologies, peers, peers-memory, peers-redis, peers-postgres"
             ),
         }
     }

@@ -207,3 +207,61 @@ async fn unreachable_seeds_are_a_prompt_temporary_error() {
         started.elapsed()
     );
 }
+
+/// Native expiry on a Cluster: once a user's sessions expire, no key of theirs remains on any
+/// master (the index carries its own TTL), with no purge called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_of_a_user_remains_once_their_sessions_expire() {
+    let cluster = RedisCluster::shared();
+    let prefix = unique_prefix("ttl");
+    let mut policy = SessionPolicy::default();
+    policy.idle_timeout = Duration::from_millis(700);
+    policy.absolute_timeout = Duration::from_secs(2);
+    policy.touch_interval = Duration::from_millis(100);
+    let config = RedisConfig::new(cluster.url()).key_prefix(prefix.clone());
+    let store = RedisStore::connect(config, policy).await.unwrap();
+    let first = store.create(NewUserSession::new("alice")).await.unwrap();
+    store.create(NewUserSession::new("alice")).await.unwrap();
+    store.create(NewUserSession::new("bob")).await.unwrap();
+    assert_eq!(cluster_keys(cluster, &format!("{prefix}*")).len(), 5);
+    // Bounded polling for Redis's own expiry, not a speed claim.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = cluster_keys(cluster, &format!("{prefix}*"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keys outlived their sessions: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.get(&first.token).await.unwrap(), None);
+    assert!(store.list_by_user("alice").await.unwrap().is_empty());
+}
+
+/// Corrupt data on a Cluster node is the same `Decode` error naming the session as on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_session_data_is_a_decode_error_naming_the_handle() {
+    let cluster = RedisCluster::shared();
+    let prefix = unique_prefix("corrupt");
+    let store = store_on(cluster, &prefix).await;
+    let issued = store.create(NewUserSession::new("alice")).await.unwrap();
+    let (port, key) = cluster_keys(cluster, &format!("{prefix}*:s:*"))
+        .pop()
+        .unwrap();
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("version")
+        .arg("not a number")
+        .query(&mut cluster.node_connection(port))
+        .unwrap();
+    let err = store.get(&issued.token).await.unwrap_err();
+    assert!(
+        matches!(&err, session_core::SessionError::Decode { handle: Some(h), .. } if h == issued.token.handle()),
+        "{err:?}"
+    );
+    store.health().await.unwrap();
+    cluster.delete_prefix(&prefix);
+}
