@@ -99,16 +99,9 @@ async fn a_killed_master_fails_over_under_load() {
     )
     .await;
     println!("{}", report.line("cluster, master killed (SIGKILL)"));
-    let config = store.config();
-    let bound = config.checkout_timeout + config.response_timeout + Duration::from_millis(500);
-    assert!(report.slowest <= bound, "a call hung: {report:?}");
-    assert_eq!(report.failed_at_the_end, 0, "{report:?}");
     // Replication to the replica is asynchronous: only a write acknowledged just before the
     // kill can be missing from it.
-    assert!(
-        report.lost_ms.iter().all(|ms| (-1000..=0).contains(ms)),
-        "{report:?}"
-    );
+    report.assert_failover_kept_its_bounds(store.config(), -1000..=0);
     store.health().await.unwrap();
 }
 
@@ -215,8 +208,9 @@ async fn no_key_of_a_user_remains_once_their_sessions_expire() {
     let cluster = RedisCluster::shared();
     let prefix = unique_prefix("ttl");
     let mut policy = SessionPolicy::default();
-    policy.idle_timeout = Duration::from_millis(700);
-    policy.absolute_timeout = Duration::from_secs(2);
+    // Long enough that the keys are surely all there when counted on a busy machine.
+    policy.idle_timeout = Duration::from_millis(1500);
+    policy.absolute_timeout = Duration::from_secs(3);
     policy.touch_interval = Duration::from_millis(100);
     let config = RedisConfig::new(cluster.url()).key_prefix(prefix.clone());
     let store = RedisStore::connect(config, policy).await.unwrap();
@@ -225,7 +219,7 @@ async fn no_key_of_a_user_remains_once_their_sessions_expire() {
     store.create(NewUserSession::new("bob")).await.unwrap();
     assert_eq!(cluster_keys(cluster, &format!("{prefix}*")).len(), 5);
     // Bounded polling for Redis's own expiry, not a speed claim.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
     loop {
         let left = cluster_keys(cluster, &format!("{prefix}*"));
         if left.is_empty() {

@@ -57,14 +57,9 @@ async fn a_killed_master_fails_over_under_load() {
     )
     .await;
     println!("{}", report.line("sentinel, master killed (SIGKILL)"));
-    let config = store.config();
-    let bound = config.checkout_timeout + config.response_timeout + Duration::from_millis(500);
-    assert!(report.slowest <= bound, "a call hung: {report:?}");
-    assert_eq!(report.failed_at_the_end, 0, "{report:?}");
-    assert!(
-        report.lost_ms.iter().all(|ms| (-1000..=0).contains(ms)),
-        "{report:?}"
-    );
+    // Replication to the replica is asynchronous: only a write acknowledged just before the
+    // kill can be missing from it.
+    report.assert_failover_kept_its_bounds(store.config(), -1000..=0);
     assert_ne!(sentinel.master_port(), old);
     store.health().await.unwrap();
 }

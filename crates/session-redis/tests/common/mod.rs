@@ -66,6 +66,25 @@ impl LoadReport {
     }
 }
 
+impl LoadReport {
+    /// What a failover must keep, whatever the topology: no call longer than the store's
+    /// time-outs allow, no failure once it has settled (the load's last second), and only
+    /// sessions acknowledged in `lost_window_ms` (ms around the event) missing afterwards.
+    pub(crate) fn assert_failover_kept_its_bounds(
+        &self,
+        config: &session_redis::RedisConfig,
+        lost_window_ms: std::ops::RangeInclusive<i64>,
+    ) {
+        let bound = config.checkout_timeout + config.response_timeout + Duration::from_millis(500);
+        assert!(self.slowest <= bound, "a call hung: {self:?}");
+        assert_eq!(self.failed_at_the_end, 0, "{self:?}");
+        assert!(
+            self.lost_ms.iter().all(|ms| lost_window_ms.contains(ms)),
+            "{self:?}"
+        );
+    }
+}
+
 fn kind(e: &SessionError) -> String {
     let shown = format!("{e:?}");
     shown
