@@ -172,6 +172,14 @@ pub enum Topology {
     },
 }
 
+/// `info` without the `CLIENT SETINFO` that redis-rs pipelines at every connect: Redis before 7.2
+/// answers it with two `ERR` replies, which count in the server's error statistics (and alert
+/// whoever watches them) for every connection the store opens.
+fn without_client_setinfo(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    info.set_redis_settings(settings)
+}
+
 /// The `user:password@` part (empty if none), the `host:port` list and the path after it, of a
 /// URL with several hosts (`redis+cluster://`, `redis+sentinel://`).
 fn split_hosts(rest: &str) -> (&str, Vec<&str>, &str) {
@@ -264,6 +272,7 @@ impl RedisConfig {
         };
         let node = |url: &str| {
             redis::IntoConnectionInfo::into_connection_info(url)
+                .map(without_client_setinfo)
                 .map_err(|e| url_error(e.to_string()))
         };
         let scheme = self.url.split_once("://").map(|(s, _)| s);

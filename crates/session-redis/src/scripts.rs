@@ -6,15 +6,21 @@
 //!   has expired, even before Redis deletes it.
 //! - In the standard layout a user's keys share the hash tag `{tag}`: `base` is `<prefix>{tag}:`,
 //!   session keys are `base .. 's:' .. <hash>`, the user index is `base .. 'u:' .. <user id>`, a
-//!   sorted set of session hashes scored by idle expiry. Keys derived inside a script from `base`
-//!   are in the same slot as `KEYS[1]` by construction.
+//!   sorted set of session hashes. Keys derived inside a script from `base` are in the same slot
+//!   as `KEYS[1]` by construction.
 //! - An empty `base` means the compatible layout: no index.
 //! - A session hash's bookkeeping fields may be absent in the compatible layout (a session written
 //!   by another service); `PTTL` then stands in for the idle expiry.
 //! - Sessions are read and returned as rows: `read(key)` is `HMGET key <FIELDS>`, the field list
 //!   and positions generated from `codec::FIELDS` (see `codec::lua_fields`).
-//! - After any change to an index: expired members are trimmed and the index's own TTL is set to its
-//!   latest member's expiry, so an index never outlives its sessions.
+//! - The index (ADR 0020): a member's score is its session's idle expiry when the member was
+//!   written (create, rotate), a lower bound that a touch does not raise, so a touch writes no
+//!   index member. A member whose score has passed is a candidate for removal, never proof: it is
+//!   removed only if its session is gone, else re-scored (`trim`). Nothing reads the scores as
+//!   the truth (`list_by_user` reads every member's session). The index's own TTL is raised with
+//!   `PEXPIREAT … GT` to every idle expiry a create or touch writes, so it lives as long as its
+//!   longest-lived session (after a delete, up to the deleted session's expiry). Indexes written
+//!   by the earlier layout (scores kept equal to the idle expiry) read the same way.
 
 use std::sync::LazyLock;
 
@@ -35,10 +41,29 @@ local function absent(row)
   end
   return true
 end
-local function retire_index(idx, now)
-  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
-  local last = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
-  if last[2] then redis.call('PEXPIREAT', idx, last[2]) end
+-- Raises the index's TTL to `at` (never lowers it); a new index has no TTL, which GT treats as
+-- infinite, so it gets one with NX.
+local function extend_index(idx, at)
+  if redis.call('PEXPIREAT', idx, at, 'GT') == 0 then
+    redis.call('PEXPIREAT', idx, at, 'NX')
+  end
+end
+-- Members whose score has passed, up to `limit`: removed if their session is gone (expired or
+-- deleted), else re-scored with the session's idle expiry. Returns how many were removed.
+local function trim(idx, base, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, limit)
+  local removed = 0
+  for _, m in ipairs(due) do
+    local f = redis.call('HMGET', base .. 's:' .. m, 'idle_expires_at', 'absolute_expires_at')
+    if f[1] and not expired(now, tonumber(f[1]), tonumber(f[2])) then
+      redis.call('ZADD', idx, f[1], m)
+    else
+      redis.call('DEL', base .. 's:' .. m)
+      redis.call('ZREM', idx, m)
+      removed = removed + 1
+    end
+  end
+  return removed
 end
 ";
 
@@ -48,36 +73,47 @@ fn with_helpers(body: &str) -> Script {
 
 /// KEYS: session, [index]. ARGV: now, hash, idle_expires_at, absolute_expires_at, cap, base,
 /// field, value, ... Evicts the user's oldest live sessions beyond `cap - 1` (cap 0: none).
+/// Without a cap: `HSET`, `PEXPIREAT`, `ZADD`, `PEXPIREAT … GT` (plus `NX` for a user's first
+/// session); about one create in 21, chosen by the new hash, also trims the index.
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
--- Without a cap, the trim after the ZADD is enough: expired members need not be counted first.
 local cap = tonumber(ARGV[5])
 if KEYS[2] and cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  -- The cap counts live sessions: every member's session is looked at (scores are lower bounds),
+  -- the gone ones are dropped and the oldest live ones beyond the cap evicted.
   local members = redis.call('ZRANGE', KEYS[2], 0, -1)
-  local excess = #members + 1 - cap
-  if excess > 0 then
-    local aged = {}
-    for i, m in ipairs(members) do
-      aged[i] = {tonumber(redis.call('HGET', ARGV[6] .. 's:' .. m, 'created_at')) or 0, m}
+  local live = {}
+  for _, m in ipairs(members) do
+    local f = redis.call('HMGET', ARGV[6] .. 's:' .. m, 'created_at', 'idle_expires_at',
+      'absolute_expires_at')
+    if f[2] and not expired(now, tonumber(f[2]), tonumber(f[3])) then
+      live[#live + 1] = {tonumber(f[1]) or 0, m}
+    else
+      redis.call('DEL', ARGV[6] .. 's:' .. m)
+      redis.call('ZREM', KEYS[2], m)
     end
-    table.sort(aged, function(a, b)
+  end
+  local excess = #live + 1 - cap
+  if excess > 0 then
+    table.sort(live, function(a, b)
       if a[1] == b[1] then return a[2] < b[2] end
       return a[1] < b[1]
     end)
     for i = 1, excess do
-      redis.call('DEL', ARGV[6] .. 's:' .. aged[i][2])
-      redis.call('ZREM', KEYS[2], aged[i][2])
+      redis.call('DEL', ARGV[6] .. 's:' .. live[i][2])
+      redis.call('ZREM', KEYS[2], live[i][2])
     end
   end
+elseif KEYS[2] and string.byte(ARGV[2], 1) % 16 == 0 then
+  trim(KEYS[2], ARGV[6], now, 32)
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 if KEYS[2] then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-  retire_index(KEYS[2], now)
+  extend_index(KEYS[2], ARGV[3])
 end
 return 1
 ",
@@ -86,7 +122,8 @@ return 1
 
 /// KEYS: session. ARGV: now, touch interval ms, idle ms, remember-me idle ms, absolute ms, base,
 /// hash. Returns `{row, PTTL}` (PTTL -3 when not needed) or nil when absent or expired. Writes
-/// only when the interval has passed since `last_seen_at`.
+/// only when the interval has passed since `last_seen_at`: `HSET`, `PEXPIREAT` of the session and
+/// `PEXPIREAT … GT` of the index, after the `HMGET`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
@@ -121,9 +158,8 @@ redis.call('PEXPIREAT', KEYS[1], nie)
 h[LAST_SEEN_AT] = tostring(now)
 h[IDLE_EXPIRES_AT] = tostring(nie)
 if ARGV[6] ~= '' then
-  local idx = ARGV[6] .. 'u:' .. h[USER_ID]
-  redis.call('ZADD', idx, 'XX', nie, ARGV[7])
-  retire_index(idx, now)
+  -- The member's score stays (a lower bound, ADR 0020); the index lives as long as this session.
+  redis.call('PEXPIREAT', ARGV[6] .. 'u:' .. h[USER_ID], nie, 'GT')
 end
 return {h, -3}
 ",
@@ -175,8 +211,7 @@ if expired(now, tonumber(ie), tonumber(h[ABSOLUTE_EXPIRES_AT])) then return nil 
 redis.call('RENAME', KEYS[1], KEYS[2])
 if ARGV[2] ~= '' then
   local idx = ARGV[2] .. 'u:' .. h[USER_ID]
-  -- A member's score is its session's idle expiry (create and touch write both together), so
-  -- the hash already holds it and no ZSCORE is needed.
+  -- The new member is scored with the session's idle expiry now (ADR 0020).
   redis.call('ZREM', idx, ARGV[3])
   redis.call('ZADD', idx, ie, ARGV[4])
 end
@@ -188,6 +223,7 @@ return {h, pttl}
 });
 
 /// KEYS: session. ARGV: now, base, hash. Returns 1 if a live session was removed, else 0.
+/// `HMGET`, `DEL`, `ZREM`.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
@@ -196,9 +232,8 @@ local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_e
 if not f[1] then return 0 end
 redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '' then
-  local idx = ARGV[2] .. 'u:' .. f[1]
-  redis.call('ZREM', idx, ARGV[3])
-  retire_index(idx, now)
+  -- The index keeps its TTL: at most until this session would have expired (ADR 0020).
+  redis.call('ZREM', ARGV[2] .. 'u:' .. f[1], ARGV[3])
 end
 if expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
 return 1
@@ -210,9 +245,9 @@ return 1
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
-local now = tonumber(ARGV[1])
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
+-- Every member, whatever its score (a lower bound, ADR 0020): the client drops expired rows.
 for _, m in ipairs(members) do
   local h = read(ARGV[2] .. 's:' .. m)
   if not absent(h) then
@@ -241,28 +276,17 @@ for _, m in ipairs(members) do
     redis.call('ZREM', KEYS[1], m)
   end
 end
-retire_index(KEYS[1], now)
 return n
 ",
     )
 });
 
-/// KEYS: index. ARGV: now, base. Deletes sessions whose expiry has passed and their index entries;
-/// returns how many index entries were removed.
+/// KEYS: index. ARGV: now, base. Removes the members whose sessions are gone (and any such
+/// session key left), re-scoring the live ones it looks at; returns how many were removed.
 pub(crate) static PURGE_INDEX: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
-local now = tonumber(ARGV[1])
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, m in ipairs(members) do
-  local key = ARGV[2] .. 's:' .. m
-  local f = redis.call('HMGET', key, 'idle_expires_at', 'absolute_expires_at')
-  if f[1] == false or expired(now, tonumber(f[1]), tonumber(f[2])) then
-    redis.call('DEL', key)
-  end
-end
-retire_index(KEYS[1], now)
-return #members
+return trim(KEYS[1], ARGV[2], tonumber(ARGV[1]), -1)
 ",
     )
 });
