@@ -5,14 +5,17 @@
 //! BENCH_OPS=get,touch cargo run --release --manifest-path crates/session-bench/Cargo.toml -- redis    # only those operations
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 topologies      # node vs Cluster vs Sentinel
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- footprint-redis footprint-pg  # bytes per session
+//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 writes  # writes, server commands per op
 //! ```
 //! `topologies` starts a private one-node Redis, a private Redis Cluster (3 masters, 3 replicas) and
 //! a private Sentinel setup (master, replica, 3 sentinels) with `session_testkit::servers`, and runs
 //! the Redis store's get, touch, update, create, rotate and list_by_user at 1 and 32 tasks on the
 //! three in turn (the first of each row rotating), with the ratios cluster/node and sentinel/node
-//! (see topologies.rs). `footprint-redis` measures the Redis store's bytes per session (100k
-//! sessions, 1 and 10 per user; `used_memory` growth on a private `redis-server` and `MEMORY USAGE`
-//! of sampled keys), standard layout against the compatible one (no per-user index);
+//! (see topologies.rs). `writes` runs create, touch (every one writing), create+delete, get and
+//! rotate on a private `redis-server`, with server commands and `EVALSHA` time per operation from
+//! `INFO commandstats` (see writes.rs). `footprint-redis` measures the Redis store's bytes per
+//! session (100k sessions, 1 and 10 per user; `used_memory` growth on a private `redis-server` and
+//! `MEMORY USAGE` of sampled keys), standard layout against the compatible one (no per-user index);
 //! `footprint-pg` the PostgreSQL store's table and index bytes per row after `VACUUM ANALYZE`.
 //! `peers` runs tower-sessions' memory, moka, Redis and sqlx PostgreSQL stores against ours (see
 //! peers.rs); `peers-memory`, `peers-redis`, `peers-postgres` run one backend's comparisons. `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
@@ -638,6 +641,7 @@ mod db;
 mod footprint;
 mod peers;
 mod topologies;
+mod writes;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -677,12 +681,13 @@ async fn main() {
             "footprint-redis" => footprint::bench_footprint_redis().await,
             "footprint-pg" => footprint::bench_footprint_pg().await,
             "topologies" => topologies::bench_topologies(seconds).await,
+            "writes" => writes::bench_writes(seconds).await,
             "peers" => peers::bench_peers(seconds, &[]).await,
             "peers-memory" => peers::bench_peers(seconds, &["memory"]).await,
             "peers-redis" => peers::bench_peers(seconds, &["redis"]).await,
             "peers-postgres" => peers::bench_peers(seconds, &["postgres"]).await,
             other => panic!(
-                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, footprint-redis, footprint-pg, topologies, peers, peers-memory, peers-redis, peers-postgres"
+                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, footprint-redis, footprint-pg, topologies, writes, peers, peers-memory, peers-redis, peers-postgres"
             ),
         }
     }

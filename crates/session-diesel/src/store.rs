@@ -49,6 +49,31 @@ fn columns(p: &str) -> String {
     )
 }
 
+/// `touch` in one statement: the live row (`cur`), the write when due (`upd`, whose WHERE re-checks
+/// the throttle after any row lock), and whichever of them is the row as it stands. $1 handle,
+/// $2 now, $3 and $4 the remember-me and plain idle timeouts (ms), $5 now minus the interval.
+static TOUCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH cur AS (
+             SELECT {columns} FROM user_sessions WHERE handle = $1 AND idle_expires_at > {now}
+         ), upd AS (
+             UPDATE user_sessions
+             SET last_seen_at = {now},
+                 idle_expires_at = LEAST(
+                     {now} + (CASE WHEN remember_me THEN $3 ELSE $4 END) * INTERVAL '1 millisecond',
+                     absolute_expires_at)
+             WHERE handle = $1 AND idle_expires_at > {now} AND last_seen_at <= {due}
+             RETURNING {columns}
+         )
+         SELECT * FROM upd
+         UNION ALL
+         SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM upd)",
+        columns = columns(""),
+        now = at(2),
+        due = at(5),
+    )
+});
+
 /// The insert of `create` without a per-user cap.
 static CREATE: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -340,44 +365,33 @@ impl UserSessionStore for PgSessionStore {
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        // Most touches fall inside the throttle interval and are plain keyed reads (one round
-        // trip); only a due touch writes, with a second statement whose WHERE re-checks the
-        // throttle, so concurrent touches write once.
-        let Some(current) = self.get(token).await? else {
-            return Ok(None);
-        };
+        // One statement, one round trip, due or not: the UPDATE writes only when the throttle
+        // interval has passed (its WHERE re-checks it, so concurrent touches write once), and the
+        // row as it stands is returned when it did not write.
         let now = self.policy.now();
-        if !self.policy.touch_due(&current, now) {
-            return Ok(Some(current));
-        }
-        let sql = format!(
-            "UPDATE user_sessions
-             SET last_seen_at = {now}, idle_expires_at = LEAST({idle}, absolute_expires_at)
-             WHERE handle = $1 AND idle_expires_at > {now} AND last_seen_at <= {due}
-             RETURNING {columns}",
-            now = at(2),
-            idle = at(3),
-            due = at(4),
-            columns = columns(""),
-        );
+        let due = ms(now).saturating_sub(ms_of(self.policy.touch_interval));
         let mut conn = self.conn().await?;
-        let touched: Vec<Row> = diesel::sql_query(sql)
+        let row: Option<Row> = diesel::sql_query(TOUCH.as_str())
             .bind::<Text, _>(token.handle().as_str())
             .bind::<BigInt, _>(ms(now))
-            .bind::<BigInt, _>(ms(self.policy.touched_idle_expiry(&current, now)))
-            .bind::<BigInt, _>(ms(now).saturating_sub(ms_of(self.policy.touch_interval)))
+            .bind::<BigInt, _>(ms_of(self.policy.remember_me_idle_timeout))
+            .bind::<BigInt, _>(ms_of(self.policy.idle_timeout))
+            .bind::<BigInt, _>(due)
             .prepared()
-            .load(&mut *conn)
+            .get_result(&mut *conn)
             .await
+            .optional()
             .map_err(|e| self.fail(e))?;
-        match touched.into_iter().next() {
-            Some(row) => row.into_session().map(Some),
-            // Another touch got there first (or the session just went): read what stands.
-            None => {
-                drop(conn);
-                self.get(token).await
-            }
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.last_seen_at_ms <= due {
+            // The touch was due but another one wrote first (the WHERE, re-checked after the
+            // row lock, refused): the row returned is from before that write; read what stands.
+            drop(conn);
+            return self.get(token).await;
         }
+        row.into_session().map(Some)
     }
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {

@@ -198,3 +198,53 @@ async fn reads_survive_the_server_closing_every_pooled_connection() {
     }
     store.close().await;
 }
+
+/// `touch` is one statement that writes only when due: inside the interval the row is not
+/// written; when due, 16 concurrent touches write it once and all answer the touched session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_touch_writes_once_and_a_throttled_one_not_at_all() {
+    let schema = PgSchema::create("touch");
+    let clock = ManualClock::starting_now();
+    let store = Arc::new(
+        PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+            .await
+            .unwrap(),
+    );
+    let issued = store.create(NewUserSession::new("alice")).await.unwrap();
+    // Every write to the table is counted by a trigger.
+    psql(
+        &schema.url(),
+        "CREATE TABLE writes (n BIGINT);
+         CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO writes VALUES (1); RETURN NEW; END $$;
+         CREATE TRIGGER count_writes AFTER UPDATE ON user_sessions
+           FOR EACH ROW EXECUTE FUNCTION count_write();",
+    );
+    let writes = || {
+        psql(&schema.url(), "SELECT COUNT(*) FROM writes")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    clock.advance(Duration::from_secs(10));
+    let throttled = store.touch(&issued.token).await.unwrap().unwrap();
+    assert_eq!(throttled.last_seen_at, issued.session.last_seen_at);
+    assert_eq!(writes(), 0, "a touch inside the interval writes nothing");
+
+    clock.advance(Duration::from_secs(60));
+    let mut touches = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (store, token) = (store.clone(), issued.token.clone());
+        touches.spawn(async move { store.touch(&token).await.unwrap().unwrap() });
+    }
+    let now = clock.now();
+    let expected_idle = now + store.policy().idle_timeout;
+    while let Some(touched) = touches.join_next().await {
+        let touched = touched.unwrap();
+        assert_eq!(touched.last_seen_at, now);
+        assert_eq!(touched.idle_expires_at, expected_idle);
+    }
+    assert_eq!(writes(), 1, "concurrent due touches write once");
+    let stored = store.get(&issued.token).await.unwrap().unwrap();
+    assert_eq!(stored.idle_expires_at, expected_idle);
+}
