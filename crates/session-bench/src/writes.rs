@@ -16,13 +16,7 @@ use session_testkit::servers::RedisServer;
 
 use crate::{CONCURRENCY, Op, PREFILL, USERS, prefill, row_named, run_store};
 
-const OPS: [Op; 5] = [
-    Op::Create,
-    Op::Touch,
-    Op::CreateDelete,
-    Op::Get,
-    Op::Rotate,
-];
+const OPS: [Op; 5] = [Op::Create, Op::Touch, Op::CreateDelete, Op::Get, Op::Rotate];
 
 /// `INFO commandstats` as (command, calls, usec), without the `CONFIG RESETSTAT` that began it.
 async fn command_stats(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64, u64)> {

@@ -49,6 +49,15 @@ fn columns(p: &str) -> String {
     )
 }
 
+/// A row `TOUCH` answers, and whether that statement wrote it.
+#[derive(QueryableByName)]
+struct TouchRow {
+    #[diesel(embed)]
+    stored: Row,
+    #[diesel(sql_type = Bool)]
+    written: bool,
+}
+
 /// `touch` in one statement: the live row (`cur`), the write when due (`upd`, whose WHERE re-checks
 /// the throttle after any row lock), and whichever of them is the row as it stands. $1 handle,
 /// $2 now, $3 and $4 the remember-me and plain idle timeouts (ms), $5 now minus the interval.
@@ -65,9 +74,9 @@ static TOUCH: LazyLock<String> = LazyLock::new(|| {
              WHERE handle = $1 AND idle_expires_at > {now} AND last_seen_at <= {due}
              RETURNING {columns}
          )
-         SELECT * FROM upd
+         SELECT *, TRUE AS written FROM upd
          UNION ALL
-         SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM upd)",
+         SELECT *, FALSE AS written FROM cur WHERE NOT EXISTS (SELECT 1 FROM upd)",
         columns = columns(""),
         now = at(2),
         due = at(5),
@@ -371,7 +380,7 @@ impl UserSessionStore for PgSessionStore {
         let now = self.policy.now();
         let due = ms(now).saturating_sub(ms_of(self.policy.touch_interval));
         let mut conn = self.conn().await?;
-        let row: Option<Row> = diesel::sql_query(TOUCH.as_str())
+        let row: Option<TouchRow> = diesel::sql_query(TOUCH.as_str())
             .bind::<Text, _>(token.handle().as_str())
             .bind::<BigInt, _>(ms(now))
             .bind::<BigInt, _>(ms_of(self.policy.remember_me_idle_timeout))
@@ -382,10 +391,14 @@ impl UserSessionStore for PgSessionStore {
             .await
             .optional()
             .map_err(|e| self.fail(e))?;
-        let Some(row) = row else {
+        let Some(TouchRow {
+            stored: row,
+            written,
+        }) = row
+        else {
             return Ok(None);
         };
-        if row.last_seen_at_ms <= due {
+        if !written && row.last_seen_at_ms <= due {
             // The touch was due but another one wrote first (the WHERE, re-checked after the
             // row lock, refused): the row returned is from before that write; read what stands.
             drop(conn);

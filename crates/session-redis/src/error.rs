@@ -26,10 +26,14 @@ pub(crate) fn from_redis(
     }
     // A cluster or a master between owners (failover, resharding, a replica still loading):
     // temporary, like a lost connection. The cluster client retries these before giving up.
-    let in_transition = matches!(
-        err.code(),
-        Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "MOVED" | "ASK")
-    );
+    // A script refused a key it found (not declared) because the key's slot is being migrated
+    // away from this node: the migration ends, and the operation can then run whole.
+    let migrating = err.to_string().contains("non local key");
+    let in_transition = migrating
+        || matches!(
+            err.code(),
+            Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "MOVED" | "ASK")
+        );
     if in_transition || err.is_connection_refusal() || breaks_connection(&err) {
         return SessionError::Unavailable {
             backend: BACKEND,

@@ -13,14 +13,13 @@
 //!   by another service); `PTTL` then stands in for the idle expiry.
 //! - Sessions are read and returned as rows: `read(key)` is `HMGET key <FIELDS>`, the field list
 //!   and positions generated from `codec::FIELDS` (see `codec::lua_fields`).
-//! - The index (ADR 0020): a member's score is its session's idle expiry when the member was
-//!   written (create, rotate), a lower bound that a touch does not raise, so a touch writes no
-//!   index member. A member whose score has passed is a candidate for removal, never proof: it is
-//!   removed only if its session is gone, else re-scored (`trim`). Nothing reads the scores as
-//!   the truth (`list_by_user` reads every member's session). The index's own TTL is raised with
-//!   `PEXPIREAT … GT` to every idle expiry a create or touch writes, so it lives as long as its
-//!   longest-lived session (after a delete, up to the deleted session's expiry). Indexes written
-//!   by the earlier layout (scores kept equal to the idle expiry) read the same way.
+//! - The index (ADR 0020): a member's score is its session's idle expiry (create, touch and rotate
+//!   write it). This code reads a score only as a hint: a member whose score has passed is removed
+//!   only if its session is gone, else re-scored (`trim`), and `list_by_user` reads every
+//!   member's session. The index's own TTL is raised with `PEXPIREAT … GT` to every idle expiry a
+//!   create or touch writes, so it lives as long as its longest-lived session (after a delete, up
+//!   to the deleted session's expiry). Indexes written by the previous release read the same way,
+//!   and that release reads these (its trims take scores as exact, which they are).
 
 use std::sync::LazyLock;
 
@@ -48,15 +47,17 @@ local function extend_index(idx, at)
     redis.call('PEXPIREAT', idx, at, 'NX')
   end
 end
--- Members whose score has passed, up to `limit`: removed if their session is gone (expired or
--- deleted), else re-scored with the session's idle expiry. Returns how many were removed.
+-- Members whose score has passed, up to `limit`: removed if their session is gone (expired,
+-- deleted, or unreadable), else re-scored with the session's idle expiry. Returns how many were
+-- removed.
 local function trim(idx, base, now, limit)
   local due = redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, limit)
   local removed = 0
   for _, m in ipairs(due) do
     local f = redis.call('HMGET', base .. 's:' .. m, 'idle_expires_at', 'absolute_expires_at')
-    if f[1] and not expired(now, tonumber(f[1]), tonumber(f[2])) then
-      redis.call('ZADD', idx, f[1], m)
+    local ie = tonumber(f[1])
+    if ie and not expired(now, ie, tonumber(f[2])) then
+      redis.call('ZADD', idx, ie, m)
     else
       redis.call('DEL', base .. 's:' .. m)
       redis.call('ZREM', idx, m)
@@ -122,8 +123,8 @@ return 1
 
 /// KEYS: session. ARGV: now, touch interval ms, idle ms, remember-me idle ms, absolute ms, base,
 /// hash. Returns `{row, PTTL}` (PTTL -3 when not needed) or nil when absent or expired. Writes
-/// only when the interval has passed since `last_seen_at`: `HSET`, `PEXPIREAT` of the session and
-/// `PEXPIREAT … GT` of the index, after the `HMGET`.
+/// only when the interval has passed since `last_seen_at`: `HSET`, `PEXPIREAT` of the session,
+/// `ZADD XX` and `PEXPIREAT … GT` of the index, after the `HMGET`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
@@ -153,14 +154,20 @@ if ae == nil then
   end
 end
 local nie = math.min(now + idle, ae)
+-- The index (a key found from the row, not declared) first: if Redis refuses it mid-migration
+-- of the slot, the script stops before writing anything.
+if ARGV[6] ~= '' then
+  -- The member's score follows the session's idle expiry, so that code reading scores as exact
+  -- (the previous release, during a rolling deploy or after a rollback) never drops a live
+  -- session from the index; the index lives as long as this session.
+  local idx = ARGV[6] .. 'u:' .. h[USER_ID]
+  redis.call('ZADD', idx, 'XX', nie, ARGV[7])
+  redis.call('PEXPIREAT', idx, nie, 'GT')
+end
 redis.call('HSET', KEYS[1], 'last_seen_at', now, 'idle_expires_at', nie)
 redis.call('PEXPIREAT', KEYS[1], nie)
 h[LAST_SEEN_AT] = tostring(now)
 h[IDLE_EXPIRES_AT] = tostring(nie)
-if ARGV[6] ~= '' then
-  -- The member's score stays (a lower bound, ADR 0020); the index lives as long as this session.
-  redis.call('PEXPIREAT', ARGV[6] .. 'u:' .. h[USER_ID], nie, 'GT')
-end
 return {h, -3}
 ",
     )
@@ -208,13 +215,15 @@ local h = read(KEYS[1])
 if not h[USER_ID] then return nil end
 local ie = h[IDLE_EXPIRES_AT]
 if expired(now, tonumber(ie), tonumber(h[ABSOLUTE_EXPIRES_AT])) then return nil end
-redis.call('RENAME', KEYS[1], KEYS[2])
+-- The index (found from the row, not declared) before the rename: if Redis refuses it
+-- mid-migration of the slot, the script stops before writing anything.
 if ARGV[2] ~= '' then
   local idx = ARGV[2] .. 'u:' .. h[USER_ID]
   -- The new member is scored with the session's idle expiry now (ADR 0020).
   redis.call('ZREM', idx, ARGV[3])
   redis.call('ZADD', idx, ie, ARGV[4])
 end
+redis.call('RENAME', KEYS[1], KEYS[2])
 local pttl = -3
 if not ie then pttl = redis.call('PTTL', KEYS[2]) end
 return {h, pttl}
@@ -230,11 +239,12 @@ pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
 local now = tonumber(ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
 if not f[1] then return 0 end
-redis.call('DEL', KEYS[1])
+-- The index (found from the row, not declared) first, as in touch and rotate. It keeps its TTL:
+-- at most until this session would have expired (ADR 0020).
 if ARGV[2] ~= '' then
-  -- The index keeps its TTL: at most until this session would have expired (ADR 0020).
   redis.call('ZREM', ARGV[2] .. 'u:' .. f[1], ARGV[3])
 end
+redis.call('DEL', KEYS[1])
 if expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
 return 1
 ",

@@ -145,8 +145,11 @@ impl RedisStore {
                 connect_failures.clone(),
             ),
             Topology::Cluster { seeds } => {
+                // The client connects to every seed and waits for the slowest: a seed that drops
+                // packets must give up well within the checkout's own time-out, or no checkout
+                // could ever succeed while it is listed.
                 let client = redis::cluster::ClusterClientBuilder::new(seeds)
-                    .connection_timeout(config.checkout_timeout)
+                    .connection_timeout(config.checkout_timeout / 2)
                     .response_timeout(config.response_timeout)
                     .build()
                     .map_err(url_error)?;
@@ -723,7 +726,7 @@ impl UserSessionStore for RedisStore {
     }
 
     fn needs_purge(&self) -> bool {
-        // Keys expire by their TTLs and every write trims the user's index.
+        // Keys expire by their TTLs, and an index by its own TTL once its sessions have gone.
         false
     }
 
@@ -828,14 +831,25 @@ async fn masters(
         let Some(Value::Array(node)) = parts.get(2) else {
             continue;
         };
-        let (Some(host), Some(Value::Int(port))) = (node.first().and_then(bytes), node.get(1))
-        else {
-            continue;
+        // A master whose address the node does not know (`""`, `"?"`, NULL) cannot be scanned:
+        // an error, not a silently partial purge.
+        let host = node
+            .first()
+            .and_then(bytes)
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .filter(|h| !h.is_empty() && h != "?");
+        let port = match node.get(1) {
+            Some(Value::Int(port)) => u16::try_from(*port).ok().filter(|p| *p != 0),
+            _ => None,
         };
-        let master = (
-            String::from_utf8_lossy(host).into_owned(),
-            u16::try_from(*port).unwrap_or_default(),
-        );
+        let (Some(host), Some(port)) = (host, port) else {
+            return Err((
+                redis::ErrorKind::Client,
+                "CLUSTER SLOTS names a master without a usable address",
+            )
+                .into());
+        };
+        let master = (host, port);
         if !masters.contains(&master) {
             masters.push(master);
         }

@@ -259,3 +259,22 @@ async fn corrupt_session_data_is_a_decode_error_naming_the_handle() {
     store.health().await.unwrap();
     cluster.delete_prefix(&prefix);
 }
+
+/// A seed that accepts connections and never answers (a dead address behind a firewall would
+/// be like it) does not keep the store from using the cluster the other seeds lead to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_seed_does_not_keep_the_store_from_the_cluster() {
+    let cluster = RedisCluster::shared();
+    let silent = session_testkit::servers::StalledServer::start();
+    let url = format!("{},127.0.0.1:{}", cluster.url(), silent.port());
+    let prefix = unique_prefix("silent");
+    let store = RedisStore::connect(
+        RedisConfig::new(url).key_prefix(prefix.clone()),
+        SessionPolicy::default(),
+    )
+    .await
+    .expect("the live seeds lead to the cluster");
+    let issued = store.create(NewUserSession::new("alice")).await.unwrap();
+    assert!(store.get(&issued.token).await.unwrap().is_some());
+    cluster.delete_prefix(&prefix);
+}

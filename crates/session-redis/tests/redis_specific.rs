@@ -226,7 +226,13 @@ async fn every_operation_is_one_round_trip_with_the_documented_commands() {
     assert_eq!(client, one_evalsha, "touch when due");
     assert_eq!(
         all,
-        counts(&[("evalsha", 1), ("hmget", 1), ("hset", 1), ("pexpireat", 2)]),
+        counts(&[
+            ("evalsha", 1),
+            ("hmget", 1),
+            ("hset", 1),
+            ("pexpireat", 2),
+            ("zadd", 1)
+        ]),
         "touch when due"
     );
 
@@ -902,9 +908,9 @@ async fn connecting_and_every_operation_add_no_server_error() {
     );
 }
 
-/// A touch leaves the session's index score behind (ADR 0020): a member whose score has passed
-/// while its session lives is kept, listed, re-scored by a trim and revoked by `delete_by_user`;
-/// a member whose session is gone is removed.
+/// Index scores are read as hints (ADR 0020): a member whose score has passed while its session
+/// lives (as a writer that left a score behind would leave it) is kept, listed, re-scored by a
+/// trim and revoked by `delete_by_user`; a member whose session is gone is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_scores_are_lower_bounds_and_never_drop_a_live_session() {
     let clock = ManualClock::starting_now();
@@ -913,12 +919,24 @@ async fn index_scores_are_lower_bounds_and_never_drop_a_live_session() {
     let (store, guard) = shared_store("scores", policy).await;
     let kept = store.create(alice()).await.unwrap();
     let gone = store.create(alice()).await.unwrap();
-    clock.advance(Duration::from_secs(20 * 60));
-    store.touch(&kept.token).await.unwrap().unwrap();
-    // Past both sessions' first idle expiry, the index scores: `kept` lives on by its touch.
-    clock.advance(Duration::from_secs(20 * 60));
     let mut conn = redis_connection(&guard.url);
     let index = redis_keys(&mut conn, &format!("{}*:u:*", guard.prefix)).remove(0);
+    let created_score: i64 = redis::cmd("ZSCORE")
+        .arg(&index)
+        .arg(kept.session.handle.hash())
+        .query(&mut conn)
+        .unwrap();
+    clock.advance(Duration::from_secs(20 * 60));
+    store.touch(&kept.token).await.unwrap().unwrap();
+    // A writer that left `kept`'s score at its creation-time expiry.
+    let () = redis::cmd("ZADD")
+        .arg(&index)
+        .arg(created_score)
+        .arg(kept.session.handle.hash())
+        .query(&mut conn)
+        .unwrap();
+    // Past both sessions' first idle expiry: `kept` lives on by its touch, `gone` has expired.
+    clock.advance(Duration::from_secs(20 * 60));
     let score =
         |conn: &mut redis::Connection, handle: &session_core::SessionHandle| -> Option<i64> {
             redis::cmd("ZSCORE")
@@ -932,7 +950,7 @@ async fn index_scores_are_lower_bounds_and_never_drop_a_live_session() {
         session_core::Clock::now(&clock),
     ))
     .unwrap();
-    assert!(lagging < now_ms, "the touch left the score behind");
+    assert!(lagging < now_ms, "the score is behind");
     let listed = store.list_by_user("alice").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].handle, kept.session.handle);
@@ -944,4 +962,34 @@ async fn index_scores_are_lower_bounds_and_never_drop_a_live_session() {
     assert!(store.get(&kept.token).await.unwrap().is_some());
     assert_eq!(store.delete_by_user("alice", None).await.unwrap(), 1);
     assert!(store.get(&kept.token).await.unwrap().is_none());
+}
+
+/// During a rolling deploy the previous release's scripts run beside these: its index upkeep
+/// (drop members whose score has passed, then set the index TTL to the latest score) must never
+/// drop a session this release keeps alive, so a touch keeps the member's score exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_releases_index_upkeep_keeps_sessions_this_one_touched() {
+    let clock = ManualClock::starting_now();
+    let policy = SessionPolicy::default().with_clock(clock.clone());
+    let (store, guard) = shared_store("rolling", policy).await;
+    let kept = store.create(alice()).await.unwrap();
+    clock.advance(Duration::from_secs(20 * 60));
+    store.touch(&kept.token).await.unwrap().unwrap();
+    clock.advance(Duration::from_secs(20 * 60));
+    // The previous release's `retire_index`, run at the policy clock's now.
+    let mut conn = redis_connection(&guard.url);
+    let index = redis_keys(&mut conn, &format!("{}*:u:*", guard.prefix)).remove(0);
+    let now = session_core::clock::millis_since_epoch(session_core::Clock::now(&clock));
+    let () = redis::Script::new(
+        "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+         local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+         if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]) end",
+    )
+    .key(&index)
+    .arg(now)
+    .invoke(&mut conn)
+    .unwrap();
+    let listed = store.list_by_user("alice").await.unwrap();
+    assert_eq!(listed.len(), 1, "the touched session left the index");
+    assert_eq!(store.delete_by_user("alice", None).await.unwrap(), 1);
 }

@@ -69,7 +69,7 @@ async fn a_killed_master_fails_over_under_load() {
 /// not stop writes to the old master before promoting the replica, so writes acknowledged during
 /// the switch may be lost; they are counted, and nothing written before it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manual_failover_under_load_loses_nothing() {
+async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_switch() {
     let sentinel = Arc::new(RedisSentinel::start());
     let prefix = unique_prefix("manual");
     let store = store_on(&sentinel, &prefix).await;

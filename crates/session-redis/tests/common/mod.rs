@@ -114,7 +114,14 @@ pub(crate) async fn run_load(
     let event_at = Instant::now();
     tokio::task::spawn_blocking(event).await.unwrap();
     let event_ms = i64::try_from(event_at.elapsed().as_millis()).unwrap();
-    tokio::time::sleep(total.saturating_sub(started.elapsed())).await;
+    // At least 3 s after the event, so the last second (which must see no failure) comes after
+    // the topology has settled even when the event ran long.
+    tokio::time::sleep(
+        total
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(3)),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let ended = Instant::now();
     let mut all = TaskRecord::default();
@@ -155,13 +162,14 @@ pub(crate) async fn run_load(
         let (store, part) = (store.clone(), part.to_vec());
         readers.spawn(async move {
             let mut lost = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
             for (token, at) in part {
                 let found = loop {
                     match store.get(&token).await {
                         Ok(found) => break found,
                         // The check runs once the topology has settled; a temporary error is
                         // retried.
-                        Err(e) if e.is_temporary() => {
+                        Err(e) if e.is_temporary() && Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         Err(e) => panic!("reading back a session: {e}"),
