@@ -1324,6 +1324,13 @@ impl RedisCluster {
     ///
     /// Returns the number of keys moved (a key deleted between listing and moving still counts).
     pub fn migrate_slot(&self, slot: u16, to_port: u16) -> usize {
+        self.migrate_slot_in_batches(slot, to_port, 100)
+    }
+
+    /// [`RedisCluster::migrate_slot`] moving `batch` keys per `MIGRATE`: with 1, a slot holding
+    /// a user's session and index spends time with one moved and the other not, the state a
+    /// script touching both meets during a real resharding of a large slot.
+    pub fn migrate_slot_in_batches(&self, slot: u16, to_port: u16, batch: usize) -> usize {
         let _one_at_a_time = self
             .resharding
             .lock()
@@ -1363,7 +1370,7 @@ impl RedisCluster {
             let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
                 .arg("GETKEYSINSLOT")
                 .arg(slot)
-                .arg(100)
+                .arg(batch.max(1))
                 .query(&mut conn)
                 .unwrap();
             if keys.is_empty() {

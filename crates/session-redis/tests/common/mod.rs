@@ -18,7 +18,7 @@ struct TaskRecord {
     errors: BTreeMap<String, u64>,
     error_times: Vec<Instant>,
     slowest: Duration,
-    acknowledged: Vec<(SessionToken, Instant)>,
+    acknowledged: Vec<(SessionToken, String, Instant)>,
 }
 
 /// What a load saw, timed from the event.
@@ -39,6 +39,9 @@ pub(crate) struct LoadReport {
     /// Acknowledged sessions no longer found after the event, each with when its creation was
     /// acknowledged, in ms after the event (negative: before it).
     pub(crate) lost_ms: Vec<i64>,
+    /// Sessions still found by `get` that their user's `list_by_user` no longer shows (so
+    /// `delete_by_user` would not revoke them).
+    pub(crate) unlisted: u64,
     /// Failures in the last second of the load (the topology should have settled by then).
     pub(crate) failed_at_the_end: u64,
     /// How long the event took (e.g. until the failover was seen done), in ms.
@@ -53,7 +56,7 @@ impl LoadReport {
             .error_window_ms
             .map_or("none".to_owned(), |(a, b)| format!("{a}..{b} ms"));
         format!(
-            "{what}: event took {} ms; {} ops, {} failed {:?}, error window {window} after the event, slowest call {} ms, {} sessions created, {} lost {:?}",
+            "{what}: event took {} ms; {} ops, {} failed {:?}, error window {window} after the event, slowest call {} ms, {} sessions created, {} lost {:?}, {} live but unlisted",
             self.event_ms,
             self.ops,
             self.failed,
@@ -61,7 +64,8 @@ impl LoadReport {
             self.slowest.as_millis(),
             self.created,
             self.lost_ms.len(),
-            self.lost_ms
+            self.lost_ms,
+            self.unlisted
         )
     }
 }
@@ -78,6 +82,7 @@ impl LoadReport {
         let bound = config.checkout_timeout + config.response_timeout + Duration::from_millis(500);
         assert!(self.slowest <= bound, "a call hung: {self:?}");
         assert_eq!(self.failed_at_the_end, 0, "{self:?}");
+        assert_eq!(self.unlisted, 0, "{self:?}");
         assert!(
             self.lost_ms.iter().all(|ms| lost_window_ms.contains(ms)),
             "{self:?}"
@@ -162,8 +167,9 @@ pub(crate) async fn run_load(
         let (store, part) = (store.clone(), part.to_vec());
         readers.spawn(async move {
             let mut lost = Vec::new();
+            let mut found_by_user: Vec<(String, session_core::SessionHandle)> = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(30);
-            for (token, at) in part {
+            for (token, user, at) in part {
                 let found = loop {
                     match store.get(&token).await {
                         Ok(found) => break found,
@@ -175,18 +181,36 @@ pub(crate) async fn run_load(
                         Err(e) => panic!("reading back a session: {e}"),
                     }
                 };
-                if found.is_none() {
-                    lost.push(at);
+                match found {
+                    Some(session) => found_by_user.push((user, session.handle)),
+                    None => lost.push(at),
                 }
             }
-            lost
+            (lost, found_by_user)
         });
     }
     let mut lost_ms = Vec::new();
-    while let Some(lost) = readers.join_next().await {
-        lost_ms.extend(lost.unwrap().into_iter().map(since_event));
+    let mut found: BTreeMap<String, Vec<session_core::SessionHandle>> = BTreeMap::new();
+    while let Some(part) = readers.join_next().await {
+        let (lost, found_by_user) = part.unwrap();
+        lost_ms.extend(lost.into_iter().map(since_event));
+        for (user, handle) in found_by_user {
+            found.entry(user).or_default().push(handle);
+        }
     }
     lost_ms.sort_unstable();
+    // Every live session is in its user's index, which is what revocation goes by.
+    let mut unlisted = 0u64;
+    for (user, handles) in &found {
+        let listed: Vec<_> = store
+            .list_by_user(user)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.handle)
+            .collect();
+        unlisted += handles.iter().filter(|h| !listed.contains(h)).count() as u64;
+    }
     LoadReport {
         ops: all.ops,
         failed: all.failed,
@@ -197,6 +221,7 @@ pub(crate) async fn run_load(
         lost_ms,
         failed_at_the_end,
         event_ms,
+        unlisted,
     }
 }
 
@@ -219,20 +244,24 @@ async fn one_task(task: usize, store: &dyn UserSessionStore, stop: &AtomicBool) 
                 Ok(None) => Err(SessionError::NotFound),
                 Err(e) => Err(e),
             },
-            // A user per task and round, so the sessions spread over every slot.
-            _ => store
-                .create(NewUserSession::new(format!("load-{task}-{n}")))
-                .await
-                .map(|issued| {
-                    record
-                        .acknowledged
-                        .push((issued.token.clone(), Instant::now()));
-                    // Keep a bounded working set: the newest sessions are the ones used.
-                    mine.push(issued.token);
-                    if mine.len() > 16 {
-                        mine.remove(0);
-                    }
-                }),
+            // 64 users per task, each signing in again and again: the sessions spread over the
+            // slots, and each user's index holds many.
+            _ => {
+                let user = format!("load-{task}-{}", n % 64);
+                store
+                    .create(NewUserSession::new(user.clone()))
+                    .await
+                    .map(|issued| {
+                        record
+                            .acknowledged
+                            .push((issued.token.clone(), user, Instant::now()));
+                        // Keep a bounded working set: the newest sessions are the ones used.
+                        mine.push(issued.token);
+                        if mine.len() > 16 {
+                            mine.remove(0);
+                        }
+                    })
+            }
         };
         let took = started.elapsed();
         record.ops += 1;
