@@ -123,8 +123,8 @@ return 1
 
 /// KEYS: session. ARGV: now, touch interval ms, idle ms, remember-me idle ms, absolute ms, base,
 /// hash. Returns `{row, PTTL}` (PTTL -3 when not needed) or nil when absent or expired. Writes
-/// only when the interval has passed since `last_seen_at`: `HSET`, `PEXPIREAT` of the session,
-/// `ZADD XX` and `PEXPIREAT … GT` of the index, after the `HMGET`.
+/// only when the interval has passed since `last_seen_at`: `ZADD XX` and `PEXPIREAT … GT` of the
+/// index, then `HSET` and `PEXPIREAT` of the session, after the `HMGET`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
@@ -232,7 +232,7 @@ return {h, pttl}
 });
 
 /// KEYS: session. ARGV: now, base, hash. Returns 1 if a live session was removed, else 0.
-/// `HMGET`, `DEL`, `ZREM`.
+/// `HMGET`, `ZREM`, `DEL`.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
