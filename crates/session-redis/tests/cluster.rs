@@ -186,7 +186,10 @@ async fn live_resharding_loses_nothing() {
         "{} (256 slots with {whole} keys moved in batches, then {user_slots} slots holding users' indexes with {one_by_one} keys one key at a time, from :{from} to :{to})",
         report.line("cluster, live resharding")
     );
-    assert!(whole > 0 && one_by_one > user_slots, "no slot held a user's sessions");
+    assert!(
+        whole > 0 && one_by_one > user_slots,
+        "no slot held a user's sessions"
+    );
     assert_eq!(cluster.slot_owner(255), to);
     assert!(report.lost_ms.is_empty(), "{report:?}");
     assert_eq!(report.unlisted, 0, "{report:?}");
