@@ -199,7 +199,14 @@ async fn redis_peers(seconds: u64) {
 }
 
 async fn postgres_peers(seconds: u64) {
-    let policy = SessionPolicy::default;
+    // `BENCH_TOUCH_WRITES=1`: every touch writes (touch interval 0), the work a peer's save does.
+    let policy = || {
+        let mut policy = SessionPolicy::default();
+        if std::env::var("BENCH_TOUCH_WRITES").is_ok_and(|v| v == "1") {
+            policy.touch_interval = std::time::Duration::ZERO;
+        }
+        policy
+    };
     // Each in a schema of its own on the shared server, same pool size.
     let ours_schema = session_testkit::servers::PgSchema::create("bench_peer_ours");
     let peer_schema = session_testkit::servers::PgSchema::create("bench_peer_ts");
