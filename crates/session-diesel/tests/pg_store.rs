@@ -248,3 +248,58 @@ async fn a_due_touch_writes_once_and_a_throttled_one_not_at_all() {
     let stored = store.get(&issued.token).await.unwrap().unwrap();
     assert_eq!(stored.idle_expires_at, expected_idle);
 }
+
+/// A due touch that loses the race to another writer (it waits on the row lock, then its
+/// re-checked `WHERE` refuses) answers the row as that writer left it, not the one it read first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touch_that_loses_the_race_to_write_answers_the_row_as_it_now_stands() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let schema = PgSchema::create("touch_race");
+    let clock = ManualClock::starting_now();
+    let store = Arc::new(
+        PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+            .await
+            .unwrap(),
+    );
+    let issued = store.create(NewUserSession::new("alice")).await.unwrap();
+    clock.advance(Duration::from_secs(120));
+    let now_ms = session_core::clock::millis_since_epoch(clock.now());
+    // Another writer touches the row first and holds its lock.
+    let mut writer = AsyncPgConnection::establish(&schema.url()).await.unwrap();
+    writer
+        .batch_execute(&format!(
+            "BEGIN; UPDATE user_sessions
+             SET last_seen_at = TIMESTAMPTZ 'epoch' + {now_ms} * INTERVAL '1 millisecond',
+                 idle_expires_at = TIMESTAMPTZ 'epoch' + {} * INTERVAL '1 millisecond'
+             WHERE handle = '{}'",
+            now_ms + 1_000_000,
+            issued.session.handle
+        ))
+        .await
+        .unwrap();
+    let touch = {
+        let (store, token) = (store.clone(), issued.token.clone());
+        tokio::spawn(async move { store.touch(&token).await })
+    };
+    // Bounded wait until the touch is blocked on the writer's row lock.
+    eventually(
+        Duration::from_secs(5),
+        "the touch waits on the row lock",
+        || {
+            psql(
+                &schema.url(),
+                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+            )
+            .trim()
+                == "1"
+        },
+    )
+    .await;
+    writer.batch_execute("COMMIT").await.unwrap();
+    let touched = touch.await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        session_core::clock::millis_since_epoch(touched.idle_expires_at),
+        now_ms + 1_000_000,
+        "the answer is the row the other writer left"
+    );
+}
