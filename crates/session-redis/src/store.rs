@@ -97,7 +97,7 @@ macro_rules! run {
         let $conn = &mut shared.inner;
         match $op {
             Ok(value) => Ok(value),
-            Err(err) => Err(store.fail(&shared.broken, err, $handle)),
+            Err(err) => Err(store.fail(&shared, err, $handle)),
         }
     }};
 }
@@ -350,7 +350,7 @@ impl RedisStore {
             loop {
                 let (next, batch) = scan_page(&mut shared.inner, node.as_ref(), cursor, pattern)
                     .await
-                    .map_err(|e| self.fail(&shared.broken, e, None))?;
+                    .map_err(|e| self.fail(&shared, e, None))?;
                 keys.extend(batch);
                 if next == 0 {
                     break;
@@ -362,15 +362,22 @@ impl RedisStore {
     }
 
     /// Converts a command error, discarding the connection if the error broke it.
-    fn fail(
-        &self,
-        broken: &AtomicBool,
-        err: RedisError,
-        handle: Option<&SessionHandle>,
-    ) -> SessionError {
+    fn fail(&self, conn: &Shared, err: RedisError, handle: Option<&SessionHandle>) -> SessionError {
         if breaks_connection(&err) {
-            broken.store(true, Ordering::Relaxed);
+            conn.broken.store(true, Ordering::Relaxed);
             self.suspect.raise(self.config.pool_max_size);
+        }
+        // A redirection on a one-node connection means the URL names a Cluster node: the
+        // configuration is wrong, which no retry mends (on a Cluster it is a slot in motion).
+        if matches!(conn.inner, Conn::Node(_)) && matches!(err.code(), Some("MOVED" | "ASK")) {
+            return SessionError::Backend {
+                backend: BACKEND,
+                source: Box::new(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "Redis answered with a Cluster redirection: use a redis+cluster:// URL",
+                    err.to_string(),
+                ))),
+            };
         }
         from_redis(err, handle, self.config.response_timeout)
     }
@@ -702,7 +709,7 @@ impl UserSessionStore for RedisStore {
             let n: u64 = invocation
                 .invoke_async(&mut shared.inner)
                 .await
-                .map_err(|e| self.fail(&shared.broken, e, None))?;
+                .map_err(|e| self.fail(&shared, e, None))?;
             removed += n;
         }
         Ok(removed)
@@ -752,7 +759,7 @@ impl StorageDump for RedisStore {
                 .arg(&key)
                 .query_async(&mut conn.inner)
                 .await
-                .map_err(|e| self.fail(&conn.broken, e, None))?;
+                .map_err(|e| self.fail(&conn, e, None))?;
             let value: Value = match kind.as_str() {
                 "hash" => {
                     redis::cmd("HGETALL")
@@ -777,7 +784,7 @@ impl StorageDump for RedisStore {
                 }
                 _ => Ok(Value::Nil),
             }
-            .map_err(|e| self.fail(&conn.broken, e, None))?;
+            .map_err(|e| self.fail(&conn, e, None))?;
             let handle = match (key.find('{'), key.find("}:s:")) {
                 (Some(open), Some(close)) => {
                     format!(" (handle {}.{})", &key[open + 1..close], &key[close + 4..])

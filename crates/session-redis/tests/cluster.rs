@@ -306,3 +306,29 @@ async fn a_silent_seed_does_not_keep_the_store_from_the_cluster() {
     assert!(store.get(&issued.token).await.unwrap().is_some());
     cluster.delete_prefix(&prefix);
 }
+
+/// A one-node URL that names a Cluster node answers redirections: a configuration mistake,
+/// reported as a non-temporary error that says which URL to use, not as an outage to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_url_at_a_cluster_node_says_to_use_the_cluster_url() {
+    let cluster = RedisCluster::shared();
+    let master = cluster.masters()[0];
+    let prefix = unique_prefix("moved");
+    let store = RedisStore::connect(
+        RedisConfig::new(format!("redis://127.0.0.1:{master}/0")).key_prefix(prefix.clone()),
+        SessionPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let mut refused = None;
+    for n in 0..64 {
+        if let Err(e) = store.create(NewUserSession::new(format!("user-{n}"))).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("two thirds of the users live on other masters");
+    assert!(!err.is_temporary(), "{err:?}");
+    assert!(format!("{err:?}").contains("redis+cluster://"), "{err:?}");
+    cluster.delete_prefix(&prefix);
+}
