@@ -138,6 +138,7 @@ async fn a_manual_failover_under_load_loses_nothing() {
     .await;
     println!("{}", report.line("cluster, manual CLUSTER FAILOVER"));
     assert!(report.lost_ms.is_empty(), "{report:?}");
+    assert_eq!(report.unlisted, 0, "{report:?}");
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
 }
 

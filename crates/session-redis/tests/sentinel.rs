@@ -99,5 +99,6 @@ async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_swit
             .all(|ms| (-1000..=report.event_ms).contains(ms)),
         "{report:?}"
     );
+    assert_eq!(report.unlisted, 0, "{report:?}");
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
 }
