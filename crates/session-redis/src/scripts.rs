@@ -58,6 +58,7 @@ local function trim(idx, base, now, limit)
     local ie = tonumber(f[1])
     if ie and not expired(now, ie, tonumber(f[2])) then
       redis.call('ZADD', idx, ie, m)
+      redis.call('PEXPIREAT', idx, ie, 'GT')
     else
       redis.call('DEL', base .. 's:' .. m)
       redis.call('ZREM', idx, m)
@@ -161,7 +162,12 @@ if ARGV[6] ~= '' then
   -- (the previous release, during a rolling deploy or after a rollback) never drops a live
   -- session from the index; the index lives as long as this session.
   local idx = ARGV[6] .. 'u:' .. h[USER_ID]
-  redis.call('ZADD', idx, 'XX', nie, ARGV[7])
+  if redis.call('ZADD', idx, 'XX', 'CH', nie, ARGV[7]) == 0
+    and not redis.call('ZSCORE', idx, ARGV[7]) then
+    -- The session is not in its index here (mid-migration of the slot, the index has not
+    -- arrived): no write, so the session's activity never outruns what revocation can find.
+    return {h, pttl}
+  end
   redis.call('PEXPIREAT', idx, nie, 'GT')
 end
 redis.call('HSET', KEYS[1], 'last_seen_at', now, 'idle_expires_at', nie)
@@ -190,14 +196,20 @@ if expired(now, tonumber(f[3]), tonumber(f[4])) then return {'missing'} end
 if f[1] ~= ARGV[3] then return {'user'} end
 local v = tonumber(f[2]) or 0
 if v ~= tonumber(ARGV[2]) then return {'conflict', tostring(v)} end
+local moves = f[8] ~= ARGV[6]
+local ie = tonumber(f[3])
+-- Refused before any write: a move needs the idle expiry to score the index member with.
+if moves and not ie then return redis.error_reply('ERR corrupt session: idle_expires_at') end
 redis.call('HSET', KEYS[1], 'version', v + 1, unpack(ARGV, 7))
 local tag = 'ok'
-if f[8] ~= ARGV[6] then
+if moves then
   -- A privilege change: the session moves to the new token's key (RENAME keeps the TTL), and
-  -- the index follows, scored by the unchanged idle expiry.
-  redis.call('RENAME', KEYS[1], KEYS[2])
+  -- the index follows, scored by the unchanged idle expiry (the new member before the old one
+  -- goes; an index made here gets a TTL).
+  redis.call('ZADD', KEYS[3], ie, ARGV[4])
   redis.call('ZREM', KEYS[3], ARGV[5])
-  redis.call('ZADD', KEYS[3], f[3], ARGV[4])
+  redis.call('PEXPIREAT', KEYS[3], ie, 'NX')
+  redis.call('RENAME', KEYS[1], KEYS[2])
   tag = 'rotated'
 end
 return {tag, f[5], f[3], f[4], f[6], f[7]}
@@ -219,9 +231,11 @@ if expired(now, tonumber(ie), tonumber(h[ABSOLUTE_EXPIRES_AT])) then return nil 
 -- mid-migration of the slot, the script stops before writing anything.
 if ARGV[2] ~= '' then
   local idx = ARGV[2] .. 'u:' .. h[USER_ID]
-  -- The new member is scored with the session's idle expiry now (ADR 0020).
-  redis.call('ZREM', idx, ARGV[3])
+  -- The new member is scored with the session's idle expiry now (ADR 0020); added before the
+  -- old one goes (a corrupt expiry fails here, before any write); an index made here gets a TTL.
   redis.call('ZADD', idx, ie, ARGV[4])
+  redis.call('ZREM', idx, ARGV[3])
+  redis.call('PEXPIREAT', idx, ie, 'NX')
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 local pttl = -3

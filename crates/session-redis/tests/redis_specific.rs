@@ -257,7 +257,9 @@ async fn every_operation_is_one_round_trip_with_the_documented_commands() {
             ("hmget", 1),
             ("rename", 1),
             ("zrem", 1),
-            ("zadd", 1)
+            ("zadd", 1),
+            // NX: a TTL for an index the ZADD had to make.
+            ("pexpireat", 1)
         ]),
         "rotate"
     );
@@ -992,4 +994,34 @@ async fn the_previous_releases_index_upkeep_keeps_sessions_this_one_touched() {
     let listed = store.list_by_user("alice").await.unwrap();
     assert_eq!(listed.len(), 1, "the touched session left the index");
     assert_eq!(store.delete_by_user("alice", None).await.unwrap(), 1);
+}
+
+/// Where the session's index lacks its member (as on the node a slot is migrating to, before the
+/// index arrives), a due touch writes nothing: a session's activity never outruns what
+/// revocation can find. A rotate there indexes the new token and gives the index a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touch_never_extends_a_session_its_index_does_not_hold() {
+    let clock = ManualClock::starting_now();
+    let policy = SessionPolicy::default().with_clock(clock.clone());
+    let (store, guard) = shared_store("unindexed", policy).await;
+    let issued = store.create(alice()).await.unwrap();
+    let mut conn = redis_connection(&guard.url);
+    let index = redis_keys(&mut conn, &format!("{}*:u:*", guard.prefix)).remove(0);
+    let () = redis::cmd("DEL").arg(&index).query(&mut conn).unwrap();
+    clock.advance(Duration::from_secs(120));
+    let touched = store.touch(&issued.token).await.unwrap().unwrap();
+    assert_eq!(
+        touched.last_seen_at, issued.session.last_seen_at,
+        "no write"
+    );
+    let rotated = store.rotate(&issued.token).await.unwrap().unwrap();
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&index)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(members, vec![rotated.session.handle.hash().to_owned()]);
+    let ttl: i64 = redis::cmd("PTTL").arg(&index).query(&mut conn).unwrap();
+    assert!(ttl > 0, "the index has a TTL ({ttl})");
 }
