@@ -280,22 +280,12 @@ impl RedisStore {
         let pool = match self.pool()? {
             Source::Pool(pool) => pool,
             Source::Cluster(cluster) => {
-                let connect = cluster
-                    .connection
-                    .get_or_try_init(|| cluster.client.get_async_connection());
-                let connection = tokio::time::timeout(self.config.checkout_timeout, connect)
-                    .await
-                    .map_err(|_| SessionError::Timeout {
-                        backend: BACKEND,
-                        operation: "checkout",
-                        after: self.config.checkout_timeout,
-                    })?
-                    .map_err(|e| SessionError::Unavailable {
-                        backend: BACKEND,
-                        source: Box::new(e),
-                    })?;
+                let connection = match cluster.connection.get() {
+                    Some(connection) => connection.clone(),
+                    None => self.connect_cluster(&cluster).await?,
+                };
                 return Ok(Shared {
-                    inner: Conn::Cluster(connection.clone()),
+                    inner: Conn::Cluster(connection),
                     broken: cluster.unused_flag.clone(),
                 });
             }
@@ -330,6 +320,38 @@ impl RedisStore {
                 }
             }
         }
+    }
+
+    /// Opens the cluster connection, or joins the opening under way. The opening runs in a task of
+    /// its own to its end: the client connects to the seeds, then to every node the slot map
+    /// names, each within its connect time-out, which together can outlast one checkout; a
+    /// checkout that gives up leaves it running for the next instead of starting it over.
+    async fn connect_cluster(
+        &self,
+        cluster: &std::sync::Arc<ClusterSource>,
+    ) -> Result<redis::cluster_async::ClusterConnection> {
+        let source = cluster.clone();
+        let opening = tokio::spawn(async move {
+            source
+                .connection
+                .get_or_try_init(|| source.client.get_async_connection())
+                .await
+                .cloned()
+        });
+        let unavailable =
+            |source: Box<dyn std::error::Error + Send + Sync>| SessionError::Unavailable {
+                backend: BACKEND,
+                source,
+            };
+        tokio::time::timeout(self.config.checkout_timeout, opening)
+            .await
+            .map_err(|_| SessionError::Timeout {
+                backend: BACKEND,
+                operation: "checkout",
+                after: self.config.checkout_timeout,
+            })?
+            .map_err(|e| unavailable(Box::new(e)))?
+            .map_err(|e| unavailable(Box::new(e)))
     }
 
     /// Every key matching `pattern`: SCAN on the one node, or on every master of a Cluster.
@@ -824,44 +846,39 @@ async fn scan_page(
     }
 }
 
-/// The masters of a cluster (host, port), from `CLUSTER SLOTS`: each slot range's first node.
+/// The masters of a cluster (host, port) as the cluster client knows them (the addresses it
+/// routes to, whatever `CLUSTER SLOTS` calls them): the senders of a `PING` sent to all masters.
 async fn masters(
     cluster: &mut redis::cluster_async::ClusterConnection,
 ) -> redis::RedisResult<Vec<(String, u16)>> {
-    let ranges: Vec<Value> = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(cluster)
+    let replies = cluster
+        .route_command(
+            redis::cmd("PING"),
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+        )
         .await?;
-    let mut masters = Vec::new();
-    for range in ranges {
-        let Value::Array(parts) = range else { continue };
-        let Some(Value::Array(node)) = parts.get(2) else {
-            continue;
-        };
-        // A master whose address the node does not know (`""`, `"?"`, NULL) cannot be scanned:
-        // an error, not a silently partial purge.
-        let host = node
-            .first()
-            .and_then(bytes)
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .filter(|h| !h.is_empty() && h != "?");
-        let port = match node.get(1) {
-            Some(Value::Int(port)) => u16::try_from(*port).ok().filter(|p| *p != 0),
-            _ => None,
-        };
-        let (Some(host), Some(port)) = (host, port) else {
-            return Err((
-                redis::ErrorKind::Client,
-                "CLUSTER SLOTS names a master without a usable address",
-            )
-                .into());
-        };
-        let master = (host, port);
-        if !masters.contains(&master) {
-            masters.push(master);
-        }
-    }
-    Ok(masters)
+    let Value::Map(replies) = replies else {
+        return Err((redis::ErrorKind::Client, "PING to all masters: not a map").into());
+    };
+    replies
+        .iter()
+        .map(|(address, _)| {
+            let address = bytes(address)
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            address
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+                .ok_or_else(|| {
+                    (
+                        redis::ErrorKind::Client,
+                        "a master address the cluster client reported",
+                        address.into_owned(),
+                    )
+                        .into()
+                })
+        })
+        .collect()
 }
 
 fn render(value: &Value) -> String {
