@@ -284,16 +284,26 @@ return out
     )
 });
 
-/// KEYS: index. ARGV: now, base, hash to keep ('' for none). Returns how many live sessions went.
+/// KEYS: index, then the session key of every member the caller read from it. ARGV: now, hash to
+/// keep ('' for none), then the members, in the order of their keys. Returns how many live
+/// sessions went, or `'retry'` if the index no longer holds exactly those members. Every key it
+/// touches is declared: during a slot migration Redis answers `TRYAGAIN` rather than letting it
+/// run on a node that holds only part of the user's keys.
 pub(crate) static DELETE_BY_USER: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #members ~= #KEYS - 1 then return 'retry' end
+local declared = {}
+for i = 2, #KEYS do declared[ARGV[i + 1]] = KEYS[i] end
+for _, m in ipairs(members) do
+  if not declared[m] then return 'retry' end
+end
 local n = 0
 for _, m in ipairs(members) do
-  if m ~= ARGV[3] then
-    local key = ARGV[2] .. 's:' .. m
+  if m ~= ARGV[2] then
+    local key = declared[m]
     local f = redis.call('HMGET', key, 'idle_expires_at', 'absolute_expires_at')
     if f[1] and not expired(now, tonumber(f[1]), tonumber(f[2])) then n = n + 1 end
     redis.call('DEL', key)

@@ -695,20 +695,40 @@ impl UserSessionStore for RedisStore {
         let keep = except
             .filter(|h| h.routing_tag() == Some(tag.as_str()))
             .map_or("", SessionHandle::hash);
-        let mut invocation = scripts::DELETE_BY_USER.prepare_invoke();
-        invocation
-            .key(&index)
-            .arg(self.now_ms())
-            .arg(&base)
-            .arg(keep);
-        match self.invoke(&invocation, None).await? {
-            Value::Int(n) => Ok(n.unsigned_abs()),
-            other => Err(SessionError::Decode {
-                backend: BACKEND,
-                handle: None,
-                reason: format!("unexpected delete_by_user reply {other:?}"),
-            }),
+        // Two steps, so that the script can declare every key it touches: read the members, then
+        // delete with all their keys named; the script refuses if the members changed between.
+        for _ in 0..8 {
+            let members: Vec<String> = run!(self, None, |conn| redis::cmd("ZRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await)?;
+            if members.is_empty() {
+                return Ok(0);
+            }
+            let mut invocation = scripts::DELETE_BY_USER.prepare_invoke();
+            invocation.key(&index).arg(self.now_ms()).arg(keep);
+            for member in &members {
+                invocation.key(format!("{base}s:{member}")).arg(member);
+            }
+            match self.invoke(&invocation, None).await? {
+                Value::Int(n) => return Ok(n.unsigned_abs()),
+                reply if bytes(&reply) == Some(b"retry") => {}
+                other => {
+                    return Err(SessionError::Decode {
+                        backend: BACKEND,
+                        handle: None,
+                        reason: format!("unexpected delete_by_user reply {other:?}"),
+                    });
+                }
+            }
         }
+        // Sign-ins and sign-outs of this user kept changing the index between the two steps.
+        Err(SessionError::Unavailable {
+            backend: BACKEND,
+            source: "the user's sessions kept changing during delete_by_user; try again".into(),
+        })
     }
 
     async fn purge_expired(&self) -> Result<u64> {

@@ -139,6 +139,7 @@ async fn a_manual_failover_under_load_loses_nothing() {
     println!("{}", report.line("cluster, manual CLUSTER FAILOVER"));
     assert!(report.lost_ms.is_empty(), "{report:?}");
     assert_eq!(report.unlisted, 0, "{report:?}");
+    assert_eq!(report.revoked_but_found, 0, "{report:?}");
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
 }
 
@@ -194,6 +195,7 @@ async fn live_resharding_loses_nothing() {
     assert_eq!(cluster.slot_owner(255), to);
     assert!(report.lost_ms.is_empty(), "{report:?}");
     assert_eq!(report.unlisted, 0, "{report:?}");
+    assert_eq!(report.revoked_but_found, 0, "{report:?}");
     // A script on a half-moved slot gets `TRYAGAIN`, which the client retries within the
     // response time-out; a slot moved one key at a time can outlast it: a temporary `Timeout`.
     assert!(

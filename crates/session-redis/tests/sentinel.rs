@@ -100,5 +100,6 @@ async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_swit
         "{report:?}"
     );
     assert_eq!(report.unlisted, 0, "{report:?}");
+    assert_eq!(report.revoked_but_found, 0, "{report:?}");
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
 }

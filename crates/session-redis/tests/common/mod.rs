@@ -13,12 +13,15 @@ use session_core::{NewUserSession, SessionError, SessionToken, UserSessionStore}
 /// One task's record.
 #[derive(Default)]
 struct TaskRecord {
+    revocations: u64,
     ops: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
     error_times: Vec<Instant>,
     slowest: Duration,
     acknowledged: Vec<(SessionToken, String, Instant)>,
+    /// Sessions a `delete_by_user` that returned `Ok` revoked.
+    revoked: Vec<SessionToken>,
 }
 
 /// What a load saw, timed from the event.
@@ -42,6 +45,11 @@ pub(crate) struct LoadReport {
     /// Sessions still found by `get` that their user's `list_by_user` no longer shows (so
     /// `delete_by_user` would not revoke them).
     pub(crate) unlisted: u64,
+    /// Sign-outs everywhere (`delete_by_user`) that returned `Ok` during the load, and sessions
+    /// they should have revoked that `get` still finds afterwards.
+    pub(crate) revocations: u64,
+    /// See `revocations`: must be 0.
+    pub(crate) revoked_but_found: u64,
     /// Failures in the last second of the load (the topology should have settled by then).
     pub(crate) failed_at_the_end: u64,
     /// How long the event took (e.g. until the failover was seen done), in ms.
@@ -56,7 +64,7 @@ impl LoadReport {
             .error_window_ms
             .map_or("none".to_owned(), |(a, b)| format!("{a}..{b} ms"));
         format!(
-            "{what}: event took {} ms; {} ops, {} failed {:?}, error window {window} after the event, slowest call {} ms, {} sessions created, {} lost {:?}, {} live but unlisted",
+            "{what}: event took {} ms; {} ops, {} failed {:?}, error window {window} after the event, slowest call {} ms, {} sessions created, {} lost {:?}, {} live but unlisted, {} sign-outs everywhere and {} of their sessions still found",
             self.event_ms,
             self.ops,
             self.failed,
@@ -65,7 +73,9 @@ impl LoadReport {
             self.created,
             self.lost_ms.len(),
             self.lost_ms,
-            self.unlisted
+            self.unlisted,
+            self.revocations,
+            self.revoked_but_found
         )
     }
 }
@@ -83,6 +93,7 @@ impl LoadReport {
         assert!(self.slowest <= bound, "a call hung: {self:?}");
         assert_eq!(self.failed_at_the_end, 0, "{self:?}");
         assert_eq!(self.unlisted, 0, "{self:?}");
+        assert_eq!(self.revoked_but_found, 0, "{self:?}");
         assert!(
             self.lost_ms.iter().all(|ms| lost_window_ms.contains(ms)),
             "{self:?}"
@@ -130,6 +141,7 @@ pub(crate) async fn run_load(
     stop.store(true, Ordering::Relaxed);
     let ended = Instant::now();
     let mut all = TaskRecord::default();
+    let mut revocations = 0u64;
     while let Some(record) = set.join_next().await {
         let record = record.unwrap();
         all.ops += record.ops;
@@ -140,6 +152,8 @@ pub(crate) async fn run_load(
         all.error_times.extend(record.error_times);
         all.slowest = all.slowest.max(record.slowest);
         all.acknowledged.extend(record.acknowledged);
+        all.revoked.extend(record.revoked);
+        revocations += record.revocations;
     }
     let since_event = |t: Instant| -> i64 {
         if t >= event_at {
@@ -211,7 +225,15 @@ pub(crate) async fn run_load(
             .collect();
         unlisted += handles.iter().filter(|h| !listed.contains(h)).count() as u64;
     }
+    let mut revoked_but_found = 0u64;
+    for token in &all.revoked {
+        if store.get(token).await.unwrap().is_some() {
+            revoked_but_found += 1;
+        }
+    }
     LoadReport {
+        revocations,
+        revoked_but_found,
         ops: all.ops,
         failed: all.failed,
         errors: all.errors,
@@ -228,12 +250,31 @@ pub(crate) async fn run_load(
 async fn one_task(task: usize, store: &dyn UserSessionStore, stop: &AtomicBool) -> TaskRecord {
     let mut record = TaskRecord::default();
     let mut mine: Vec<SessionToken> = Vec::new();
+    let mut last_user = String::new();
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let started = Instant::now();
         let pick = mine.get(n % mine.len().max(1)).cloned();
         let result: Result<(), SessionError> = match (n % 4, pick) {
+            // Now and then, sign the last user out everywhere: what it revoked must stay revoked.
+            (3, Some(_)) if n % 64 == 63 && !last_user.is_empty() => {
+                let user = std::mem::take(&mut last_user);
+                let outcome = store.delete_by_user(&user, None).await;
+                // Whatever the outcome, that user's sessions leave the checks of what must live
+                // (a failed call may still have revoked them); an `Ok` one joins those that must
+                // stay revoked.
+                let (theirs, others): (Vec<_>, Vec<_>) = std::mem::take(&mut record.acknowledged)
+                    .into_iter()
+                    .partition(|(_, u, _)| *u == user);
+                record.acknowledged = others;
+                mine.retain(|t| !theirs.iter().any(|(gone, _, _)| gone == t));
+                if outcome.is_ok() {
+                    record.revocations += 1;
+                    record.revoked.extend(theirs.into_iter().map(|(t, _, _)| t));
+                }
+                outcome.map(drop)
+            }
             (1, Some(token)) => store.get(&token).await.map(drop),
             (2, Some(token)) => store.touch(&token).await.map(drop),
             (3, Some(token)) => match store.get(&token).await {
@@ -248,6 +289,7 @@ async fn one_task(task: usize, store: &dyn UserSessionStore, stop: &AtomicBool) 
             // slots, and each user's index holds many.
             _ => {
                 let user = format!("load-{task}-{}", n % 64);
+                last_user.clone_from(&user);
                 store
                     .create(NewUserSession::new(user.clone()))
                     .await
