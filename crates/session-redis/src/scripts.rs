@@ -265,18 +265,17 @@ return 1
     )
 });
 
-/// KEYS: the session key of every member the caller read from the user's index. ARGV: the
-/// members, in the order of their keys. Returns `{hash, row, hash, row, ...}` of the sessions
-/// still there; the client drops expired rows. Every key it reads is declared: during a slot
-/// migration Redis answers `TRYAGAIN` rather than letting it read half the user's sessions.
+/// KEYS: index. ARGV: now, base. Returns `{hash, row, hash, row, ...}` of live members.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
-for i = 1, #KEYS do
-  local h = read(KEYS[i])
+-- Every member, whatever its score (a lower bound, ADR 0020): the client drops expired rows.
+for _, m in ipairs(members) do
+  local h = read(ARGV[2] .. 's:' .. m)
   if not absent(h) then
-    out[#out + 1] = ARGV[i]
+    out[#out + 1] = m
     out[#out + 1] = h
   end
 end

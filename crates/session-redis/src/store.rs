@@ -657,21 +657,8 @@ impl UserSessionStore for RedisStore {
         self.unsupported_in_compat("list_by_user")?;
         let tag = Self::user_tag(user_id);
         let (index, base) = self.index_key(user_id);
-        // Two steps, so that the script declares every key it reads: the members (all of them: a
-        // score is only a hint), then their sessions.
-        let members: Vec<String> = run!(self, None, |conn| redis::cmd("ZRANGE")
-            .arg(&index)
-            .arg(0)
-            .arg(-1)
-            .query_async(conn)
-            .await)?;
-        if members.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut invocation = scripts::LIST.prepare_invoke();
-        for member in &members {
-            invocation.key(format!("{base}s:{member}")).arg(member);
-        }
+        invocation.key(&index).arg(self.now_ms()).arg(&base);
         let reply = self.invoke(&invocation, None).await?;
         let Value::Array(items) = reply else {
             return Err(SessionError::Decode {
