@@ -67,7 +67,7 @@ async fn a_killed_master_fails_over_under_load() {
 /// `SENTINEL FAILOVER` under load: the old master stays up and is made a replica, and the
 /// Sentinels close its clients, so the store's connections move to the new master. Sentinel does
 /// not stop writes to the old master before promoting the replica, so writes acknowledged during
-/// the switch may be lost; they are counted, and nothing written before it is.
+/// the switch may be undone; they are counted, and no session created before it is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_switch() {
     let sentinel = Arc::new(RedisSentinel::start());
@@ -99,7 +99,8 @@ async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_swit
             .all(|ms| (-1000..=report.event_ms).contains(ms)),
         "{report:?}"
     );
-    assert_eq!(report.unlisted, 0, "{report:?}");
-    assert_eq!(report.revoked_but_found, 0, "{report:?}");
+    // Writes the old master acknowledged in the switch window are discarded when it resyncs as a
+    // replica: a session it indexed, a sign-out it ran, can be undone (Sentinel's asynchronous
+    // replication; docs/scaling.md). Reported by the line above, not asserted.
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
 }

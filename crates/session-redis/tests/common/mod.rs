@@ -101,6 +101,24 @@ impl LoadReport {
     }
 }
 
+/// The answer of `read` once the topology has settled: a temporary error (a connection the
+/// failover closed, found broken at its next use) is retried for up to 30 s.
+async fn settled<T, F>(mut read: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, SessionError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match read().await {
+            Ok(value) => return value,
+            Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("reading back after the load: {e}"),
+        }
+    }
+}
+
 fn kind(e: &SessionError) -> String {
     let shown = format!("{e:?}");
     shown
@@ -182,19 +200,8 @@ pub(crate) async fn run_load(
         readers.spawn(async move {
             let mut lost = Vec::new();
             let mut found_by_user: Vec<(String, session_core::SessionHandle)> = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
             for (token, user, at) in part {
-                let found = loop {
-                    match store.get(&token).await {
-                        Ok(found) => break found,
-                        // The check runs once the topology has settled; a temporary error is
-                        // retried.
-                        Err(e) if e.is_temporary() && Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(e) => panic!("reading back a session: {e}"),
-                    }
-                };
+                let found = settled(|| store.get(&token)).await;
                 match found {
                     Some(session) => found_by_user.push((user, session.handle)),
                     None => lost.push(at),
@@ -216,10 +223,8 @@ pub(crate) async fn run_load(
     // Every live session is in its user's index, which is what revocation goes by.
     let mut unlisted = 0u64;
     for (user, handles) in &found {
-        let listed: Vec<_> = store
-            .list_by_user(user)
+        let listed: Vec<_> = settled(|| store.list_by_user(user))
             .await
-            .unwrap()
             .into_iter()
             .map(|s| s.handle)
             .collect();
@@ -227,7 +232,7 @@ pub(crate) async fn run_load(
     }
     let mut revoked_but_found = 0u64;
     for token in &all.revoked {
-        if store.get(token).await.unwrap().is_some() {
+        if settled(|| store.get(token)).await.is_some() {
             revoked_but_found += 1;
         }
     }
