@@ -9,6 +9,11 @@
 //!   sorted set of session hashes. Keys derived inside a script from `base` are in the same slot
 //!   as `KEYS[1]` by construction.
 //! - An empty `base` means the compatible layout: no index.
+//! - On a Cluster every key a script touches is declared (ADR 0019): a script that needs the
+//!   user's index and was not given it (`KEYS`) returns `{'index', user_id}` before any write, and
+//!   the client calls it again with the index named; keys of other sessions are named by the
+//!   client after reading the index's members (`ZRANGE`), each beside its member in `ARGV`. On one
+//!   node (no slots to migrate) the scripts derive those keys themselves, saving the round trip.
 //! - A session hash's bookkeeping fields may be absent in the compatible layout (a session written
 //!   by another service); `PTTL` then stands in for the idle expiry.
 //! - Sessions are read and returned as rows: `read(key)` is `HMGET key <FIELDS>`, the field list
@@ -47,22 +52,54 @@ local function extend_index(idx, at)
     redis.call('PEXPIREAT', idx, at, 'NX')
   end
 end
--- Members whose score has passed, up to `limit`: removed if their session is gone (expired,
--- deleted, or unreadable), else re-scored with the session's idle expiry. Returns how many were
--- removed.
-local function trim(idx, base, now, limit)
-  local due = redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, limit)
+-- The user's index key: the one the caller declared, if it is the user's; else, when the caller
+-- may not have the script touch undeclared keys (`strict`, on a Cluster), nil, for the script to
+-- ask for it; else derived from the base.
+local function index_of(declared, base, user, strict)
+  local idx = base .. 'u:' .. user
+  if declared then
+    if declared == idx then return idx end
+    return nil
+  end
+  if strict == 'Y' then return nil end
+  return idx
+end
+-- The members to look at, from ARGV[first]: a count, then that many members whose session keys
+-- are KEYS[key0 + 1 ..] (named by the caller); a count of -1 means none were named, and
+-- `derive(base)` lists them here, their keys under `base`. Returns the members and a map from
+-- member to session key.
+local function members_at(first, key0, base, derive)
+  local n = tonumber(ARGV[first])
+  local members, keys = {}, {}
+  if n >= 0 then
+    for i = 1, n do
+      members[i] = ARGV[first + i]
+      keys[members[i]] = KEYS[key0 + i]
+    end
+  else
+    members = derive()
+    for _, m in ipairs(members) do keys[m] = base .. 's:' .. m end
+  end
+  return members, keys
+end
+-- Of `members`, those still in the index with a score that has passed: removed if their session
+-- is gone (expired, deleted, or unreadable), else re-scored with the session's idle expiry.
+-- Returns how many were removed.
+local function trim(idx, members, keys, now)
   local removed = 0
-  for _, m in ipairs(due) do
-    local f = redis.call('HMGET', base .. 's:' .. m, 'idle_expires_at', 'absolute_expires_at')
-    local ie = tonumber(f[1])
-    if ie and not expired(now, ie, tonumber(f[2])) then
-      redis.call('ZADD', idx, ie, m)
-      redis.call('PEXPIREAT', idx, ie, 'GT')
-    else
-      redis.call('DEL', base .. 's:' .. m)
-      redis.call('ZREM', idx, m)
-      removed = removed + 1
+  for _, m in ipairs(members) do
+    local score = redis.call('ZSCORE', idx, m)
+    if score and tonumber(score) <= now then
+      local f = redis.call('HMGET', keys[m], 'idle_expires_at', 'absolute_expires_at')
+      local ie = tonumber(f[1])
+      if ie and not expired(now, ie, tonumber(f[2])) then
+        redis.call('ZADD', idx, ie, m)
+        redis.call('PEXPIREAT', idx, ie, 'GT')
+      else
+        redis.call('DEL', keys[m])
+        redis.call('ZREM', idx, m)
+        removed = removed + 1
+      end
     end
   end
   return removed
@@ -73,45 +110,73 @@ fn with_helpers(body: &str) -> Script {
     Script::new(&format!("{}{HELPERS}\n{body}", crate::codec::lua_fields()))
 }
 
-/// KEYS: session, [index]. ARGV: now, hash, idle_expires_at, absolute_expires_at, cap, base,
-/// field, value, ... Evicts the user's oldest live sessions beyond `cap - 1` (cap 0: none).
-/// Without a cap: `HSET`, `PEXPIREAT`, `ZADD`, `PEXPIREAT … GT` (plus `NX` for a user's first
-/// session); about one create in 21, chosen by the new hash, also trims the index.
+/// KEYS: session, [index, then the session keys of the members named]. ARGV: now, hash,
+/// idle_expires_at, absolute_expires_at, cap, base, count of members named (-1: none, the script
+/// reads them), the members, then field, value, ... Evicts the user's oldest live sessions beyond
+/// `cap - 1` (cap 0: none); with a cap and members named, members added since are counted as
+/// live and newest, and `'retry'` is returned (having dropped only gone sessions) if keeping the
+/// cap would mean evicting one of them. Without a cap: `HSET`, `PEXPIREAT`, `ZADD`, `PEXPIREAT … GT`
+/// (plus `NX` for a user's first session); about one create in 21, chosen by the new hash (by the
+/// client on a Cluster, naming the due members), also trims the index.
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[5])
+local named = tonumber(ARGV[7])
 if KEYS[2] and cap > 0 then
   -- The cap counts live sessions: every member's session is looked at (scores are lower bounds),
   -- the gone ones are dropped and the oldest live ones beyond the cap evicted.
-  local members = redis.call('ZRANGE', KEYS[2], 0, -1)
+  local members, keys = members_at(7, 2, ARGV[6], function()
+    return redis.call('ZRANGE', KEYS[2], 0, -1)
+  end)
+  -- Members added since the caller read the ones it named (sign-ins racing this one) are
+  -- counted live and newest: their keys are not declared, so they are not read.
+  local unnamed = 0
+  if named >= 0 then
+    local current = {}
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+      current[m] = true
+      if not keys[m] then unnamed = unnamed + 1 end
+    end
+    -- Named members no longer in the index went another way (signed out, rotated, evicted).
+    local still = {}
+    for _, m in ipairs(members) do
+      if current[m] then still[#still + 1] = m end
+    end
+    members = still
+  end
   local live = {}
   for _, m in ipairs(members) do
-    local f = redis.call('HMGET', ARGV[6] .. 's:' .. m, 'created_at', 'idle_expires_at',
-      'absolute_expires_at')
+    local f = redis.call('HMGET', keys[m], 'created_at', 'idle_expires_at', 'absolute_expires_at')
     if f[2] and not expired(now, tonumber(f[2]), tonumber(f[3])) then
       live[#live + 1] = {tonumber(f[1]) or 0, m}
     else
-      redis.call('DEL', ARGV[6] .. 's:' .. m)
+      redis.call('DEL', keys[m])
       redis.call('ZREM', KEYS[2], m)
     end
   end
-  local excess = #live + 1 - cap
+  local excess = #live + unnamed + 1 - cap
+  -- Keeping the cap would mean evicting a session this call may not touch: the caller reads the
+  -- members again.
+  if excess > #live then return 'retry' end
   if excess > 0 then
     table.sort(live, function(a, b)
       if a[1] == b[1] then return a[2] < b[2] end
       return a[1] < b[1]
     end)
     for i = 1, excess do
-      redis.call('DEL', ARGV[6] .. 's:' .. live[i][2])
+      redis.call('DEL', keys[live[i][2]])
       redis.call('ZREM', KEYS[2], live[i][2])
     end
   end
-elseif KEYS[2] and string.byte(ARGV[2], 1) % 16 == 0 then
-  trim(KEYS[2], ARGV[6], now, 32)
+elseif KEYS[2] and (named > 0 or (named < 0 and string.byte(ARGV[2], 1) % 16 == 0)) then
+  local members, keys = members_at(7, 2, ARGV[6], function()
+    return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 32)
+  end)
+  trim(KEYS[2], members, keys, now)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8 + math.max(named, 0)))
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 if KEYS[2] then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
@@ -122,8 +187,10 @@ return 1
     )
 });
 
-/// KEYS: session. ARGV: now, touch interval ms, idle ms, remember-me idle ms, absolute ms, base,
-/// hash. Returns `{row, PTTL}` (PTTL -3 when not needed) or nil when absent or expired. Writes
+/// KEYS: session, [the user's index]. ARGV: now, touch interval ms, idle ms, remember-me idle ms,
+/// absolute ms, base, hash, strict ('Y': the index must be declared). Returns `{row, PTTL}` (PTTL
+/// -3 when not needed), nil when absent or expired, or `{'index', user_id}` when a write is due
+/// and the index, needed and not declared, must be. Writes
 /// only when the interval has passed since `last_seen_at`: `ZADD XX` and `PEXPIREAT … GT` of the
 /// index, then `HSET` and `PEXPIREAT` of the session, after the `HMGET`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
@@ -142,6 +209,11 @@ if expired(now, ie, ae) then return nil end
 if not h[USER_ID] then return {h, pttl} end
 local ls = tonumber(h[LAST_SEEN_AT])
 if ls ~= nil and now - ls < tonumber(ARGV[2]) then return {h, pttl} end
+local idx
+if ARGV[6] ~= '' then
+  idx = index_of(KEYS[2], ARGV[6], h[USER_ID], ARGV[8])
+  if not idx then return {'index', h[USER_ID]} end
+end
 local idle = tonumber(ARGV[3])
 if h[REMEMBER_ME] == 'Y' then idle = tonumber(ARGV[4]) end
 if ae == nil then
@@ -155,13 +227,12 @@ if ae == nil then
   end
 end
 local nie = math.min(now + idle, ae)
--- The index (a key found from the row, not declared) first: if Redis refuses it mid-migration
--- of the slot, the script stops before writing anything.
-if ARGV[6] ~= '' then
+-- The index first: on one node, where it is found from the row, if Redis refuses it
+-- mid-migration of the slot, the script stops before writing the session.
+if idx then
   -- The member's score follows the session's idle expiry, so that code reading scores as exact
   -- (the previous release, during a rolling deploy or after a rollback) never drops a live
   -- session from the index; the index lives as long as this session.
-  local idx = ARGV[6] .. 'u:' .. h[USER_ID]
   if redis.call('ZADD', idx, 'XX', 'CH', nie, ARGV[7]) == 0
     and not redis.call('ZSCORE', idx, ARGV[7]) then
     -- The session is not in its index here (mid-migration of the slot, the index has not
@@ -217,8 +288,9 @@ return {tag, f[5], f[3], f[4], f[6], f[7]}
     )
 });
 
-/// KEYS: old session, new session. ARGV: now, base, old hash, new hash.
-/// Returns `{row, PTTL}` of the renamed session, or nil. `RENAME` keeps the TTL.
+/// KEYS: old session, new session, [the user's index]. ARGV: now, base, old hash, new hash,
+/// strict ('Y': the index must be declared). Returns `{row, PTTL}` of the renamed session, nil, or
+/// `{'index', user_id}` (nothing written) when the index must be declared. `RENAME` keeps the TTL.
 pub(crate) static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
@@ -227,10 +299,11 @@ local h = read(KEYS[1])
 if not h[USER_ID] then return nil end
 local ie = h[IDLE_EXPIRES_AT]
 if expired(now, tonumber(ie), tonumber(h[ABSOLUTE_EXPIRES_AT])) then return nil end
--- The index (found from the row, not declared) before the rename: if Redis refuses it
+-- The index before the rename: on one node, where it is found from the row, if Redis refuses it
 -- mid-migration of the slot, the script stops before writing anything.
 if ARGV[2] ~= '' then
-  local idx = ARGV[2] .. 'u:' .. h[USER_ID]
+  local idx = index_of(KEYS[3], ARGV[2], h[USER_ID], ARGV[5])
+  if not idx then return {'index', h[USER_ID]} end
   -- The new member is scored with the session's idle expiry now (ADR 0020); added before the
   -- old one goes (a corrupt expiry fails here, before any write); an index made here gets a TTL.
   redis.call('ZADD', idx, ie, ARGV[4])
@@ -245,18 +318,21 @@ return {h, pttl}
     )
 });
 
-/// KEYS: session. ARGV: now, base, hash. Returns 1 if a live session was removed, else 0.
-/// `HMGET`, `ZREM`, `DEL`.
+/// KEYS: session, [the user's index]. ARGV: now, base, hash, strict ('Y': the index must be
+/// declared). Returns 1 if a live session was removed, else 0, or `{'index', user_id}` (nothing
+/// written) when the index must be declared. `HMGET`, `ZREM`, `DEL`.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
 if not f[1] then return 0 end
--- The index (found from the row, not declared) first, as in touch and rotate. It keeps its TTL:
--- at most until this session would have expired (ADR 0020).
+-- The index first, as in touch and rotate. It keeps its TTL: at most until this session would
+-- have expired (ADR 0020).
 if ARGV[2] ~= '' then
-  redis.call('ZREM', ARGV[2] .. 'u:' .. f[1], ARGV[3])
+  local idx = index_of(KEYS[2], ARGV[2], f[1], ARGV[4])
+  if not idx then return {'index', f[1]} end
+  redis.call('ZREM', idx, ARGV[3])
 end
 redis.call('DEL', KEYS[1])
 if expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
@@ -265,17 +341,19 @@ return 1
     )
 });
 
-/// KEYS: index. ARGV: now, base. Returns `{hash, row, hash, row, ...}` of live members.
+/// KEYS: the session key of every member the caller read from the user's index. ARGV: the
+/// members, in the order of their keys. Returns `{hash, row, hash, row, ...}` of the sessions
+/// still there; the client drops expired rows (scores are lower bounds, ADR 0020, so every member
+/// is read). Every key it reads is declared: during a slot migration Redis answers `TRYAGAIN`
+/// rather than letting it read half the user's sessions.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
--- Every member, whatever its score (a lower bound, ADR 0020): the client drops expired rows.
-for _, m in ipairs(members) do
-  local h = read(ARGV[2] .. 's:' .. m)
+for i = 1, #KEYS do
+  local h = read(KEYS[i])
   if not absent(h) then
-    out[#out + 1] = m
+    out[#out + 1] = ARGV[i]
     out[#out + 1] = h
   end
 end
@@ -315,12 +393,15 @@ return n
     )
 });
 
-/// KEYS: index. ARGV: now, base. Removes the members whose sessions are gone (and any such
-/// session key left), re-scoring the live ones it looks at; returns how many were removed.
+/// KEYS: index, then the session keys of the members named. ARGV: now, count of members named,
+/// the members (the caller read them as due: score not after now). Removes those whose sessions
+/// are gone (and any such session key left), re-scoring the live ones; returns how many were
+/// removed.
 pub(crate) static PURGE_INDEX: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
-return trim(KEYS[1], ARGV[2], tonumber(ARGV[1]), -1)
+local members, keys = members_at(2, 1, '', function() return {} end)
+return trim(KEYS[1], members, keys, tonumber(ARGV[1]))
 ",
     )
 });

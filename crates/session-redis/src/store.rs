@@ -64,6 +64,10 @@ pub struct RedisStore {
     /// Checkouts still to be pinged because a connection was recently found broken.
     suspect: SuspectConnections,
     connect_failures: std::sync::Arc<ConnectFailures>,
+    /// Whether scripts must be given every key they touch (on a Cluster, where a slot can be half
+    /// way to another node; ADR 0019). Elsewhere they find the user's index and other sessions'
+    /// keys themselves, saving a round trip.
+    declare_all_keys: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -151,6 +155,11 @@ impl RedisStore {
                 let client = redis::cluster::ClusterClientBuilder::new(seeds)
                     .connection_timeout(config.checkout_timeout / 2)
                     .response_timeout(config.response_timeout)
+                    // The client's first wait before a retry (of `TRYAGAIN` mid-migration, of a
+                    // node that went away) is 1.28 s by default, past the default response
+                    // time-out, which bounds the request with its retries: no retry would ever
+                    // run. Waits from 10 ms, doubling, fit several into it.
+                    .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
                     .build()
                     .map_err(url_error)?;
                 let source = ClusterSource {
@@ -164,6 +173,7 @@ impl RedisStore {
                     policy,
                     suspect: SuspectConnections::new(),
                     connect_failures,
+                    declare_all_keys: true,
                 });
             }
         }
@@ -183,6 +193,7 @@ impl RedisStore {
             policy,
             suspect: SuspectConnections::new(),
             connect_failures,
+            declare_all_keys: false,
         })
     }
 
@@ -448,14 +459,76 @@ impl RedisStore {
 
     /// Deletes the session at `location`; true if it was live.
     async fn delete_at(&self, location: &Location, handle: &SessionHandle) -> Result<bool> {
-        let mut invocation = scripts::DELETE.prepare_invoke();
-        invocation
-            .key(&location.key)
-            .arg(self.now_ms())
-            .arg(&location.base)
-            .arg(&location.member);
-        let reply = self.invoke(&invocation, Some(handle)).await?;
+        let now = self.now_ms();
+        let reply = self
+            .invoke_naming_index(&location.base, handle, |index| {
+                let mut invocation = scripts::DELETE.prepare_invoke();
+                invocation.key(&location.key);
+                if let Some(index) = index {
+                    invocation.key(index);
+                }
+                invocation
+                    .arg(now)
+                    .arg(&location.base)
+                    .arg(&location.member)
+                    .arg(flag(self.declare_all_keys));
+                invocation
+            })
+            .await?;
         Ok(matches!(reply, Value::Int(1)))
+    }
+
+    /// Invokes a script that may answer `{'index', user_id}` (see `scripts`): on a Cluster it
+    /// must be told the user's index, found from the session it reads, so it is called again with
+    /// the index declared. `build` makes the invocation, given the index key to declare.
+    async fn invoke_naming_index(
+        &self,
+        base: &str,
+        handle: &SessionHandle,
+        build: impl Fn(Option<&str>) -> redis::ScriptInvocation<'static> + Send + Sync,
+    ) -> Result<Value> {
+        let mut index = None;
+        // A session's user never changes, so a second request means a corrupt row.
+        for _ in 0..2 {
+            let reply = self.invoke(&build(index.as_deref()), Some(handle)).await?;
+            match index_request(&reply) {
+                Some(user_id) => index = Some(index_at(base, user_id)),
+                None => return Ok(reply),
+            }
+        }
+        Err(decode(
+            handle,
+            "the script asked twice for the user's index",
+        ))
+    }
+
+    /// The members of `index` to name to a script: all of them, or (`due_by`) up to `limit` of
+    /// those scored at or before that time, in epoch ms.
+    async fn read_members(
+        &self,
+        index: &str,
+        due_by: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        run!(self, None, |conn| match due_by {
+            None =>
+                redis::cmd("ZRANGE")
+                    .arg(index)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(conn)
+                    .await,
+            Some(now) =>
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(index)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(conn)
+                    .await,
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -467,6 +540,38 @@ impl RedisStore {
 fn index_at(base: &str, user_id: &str) -> String {
     format!("{base}u:{user_id}")
 }
+
+/// The user id of a script's `{'index', user_id}` reply: the script needs the user's index
+/// declared.
+fn index_request(reply: &Value) -> Option<&str> {
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    match parts.as_slice() {
+        [tag, user_id] if bytes(tag) == Some(b"index") => {
+            bytes(user_id).and_then(|u| std::str::from_utf8(u).ok())
+        }
+        _ => None,
+    }
+}
+
+/// Whether a create samples its user's index for trimming: about one in 21 (the first character
+/// of a base64url hash, modulo 16), the same choice the `CREATE` script makes on one node.
+fn samples_index(member: &str) -> bool {
+    member.as_bytes().first().is_some_and(|b| b % 16 == 0)
+}
+
+/// The cluster client's shortest wait before retrying a request, in ms.
+const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 10;
+
+/// How many due members a sampled trim looks at.
+const TRIM_SAMPLE: usize = 32;
+
+/// How many times a create under a cap on a Cluster reads the members before giving up.
+const CREATE_ATTEMPTS: u64 = 32;
+
+/// How many due members `purge_expired` names to one script.
+const PURGE_BATCH: usize = 256;
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -492,21 +597,67 @@ impl UserSessionStore for RedisStore {
         let location = self
             .locate(&token)
             .ok_or_else(|| decode(token.handle(), "issued token has no location"))?;
-        let mut invocation = scripts::CREATE.prepare_invoke();
-        invocation.key(&location.key);
-        if self.config.layout == Layout::Standard {
-            invocation.key(self.index_key(&session.user_id).0);
+        let index =
+            (self.config.layout == Layout::Standard).then(|| self.index_key(&session.user_id).0);
+        let cap = self.policy.max_sessions_per_user.unwrap_or(0);
+        let now = millis_since_epoch(session.created_at);
+        // With a cap on a Cluster, sign-ins of the same user racing this one can make the script
+        // ask to be named the members again; each pass, one of the racers gets through.
+        for attempt in 0..CREATE_ATTEMPTS {
+            if attempt > 0 {
+                // Spread the racers out: by this create's hash, up to a millisecond per attempt.
+                let spread = u64::from(location.member.as_bytes()[1]) * 1000 / 128;
+                tokio::time::sleep(std::time::Duration::from_micros(spread * attempt)).await;
+            }
+            // On a Cluster the script is named the members it looks at, read first: all of them
+            // for the cap, the due ones for a sampled trim.
+            let named = match &index {
+                Some(index) if self.declare_all_keys => {
+                    if cap > 0 {
+                        Some(self.read_members(index, None, 0).await?)
+                    } else if samples_index(&location.member) {
+                        Some(self.read_members(index, Some(now), TRIM_SAMPLE).await?)
+                    } else {
+                        Some(Vec::new())
+                    }
+                }
+                _ => None,
+            };
+            let mut invocation = scripts::CREATE.prepare_invoke();
+            invocation.key(&location.key);
+            if let Some(index) = &index {
+                invocation.key(index);
+            }
+            invocation
+                .arg(now)
+                .arg(&location.member)
+                .arg(millis_since_epoch(session.idle_expires_at))
+                .arg(millis_since_epoch(session.absolute_expires_at))
+                .arg(cap)
+                .arg(&location.base);
+            match &named {
+                Some(members) => {
+                    invocation.arg(members.len());
+                    for member in members {
+                        invocation
+                            .key(format!("{}s:{member}", location.base))
+                            .arg(member);
+                    }
+                }
+                None => {
+                    invocation.arg(-1);
+                }
+            }
+            push_all_fields(&mut invocation, &session)?;
+            let reply = self.invoke(&invocation, Some(&session.handle)).await?;
+            if bytes(&reply) != Some(b"retry") {
+                return Ok(IssuedSession { token, session });
+            }
         }
-        invocation
-            .arg(millis_since_epoch(session.created_at))
-            .arg(&location.member)
-            .arg(millis_since_epoch(session.idle_expires_at))
-            .arg(millis_since_epoch(session.absolute_expires_at))
-            .arg(self.policy.max_sessions_per_user.unwrap_or(0))
-            .arg(&location.base);
-        push_all_fields(&mut invocation, &session)?;
-        self.invoke(&invocation, Some(&session.handle)).await?;
-        Ok(IssuedSession { token, session })
+        Err(SessionError::Unavailable {
+            backend: BACKEND,
+            source: "the user's sessions kept changing during create; try again".into(),
+        })
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
@@ -541,17 +692,26 @@ impl UserSessionStore for RedisStore {
             return Ok(None);
         };
         let policy = &self.policy;
-        let mut invocation = scripts::TOUCH.prepare_invoke();
-        invocation
-            .key(&location.key)
-            .arg(self.now_ms())
-            .arg(ms(policy.touch_interval))
-            .arg(ms(policy.idle_timeout))
-            .arg(ms(policy.remember_me_idle_timeout))
-            .arg(ms(policy.absolute_timeout))
-            .arg(&location.base)
-            .arg(&location.member);
-        let reply = self.invoke(&invocation, Some(token.handle())).await?;
+        let now = self.now_ms();
+        let reply = self
+            .invoke_naming_index(&location.base, token.handle(), |index| {
+                let mut invocation = scripts::TOUCH.prepare_invoke();
+                invocation.key(&location.key);
+                if let Some(index) = index {
+                    invocation.key(index);
+                }
+                invocation
+                    .arg(now)
+                    .arg(ms(policy.touch_interval))
+                    .arg(ms(policy.idle_timeout))
+                    .arg(ms(policy.remember_me_idle_timeout))
+                    .arg(ms(policy.absolute_timeout))
+                    .arg(&location.base)
+                    .arg(&location.member)
+                    .arg(flag(self.declare_all_keys));
+                invocation
+            })
+            .await?;
         self.session_reply(token.handle(), reply)
     }
 
@@ -621,15 +781,23 @@ impl UserSessionStore for RedisStore {
         let new = self
             .locate(&new_token)
             .ok_or_else(|| decode(new_token.handle(), "issued token has no location"))?;
-        let mut invocation = scripts::ROTATE.prepare_invoke();
-        invocation
-            .key(&old.key)
-            .key(&new.key)
-            .arg(self.now_ms())
-            .arg(&old.base)
-            .arg(&old.member)
-            .arg(&new.member);
-        let reply = self.invoke(&invocation, Some(token.handle())).await?;
+        let now = self.now_ms();
+        let reply = self
+            .invoke_naming_index(&old.base, token.handle(), |index| {
+                let mut invocation = scripts::ROTATE.prepare_invoke();
+                invocation.key(&old.key).key(&new.key);
+                if let Some(index) = index {
+                    invocation.key(index);
+                }
+                invocation
+                    .arg(now)
+                    .arg(&old.base)
+                    .arg(&old.member)
+                    .arg(&new.member)
+                    .arg(flag(self.declare_all_keys));
+                invocation
+            })
+            .await?;
         Ok(self
             .session_reply(new_token.handle(), reply)?
             .map(|session| IssuedSession {
@@ -657,8 +825,16 @@ impl UserSessionStore for RedisStore {
         self.unsupported_in_compat("list_by_user")?;
         let tag = Self::user_tag(user_id);
         let (index, base) = self.index_key(user_id);
+        // Two steps, so that the script declares every key it reads: the members (all of them: a
+        // score is only a hint), then their sessions.
+        let members = self.read_members(&index, None, 0).await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut invocation = scripts::LIST.prepare_invoke();
-        invocation.key(&index).arg(self.now_ms()).arg(&base);
+        for member in &members {
+            invocation.key(format!("{base}s:{member}")).arg(member);
+        }
         let reply = self.invoke(&invocation, None).await?;
         let Value::Array(items) = reply else {
             return Err(SessionError::Decode {
@@ -698,12 +874,7 @@ impl UserSessionStore for RedisStore {
         // Two steps, so that the script can declare every key it touches: read the members, then
         // delete with all their keys named; the script refuses if the members changed between.
         for _ in 0..8 {
-            let members: Vec<String> = run!(self, None, |conn| redis::cmd("ZRANGE")
-                .arg(&index)
-                .arg(0)
-                .arg(-1)
-                .query_async(conn)
-                .await)?;
+            let members = self.read_members(&index, None, 0).await?;
             if members.is_empty() {
                 return Ok(0);
             }
@@ -740,19 +911,37 @@ impl UserSessionStore for RedisStore {
         let now = self.now_ms();
         let mut removed = 0u64;
         let indexes = self.scan(&pattern).await?;
-        let mut shared = self.checkout().await?;
         for index in indexes {
             let Some(end) = index.find("}:u:") else {
                 continue;
             };
             let base = &index[..end + 2];
-            let mut invocation = scripts::PURGE_INDEX.prepare_invoke();
-            invocation.key(&index).arg(now).arg(base);
-            let n: u64 = invocation
-                .invoke_async(&mut shared.inner)
-                .await
-                .map_err(|e| self.fail(&shared, e, None))?;
-            removed += n;
+            // The due members in batches, each named to the script with its session's key; a
+            // batch re-scores or removes every member it names, so the next one reads others.
+            loop {
+                let due = self.read_members(&index, Some(now), PURGE_BATCH).await?;
+                if due.is_empty() {
+                    break;
+                }
+                let mut invocation = scripts::PURGE_INDEX.prepare_invoke();
+                invocation.key(&index).arg(now).arg(due.len());
+                for member in &due {
+                    invocation.key(format!("{base}s:{member}")).arg(member);
+                }
+                match self.invoke(&invocation, None).await? {
+                    Value::Int(n) => removed += n.unsigned_abs(),
+                    other => {
+                        return Err(SessionError::Decode {
+                            backend: BACKEND,
+                            handle: None,
+                            reason: format!("unexpected purge reply {other:?}"),
+                        });
+                    }
+                }
+                if due.len() < PURGE_BATCH {
+                    break;
+                }
+            }
         }
         Ok(removed)
     }

@@ -335,3 +335,95 @@ async fn a_one_node_url_at_a_cluster_node_says_to_use_the_cluster_url() {
     assert!(format!("{err:?}").contains("redis+cluster://"), "{err:?}");
     cluster.delete_prefix(&prefix);
 }
+
+/// A user's slot caught half way through a migration, its index moved and its sessions not:
+/// every script names every key it touches, so Redis answers `TRYAGAIN` (which the client
+/// retries) instead of running it where only some of the user's keys are, and once the slot has
+/// moved each operation completes with the result it would have had. A script reading a key it
+/// did not declare fails there ("non local key") instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_caught_half_way_through_a_migration_is_waited_out() {
+    let cluster = RedisCluster::start();
+    let prefix = unique_prefix("halfway");
+    let mut policy = SessionPolicy::default();
+    // Every touch writes, so it needs the index.
+    policy.touch_interval = Duration::ZERO;
+    policy.max_sessions_per_user = Some(4);
+    // Room for the retries: the migration is finished after a pause of its own.
+    let config = RedisConfig::new(cluster.url())
+        .key_prefix(&prefix)
+        .response_timeout(Duration::from_secs(10));
+    let store = Arc::new(RedisStore::connect(config, policy).await.unwrap());
+    let user = "halfway";
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        issued.push(store.create(NewUserSession::new(user)).await.unwrap());
+    }
+    let keys = cluster_keys(&cluster, &format!("{prefix}*"));
+    let index = keys
+        .iter()
+        .map(|(_, key)| key.as_str())
+        .find(|key| key.ends_with(&format!(":u:{user}")))
+        .unwrap()
+        .to_owned();
+    let slot = key_slot(&index);
+    let from = cluster.slot_owner(slot);
+    let to = *cluster.masters().iter().find(|&&m| m != from).unwrap();
+    let migration = cluster.begin_migration(slot, to).unwrap();
+    migration.move_keys(&[&index]);
+
+    let (touched, deleted, rotated) = (
+        issued[0].token.clone(),
+        issued[1].token.clone(),
+        issued[2].token.clone(),
+    );
+    let s = store.clone();
+    let touch = tokio::spawn(async move { s.touch(&touched).await });
+    let s = store.clone();
+    let delete = tokio::spawn(async move { s.delete(&deleted).await });
+    let s = store.clone();
+    let rotate = tokio::spawn(async move { s.rotate(&rotated).await });
+    let s = store.clone();
+    let list = tokio::spawn(async move { s.list_by_user(user).await });
+    let s = store.clone();
+    let create = tokio::spawn(async move { s.create(NewUserSession::new(user)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    migration.finish();
+    assert_eq!(cluster.slot_owner(slot), to);
+
+    let touched = touch.await.unwrap().expect("touch").expect("still live");
+    assert!(touched.last_seen_at >= issued[0].session.last_seen_at);
+    assert!(
+        delete.await.unwrap().expect("delete"),
+        "the session was live"
+    );
+    let rotated = rotate.await.unwrap().expect("rotate").expect("still live");
+    let listed = list.await.unwrap().expect("list_by_user");
+    assert!(!listed.is_empty());
+    let created = create.await.unwrap().expect("create under a cap");
+
+    let mut now_listed: Vec<_> = store
+        .list_by_user(user)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.handle)
+        .collect();
+    now_listed.sort();
+    let mut expected = vec![
+        issued[0].session.handle.clone(),
+        rotated.session.handle.clone(),
+        created.session.handle.clone(),
+    ];
+    expected.sort();
+    assert_eq!(now_listed, expected);
+    assert!(store.get(&issued[1].token).await.unwrap().is_none());
+    assert!(store.get(&issued[2].token).await.unwrap().is_none());
+    // Every key of the user is on the new master, the index holding exactly the live sessions.
+    let left: Vec<_> = cluster_keys(&cluster, &format!("{prefix}*"))
+        .into_iter()
+        .filter(|(port, _)| *port != to)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    cluster.delete_prefix(&prefix);
+}

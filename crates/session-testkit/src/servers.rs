@@ -1331,7 +1331,28 @@ impl RedisCluster {
     /// a user's session and index spends time with one moved and the other not, the state a
     /// script touching both meets during a real resharding of a large slot.
     pub fn migrate_slot_in_batches(&self, slot: u16, to_port: u16, batch: usize) -> usize {
-        let _one_at_a_time = self
+        let Some(migration) = self.begin_migration(slot, to_port) else {
+            return 0;
+        };
+        let mut moved = 0;
+        loop {
+            let n = migration.move_batch(batch);
+            if n == 0 {
+                break;
+            }
+            moved += n;
+        }
+        migration.finish();
+        moved
+    }
+
+    /// Starts moving `slot` to the master on `to_port` (`SETSLOT IMPORTING` on the target, then
+    /// `MIGRATING` on the source) and leaves it half way for the caller to move keys one by one:
+    /// the slot's keys stay where they are until [`SlotMigration::move_keys`] or
+    /// [`SlotMigration::finish`]. `None` if the target already serves it. One migration at a
+    /// time: others wait.
+    pub fn begin_migration(&self, slot: u16, to_port: u16) -> Option<SlotMigration<'_>> {
+        let one_at_a_time = self
             .resharding
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1346,77 +1367,25 @@ impl RedisCluster {
             .find(|n| n.port == to_port && n.is_master() && !n.failed())
             .unwrap_or_else(|| panic!("node {to_port} is not a master"));
         if source.port == target.port {
-            return 0;
+            return None;
         }
-        let run = |port: u16, command: &redis::Cmd| {
-            let mut conn = Probe::open(port).unwrap().conn;
-            command
-                .query::<()>(&mut conn)
-                .unwrap_or_else(|e| panic!("node {port}: {command:?}: {e}"));
-        };
-        let setslot = |state: &str, id: &str| {
-            let mut command = redis::cmd("CLUSTER");
-            command.arg("SETSLOT").arg(slot).arg(state).arg(id);
-            command
+        let migration = SlotMigration {
+            cluster: self,
+            slot,
+            source: (source.port, source.id.clone()),
+            target: (target.port, target.id.clone()),
+            _one_at_a_time: one_at_a_time,
         };
         // The target first: once the source redirects with ASK, the target must accept.
-        run(target.port, &setslot("IMPORTING", &source.id));
-        run(source.port, &setslot("MIGRATING", &target.id));
-        let mut moved = 0;
-        let mut conn = Probe::open(source.port).unwrap().conn;
-        loop {
-            // While migrating, the source creates no key in the slot (it answers ASK for missing
-            // keys), so an empty listing means it holds none.
-            let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
-                .arg("GETKEYSINSLOT")
-                .arg(slot)
-                .arg(batch.max(1))
-                .query(&mut conn)
-                .unwrap();
-            if keys.is_empty() {
-                break;
-            }
-            let _: String = redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(to_port)
-                .arg("")
-                .arg(0)
-                .arg(5000)
-                .arg("KEYS")
-                .arg(&keys)
-                .query(&mut conn)
-                .unwrap_or_else(|e| panic!("MIGRATE of slot {slot} to {to_port}: {e}"));
-            moved += keys.len();
-        }
-        // The target first (it bumps its config epoch, so its claim wins), then the source, then
-        // the other masters, so that none of them keeps redirecting to the source.
-        let assign = setslot("NODE", &target.id);
-        run(target.port, &assign);
-        run(source.port, &assign);
-        for other in view.iter().filter(|n| {
-            n.is_master()
-                && !n.failed()
-                && n.port != source.port
-                && n.port != target.port
-                && self.processes.is_running(n.port)
-        }) {
-            run(other.port, &assign);
-        }
-        wait_until(
-            Duration::from_secs(30),
-            "every node sees the migrated slot",
-            || {
-                let view = self.check_agreement()?;
-                match view.iter().find(|n| n.is_master() && n.owns(slot)) {
-                    Some(owner) if owner.port == to_port => Ok(()),
-                    other => Err(format!(
-                        "slot {slot} is served by {:?}",
-                        other.map(|n| n.port)
-                    )),
-                }
-            },
+        migration.run(
+            migration.target.0,
+            &migration.setslot("IMPORTING", &migration.source.1),
         );
-        moved
+        migration.run(
+            migration.source.0,
+            &migration.setslot("MIGRATING", &migration.target.1),
+        );
+        Some(migration)
     }
 }
 
@@ -1665,5 +1634,118 @@ impl RedisSentinel {
     #[must_use]
     pub fn node_connection(&self, port: u16) -> redis::Connection {
         node_connection(port)
+    }
+}
+
+/// A slot half way from one master of a [`RedisCluster`] to another (see
+/// [`RedisCluster::begin_migration`]): keys not moved yet are served by the source, moved ones by
+/// the target (`ASK`), and a command naming keys on both sides gets `TRYAGAIN`.
+pub struct SlotMigration<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    source: (u16, String),
+    target: (u16, String),
+    _one_at_a_time: std::sync::MutexGuard<'a, ()>,
+}
+
+impl SlotMigration<'_> {
+    fn run(&self, port: u16, command: &redis::Cmd) {
+        let mut conn = Probe::open(port).unwrap().conn;
+        command
+            .query::<()>(&mut conn)
+            .unwrap_or_else(|e| panic!("node {port}: {command:?}: {e}"));
+    }
+
+    fn setslot(&self, state: &str, id: &str) -> redis::Cmd {
+        let mut command = redis::cmd("CLUSTER");
+        command.arg("SETSLOT").arg(self.slot).arg(state).arg(id);
+        command
+    }
+
+    /// The slot being moved.
+    #[must_use]
+    pub fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// Moves these keys of the slot to the target (`MIGRATE … KEYS`); panics if one is not in the
+    /// slot or Redis refuses.
+    pub fn move_keys(&self, keys: &[&str]) {
+        for key in keys {
+            assert_eq!(
+                key_slot(key),
+                self.slot,
+                "{key} is not in slot {}",
+                self.slot
+            );
+        }
+        self.migrate(keys);
+    }
+
+    fn migrate<K: redis::ToRedisArgs>(&self, keys: &[K]) {
+        let mut conn = Probe::open(self.source.0).unwrap().conn;
+        let _: String = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(self.target.0)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(keys)
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("MIGRATE of slot {} to {}: {e}", self.slot, self.target.0));
+    }
+
+    /// Moves up to `batch` of the keys the source still holds; returns how many.
+    fn move_batch(&self, batch: usize) -> usize {
+        let mut conn = Probe::open(self.source.0).unwrap().conn;
+        // While migrating, the source creates no key in the slot (it answers ASK for missing
+        // keys), so an empty listing means it holds none.
+        let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(self.slot)
+            .arg(batch.max(1))
+            .query(&mut conn)
+            .unwrap();
+        if !keys.is_empty() {
+            self.migrate(&keys);
+        }
+        keys.len()
+    }
+
+    /// Moves the keys left, then hands the slot to the target: `SETSLOT NODE` on the target (it
+    /// bumps its config epoch, so its claim wins), then the source, then the other masters, so
+    /// that none of them keeps redirecting to the source. Returns once every running node agrees.
+    pub fn finish(self) {
+        while self.move_batch(100) > 0 {}
+        let slot = self.slot;
+        let to_port = self.target.0;
+        let assign = self.setslot("NODE", &self.target.1);
+        self.run(self.target.0, &assign);
+        self.run(self.source.0, &assign);
+        let cluster = self.cluster;
+        for other in cluster.view().iter().filter(|n| {
+            n.is_master()
+                && !n.failed()
+                && n.port != self.source.0
+                && n.port != self.target.0
+                && cluster.processes.is_running(n.port)
+        }) {
+            self.run(other.port, &assign);
+        }
+        wait_until(
+            Duration::from_secs(30),
+            "every node sees the migrated slot",
+            || {
+                let view = cluster.check_agreement()?;
+                match view.iter().find(|n| n.is_master() && n.owns(slot)) {
+                    Some(owner) if owner.port == to_port => Ok(()),
+                    other => Err(format!(
+                        "slot {slot} is served by {:?}",
+                        other.map(|n| n.port)
+                    )),
+                }
+            },
+        );
     }
 }
