@@ -5,8 +5,8 @@
 //! so without this a connection killed by the server (restart, `CLIENT KILL`, failover) would stay
 //! in the pool and fail every operation that checks it out until a checkout ping caught it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
@@ -21,6 +21,9 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 pub(crate) struct Connection {
     pub(crate) inner: MultiplexedConnection,
     pub(crate) broken: Arc<AtomicBool>,
+    /// The master generation (see [`MasterWatch`]) when this connection asked the Sentinels
+    /// which node is the master; 0 for a direct connection.
+    pub(crate) generation: u64,
 }
 
 impl Connection {
@@ -115,14 +118,114 @@ enum Connector {
     Direct(Box<RedisConnectionManager>),
     /// To whichever node the Sentinels name as the master, asked at every connect, so that
     /// connections opened after a failover reach the new master.
-    Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
+    Sentinel {
+        client: Arc<tokio::sync::Mutex<SentinelClient>>,
+        watch: Arc<MasterWatch>,
+    },
+}
+
+/// Follows the Sentinels' announcements of a new master (`+switch-master`), counting them: a
+/// connection opened before the latest one may lead to the old master, which keeps accepting
+/// writes until the Sentinels get round to demoting it (up to their 10 s `INFO` period after a
+/// `SENTINEL FAILOVER`), and whatever it accepts then is discarded when it resyncs as a replica.
+/// Checkouts discard such connections (ADR 0019).
+#[derive(Debug)]
+pub(crate) struct MasterWatch {
+    generation: Arc<AtomicU64>,
+    sentinels: Vec<redis::ConnectionInfo>,
+    master_name: String,
+    connect_timeout: Duration,
+    /// The task following the Sentinels, started with the first connection (a runtime is
+    /// certain to run then) and stopped when the last clone of the manager goes.
+    task: OnceLock<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl MasterWatch {
+    /// The number of master switches announced so far (plus one per lost subscription, when a
+    /// switch may have gone unseen).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn start(&self) {
+        self.task.get_or_init(|| {
+            let (generation, sentinels, name, timeout) = (
+                self.generation.clone(),
+                self.sentinels.clone(),
+                self.master_name.clone(),
+                self.connect_timeout,
+            );
+            AbortOnDrop(
+                tokio::spawn(follow_switches(generation, sentinels, name, timeout)).abort_handle(),
+            )
+        });
+    }
+}
+
+/// Subscribes to `+switch-master` on one Sentinel after another (the next when one goes away),
+/// and bumps `generation` at every switch of `master_name`, and at every subscription after the
+/// first (a switch may have been announced while none was followed).
+async fn follow_switches(
+    generation: Arc<AtomicU64>,
+    sentinels: Vec<redis::ConnectionInfo>,
+    master_name: String,
+    connect_timeout: Duration,
+) {
+    use futures_util::StreamExt as _;
+    let mut subscribed_before = false;
+    loop {
+        for sentinel in &sentinels {
+            let subscribe = async {
+                let mut pubsub = redis::Client::open(sentinel.clone())?
+                    .get_async_pubsub()
+                    .await?;
+                pubsub.subscribe("+switch-master").await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(connect_timeout, subscribe).await {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(e)) => {
+                    tracing::debug!(sentinel = %sentinel.addr(), error = %e, "cannot follow this Sentinel");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(sentinel = %sentinel.addr(), "this Sentinel did not answer");
+                    continue;
+                }
+            };
+            if subscribed_before {
+                generation.fetch_add(1, Ordering::AcqRel);
+            }
+            subscribed_before = true;
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                // "<master name> <old ip> <old port> <new ip> <new port>"
+                let payload: String = message.get_payload().unwrap_or_default();
+                if payload.split(' ').next() == Some(master_name.as_str()) {
+                    generation.fetch_add(1, Ordering::AcqRel);
+                    tracing::info!(master = %master_name, switch = %payload, "the Sentinels named a new master: connections to the old one are dropped");
+                }
+            }
+            tracing::debug!(sentinel = %sentinel.addr(), "lost the Sentinel subscription");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Direct(_) => "Direct",
-            Self::Sentinel(_) => "Sentinel",
+            Self::Sentinel { .. } => "Sentinel",
         })
     }
 }
@@ -149,26 +252,39 @@ impl Manager {
         })
     }
 
-    /// Connections to the master the Sentinels at `sentinels` know as `master_name`.
+    /// Connections to the master the Sentinels at `sentinels` know as `master_name`, and the
+    /// watch that tells which are to an old master.
     pub(crate) fn sentinel(
         sentinels: Vec<redis::ConnectionInfo>,
         master_name: String,
         node: redis::RedisConnectionInfo,
         response_timeout: Duration,
+        connect_timeout: Duration,
         failures: Arc<ConnectFailures>,
-    ) -> Result<Self, RedisError> {
+    ) -> Result<(Self, Arc<MasterWatch>), RedisError> {
         let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+        let watch = Arc::new(MasterWatch {
+            generation: Arc::new(AtomicU64::new(0)),
+            sentinels: sentinels.clone(),
+            master_name: master_name.clone(),
+            connect_timeout,
+            task: OnceLock::new(),
+        });
         let client = SentinelClient::build(
             sentinels,
             master_name,
             Some(node),
             SentinelServerType::Master,
         )?;
-        Ok(Self {
-            connector: Connector::Sentinel(Arc::new(tokio::sync::Mutex::new(client))),
+        let manager = Self {
+            connector: Connector::Sentinel {
+                client: Arc::new(tokio::sync::Mutex::new(client)),
+                watch: watch.clone(),
+            },
             response_timeout,
             failures,
-        })
+        };
+        Ok((manager, watch))
     }
 }
 
@@ -177,16 +293,21 @@ impl ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Connection, RedisError> {
-        let connected = match &self.connector {
-            Connector::Direct(manager) => manager.connect().await,
-            Connector::Sentinel(client) => {
+        let (connected, generation) = match &self.connector {
+            Connector::Direct(manager) => (manager.connect().await, 0),
+            Connector::Sentinel { client, watch } => {
+                watch.start();
+                // Read before asking: a switch announced meanwhile makes this connection stale
+                // at once rather than trusted.
+                let generation = watch.generation();
                 // The lock serializes lookups, not operations: it is held while one connection
                 // is opened, and the Sentinels are asked afresh each time.
                 let client = client.lock().await.async_get_client().await;
-                match client {
+                let connected = match client {
                     Ok(client) => client.get_multiplexed_async_connection().await,
                     Err(e) => Err(e),
-                }
+                };
+                (connected, generation)
             }
         };
         let mut inner = connected.inspect_err(|e| self.failures.record(e))?;
@@ -194,6 +315,7 @@ impl ManageConnection for Manager {
         Ok(Connection {
             inner,
             broken: Arc::new(AtomicBool::new(false)),
+            generation,
         })
     }
 
@@ -205,6 +327,7 @@ impl ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
         conn.broken.load(Ordering::Relaxed)
+            || matches!(&self.connector, Connector::Sentinel { watch, .. } if watch.generation() != conn.generation)
     }
 }
 

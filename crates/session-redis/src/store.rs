@@ -23,7 +23,7 @@ use crate::codec::{
 };
 use crate::config::{Layout, RedisConfig, Topology};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
-use crate::pool::{Conn, ConnectFailures, Manager, Shared, breaks_connection};
+use crate::pool::{Conn, ConnectFailures, Manager, MasterWatch, Shared, breaks_connection};
 use crate::scripts;
 
 /// Characters of a user's routing tag: 24 bits of SHA-256 of the user id, spread over all 16,384
@@ -68,6 +68,8 @@ pub struct RedisStore {
     /// way to another node; ADR 0019). Elsewhere they find the user's index and other sessions'
     /// keys themselves, saving a round trip.
     declare_all_keys: bool,
+    /// Through Sentinel: which connections lead to a master since replaced.
+    master_watch: Option<std::sync::Arc<MasterWatch>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -133,6 +135,7 @@ impl RedisStore {
         }
         let connect_failures = std::sync::Arc::new(ConnectFailures::default());
         let url_error = |e: RedisError| SessionError::config("url", e.to_string());
+        let mut master_watch = None;
         let manager = match topology {
             Topology::Node(info) => {
                 Manager::direct(info, config.response_timeout, connect_failures.clone())
@@ -146,8 +149,13 @@ impl RedisStore {
                 master_name,
                 node,
                 config.response_timeout,
+                config.checkout_timeout,
                 connect_failures.clone(),
-            ),
+            )
+            .map(|(manager, watch)| {
+                master_watch = Some(watch);
+                manager
+            }),
             Topology::Cluster { seeds } => {
                 // The client connects to every seed and waits for the slowest: a seed that drops
                 // packets must give up well within the checkout's own time-out, or no checkout
@@ -174,6 +182,7 @@ impl RedisStore {
                     suspect: SuspectConnections::new(),
                     connect_failures,
                     declare_all_keys: true,
+                    master_watch: None,
                 });
             }
         }
@@ -194,6 +203,7 @@ impl RedisStore {
             suspect: SuspectConnections::new(),
             connect_failures,
             declare_all_keys: false,
+            master_watch,
         })
     }
 
@@ -314,6 +324,14 @@ impl RedisStore {
                     return Err(SessionError::Unavailable { backend: BACKEND, source: Box::new(err) });
                 }
             };
+            if let Some(watch) = &self.master_watch
+                && conn.generation != watch.generation()
+            {
+                // Opened before the Sentinels named a new master: it may lead to the old one.
+                conn.broken.store(true, Ordering::Relaxed);
+                drop(conn);
+                continue;
+            }
             if self.config.test_on_checkout || !self.suspect.take() {
                 return Ok(conn.share());
             }

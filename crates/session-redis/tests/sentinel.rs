@@ -64,10 +64,12 @@ async fn a_killed_master_fails_over_under_load() {
     store.health().await.unwrap();
 }
 
-/// `SENTINEL FAILOVER` under load: the old master stays up and is made a replica, and the
-/// Sentinels close its clients, so the store's connections move to the new master. Sentinel does
-/// not stop writes to the old master before promoting the replica, so writes acknowledged during
-/// the switch may be undone; they are counted, and no session created before it is lost.
+/// `SENTINEL FAILOVER` under load: the old master stays up, and Sentinel does not stop writes to
+/// it before promoting the replica, so writes it acknowledges until the Sentinels announce the new
+/// master (`+switch-master`) are discarded when it resyncs as a replica; they are counted. The
+/// store drops its connections to the old master at that announcement, not when the Sentinels
+/// get round to demoting it (seconds later, which would lose far more), and no session created
+/// before the switch is lost or goes missing from its user's index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_switch() {
     let sentinel = Arc::new(RedisSentinel::start());
@@ -92,15 +94,15 @@ async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_swit
     )
     .await;
     println!("{}", report.line("sentinel, manual SENTINEL FAILOVER"));
+    // Lost: only writes acknowledged from the command until the announcement (about 1.2 s here),
+    // not until the demotion of the old master (about 11 s: the event's length).
     assert!(
-        report
-            .lost_ms
-            .iter()
-            .all(|ms| (-1000..=report.event_ms).contains(ms)),
+        report.lost_ms.iter().all(|ms| (-1000..=5000).contains(ms)),
         "{report:?}"
     );
-    // Writes the old master acknowledged in the switch window are discarded when it resyncs as a
-    // replica: a session it indexed, a sign-out it ran, can be undone (Sentinel's asynchronous
-    // replication; docs/scaling.md). Reported by the line above, not asserted.
+    // The read-back ran once the old master had resynced, so it saw what survived: sessions and
+    // indexes agree. A sign-out the old master ran in the switch window can be undone (Sentinel's
+    // asynchronous replication; docs/scaling.md): reported by the line above, not asserted.
+    assert_eq!(report.unlisted, 0, "{report:?}");
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
 }

@@ -1597,8 +1597,9 @@ impl RedisSentinel {
     }
 
     /// Waits until every running sentinel reports the same master, not the one on
-    /// `old_master_port`, with no failover in progress, and that master answers `ROLE` as a
-    /// master; returns its port. Panics if that takes longer than `within`.
+    /// `old_master_port`, with no failover in progress, that master answers `ROLE` as a master,
+    /// and the old master, if still running, has been made its replica and has synced; returns
+    /// the new master's port. Panics if that takes longer than `within`.
     pub fn wait_for_failover(&self, old_master_port: u16, within: Duration) -> u16 {
         wait_until(within, "the sentinels fail over", || {
             let mut reported = None;
@@ -1624,9 +1625,25 @@ impl RedisSentinel {
             let master = reported.ok_or_else(|| "no sentinel is running".to_owned())?;
             let role: Vec<redis::Value> = query(master, &["ROLE"])?;
             match role.first() {
-                Some(redis::Value::BulkString(r)) if r == b"master" => Ok(master),
-                other => Err(format!("node {master} answers ROLE with {other:?}")),
+                Some(redis::Value::BulkString(r)) if r == b"master" => {}
+                other => return Err(format!("node {master} answers ROLE with {other:?}")),
             }
+            // A master still running (a manual failover) keeps accepting writes until the
+            // Sentinels demote it, and drops them when it resyncs: until then, what a client
+            // reads from it says nothing about what survived.
+            if self.processes.is_running(old_master_port) {
+                let info: String = query(old_master_port, &["INFO", "replication"])?;
+                let synced = info.contains("role:slave")
+                    && info.contains(&format!("master_port:{master}"))
+                    && info.contains("master_link_status:up")
+                    && info.contains("master_sync_in_progress:0");
+                if !synced {
+                    return Err(format!(
+                        "the old master {old_master_port} is not yet a replica in sync with {master}"
+                    ));
+                }
+            }
+            Ok(master)
         })
     }
 

@@ -45,6 +45,9 @@ pub(crate) struct LoadReport {
     /// Sessions still found by `get` that their user's `list_by_user` no longer shows (so
     /// `delete_by_user` would not revoke them).
     pub(crate) unlisted: u64,
+    /// The unlisted sessions: user, handle, and when their creation was acknowledged (ms after
+    /// the event).
+    pub(crate) unlisted_sessions: Vec<(String, session_core::SessionHandle, i64)>,
     /// Sign-outs everywhere (`delete_by_user`) that returned `Ok` during the load, and sessions
     /// they should have revoked that `get` still finds afterwards.
     pub(crate) revocations: u64,
@@ -64,7 +67,7 @@ impl LoadReport {
             .error_window_ms
             .map_or("none".to_owned(), |(a, b)| format!("{a}..{b} ms"));
         format!(
-            "{what}: event took {} ms; {} ops, {} failed {:?}, error window {window} after the event, slowest call {} ms, {} sessions created, {} lost {:?}, {} live but unlisted, {} sign-outs everywhere and {} of their sessions still found",
+            "{what}: event took {} ms; {} ops, {} failed {:?}, error window {window} after the event, slowest call {} ms, {} sessions created, {} lost{}, {} live but unlisted, {} sign-outs everywhere and {} of their sessions still found",
             self.event_ms,
             self.ops,
             self.failed,
@@ -72,7 +75,11 @@ impl LoadReport {
             self.slowest.as_millis(),
             self.created,
             self.lost_ms.len(),
-            self.lost_ms,
+            match (self.lost_ms.first(), self.lost_ms.last()) {
+                (Some(first), Some(last)) =>
+                    format!(" (acknowledged {first}..{last} ms after the event)"),
+                _ => String::new(),
+            },
             self.unlisted,
             self.revocations,
             self.revoked_but_found
@@ -199,11 +206,11 @@ pub(crate) async fn run_load(
         let (store, part) = (store.clone(), part.to_vec());
         readers.spawn(async move {
             let mut lost = Vec::new();
-            let mut found_by_user: Vec<(String, session_core::SessionHandle)> = Vec::new();
+            let mut found_by_user: Vec<(String, session_core::SessionHandle, Instant)> = Vec::new();
             for (token, user, at) in part {
                 let found = settled(|| store.get(&token)).await;
                 match found {
-                    Some(session) => found_by_user.push((user, session.handle)),
+                    Some(session) => found_by_user.push((user, session.handle, at)),
                     None => lost.push(at),
                 }
             }
@@ -211,24 +218,28 @@ pub(crate) async fn run_load(
         });
     }
     let mut lost_ms = Vec::new();
-    let mut found: BTreeMap<String, Vec<session_core::SessionHandle>> = BTreeMap::new();
+    let mut found: BTreeMap<String, Vec<(session_core::SessionHandle, Instant)>> = BTreeMap::new();
     while let Some(part) = readers.join_next().await {
         let (lost, found_by_user) = part.unwrap();
         lost_ms.extend(lost.into_iter().map(since_event));
-        for (user, handle) in found_by_user {
-            found.entry(user).or_default().push(handle);
+        for (user, handle, at) in found_by_user {
+            found.entry(user).or_default().push((handle, at));
         }
     }
     lost_ms.sort_unstable();
     // Every live session is in its user's index, which is what revocation goes by.
-    let mut unlisted = 0u64;
+    let mut unlisted_sessions = Vec::new();
     for (user, handles) in &found {
         let listed: Vec<_> = settled(|| store.list_by_user(user))
             .await
             .into_iter()
             .map(|s| s.handle)
             .collect();
-        unlisted += handles.iter().filter(|h| !listed.contains(h)).count() as u64;
+        for (handle, at) in handles {
+            if !listed.contains(handle) {
+                unlisted_sessions.push((user.clone(), handle.clone(), since_event(*at)));
+            }
+        }
     }
     let mut revoked_but_found = 0u64;
     for token in &all.revoked {
@@ -248,7 +259,8 @@ pub(crate) async fn run_load(
         lost_ms,
         failed_at_the_end,
         event_ms,
-        unlisted,
+        unlisted: unlisted_sessions.len() as u64,
+        unlisted_sessions,
     }
 }
 
