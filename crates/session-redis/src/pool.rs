@@ -13,8 +13,7 @@ use bb8_redis::RedisConnectionManager;
 use bb8_redis::bb8::ManageConnection;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisError, RedisFuture, Value};
 
 /// A pooled connection and whether it has failed. The flag is shared with the connection's
 /// [`Shared`] clones, so a failure seen on a clone discards the pooled connection too.
@@ -119,16 +118,93 @@ enum Connector {
     /// To whichever node the Sentinels name as the master, asked at every connect, so that
     /// connections opened after a failover reach the new master.
     Sentinel {
-        client: Arc<tokio::sync::Mutex<SentinelClient>>,
+        lookup: Arc<MasterLookup>,
         watch: Arc<MasterWatch>,
     },
 }
 
-/// Follows the Sentinels' announcements of a new master (`+switch-master`), counting them: a
-/// connection opened before the latest one may lead to the old master, which keeps accepting
-/// writes until the Sentinels get round to demoting it (up to their 10 s `INFO` period after a
-/// `SENTINEL FAILOVER`), and whatever it accepts then is discarded when it resyncs as a replica.
-/// Checkouts discard such connections (ADR 0019).
+/// Finds the master the way Redis's guidelines for Sentinel clients say: the first Sentinel
+/// that answers `SENTINEL GET-MASTER-ADDR-BY-NAME` names it, and the node must answer `ROLE` as a
+/// master. That command names the promoted replica as soon as a failover has promoted it, while
+/// `SENTINEL MASTERS` (which the `redis` crate's Sentinel client reads) still names the old
+/// master until the failover ends: connections opened in between would reach a master whose
+/// writes are about to be discarded (ADR 0019).
+#[derive(Debug)]
+struct MasterLookup {
+    sentinels: Vec<redis::ConnectionInfo>,
+    master_name: String,
+    /// Database and credentials for the master.
+    node: redis::RedisConnectionInfo,
+    /// How long one Sentinel, or the node it names, may take to answer before the next is tried.
+    step_timeout: Duration,
+}
+
+impl MasterLookup {
+    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut last_error = None;
+        for sentinel in &self.sentinels {
+            match tokio::time::timeout(self.step_timeout, self.ask(sentinel)).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => {
+                    last_error = Some(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "a Sentinel, or the master it named, did not answer in time",
+                        sentinel.addr().to_string(),
+                    )));
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| (redis::ErrorKind::Client, "no Sentinel configured").into()))
+    }
+
+    /// The master `sentinel` names, connected and checked.
+    async fn ask(
+        &self,
+        sentinel: &redis::ConnectionInfo,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let mut conn = redis::Client::open(sentinel.clone())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let address: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.master_name)
+            .query_async(&mut conn)
+            .await?;
+        let Some((host, port)) = address else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "the Sentinel does not know the master name",
+                format!("{} at {}", self.master_name, sentinel.addr()),
+            )));
+        };
+        let info = redis::ConnectionAddr::Tcp(host, port)
+            .into_connection_info()?
+            .set_redis_settings(self.node.clone());
+        let addr = info.addr().to_string();
+        let mut node = redis::Client::open(info)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut node).await?;
+        match role.first() {
+            Some(Value::BulkString(r)) if r == b"master" => Ok(node),
+            _ => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "the node a Sentinel named is not a master (yet)",
+                addr,
+            ))),
+        }
+    }
+}
+
+/// Follows the Sentinels' announcements of a new master, counting them: a connection opened
+/// before the latest one may lead to the old master, which keeps accepting writes until the
+/// Sentinels get round to demoting it (up to their 10 s `INFO` period after a `SENTINEL
+/// FAILOVER`), and whatever it accepts then is discarded when it resyncs as a replica. Checkouts
+/// discard such connections (ADR 0019). The announcements: `+failover-state-reconf-slaves`, the
+/// moment a failover has seen its replica promoted (from then on `GET-MASTER-ADDR-BY-NAME` names
+/// it), and `+switch-master` when the failover ends (for a switch this Sentinel did not lead).
 #[derive(Debug)]
 pub(crate) struct MasterWatch {
     generation: Arc<AtomicU64>,
@@ -151,7 +227,7 @@ impl Drop for AbortOnDrop {
 
 impl MasterWatch {
     /// The number of master switches announced so far (plus one per lost subscription, when a
-    /// switch may have gone unseen).
+    /// switch may have gone unseen; a switch counts twice, at the promotion and at the end).
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -171,9 +247,9 @@ impl MasterWatch {
     }
 }
 
-/// Subscribes to `+switch-master` on one Sentinel after another (the next when one goes away),
-/// and bumps `generation` at every switch of `master_name`, and at every subscription after the
-/// first (a switch may have been announced while none was followed).
+/// Subscribes to the announcements on one Sentinel after another (the next when one goes away),
+/// and bumps `generation` at every announcement about `master_name`, and at every subscription
+/// after the first (a switch may have been announced while none was followed).
 async fn follow_switches(
     generation: Arc<AtomicU64>,
     sentinels: Vec<redis::ConnectionInfo>,
@@ -188,7 +264,9 @@ async fn follow_switches(
                 let mut pubsub = redis::Client::open(sentinel.clone())?
                     .get_async_pubsub()
                     .await?;
-                pubsub.subscribe("+switch-master").await?;
+                pubsub
+                    .subscribe(&["+switch-master", "+failover-state-reconf-slaves"])
+                    .await?;
                 Ok::<_, RedisError>(pubsub)
             };
             let pubsub = match tokio::time::timeout(connect_timeout, subscribe).await {
@@ -208,11 +286,17 @@ async fn follow_switches(
             subscribed_before = true;
             let mut messages = pubsub.into_on_message();
             while let Some(message) = messages.next().await {
-                // "<master name> <old ip> <old port> <new ip> <new port>"
+                // +switch-master: "<master name> <old ip> <old port> <new ip> <new port>";
+                // +failover-state-reconf-slaves: "master <master name> <ip> <port>".
                 let payload: String = message.get_payload().unwrap_or_default();
-                if payload.split(' ').next() == Some(master_name.as_str()) {
+                let mut words = payload.split(' ');
+                let name = match words.next() {
+                    Some("master") => words.next(),
+                    first => first,
+                };
+                if name == Some(master_name.as_str()) {
                     generation.fetch_add(1, Ordering::AcqRel);
-                    tracing::info!(master = %master_name, switch = %payload, "the Sentinels named a new master: connections to the old one are dropped");
+                    tracing::info!(master = %master_name, channel = %message.get_channel_name(), event = %payload, "the Sentinels are naming a new master: connections to the old one are dropped");
                 }
             }
             tracing::debug!(sentinel = %sentinel.addr(), "lost the Sentinel subscription");
@@ -261,8 +345,7 @@ impl Manager {
         response_timeout: Duration,
         connect_timeout: Duration,
         failures: Arc<ConnectFailures>,
-    ) -> Result<(Self, Arc<MasterWatch>), RedisError> {
-        let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+    ) -> (Self, Arc<MasterWatch>) {
         let watch = Arc::new(MasterWatch {
             generation: Arc::new(AtomicU64::new(0)),
             sentinels: sentinels.clone(),
@@ -270,21 +353,24 @@ impl Manager {
             connect_timeout,
             task: OnceLock::new(),
         });
-        let client = SentinelClient::build(
+        let lookup = MasterLookup {
+            // Each Sentinel in turn gets a share of the checkout's time, so that a silent one
+            // leaves time to ask the next.
+            step_timeout: connect_timeout
+                / u32::try_from(sentinels.len().max(1)).unwrap_or(u32::MAX),
             sentinels,
             master_name,
-            Some(node),
-            SentinelServerType::Master,
-        )?;
+            node,
+        };
         let manager = Self {
             connector: Connector::Sentinel {
-                client: Arc::new(tokio::sync::Mutex::new(client)),
+                lookup: Arc::new(lookup),
                 watch: watch.clone(),
             },
             response_timeout,
             failures,
         };
-        Ok((manager, watch))
+        (manager, watch)
     }
 }
 
@@ -295,19 +381,12 @@ impl ManageConnection for Manager {
     async fn connect(&self) -> Result<Connection, RedisError> {
         let (connected, generation) = match &self.connector {
             Connector::Direct(manager) => (manager.connect().await, 0),
-            Connector::Sentinel { client, watch } => {
+            Connector::Sentinel { lookup, watch } => {
                 watch.start();
                 // Read before asking: a switch announced meanwhile makes this connection stale
                 // at once rather than trusted.
                 let generation = watch.generation();
-                // The lock serializes lookups, not operations: it is held while one connection
-                // is opened, and the Sentinels are asked afresh each time.
-                let client = client.lock().await.async_get_client().await;
-                let connected = match client {
-                    Ok(client) => client.get_multiplexed_async_connection().await,
-                    Err(e) => Err(e),
-                };
-                (connected, generation)
+                (lookup.connect().await, generation)
             }
         };
         let mut inner = connected.inspect_err(|e| self.failures.record(e))?;

@@ -144,18 +144,18 @@ impl RedisStore {
                 sentinels,
                 master_name,
                 node,
-            } => Manager::sentinel(
-                sentinels,
-                master_name,
-                node,
-                config.response_timeout,
-                config.checkout_timeout,
-                connect_failures.clone(),
-            )
-            .map(|(manager, watch)| {
+            } => {
+                let (manager, watch) = Manager::sentinel(
+                    sentinels,
+                    master_name,
+                    node,
+                    config.response_timeout,
+                    config.checkout_timeout,
+                    connect_failures.clone(),
+                );
                 master_watch = Some(watch);
-                manager
-            }),
+                Ok(manager)
+            }
             Topology::Cluster { seeds } => {
                 // The client connects to every seed and waits for the slowest: a seed that drops
                 // packets must give up well within the checkout's own time-out, or no checkout

@@ -106,3 +106,100 @@ async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_swit
     assert_eq!(report.unlisted, 0, "{report:?}");
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
 }
+
+/// The planned way to move the master: `CLIENT PAUSE … WRITE` on it first, so that it accepts no
+/// write it would later discard, then `SENTINEL FAILOVER`. Writes wait (and time out, a temporary
+/// error) instead of being acknowledged and lost; the store follows the Sentinels' announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_with_writes_paused_loses_nothing() {
+    let sentinel = Arc::new(RedisSentinel::start());
+    let prefix = unique_prefix("planned");
+    let store = store_on(&sentinel, &prefix).await;
+    let old = sentinel.master_port();
+    let mover = sentinel.clone();
+    let report = common::run_load(
+        store.clone(),
+        TASKS,
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+        move || {
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(30_000)
+                .arg("WRITE")
+                .query(&mut mover.node_connection(old))
+                .unwrap();
+            let port = mover.sentinel_ports()[0];
+            let _: String = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(SENTINEL_MASTER_NAME)
+                .query(&mut mover.node_connection(port))
+                .unwrap();
+            // Once the Sentinels name the new master, the old one's clients are closed (their
+            // held writes with them: never acknowledged) and it may run again, for the
+            // Sentinels' own reconfiguration of it, a write the pause holds too.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while mover.master_port() == old {
+                assert!(std::time::Instant::now() < deadline, "no switch");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let mut conn = mover.node_connection(old);
+            let _: () = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query(&mut conn)
+                .unwrap();
+            let _: () = redis::cmd("CLIENT")
+                .arg("UNPAUSE")
+                .query(&mut conn)
+                .unwrap();
+            mover.wait_for_failover(old, Duration::from_secs(20));
+        },
+    )
+    .await;
+    println!(
+        "{}",
+        report.line("sentinel, CLIENT PAUSE WRITE then SENTINEL FAILOVER")
+    );
+    assert!(report.lost_ms.is_empty(), "{report:?}");
+    assert_eq!(report.unlisted, 0, "{report:?}");
+    assert_eq!(report.revoked_but_found, 0, "{report:?}");
+    assert_eq!(report.failed_at_the_end, 0, "{report:?}");
+}
+
+/// Sentinels listed first that refuse or never answer are passed over, within the checkout's
+/// time: each is given a share of it, and the next one asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_silent_sentinels_listed_first_are_passed_over() {
+    let sentinel = RedisSentinel::shared();
+    let silent = session_testkit::servers::StalledServer::start();
+    let dead = session_testkit::servers::free_port();
+    let live = sentinel.url();
+    let hosts = live
+        .strip_prefix("redis+sentinel://")
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{dead},127.0.0.1:{},{}/{}",
+        silent.port(),
+        hosts.0,
+        hosts.1
+    );
+    let prefix = unique_prefix("passover");
+    let store = RedisStore::connect(
+        RedisConfig::new(url).key_prefix(prefix.clone()),
+        SessionPolicy::default(),
+    )
+    .await
+    .expect("the live Sentinels lead to the master");
+    let issued = store
+        .create(session_core::NewUserSession::new("alice"))
+        .await
+        .unwrap();
+    assert!(store.get(&issued.token).await.unwrap().is_some());
+    sentinel.delete_prefix(&prefix);
+}
