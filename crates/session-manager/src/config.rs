@@ -164,6 +164,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_REDIS_CHECKOUT_TIMEOUT", "redis.checkout_timeout"),
     ("SESSION_REDIS_RESPONSE_TIMEOUT", "redis.response_timeout"),
     ("SESSION_REDIS_TEST_ON_CHECKOUT", "redis.test_on_checkout"),
+    (
+        "SESSION_REDIS_NEAR_CACHE_ENTRIES",
+        "redis.near_cache.max_entries",
+    ),
+    (
+        "SESSION_REDIS_NEAR_CACHE_BYTES",
+        "redis.near_cache.max_bytes",
+    ),
     ("SESSION_PG_PURGE_BATCH", "postgres_store.purge_batch"),
     ("DB_POOL_MAX_SIZE", "db_pool.max_size"),
     ("DB_POOL_MIN_IDLE", "db_pool.min_idle"),
@@ -375,6 +383,18 @@ impl SessionConfig {
             "SESSION_REDIS_CHECKOUT_TIMEOUT" => self.redis.checkout_timeout = duration(var, v)?,
             "SESSION_REDIS_RESPONSE_TIMEOUT" => self.redis.response_timeout = duration(var, v)?,
             "SESSION_REDIS_TEST_ON_CHECKOUT" => self.redis.test_on_checkout = boolean(var, v)?,
+            "SESSION_REDIS_NEAR_CACHE_ENTRIES" => {
+                self.redis
+                    .near_cache
+                    .get_or_insert_with(session_redis::NearCacheConfig::default)
+                    .max_entries = number(var, v)?;
+            }
+            "SESSION_REDIS_NEAR_CACHE_BYTES" => {
+                self.redis
+                    .near_cache
+                    .get_or_insert_with(session_redis::NearCacheConfig::default)
+                    .max_bytes = number(var, v)?;
+            }
             _ => {}
         }
         #[cfg(feature = "postgres")]

@@ -175,6 +175,19 @@ fn every_backend_option_is_reachable_from_the_file_and_the_environment_wins() {
         merged.store_url, "redis://127.0.0.1:6379/3",
         "the file's value stays"
     );
+    assert_eq!(merged.redis.near_cache, None, "off unless asked for");
+    let near = SessionConfig::from_toml_str("[redis.near_cache]\nmax_entries = 500\n")
+        .unwrap()
+        .with_vars(vars(&[("SESSION_REDIS_NEAR_CACHE_BYTES", "1048576")]))
+        .unwrap();
+    assert_eq!(
+        near.redis.near_cache,
+        Some(session_redis::NearCacheConfig::new(500, 1 << 20))
+    );
+    let (key, _) = config_key(SessionConfig::from_toml_str(
+        "[redis]\nlayout = \"compatible\"\n[redis.near_cache]\nmax_entries = 5\n",
+    ));
+    assert_eq!(key, "redis.near_cache");
 
     let (key, reason) = config_key(SessionConfig::from_toml_str(
         "[redis]\nurl = \"redis://elsewhere:6379\"",

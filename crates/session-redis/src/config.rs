@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use session_core::{Result, SessionError};
 
+use crate::near_cache::NearCacheConfig;
+
 /// How sessions are laid out in Redis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,6 +57,11 @@ pub struct RedisConfig {
     /// per operation (see docs/backends.md for the measurement); broken connections are detected
     /// from their first error instead, after which checkouts ping until the pool is healthy again.
     pub test_on_checkout: bool,
+    /// Keep sessions read from Redis in process memory, kept consistent by Redis's invalidation
+    /// messages (`CLIENT TRACKING`): `get` and a `touch` not yet due to write answer without a
+    /// round trip. Default: off. Standard layout only. See [`NearCacheConfig`] and
+    /// docs/backends.md.
+    pub near_cache: Option<NearCacheConfig>,
 }
 
 impl Default for RedisConfig {
@@ -68,6 +75,7 @@ impl Default for RedisConfig {
             checkout_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
             test_on_checkout: false,
+            near_cache: None,
         }
     }
 }
@@ -83,6 +91,7 @@ impl fmt::Debug for RedisConfig {
             .field("checkout_timeout", &self.checkout_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("test_on_checkout", &self.test_on_checkout)
+            .field("near_cache", &self.near_cache)
             .finish()
     }
 }
@@ -249,6 +258,13 @@ impl RedisConfig {
         self
     }
 
+    /// Turns the near cache on with these bounds.
+    #[must_use]
+    pub fn near_cache(mut self, near_cache: NearCacheConfig) -> Self {
+        self.near_cache = Some(near_cache);
+        self
+    }
+
     /// Checks every setting and parses the URL.
     ///
     /// # Errors
@@ -368,6 +384,20 @@ impl RedisConfig {
                 "key_prefix",
                 "the compatible layout keys sessions by the bare session id; leave key_prefix unset",
             ));
+        }
+        if let Some(near) = &self.near_cache {
+            if self.layout != Layout::Standard {
+                return Err(SessionError::config(
+                    "near_cache",
+                    "needs the standard layout (its keys carry the prefix Redis tracks); use layout = standard or leave near_cache unset",
+                ));
+            }
+            if near.max_entries == 0 || near.max_bytes < 4096 {
+                return Err(SessionError::config(
+                    "near_cache",
+                    "max_entries must be at least 1 and max_bytes at least 4096",
+                ));
+            }
         }
         if self.pool_max_size == 0 {
             return Err(SessionError::config("pool_max_size", "must be at least 1"));

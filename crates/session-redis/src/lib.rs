@@ -24,12 +24,14 @@
 mod codec;
 mod config;
 mod error;
+mod near_cache;
 mod pool;
 mod scripts;
 mod store;
 
 pub use codec::FIELDS as SESSION_FIELDS;
 pub use config::{Layout, RedisConfig, Topology, redact_url};
+pub use near_cache::{NearCacheConfig, NearCacheStats};
 pub use store::RedisStore;
 
 /// Not part of the API; for the fuzz targets and property tests.

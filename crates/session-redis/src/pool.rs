@@ -6,7 +6,7 @@
 //! in the pool and fail every operation that checks it out until a checkout ping caught it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
@@ -130,7 +130,7 @@ enum Connector {
 /// master until the failover ends: connections opened in between would reach a master whose
 /// writes are about to be discarded (ADR 0019).
 #[derive(Debug)]
-struct MasterLookup {
+pub(crate) struct MasterLookup {
     sentinels: Vec<redis::ConnectionInfo>,
     master_name: String,
     /// Database and credentials for the master.
@@ -140,11 +140,14 @@ struct MasterLookup {
 }
 
 impl MasterLookup {
-    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// A connection to the master, and where it is.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<(MultiplexedConnection, redis::ConnectionInfo), RedisError> {
         let mut last_error = None;
         for sentinel in &self.sentinels {
             match tokio::time::timeout(self.step_timeout, self.ask(sentinel)).await {
-                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Ok(found)) => return Ok(found),
                 Ok(Err(e)) => last_error = Some(e),
                 Err(_) => {
                     last_error = Some(RedisError::from((
@@ -163,7 +166,7 @@ impl MasterLookup {
     async fn ask(
         &self,
         sentinel: &redis::ConnectionInfo,
-    ) -> Result<MultiplexedConnection, RedisError> {
+    ) -> Result<(MultiplexedConnection, redis::ConnectionInfo), RedisError> {
         let mut conn = redis::Client::open(sentinel.clone())?
             .get_multiplexed_async_connection()
             .await?;
@@ -183,12 +186,12 @@ impl MasterLookup {
             .into_connection_info()?
             .set_redis_settings(self.node.clone());
         let addr = info.addr().to_string();
-        let mut node = redis::Client::open(info)?
+        let mut node = redis::Client::open(info.clone())?
             .get_multiplexed_async_connection()
             .await?;
         let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut node).await?;
         match role.first() {
-            Some(Value::BulkString(r)) if r == b"master" => Ok(node),
+            Some(Value::BulkString(r)) if r == b"master" => Ok((node, info)),
             _ => Err(RedisError::from((
                 redis::ErrorKind::Client,
                 "the node a Sentinel named is not a master (yet)",
@@ -212,12 +215,15 @@ pub(crate) struct MasterWatch {
     master_name: String,
     connect_timeout: Duration,
     /// The task following the Sentinels, started with the first connection (a runtime is
-    /// certain to run then) and stopped when the last clone of the manager goes.
-    task: OnceLock<AbortOnDrop>,
+    /// certain to run then), stopped by [`MasterWatch::stop`] or when the watch is dropped.
+    task: Mutex<Option<AbortOnDrop>>,
+    /// Set by [`MasterWatch::stop`]: the task is not started again.
+    stopped: AtomicBool,
 }
 
+/// Aborts a background task when dropped, so that it lives as long as its owner.
 #[derive(Debug)]
-struct AbortOnDrop(tokio::task::AbortHandle);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -233,23 +239,36 @@ impl MasterWatch {
     }
 
     fn start(&self) {
-        self.task.get_or_init(|| {
+        let mut task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if task.is_none() && !self.stopped.load(Ordering::Acquire) {
             let (generation, sentinels, name, timeout) = (
                 self.generation.clone(),
                 self.sentinels.clone(),
                 self.master_name.clone(),
                 self.connect_timeout,
             );
-            AbortOnDrop(
+            *task = Some(AbortOnDrop(
                 tokio::spawn(follow_switches(generation, sentinels, name, timeout)).abort_handle(),
-            )
-        });
+            ));
+        }
+    }
+
+    /// Stops following the Sentinels for good (the store is closing).
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }
 
-/// Subscribes to the announcements on one Sentinel after another (the next when one goes away),
-/// and bumps `generation` at every announcement about `master_name`, and at every subscription
-/// after the first (a switch may have been announced while none was followed).
+/// Subscribes to the announcements on one Sentinel after another (the next when one goes away or
+/// stops answering pings), and bumps `generation` at every announcement about `master_name` and
+/// at every subscription (a switch may have been announced while none was followed).
 async fn follow_switches(
     generation: Arc<AtomicU64>,
     sentinels: Vec<redis::ConnectionInfo>,
@@ -257,16 +276,13 @@ async fn follow_switches(
     connect_timeout: Duration,
 ) {
     use futures_util::StreamExt as _;
-    let mut subscribed_before = false;
     loop {
         for sentinel in &sentinels {
             let subscribe = async {
                 let mut pubsub = redis::Client::open(sentinel.clone())?
                     .get_async_pubsub()
                     .await?;
-                pubsub
-                    .subscribe(&["+switch-master", "+failover-state-reconf-slaves"])
-                    .await?;
+                pubsub.subscribe(&[SWITCH_MASTER, RECONF_REPLICAS]).await?;
                 Ok::<_, RedisError>(pubsub)
             };
             let pubsub = match tokio::time::timeout(connect_timeout, subscribe).await {
@@ -280,23 +296,35 @@ async fn follow_switches(
                     continue;
                 }
             };
-            if subscribed_before {
-                generation.fetch_add(1, Ordering::AcqRel);
-            }
-            subscribed_before = true;
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                // +switch-master: "<master name> <old ip> <old port> <new ip> <new port>";
-                // +failover-state-reconf-slaves: "master <master name> <ip> <port>".
-                let payload: String = message.get_payload().unwrap_or_default();
-                let mut words = payload.split(' ');
-                let name = match words.next() {
-                    Some("master") => words.next(),
-                    first => first,
-                };
-                if name == Some(master_name.as_str()) {
-                    generation.fetch_add(1, Ordering::AcqRel);
-                    tracing::info!(master = %master_name, channel = %message.get_channel_name(), event = %payload, "the Sentinels are naming a new master: connections to the old one are dropped");
+            // A switch may have been announced before this subscription (the first one included:
+            // connections can open before it is in place): connections from before are stale.
+            generation.fetch_add(1, Ordering::AcqRel);
+            let (mut sink, mut messages) = pubsub.split();
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let payload: String = message.get_payload().unwrap_or_default();
+                        let mut words = payload.split(' ');
+                        let name = match message.get_channel_name() {
+                            // "master <master name> <ip> <port>"
+                            RECONF_REPLICAS => words.nth(1),
+                            // "<master name> <old ip> <old port> <new ip> <new port>"
+                            _ => words.next(),
+                        };
+                        if name == Some(master_name.as_str()) {
+                            generation.fetch_add(1, Ordering::AcqRel);
+                            tracing::info!(master = %master_name, channel = %message.get_channel_name(), event = %payload, "the Sentinels are naming a new master: connections to the old one are dropped");
+                        }
+                    }
+                    () = tokio::time::sleep(SENTINEL_KEEPALIVE) => {
+                        // A Sentinel cut off without a reset would otherwise keep this
+                        // subscription quiet for ever: it must answer a ping in time.
+                        let ping = tokio::time::timeout(connect_timeout, sink.ping::<Value>()).await;
+                        if !matches!(ping, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
                 }
             }
             tracing::debug!(sentinel = %sentinel.addr(), "lost the Sentinel subscription");
@@ -304,6 +332,11 @@ async fn follow_switches(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+const SWITCH_MASTER: &str = "+switch-master";
+const RECONF_REPLICAS: &str = "+failover-state-reconf-slaves";
+/// How often the followed Sentinel must answer a ping.
+const SENTINEL_KEEPALIVE: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -345,13 +378,14 @@ impl Manager {
         response_timeout: Duration,
         connect_timeout: Duration,
         failures: Arc<ConnectFailures>,
-    ) -> (Self, Arc<MasterWatch>) {
+    ) -> (Self, Arc<MasterWatch>, Arc<MasterLookup>) {
         let watch = Arc::new(MasterWatch {
             generation: Arc::new(AtomicU64::new(0)),
             sentinels: sentinels.clone(),
             master_name: master_name.clone(),
             connect_timeout,
-            task: OnceLock::new(),
+            task: Mutex::new(None),
+            stopped: AtomicBool::new(false),
         });
         let lookup = MasterLookup {
             // Each Sentinel in turn gets a share of the checkout's time, so that a silent one
@@ -362,15 +396,16 @@ impl Manager {
             master_name,
             node,
         };
+        let lookup = Arc::new(lookup);
         let manager = Self {
             connector: Connector::Sentinel {
-                lookup: Arc::new(lookup),
+                lookup: lookup.clone(),
                 watch: watch.clone(),
             },
             response_timeout,
             failures,
         };
-        (manager, watch)
+        (manager, watch, lookup)
     }
 }
 
@@ -386,7 +421,7 @@ impl ManageConnection for Manager {
                 // Read before asking: a switch announced meanwhile makes this connection stale
                 // at once rather than trusted.
                 let generation = watch.generation();
-                (lookup.connect().await, generation)
+                (lookup.connect().await.map(|(conn, _)| conn), generation)
             }
         };
         let mut inner = connected.inspect_err(|e| self.failures.record(e))?;

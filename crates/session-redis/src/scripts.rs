@@ -341,19 +341,30 @@ return 1
     )
 });
 
-/// KEYS: the session key of every member the caller read from the user's index. ARGV: the
-/// members, in the order of their keys. Returns `{hash, row, hash, row, ...}` of the sessions
-/// still there; the client drops expired rows (scores are lower bounds, ADR 0020, so every member
-/// is read). Every key it reads is declared: during a slot migration Redis answers `TRYAGAIN`
-/// rather than letting it read half the user's sessions.
+/// KEYS: index, then the session keys of the members named. ARGV: base, count of members named
+/// (-1: none, the script reads them), the members. Returns `{hash, row, hash, row, ...}` of the
+/// sessions there; the client drops expired rows (scores are lower bounds, ADR 0020, so every
+/// member is read). With members named (a Cluster, where every key read is declared), returns
+/// `'retry'` unless they are still exactly the index's members: a rotation in between would
+/// otherwise leave its session out.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
+local members, keys = members_at(2, 1, ARGV[1], function()
+  return redis.call('ZRANGE', KEYS[1], 0, -1)
+end)
+if tonumber(ARGV[2]) >= 0 then
+  local current = redis.call('ZRANGE', KEYS[1], 0, -1)
+  if #current ~= #members then return 'retry' end
+  for _, m in ipairs(current) do
+    if not keys[m] then return 'retry' end
+  end
+end
 local out = {}
-for i = 1, #KEYS do
-  local h = read(KEYS[i])
+for _, m in ipairs(members) do
+  local h = read(keys[m])
   if not absent(h) then
-    out[#out + 1] = ARGV[i]
+    out[#out + 1] = m
     out[#out + 1] = h
   end
 end

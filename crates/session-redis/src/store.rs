@@ -23,7 +23,10 @@ use crate::codec::{
 };
 use crate::config::{Layout, RedisConfig, Topology};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
-use crate::pool::{Conn, ConnectFailures, Manager, MasterWatch, Shared, breaks_connection};
+use crate::near_cache::{self, NearCache, NearCacheStats, Tracked};
+use crate::pool::{
+    AbortOnDrop, Conn, ConnectFailures, Manager, MasterWatch, Shared, breaks_connection,
+};
 use crate::scripts;
 
 /// Characters of a user's routing tag: 24 bits of SHA-256 of the user id, spread over all 16,384
@@ -70,6 +73,68 @@ pub struct RedisStore {
     declare_all_keys: bool,
     /// Through Sentinel: which connections lead to a master since replaced.
     master_watch: Option<std::sync::Arc<MasterWatch>>,
+    /// The near cache, when configured.
+    near: Option<Near>,
+}
+
+/// The near cache and the task that feeds it invalidations (ADR 0021).
+struct Near {
+    cache: std::sync::Arc<NearCache>,
+    started: AtomicBool,
+    /// What to track, until the task starts: at the first operation, when a runtime is certain.
+    tracked: std::sync::Mutex<Option<Tracked>>,
+    task: std::sync::Mutex<Option<AbortOnDrop>>,
+    prefix: String,
+    timeout: std::time::Duration,
+}
+
+impl Near {
+    fn new(config: &RedisConfig, tracked: Tracked) -> Option<Self> {
+        let settings = config.near_cache?;
+        Some(Self {
+            cache: std::sync::Arc::new(NearCache::new(settings)),
+            started: AtomicBool::new(false),
+            tracked: std::sync::Mutex::new(Some(tracked)),
+            task: std::sync::Mutex::new(None),
+            prefix: config.key_prefix.clone(),
+            timeout: config.checkout_timeout,
+        })
+    }
+
+    /// The cache, its tracking started if it was not yet.
+    fn cache(&self) -> &NearCache {
+        if !self.started.load(Ordering::Acquire) {
+            let mut task = self
+                .task
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tracked = self
+                .tracked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(tracked) = tracked {
+                let feeding = near_cache::track(
+                    self.cache.clone(),
+                    tracked,
+                    self.prefix.clone(),
+                    self.timeout,
+                );
+                *task = Some(AbortOnDrop(tokio::spawn(feeding).abort_handle()));
+            }
+            self.started.store(true, Ordering::Release);
+        }
+        &self.cache
+    }
+
+    /// Stops the tracking (the store is closing): nothing is served from memory any more.
+    fn stop(&self) {
+        self.task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        self.cache.set_tracking(false);
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -136,16 +201,21 @@ impl RedisStore {
         let connect_failures = std::sync::Arc::new(ConnectFailures::default());
         let url_error = |e: RedisError| SessionError::config("url", e.to_string());
         let mut master_watch = None;
-        let manager = match topology {
-            Topology::Node(info) => {
-                Manager::direct(info, config.response_timeout, connect_failures.clone())
-            }
+        let (manager, tracked) = match topology {
+            Topology::Node(info) => (
+                Manager::direct(
+                    info.clone(),
+                    config.response_timeout,
+                    connect_failures.clone(),
+                ),
+                Tracked::Node(info),
+            ),
             Topology::Sentinel {
                 sentinels,
                 master_name,
                 node,
             } => {
-                let (manager, watch) = Manager::sentinel(
+                let (manager, watch, lookup) = Manager::sentinel(
                     sentinels,
                     master_name,
                     node,
@@ -153,10 +223,18 @@ impl RedisStore {
                     config.checkout_timeout,
                     connect_failures.clone(),
                 );
+                let tracked = Tracked::Sentinel {
+                    lookup,
+                    watch: watch.clone(),
+                };
                 master_watch = Some(watch);
-                Ok(manager)
+                (Ok(manager), tracked)
             }
             Topology::Cluster { seeds } => {
+                let settings = seeds
+                    .first()
+                    .map(|seed| seed.redis_settings().clone())
+                    .unwrap_or_default();
                 // The client connects to every seed and waits for the slowest: a seed that drops
                 // packets must give up well within the checkout's own time-out, or no checkout
                 // could ever succeed while it is listed.
@@ -170,6 +248,13 @@ impl RedisStore {
                     .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
                     .build()
                     .map_err(url_error)?;
+                let near = Near::new(
+                    &config,
+                    Tracked::Cluster {
+                        client: Box::new(client.clone()),
+                        settings,
+                    },
+                );
                 let source = ClusterSource {
                     client,
                     connection: tokio::sync::OnceCell::new(),
@@ -183,10 +268,12 @@ impl RedisStore {
                     connect_failures,
                     declare_all_keys: true,
                     master_watch: None,
+                    near,
                 });
             }
-        }
-        .map_err(url_error)?;
+        };
+        let manager = manager.map_err(url_error)?;
+        let near = Near::new(&config, tracked);
         let pool = bb8::Pool::builder()
             .max_size(config.pool_max_size)
             .min_idle(config.pool_min_idle)
@@ -204,6 +291,7 @@ impl RedisStore {
             connect_failures,
             declare_all_keys: false,
             master_watch,
+            near,
         })
     }
 
@@ -492,8 +580,9 @@ impl RedisStore {
                     .arg(flag(self.declare_all_keys));
                 invocation
             })
-            .await?;
-        Ok(matches!(reply, Value::Int(1)))
+            .await;
+        self.forget(&location.key);
+        Ok(matches!(reply?, Value::Int(1)))
     }
 
     /// Invokes a script that may answer `{'index', user_id}` (see `scripts`): on a Cluster it
@@ -551,6 +640,38 @@ impl RedisStore {
 
     fn now_ms(&self) -> u64 {
         millis_since_epoch(self.policy.now())
+    }
+
+    /// A cached session as a read answers it: `None` once expired by the policy's clock (and
+    /// forgotten), as a read from Redis would.
+    fn unexpired(&self, cache: &NearCache, key: &str, cached: UserSession) -> Option<UserSession> {
+        if self.policy.is_expired(&cached, self.policy.now()) {
+            cache.invalidate(key);
+            return None;
+        }
+        Some(cached)
+    }
+
+    /// Drops `key` from this instance's near cache, if any (after a write of this instance).
+    fn forget(&self, key: &str) {
+        if let Some(near) = &self.near {
+            near.cache.invalidate(key);
+        }
+    }
+
+    /// The near cache's counters, or `None` when it is off.
+    #[must_use]
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|near| near.cache.stats())
+    }
+}
+
+/// The bytes of a reply's strings (a row's stored fields), for the near cache's bound.
+fn reply_bytes(reply: &Value) -> usize {
+    match reply {
+        Value::BulkString(b) => b.len(),
+        Value::Array(items) => items.iter().map(reply_bytes).sum(),
+        _ => 8,
     }
 }
 
@@ -685,6 +806,14 @@ impl UserSessionStore for RedisStore {
         let handle = token.handle();
         let layout = self.config.layout;
         let key = location.key.as_str();
+        let near = self.near.as_ref().map(Near::cache);
+        if let Some(cache) = near
+            && let Some(cached) = cache.get(key)
+        {
+            return Ok(self.unexpired(cache, key, cached));
+        }
+        // Begun before the read is sent: an invalidation from here on keeps its answer out.
+        let ticket = near.and_then(|cache| cache.begin(key));
         let (row, pttl) = run!(self, Some(handle), |conn| match layout {
             Layout::Standard => redis::cmd("HMGET")
                 .arg(key)
@@ -702,7 +831,12 @@ impl UserSessionStore for RedisStore {
                 .await
                 .map(|(row, pttl)| (row, Some(pttl))),
         })?;
-        self.live(handle, row, pttl)
+        let stored = reply_bytes(&row);
+        let session = self.live(handle, row, pttl)?;
+        if let (Some(cache), Some(ticket)) = (near, ticket) {
+            cache.complete(key, ticket, session.as_ref().map(|s| (s, stored)));
+        }
+        Ok(session)
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
@@ -710,6 +844,16 @@ impl UserSessionStore for RedisStore {
             return Ok(None);
         };
         let policy = &self.policy;
+        let key = location.key.as_str();
+        let near = self.near.as_ref().map(Near::cache);
+        if let Some(cache) = near
+            && let Some(cached) = cache.get(key)
+            && !policy.touch_due(&cached, policy.now())
+        {
+            // Not due to write: what the script would answer, without the round trip.
+            return Ok(self.unexpired(cache, key, cached));
+        }
+        let ticket = near.and_then(|cache| cache.begin(key));
         let now = self.now_ms();
         let reply = self
             .invoke_naming_index(&location.base, token.handle(), |index| {
@@ -730,7 +874,12 @@ impl UserSessionStore for RedisStore {
                 invocation
             })
             .await?;
-        self.session_reply(token.handle(), reply)
+        let stored = reply_bytes(&reply);
+        let session = self.session_reply(token.handle(), reply)?;
+        if let (Some(cache), Some(ticket)) = (near, ticket) {
+            cache.complete(key, ticket, session.as_ref().map(|s| (s, stored)));
+        }
+        Ok(session)
     }
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
@@ -757,7 +906,10 @@ impl UserSessionStore for RedisStore {
             .arg(&location.member)
             .arg(flag(session.is_root));
         push_editable_fields(&mut invocation, session)?;
-        let reply = self.invoke(&invocation, Some(&session.handle)).await?;
+        let reply = self.invoke(&invocation, Some(&session.handle)).await;
+        // This instance reads its own write at once; the others' caches hear from Redis.
+        self.forget(&location.key);
+        let reply = reply?;
         let handle = &session.handle;
         let Value::Array(parts) = &reply else {
             return Err(decode(handle, format!("unexpected update reply {reply:?}")));
@@ -815,7 +967,9 @@ impl UserSessionStore for RedisStore {
                     .arg(flag(self.declare_all_keys));
                 invocation
             })
-            .await?;
+            .await;
+        self.forget(&old.key);
+        let reply = reply?;
         Ok(self
             .session_reply(new_token.handle(), reply)?
             .map(|session| IssuedSession {
@@ -843,17 +997,41 @@ impl UserSessionStore for RedisStore {
         self.unsupported_in_compat("list_by_user")?;
         let tag = Self::user_tag(user_id);
         let (index, base) = self.index_key(user_id);
-        // Two steps, so that the script declares every key it reads: the members (all of them: a
-        // score is only a hint), then their sessions.
-        let members = self.read_members(&index, None, 0).await?;
-        if members.is_empty() {
-            return Ok(Vec::new());
+        let mut reply = None;
+        // On a Cluster, two steps, so that the script declares every key it reads: the members
+        // (all of them: a score is only a hint), then their sessions, the script checking that
+        // the members are still those. On one node, one script reads both.
+        for _ in 0..8 {
+            let named = if self.declare_all_keys {
+                Some(self.read_members(&index, None, 0).await?)
+            } else {
+                None
+            };
+            let mut invocation = scripts::LIST.prepare_invoke();
+            invocation.key(&index).arg(&base);
+            match &named {
+                Some(members) => {
+                    invocation.arg(members.len());
+                    for member in members {
+                        invocation.key(format!("{base}s:{member}")).arg(member);
+                    }
+                }
+                None => {
+                    invocation.arg(-1);
+                }
+            }
+            let answer = self.invoke(&invocation, None).await?;
+            if bytes(&answer) != Some(b"retry") {
+                reply = Some(answer);
+                break;
+            }
         }
-        let mut invocation = scripts::LIST.prepare_invoke();
-        for member in &members {
-            invocation.key(format!("{base}s:{member}")).arg(member);
-        }
-        let reply = self.invoke(&invocation, None).await?;
+        let Some(reply) = reply else {
+            return Err(SessionError::Unavailable {
+                backend: BACKEND,
+                source: "the user's sessions kept changing during list_by_user; try again".into(),
+            });
+        };
         let Value::Array(items) = reply else {
             return Err(SessionError::Decode {
                 backend: BACKEND,
@@ -901,7 +1079,11 @@ impl UserSessionStore for RedisStore {
             for member in &members {
                 invocation.key(format!("{base}s:{member}")).arg(member);
             }
-            match self.invoke(&invocation, None).await? {
+            let reply = self.invoke(&invocation, None).await;
+            for member in &members {
+                self.forget(&format!("{base}s:{member}"));
+            }
+            match reply? {
                 Value::Int(n) => return Ok(n.unsigned_abs()),
                 reply if bytes(&reply) == Some(b"retry") => {}
                 other => {
@@ -965,6 +1147,10 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn health(&self) -> Result<()> {
+        // `connect` checks health: the near cache's tracking starts with it.
+        if let Some(near) = &self.near {
+            near.cache();
+        }
         run!(self, None, |conn| match conn {
             // Every master answers, so every slot can be served.
             Conn::Cluster(cluster) => cluster
@@ -987,6 +1173,12 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn close(&self) {
+        if let Some(near) = &self.near {
+            near.stop();
+        }
+        if let Some(watch) = &self.master_watch {
+            watch.stop();
+        }
         self.pool
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

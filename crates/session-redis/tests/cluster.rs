@@ -102,7 +102,9 @@ async fn a_killed_master_fails_over_under_load() {
     // Replication to the replica is asynchronous: only a write acknowledged just before the
     // kill can be missing from it.
     report.assert_failover_kept_its_bounds(store.config(), -1000..=0);
-    store.health().await.unwrap();
+    // Every master answers again, the store unchanged (a temporary error while the client's view
+    // of the masters catches up, under CI's load, is waited out).
+    common::settled(|| store.health()).await;
 }
 
 /// A manual `CLUSTER FAILOVER` (the replica takes over in step with its master) under load

@@ -110,7 +110,7 @@ impl LoadReport {
 
 /// The answer of `read` once the topology has settled: a temporary error (a connection the
 /// failover closed, found broken at its next use) is retried for up to 30 s.
-async fn settled<T, F>(mut read: impl FnMut() -> F) -> T
+pub(crate) async fn settled<T, F>(mut read: impl FnMut() -> F) -> T
 where
     F: std::future::Future<Output = Result<T, SessionError>>,
 {

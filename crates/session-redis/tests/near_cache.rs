@@ -1,0 +1,298 @@
+//! The near cache (ADR 0021) against real Redis: the whole conformance suite with it on, what one
+//! instance's writes do to another instance's cache (measured under load), and a tracking
+//! connection cut or stalled by a proxy.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSessionStore};
+use session_redis::{NearCacheConfig, RedisConfig, RedisStore};
+use session_testkit::Opened;
+use session_testkit::servers::{
+    FaultProxy, RedisCluster, redis_delete_prefix, redis_url, require_redis, unique_prefix,
+};
+
+session_testkit::conformance_tests!(|policy| async move {
+    let url = redis_url();
+    require_redis(&url);
+    let prefix = unique_prefix("nearconf");
+    let config = RedisConfig::new(url.clone())
+        .key_prefix(prefix.clone())
+        .near_cache(NearCacheConfig::default());
+    let store = RedisStore::connect(config, policy)
+        .await
+        .expect("Redis store");
+    Opened::with_cleanup(Arc::new(store), move || redis_delete_prefix(&url, &prefix))
+});
+
+fn near(url: &str, prefix: &str) -> RedisConfig {
+    RedisConfig::new(url)
+        .key_prefix(prefix)
+        .near_cache(NearCacheConfig::default())
+}
+
+/// The port of the shared Redis the URL names.
+fn shared_port(url: &str) -> u16 {
+    url.trim_start_matches("redis://")
+        .split(['/', ':'])
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(6379)
+}
+
+/// Waits until the store's tracking is up (its first operation starts it).
+async fn tracking(store: &RedisStore) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    store.health().await.unwrap();
+    while !store.near_cache_stats().unwrap().tracking {
+        assert!(Instant::now() < deadline, "tracking never came up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads `token` on `store` until the answer satisfies `done`; the time it took.
+async fn until(
+    store: &RedisStore,
+    token: &SessionToken,
+    done: impl Fn(Option<&session_core::UserSession>) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let read = store.get(token).await.unwrap();
+        if done(read.as_ref()) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the other instance kept serving the old state for 5 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+/// Two instances on one Redis, both caching. While 32 tasks keep reading through instance B (so
+/// its entries are warm and it is busy), instance A deletes, updates or rotates a session B has
+/// cached; from the moment A's call returns, B is read until it answers the new state. Every
+/// change reaches B within the bound asserted here (100 ms; the figures are printed for
+/// docs/backends.md), and B's cache served most reads.
+async fn changes_reach_the_other_instance(a: Arc<RedisStore>, b: Arc<RedisStore>, what: &str) {
+    tracking(&a).await;
+    tracking(&b).await;
+    let mut sessions = Vec::new();
+    for i in 0..200 {
+        sessions.push(
+            a.create(NewUserSession::new(format!("user-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let tokens: Arc<Vec<SessionToken>> =
+        Arc::new(sessions.iter().map(|s| s.token.clone()).collect());
+    for token in tokens.iter() {
+        b.get(token).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for task in 0..32 {
+        let (b, tokens, stop) = (b.clone(), tokens.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = task;
+            while !stop.load(Ordering::Relaxed) {
+                n = (n + 7) % tokens.len();
+                b.get(&tokens[n]).await.unwrap();
+                // A hit never waits on I/O: let the other tasks (the measurement) run.
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut delays = Vec::new();
+    for (i, issued) in sessions.iter().enumerate().take(150) {
+        let cached = b.get(&issued.token).await.unwrap().unwrap();
+        match i % 3 {
+            0 => {
+                assert!(a.delete(&issued.token).await.unwrap());
+                delays.push(until(&b, &issued.token, |s| s.is_none()).await);
+            }
+            1 => {
+                let mut session = a.get(&issued.token).await.unwrap().unwrap();
+                session.set_attribute("step", i);
+                let _ = a.update(&session).await.unwrap();
+                let version = cached.version + 1;
+                delays.push(
+                    until(&b, &issued.token, |s| {
+                        s.is_some_and(|s| s.version == version)
+                    })
+                    .await,
+                );
+            }
+            _ => {
+                a.rotate(&issued.token).await.unwrap().unwrap();
+                delays.push(until(&b, &issued.token, |s| s.is_none()).await);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    delays.sort();
+    let stats = b.near_cache_stats().unwrap();
+    let hit_ratio = stats.hits as f64 / (stats.hits + stats.misses + stats.bypassed).max(1) as f64;
+    println!(
+        "{what}: {} changes by instance A seen by instance B after p50 {:?}, p99 {:?}, max {:?}; B under 32 reading tasks, hit ratio {hit_ratio:.3} ({stats:?})",
+        delays.len(),
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays.last().unwrap(),
+    );
+    assert!(
+        *delays.last().unwrap() < Duration::from_millis(100),
+        "{what}: {delays:?}"
+    );
+    assert!(
+        hit_ratio > 0.5,
+        "{what}: the cache served few reads: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instances_writes_reach_another_instances_cache() {
+    let url = redis_url();
+    require_redis(&url);
+    let prefix = unique_prefix("near2");
+    let policy = SessionPolicy::default();
+    let a = Arc::new(
+        RedisStore::connect(near(&url, &prefix), policy.clone())
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        RedisStore::connect(near(&url, &prefix), policy)
+            .await
+            .unwrap(),
+    );
+    changes_reach_the_other_instance(a, b, "one node").await;
+    redis_delete_prefix(&url, &prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_writes_reach_another_instances_cache() {
+    let cluster = RedisCluster::shared();
+    let prefix = unique_prefix("nearcluster");
+    let policy = SessionPolicy::default();
+    let a = Arc::new(
+        RedisStore::connect(near(&cluster.url(), &prefix), policy.clone())
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        RedisStore::connect(near(&cluster.url(), &prefix), policy)
+            .await
+            .unwrap(),
+    );
+    changes_reach_the_other_instance(a, b, "cluster").await;
+    cluster.delete_prefix(&prefix);
+}
+
+/// The store's connections (tracking included) go through a proxy: once it cuts them, the cache
+/// is flushed and bypassed, so a session deleted meanwhile by another instance is never served
+/// from memory; tracking comes back on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_tracking_connection_flushes_and_bypasses_the_cache() {
+    let url = redis_url();
+    require_redis(&url);
+    let proxy = FaultProxy::start(shared_port(&url)).await;
+    let prefix = unique_prefix("nearcut");
+    let through = format!("redis://127.0.0.1:{}/0", proxy.port());
+    let config = near(&through, &prefix).checkout_timeout(Duration::from_millis(500));
+    let a = RedisStore::connect(config, SessionPolicy::default())
+        .await
+        .unwrap();
+    let other = RedisStore::connect(
+        RedisConfig::new(url.clone()).key_prefix(&prefix),
+        SessionPolicy::default(),
+    )
+    .await
+    .unwrap();
+    tracking(&a).await;
+    let issued = other.create(NewUserSession::new("alice")).await.unwrap();
+    a.get(&issued.token).await.unwrap().unwrap();
+    a.get(&issued.token).await.unwrap().unwrap();
+    assert!(a.near_cache_stats().unwrap().hits >= 1);
+
+    proxy.cut();
+    // The tracking connection's end is a push the store hears at once.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while a.near_cache_stats().unwrap().tracking {
+        assert!(Instant::now() < deadline, "the cut went unnoticed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(a.near_cache_stats().unwrap().entries, 0);
+    assert!(other.delete(&issued.token).await.unwrap());
+    // Whatever answers now comes from Redis (or fails while reconnecting), never from memory.
+    for _ in 0..50 {
+        if let Ok(read) = a.get(&issued.token).await {
+            assert!(read.is_none(), "a deleted session was served");
+        }
+    }
+    tracking(&a).await;
+    assert!(a.get(&issued.token).await.unwrap().is_none());
+    redis_delete_prefix(&url, &prefix);
+}
+
+/// A tracking connection that stops answering without closing (the proxy holds every byte) is
+/// found by its ping within 250 ms plus the checkout time-out, and the cache is bypassed from
+/// then on: after that bound (asserted with 400 ms to spare), a session deleted elsewhere
+/// meanwhile is never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tracking_connection_is_found_and_the_cache_bypassed() {
+    let url = redis_url();
+    require_redis(&url);
+    let proxy = FaultProxy::start(shared_port(&url)).await;
+    let prefix = unique_prefix("nearstall");
+    let through = format!("redis://127.0.0.1:{}/0", proxy.port());
+    let config = near(&through, &prefix).checkout_timeout(Duration::from_millis(300));
+    let a = RedisStore::connect(config, SessionPolicy::default())
+        .await
+        .unwrap();
+    let other = RedisStore::connect(
+        RedisConfig::new(url.clone()).key_prefix(&prefix),
+        SessionPolicy::default(),
+    )
+    .await
+    .unwrap();
+    tracking(&a).await;
+    let issued = other.create(NewUserSession::new("alice")).await.unwrap();
+    a.get(&issued.token).await.unwrap().unwrap();
+
+    proxy.stall(true);
+    let stalled = Instant::now();
+    assert!(other.delete(&issued.token).await.unwrap());
+    // The check period, the ping's time-out (the checkout time-out), and room for a loaded CI.
+    let bound = Duration::from_millis(250 + 300 + 400);
+    tokio::time::sleep(bound).await;
+    let stats = a.near_cache_stats().unwrap();
+    assert!(
+        !stats.tracking,
+        "still trusted {:?} into the stall: {stats:?}",
+        stalled.elapsed()
+    );
+    // The data path is stalled too: a read fails, it does not answer from memory.
+    let read = a.get(&issued.token).await;
+    assert!(
+        !matches!(read, Ok(Some(_))),
+        "served a deleted session: {read:?}"
+    );
+    proxy.stall(false);
+    tracking(&a).await;
+    assert!(a.get(&issued.token).await.unwrap().is_none());
+    redis_delete_prefix(&url, &prefix);
+}
