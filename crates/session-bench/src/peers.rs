@@ -188,14 +188,63 @@ async fn redis_peers(seconds: u64) {
     tower_sessions_redis_store::fred::prelude::ClientLike::init(&pool)
         .await
         .unwrap();
-    compare(
-        "redis/ts-redis",
-        &ours,
-        tower_sessions_redis_store::RedisStore::new(pool),
-        seconds,
-    )
-    .await;
+    let peer = tower_sessions_redis_store::RedisStore::new(pool);
+    compare("redis/ts-redis", &ours, peer.clone(), seconds).await;
+    near_cache_rows(&server, peer, seconds).await;
     drop(server);
+}
+
+/// Ours with the near cache (ADR 0021) against the peer's `load`: `get`, and a `touch` not yet
+/// due to write (the prefilled sessions were last seen less than the 60 s interval ago), both
+/// answered from memory once warm; the hit ratio follows. Skipped unless `BENCH_OPS` selects
+/// `get` or `touch`.
+async fn near_cache_rows<S: SessionStore + Clone>(
+    server: &session_testkit::servers::RedisServer,
+    peer: S,
+    seconds: u64,
+) {
+    if !Op::Get.selected() && !Op::Touch.selected() {
+        return;
+    }
+    let config = session_redis::RedisConfig::new(server.url())
+        .key_prefix("near:")
+        .near_cache(session_redis::NearCacheConfig::new(4 * PREFILL, 64 << 20));
+    let near = Arc::new(
+        session_redis::RedisStore::connect(config, SessionPolicy::default())
+            .await
+            .unwrap(),
+    );
+    let ours: Arc<dyn UserSessionStore> = near.clone();
+    let tokens: Arc<Vec<SessionToken>> = prefill(&ours).await;
+    let mut ids = Vec::with_capacity(PREFILL);
+    for i in 0..PREFILL {
+        let mut r = record(i);
+        peer.create(&mut r).await.unwrap();
+        ids.push(r.id);
+    }
+    let ids = Arc::new(ids);
+    // Warm: one read of each session, so the rows measure a warm cache (as a busy service has).
+    for token in tokens.iter() {
+        ours.get(token).await.unwrap();
+    }
+    let before = near.near_cache_stats().unwrap();
+    for op in [Op::Get, Op::Touch].into_iter().filter(|op| op.selected()) {
+        for tasks in CONCURRENCY {
+            let mine = run_store(&ours, &tokens, op, tasks, seconds).await;
+            let theirs = run_peer(&peer, &ids, Op::Get, tasks, seconds).await;
+            let name = if op == Op::Touch { "touch-not-due" } else { "get" };
+            row_named("redis+near", name, "ts load", tasks, &mine, Some(&theirs));
+        }
+    }
+    let after = near.near_cache_stats().unwrap();
+    let hits = after.hits - before.hits;
+    let reads = hits + (after.misses - before.misses) + (after.bypassed - before.bypassed);
+    println!(
+        "# redis+near: hit ratio {:.4} over the rows ({hits} of {reads} reads from memory; {} entries, tracking {})",
+        hits as f64 / reads.max(1) as f64,
+        after.entries,
+        after.tracking
+    );
 }
 
 async fn postgres_peers(seconds: u64) {

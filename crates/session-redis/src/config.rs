@@ -392,10 +392,10 @@ impl RedisConfig {
                     "needs the standard layout (its keys carry the prefix Redis tracks); use layout = standard or leave near_cache unset",
                 ));
             }
-            if near.max_entries == 0 || near.max_bytes < 4096 {
+            if near.max_entries == 0 || near.max_bytes < 64 * 1024 {
                 return Err(SessionError::config(
                     "near_cache",
-                    "max_entries must be at least 1 and max_bytes at least 4096",
+                    "max_entries must be at least 1 and max_bytes at least 65536 (16 shards of 4 KiB: room for a session each)",
                 ));
             }
         }

@@ -35,7 +35,8 @@ use crate::pool::{MasterLookup, MasterWatch};
 pub struct NearCacheConfig {
     /// Most sessions kept. Default `10000`.
     pub max_entries: usize,
-    /// Most bytes kept: the stored fields' sizes plus a fixed 256 per entry. Default 16 MiB.
+    /// Most bytes kept: the stored fields' sizes plus a fixed 256 per entry. Default 16 MiB; at
+    /// least 64 KiB.
     pub max_bytes: usize,
 }
 
@@ -85,7 +86,14 @@ const SHARDS: usize = 16;
 
 pub(crate) struct NearCache {
     shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
     tracking: AtomicBool,
+    /// Set by [`NearCache::close`]: tracking never turns on again.
+    closed: AtomicBool,
+    /// Through Sentinel: the watch, and its count when tracking was set up; entries are served
+    /// only while the count is unchanged (a new master may take writes before the tracking task
+    /// has noticed).
+    fence: Mutex<Option<(Arc<MasterWatch>, u64)>>,
     next_ticket: AtomicU64,
     entries_per_shard: usize,
     bytes_per_shard: usize,
@@ -170,7 +178,10 @@ impl NearCache {
     pub(crate) fn new(config: NearCacheConfig) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
             tracking: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            fence: Mutex::new(None),
             next_ticket: AtomicU64::new(1),
             entries_per_shard: config.max_entries.div_ceil(SHARDS).max(1),
             bytes_per_shard: config.max_bytes.div_ceil(SHARDS).max(ENTRY_OVERHEAD),
@@ -183,43 +194,59 @@ impl NearCache {
     }
 
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
-        // Keys end in a base64url hash of the token: their last byte spreads them evenly.
-        let index = key
-            .as_bytes()
-            .last()
-            .map_or(0, |b| usize::from(*b) % SHARDS);
+        use std::hash::BuildHasher as _;
+        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         self.shards[index]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The cached session under `key`, if tracking is up and it holds one (expiry is the
-    /// caller's to check).
-    pub(crate) fn get(&self, key: &str) -> Option<UserSession> {
+    /// Whether entries may be served now: tracking is up and, through Sentinel, no new master
+    /// has been announced since it was set up.
+    fn serving(&self) -> bool {
         if !self.tracking.load(Ordering::Acquire) {
+            return false;
+        }
+        match &*self
+            .fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some((watch, generation)) => watch.generation() == *generation,
+            None => true,
+        }
+    }
+
+    /// The cached session under `key` if it may be served and `usable` accepts it (expiry is the
+    /// caller's to check).
+    pub(crate) fn get_where(
+        &self,
+        key: &str,
+        usable: impl FnOnce(&UserSession) -> bool,
+    ) -> Option<UserSession> {
+        if !self.serving() {
             self.bypassed.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let found = match self.shard(key).map.get(key) {
-            Some(Slot::Ready { session, .. }) => Some(UserSession::clone(session)),
+            Some(Slot::Ready { session, .. }) if usable(session) => {
+                Some(UserSession::clone(session))
+            }
             _ => None,
         };
-        match found {
-            Some(session) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(session)
-            }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// Marks a read of `key` from Redis as begun: the ticket to hand to [`NearCache::complete`],
     /// or `None` when tracking is down (nothing will be cached).
     pub(crate) fn begin(&self, key: &str) -> Option<u64> {
-        if !self.tracking.load(Ordering::Acquire) {
+        if !self.serving() {
             return None;
         }
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
@@ -257,14 +284,21 @@ impl NearCache {
                 ticket,
             },
         );
-        // The placeholder's `order` entry carries the same ticket and stands for this one.
+        // Recorded again: making room may have taken the placeholder's record, and an entry
+        // without one could never be evicted. A second record of the same ticket is harmless.
+        shard.order.push_back((key.to_owned(), ticket));
     }
 
-    /// Forgets `key` (an invalidation from Redis, or a write of this instance).
+    /// Forgets `key` on an invalidation from Redis.
     pub(crate) fn invalidate(&self, key: &str) {
         if self.shard(key).remove(key) {
             self.invalidations.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Forgets `key` after a write of this instance, or an entry found expired.
+    pub(crate) fn forget(&self, key: &str) {
+        self.shard(key).remove(key);
     }
 
     /// Forgets everything.
@@ -280,17 +314,33 @@ impl NearCache {
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Turns serving on (tracking established) or off (tracking lost); flushes either way, since
-    /// invalidations may have been missed in between.
-    pub(crate) fn set_tracking(&self, on: bool) {
+    /// Turns serving on (tracking established; through Sentinel, with the watch's count then)
+    /// or off (tracking lost); flushes either way, since invalidations may have been missed in
+    /// between. Never on again once closed.
+    pub(crate) fn set_tracking(&self, on: bool, fence: Option<(Arc<MasterWatch>, u64)>) {
         if !on {
             // Off first: no reader may take an entry the flush is about to remove as current.
             self.tracking.store(false, Ordering::Release);
         }
         self.flush();
-        if on {
+        if on && !self.closed.load(Ordering::Acquire) {
+            *self
+                .fence
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = fence;
             self.tracking.store(true, Ordering::Release);
+            // A close that came in between wins.
+            if self.closed.load(Ordering::Acquire) {
+                self.tracking.store(false, Ordering::Release);
+                self.flush();
+            }
         }
+    }
+
+    /// Stops serving for good (the store is closing).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.set_tracking(false, None);
     }
 
     pub(crate) fn stats(&self) -> NearCacheStats {
@@ -337,8 +387,9 @@ pub(crate) enum Tracked {
 /// How often the tracking connections are pinged and the set of nodes checked for changes: the
 /// longest a silently dead connection or a manual Cluster failover can go unnoticed.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
-/// The pause before tracking is tried again after it failed.
+/// The first pause before tracking is tried again after it failed, and the longest.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl Tracked {
     /// The nodes to track now, and what to compare later to tell whether they changed.
@@ -355,9 +406,9 @@ impl Tracked {
                 Ok((vec![info], generation.to_string()))
             }
             Self::Cluster { client, settings } => {
-                let masters = cluster_masters(client, cluster).await?;
-                let fingerprint = format!("{masters:?}");
-                let infos = masters
+                let nodes = cluster_nodes(client, cluster).await?;
+                let fingerprint = format!("{nodes:?}");
+                let infos = nodes
                     .into_iter()
                     .map(|(host, port)| {
                         Ok(redis::ConnectionAddr::Tcp(host, port)
@@ -370,20 +421,32 @@ impl Tracked {
         }
     }
 
+    /// The Sentinel watch and its count when resolved (read again by every cached read, so that
+    /// a switch stops serving at once), or `None`.
+    fn generation(&self) -> Option<(Arc<MasterWatch>, u64)> {
+        match self {
+            Self::Sentinel { watch, .. } => Some((watch.clone(), watch.generation())),
+            _ => None,
+        }
+    }
+
     async fn fingerprint(&self, cluster: &mut Option<ClusterConnection>) -> RedisResult<String> {
         match self {
             Self::Node(_) => Ok(String::new()),
             Self::Sentinel { watch, .. } => Ok(watch.generation().to_string()),
             Self::Cluster { client, .. } => {
-                Ok(format!("{:?}", cluster_masters(client, cluster).await?))
+                Ok(format!("{:?}", cluster_nodes(client, cluster).await?))
             }
         }
     }
 }
 
-/// The masters' addresses, sorted, from `CLUSTER SLOTS` (any node answers for the whole Cluster;
-/// a replica promoted by a manual failover shows at once, unlike in the client's routing table).
-async fn cluster_masters(
+/// Every node's address, sorted, from `CLUSTER NODES`: masters with slots or without (a master
+/// a slot is moving to already serves its moved keys) and replicas (a replica applies its
+/// master's writes and sends their invalidations too, so one promoted by a failover is tracked
+/// before it takes writes). Nodes flagged failing, in handshake or without an address are left
+/// out.
+async fn cluster_nodes(
     client: &redis::cluster::ClusterClient,
     cluster: &mut Option<ClusterConnection>,
 ) -> RedisResult<Vec<(String, u16)>> {
@@ -391,29 +454,36 @@ async fn cluster_masters(
         Some(conn) => conn,
         None => cluster.insert(client.get_async_connection().await?),
     };
-    let slots: Vec<Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
-    let mut masters = Vec::new();
-    for range in &slots {
-        // [start, end, [host, port, id, ...], replicas...]
-        let Value::Array(range) = range else { continue };
-        let Some(Value::Array(master)) = range.get(2) else {
+    let listing: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+    let mut nodes = Vec::new();
+    for line in listing.lines() {
+        // <id> <ip:port@cport[,hostname]> <flags> ...
+        let mut fields = line.split(' ');
+        let (Some(_), Some(address), Some(flags)) = (fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
-        let host = master.first().and_then(bytes).map(String::from_utf8_lossy);
-        let port = match master.get(1) {
-            Some(Value::Int(port)) => u16::try_from(*port).ok(),
-            _ => None,
-        };
-        if let (Some(host), Some(port)) = (host, port) {
-            masters.push((host.into_owned(), port));
+        if flags
+            .split(',')
+            .any(|f| matches!(f, "fail" | "fail?" | "handshake" | "noaddr"))
+        {
+            continue;
+        }
+        let address = address.split(['@', ',']).next().unwrap_or_default();
+        if let Some((host, port)) = address.rsplit_once(':')
+            && !host.is_empty()
+            && let Ok(port) = port.parse::<u16>()
+            && port != 0
+        {
+            nodes.push((host.to_owned(), port));
         }
     }
-    if masters.is_empty() {
-        return Err((redis::ErrorKind::Client, "CLUSTER SLOTS named no master").into());
+    if nodes.is_empty() {
+        return Err((redis::ErrorKind::Client, "CLUSTER NODES named no node").into());
     }
-    masters.sort_unstable();
-    masters.dedup();
-    Ok(masters)
+    nodes.sort_unstable();
+    nodes.dedup();
+    Ok(nodes)
 }
 
 /// Keeps `cache` fed with invalidations for keys under `prefix`, for as long as the task runs:
@@ -426,17 +496,25 @@ pub(crate) async fn track(
     timeout: Duration,
 ) {
     let mut cluster = None;
+    let mut pause = RETRY_AFTER;
     loop {
+        let began = tokio::time::Instant::now();
         let outcome = track_until_lost(&cache, &tracked, &prefix, timeout, &mut cluster).await;
         // At once: invalidations may be missing from here on.
-        cache.set_tracking(false);
+        cache.set_tracking(false, None);
         match outcome {
             Ok(()) => tracing::debug!("near cache: the tracked nodes changed"),
             Err(error) => {
                 tracing::debug!(%error, "near cache: tracking lost, the cache is bypassed");
                 // The Cluster client's own view may be what failed: open it afresh.
                 cluster = None;
-                tokio::time::sleep(RETRY_AFTER).await;
+                // Doubling pauses while it keeps failing (a fleet must not hammer a Redis that
+                // is down), back to the shortest once tracking has held for a while.
+                if began.elapsed() > MAX_RETRY_AFTER {
+                    pause = RETRY_AFTER;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_AFTER);
             }
         }
     }
@@ -469,9 +547,31 @@ async fn track_until_lost(
         );
     }
     drop(sender);
-    cache.set_tracking(true);
-    let mut check = tokio::time::interval(CHECK_EVERY);
-    check.tick().await;
+    cache.set_tracking(true, tracked.generation());
+    // The checks run beside the invalidations, never in their way: a slow node or a slow answer
+    // to a check must not hold up the pushes from the others.
+    let checks = async {
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            let now = tokio::time::timeout(timeout, tracked.fingerprint(cluster))
+                .await
+                .map_err(|_| timed_out())??;
+            if now != fingerprint {
+                return Ok(());
+            }
+            let ping_command = redis::cmd("PING");
+            let pings = connections
+                .iter_mut()
+                .map(|connection| ping_command.query_async::<()>(connection));
+            for answer in tokio::time::timeout(timeout, futures_util::future::join_all(pings))
+                .await
+                .map_err(|_| timed_out())?
+            {
+                answer?;
+            }
+        }
+    };
+    tokio::pin!(checks);
     loop {
         tokio::select! {
             push = pushes.recv() => match push {
@@ -481,19 +581,7 @@ async fn track_until_lost(
                 }
                 Some(_) => {}
             },
-            _ = check.tick() => {
-                let ping_command = redis::cmd("PING");
-                for connection in &mut connections {
-                    let ping = ping_command.query_async::<()>(connection);
-                    tokio::time::timeout(timeout, ping).await.map_err(|_| timed_out())??;
-                }
-                let now = tokio::time::timeout(timeout, tracked.fingerprint(cluster))
-                    .await
-                    .map_err(|_| timed_out())??;
-                if now != fingerprint {
-                    return Ok(());
-                }
-            }
+            outcome = &mut checks => return outcome,
         }
     }
 }
@@ -544,6 +632,13 @@ fn invalidate(cache: &NearCache, data: &[Value]) {
 }
 
 #[cfg(test)]
+impl NearCache {
+    fn get(&self, key: &str) -> Option<UserSession> {
+        self.get_where(key, |_| true)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use session_core::{NewUserSession, SessionPolicy, SessionToken};
@@ -557,7 +652,7 @@ mod tests {
 
     fn tracked(config: NearCacheConfig) -> NearCache {
         let cache = NearCache::new(config);
-        cache.set_tracking(true);
+        cache.set_tracking(true, None);
         cache
     }
 
@@ -575,8 +670,8 @@ mod tests {
         assert!(cache.get("k:b").is_none(), "the read raced an invalidation");
 
         let ticket = cache.begin("k:c").unwrap();
-        cache.set_tracking(false);
-        cache.set_tracking(true);
+        cache.set_tracking(false, None);
+        cache.set_tracking(true, None);
         cache.complete("k:c", ticket, Some((&s, 100)));
         assert!(cache.get("k:c").is_none(), "the read raced a flush");
     }
@@ -587,10 +682,29 @@ mod tests {
         let s = session();
         let ticket = cache.begin("k:a").unwrap();
         cache.complete("k:a", ticket, Some((&s, 100)));
-        cache.set_tracking(false);
+        cache.set_tracking(false, None);
         assert!(cache.get("k:a").is_none());
         assert!(cache.begin("k:a").is_none());
         assert_eq!(cache.stats().entries, 0);
+    }
+
+    #[test]
+    fn reads_completing_out_of_order_stay_within_bounds() {
+        let cache = tracked(NearCacheConfig::new(64, 64 * 1024));
+        let s = session();
+        for round in 0..200 {
+            // Fifty reads in flight, the oldest completing last, under byte pressure.
+            let keys: Vec<String> = (0..50).map(|i| format!("k:{round}:{i}")).collect();
+            let tickets: Vec<u64> = keys.iter().map(|k| cache.begin(k).unwrap()).collect();
+            for (key, ticket) in keys.iter().zip(tickets).rev() {
+                cache.complete(key, ticket, Some((&s, 1500)));
+            }
+        }
+        for shard in &*cache.shards {
+            let shard = shard.lock().unwrap();
+            assert!(shard.bytes <= cache.bytes_per_shard);
+            assert!(shard.map.len() <= cache.entries_per_shard);
+        }
     }
 
     #[test]

@@ -127,13 +127,19 @@ impl Near {
         &self.cache
     }
 
-    /// Stops the tracking (the store is closing): nothing is served from memory any more.
+    /// Stops the tracking for good (the store is closing): nothing is served from memory any
+    /// more, and no later call starts it again.
     fn stop(&self) {
+        self.started.store(true, Ordering::Release);
+        self.tracked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         self.task
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        self.cache.set_tracking(false);
+        self.cache.close();
     }
 }
 
@@ -646,7 +652,7 @@ impl RedisStore {
     /// forgotten), as a read from Redis would.
     fn unexpired(&self, cache: &NearCache, key: &str, cached: UserSession) -> Option<UserSession> {
         if self.policy.is_expired(&cached, self.policy.now()) {
-            cache.invalidate(key);
+            cache.forget(key);
             return None;
         }
         Some(cached)
@@ -655,7 +661,7 @@ impl RedisStore {
     /// Drops `key` from this instance's near cache, if any (after a write of this instance).
     fn forget(&self, key: &str) {
         if let Some(near) = &self.near {
-            near.cache.invalidate(key);
+            near.cache.forget(key);
         }
     }
 
@@ -808,7 +814,7 @@ impl UserSessionStore for RedisStore {
         let key = location.key.as_str();
         let near = self.near.as_ref().map(Near::cache);
         if let Some(cache) = near
-            && let Some(cached) = cache.get(key)
+            && let Some(cached) = cache.get_where(key, |_| true)
         {
             return Ok(self.unexpired(cache, key, cached));
         }
@@ -847,8 +853,7 @@ impl UserSessionStore for RedisStore {
         let key = location.key.as_str();
         let near = self.near.as_ref().map(Near::cache);
         if let Some(cache) = near
-            && let Some(cached) = cache.get(key)
-            && !policy.touch_due(&cached, policy.now())
+            && let Some(cached) = cache.get_where(key, |s| !policy.touch_due(s, policy.now()))
         {
             // Not due to write: what the script would answer, without the round trip.
             return Ok(self.unexpired(cache, key, cached));

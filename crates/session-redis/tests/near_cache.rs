@@ -296,3 +296,67 @@ async fn a_stalled_tracking_connection_is_found_and_the_cache_bypassed() {
     assert!(a.get(&issued.token).await.unwrap().is_none());
     redis_delete_prefix(&url, &prefix);
 }
+
+/// A manual `CLUSTER FAILOVER` moves a master's slots to its replica without closing any
+/// connection: the replica's tracking connection (every node is tracked, replicas included)
+/// carries the invalidations of the writes it now takes, so another instance's delete right after
+/// the failover still reaches this instance's cache at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_manual_cluster_failover_writes_still_reach_the_cache() {
+    let cluster = RedisCluster::start();
+    let prefix = unique_prefix("nearfailover");
+    let policy = SessionPolicy::default();
+    let a = RedisStore::connect(near(&cluster.url(), &prefix), policy.clone())
+        .await
+        .unwrap();
+    let b = RedisStore::connect(near(&cluster.url(), &prefix), policy)
+        .await
+        .unwrap();
+    tracking(&a).await;
+    tracking(&b).await;
+    let mut issued = Vec::new();
+    for i in 0..64 {
+        issued.push(
+            a.create(NewUserSession::new(format!("user-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for s in &issued {
+        b.get(&s.token).await.unwrap().unwrap();
+    }
+    let master = cluster.masters()[0];
+    let replica = cluster.replicas_of(master)[0];
+    let () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query(&mut cluster.node_connection(replica))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.masters().contains(&master) {
+        assert!(Instant::now() < deadline, "the replica did not take over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // B keeps its entries through the switch (the nodes are the same, only their roles moved),
+    // so each delete must reach it as an invalidation from the new master.
+    let served_before = b.near_cache_stats().unwrap().hits;
+    let mut delays = Vec::new();
+    for s in &issued {
+        assert!(b.get(&s.token).await.unwrap().is_some());
+        a.delete(&s.token).await.unwrap();
+        delays.push(until(&b, &s.token, |read| read.is_none()).await);
+    }
+    let served = b.near_cache_stats().unwrap().hits - served_before;
+    assert!(served >= 32, "B's cache served only {served} of the 64 reads before the deletes");
+    delays.sort();
+    println!(
+        "after a manual failover: {} deletes seen by the other instance after p50 {:?}, max {:?}",
+        delays.len(),
+        percentile(&delays, 0.5),
+        delays.last().unwrap()
+    );
+    assert!(
+        *delays.last().unwrap() < Duration::from_millis(100),
+        "{delays:?}"
+    );
+    cluster.delete_prefix(&prefix);
+}
