@@ -346,7 +346,10 @@ async fn after_a_manual_cluster_failover_writes_still_reach_the_cache() {
         delays.push(until(&b, &s.token, |read| read.is_none()).await);
     }
     let served = b.near_cache_stats().unwrap().hits - served_before;
-    assert!(served >= 32, "B's cache served only {served} of the 64 reads before the deletes");
+    assert!(
+        served >= 32,
+        "B's cache served only {served} of the 64 reads before the deletes"
+    );
     delays.sort();
     println!(
         "after a manual failover: {} deletes seen by the other instance after p50 {:?}, max {:?}",
