@@ -23,6 +23,8 @@ mod pg;
 #[cfg(feature = "postgres")]
 mod prepared;
 mod provider;
+#[cfg(feature = "postgres")]
+mod replicas;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "postgres")]
@@ -36,6 +38,8 @@ pub use pg::PgProvider;
 #[cfg(feature = "postgres")]
 pub use prepared::{KeepPrepared, Prepared};
 pub use provider::{DieselProvider, PooledConnection, ProviderConnection};
+#[cfg(feature = "postgres")]
+pub use replicas::{ReplicaConfig, ReplicaState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConn, SqliteProvider, SqliteTarget, parse_sqlite_url};
 #[cfg(feature = "postgres")]

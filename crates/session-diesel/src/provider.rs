@@ -68,6 +68,82 @@ where
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     // only the session store pools locally
     suspect: Arc<SuspectConnections>,
+    /// Read replicas for read-only scopes (PostgreSQL's `connect_with_replicas`; else none).
+    pub(crate) replicas: Arc<ReplicaSet<C>>,
+}
+
+/// A read replica's pool and what the monitor last found of it.
+pub(crate) struct Replica<C: ProviderConnection>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    /// The URL without its password, for reports.
+    pub(crate) shown: String,
+    /// `None` once the provider is closed.
+    pub(crate) pool: RwLock<Option<bb8::Pool<AsyncDieselConnectionManager<C>>>>,
+    /// Answering, still a replica, and within the lag bound at the last check.
+    pub(crate) healthy: std::sync::atomic::AtomicBool,
+    /// The lag found at the last check in ms (`u64::MAX`: unknown).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // replicas are PostgreSQL's
+    pub(crate) lag_ms: std::sync::atomic::AtomicU64,
+    /// Read-only scopes it has run.
+    pub(crate) scopes: std::sync::atomic::AtomicU64,
+}
+
+/// The replicas, the rotation over them, and the task that checks them.
+pub(crate) struct ReplicaSet<C: ProviderConnection>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    pub(crate) list: Vec<Replica<C>>,
+    next: std::sync::atomic::AtomicUsize,
+    /// The longest wait for a replica's connection before the scope goes elsewhere.
+    checkout_timeout: std::time::Duration,
+    /// Read-only scopes that found no healthy replica and ran on the primary.
+    pub(crate) fell_back: std::sync::atomic::AtomicU64,
+    pub(crate) monitor: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl<C: ProviderConnection> ReplicaSet<C>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    pub(crate) fn new(list: Vec<Replica<C>>, checkout_timeout: std::time::Duration) -> Self {
+        Self {
+            list,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            checkout_timeout,
+            fell_back: std::sync::atomic::AtomicU64::new(0),
+            monitor: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn stop(&self) {
+        for replica in &self.list {
+            replica
+                .pool
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+        }
+        if let Some(monitor) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            monitor.abort();
+        }
+    }
+}
+
+impl<C: ProviderConnection> Drop for ReplicaSet<C>
+where
+    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
+{
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl<C: ProviderConnection> std::fmt::Debug for DieselProvider<C>
@@ -106,6 +182,24 @@ where
     ) -> Result<Self> {
         config.validate()?;
         let suspect = Arc::new(SuspectConnections::new());
+        let pool = Self::build_pool(url, &config, check, &suspect);
+        let provider = Self {
+            pool: RwLock::new(Some(pool)),
+            config,
+            suspect,
+            replicas: Arc::new(ReplicaSet::new(Vec::new(), std::time::Duration::ZERO)),
+        };
+        provider.health().await?;
+        Ok(provider)
+    }
+
+    /// A pool for `url` with these settings (not yet connected).
+    pub(crate) fn build_pool(
+        url: &str,
+        config: &PoolConfig,
+        check: CheckoutCheck,
+        suspect: &Arc<SuspectConnections>,
+    ) -> bb8::Pool<AsyncDieselConnectionManager<C>> {
         let mut manager_config = C::manager_config();
         if check == CheckoutCheck::Local {
             let suspect = suspect.clone();
@@ -134,18 +228,11 @@ where
             .test_on_check_out(config.test_on_checkout || check == CheckoutCheck::Local)
             .idle_timeout(config.idle_timeout)
             .max_lifetime(config.max_lifetime)
-            .reaper_rate(reaper_rate(&config));
+            .reaper_rate(reaper_rate(config));
         // A refused connection should fail the checkout that needed it, not be retried silently
         // until the checkout timeout.
         builder = builder.retry_connection(false);
-        let pool = builder.build_unchecked(manager);
-        let provider = Self {
-            pool: RwLock::new(Some(pool)),
-            config,
-            suspect,
-        };
-        provider.health().await?;
-        Ok(provider)
+        builder.build_unchecked(manager)
     }
 
     /// The pool settings in force.
@@ -175,6 +262,49 @@ where
             .get_owned()
             .await
             .map_err(|e| from_pool(C::BACKEND, e, self.config.checkout_timeout))
+    }
+
+    /// A connection for a read-only scope: from the next healthy replica in turn, else (none
+    /// healthy, or its checkout failed) from the primary.
+    async fn checkout_for_reading(&self) -> Result<PooledConnection<C>> {
+        use std::sync::atomic::Ordering;
+        let replicas = &self.replicas;
+        let count = replicas.list.len();
+        if count > 0 {
+            // Closed providers answer `Closed` from the primary's checkout below.
+            self.pool()?;
+            let start = replicas.next.fetch_add(1, Ordering::Relaxed);
+            for i in 0..count {
+                let replica = &replicas.list[(start + i) % count];
+                let pool = replica
+                    .pool
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                let Some(pool) = pool.filter(|_| replica.healthy.load(Ordering::Acquire)) else {
+                    continue;
+                };
+                // Bounded by the check interval: bb8 makes a checkout from a pool whose server died
+                // wait out its whole time-out, and a replica is there to take load, not to add it.
+                match tokio::time::timeout(replicas.checkout_timeout, pool.get_owned()).await {
+                    Ok(Ok(conn)) => {
+                        replica.scopes.fetch_add(1, Ordering::Relaxed);
+                        return Ok(conn);
+                    }
+                    failed => {
+                        // Until the monitor finds it well again.
+                        replica.healthy.store(false, Ordering::Release);
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "no connection within the check interval".to_owned(),
+                        };
+                        tracing::warn!(backend = C::BACKEND, replica = %replica.shown, error = %why, "replica checkout failed; reading from the next, or the primary");
+                    }
+                }
+            }
+            replicas.fell_back.fetch_add(1, Ordering::Relaxed);
+        }
+        self.checkout().await
     }
 
     /// A new connection of the pool's kind (same URL and set-up) that never enters the pool:
@@ -320,7 +450,12 @@ where
             // Checked before the wait for a connection (an option the backend refuses fails at
             // once), and made after it, so a server-side limit is the time the deadline has left.
             C::scope_prelude(&options)?;
-            let mut pooled = self.checkout().await?;
+            // A read-write scope never reaches a replica.
+            let mut pooled = if options.read_only {
+                self.checkout_for_reading().await?
+            } else {
+                self.checkout().await?
+            };
             let mut left = options;
             if let Some(limit) = options.timeout {
                 left.timeout = Some(
@@ -406,6 +541,7 @@ where
     }
 
     fn close(&self) -> impl Future<Output = ()> + Send {
+        self.replicas.stop();
         let pool = self
             .pool
             .write()

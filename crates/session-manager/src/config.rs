@@ -50,6 +50,12 @@ pub struct SessionConfig {
     /// The application database: `sqlite://path`, `sqlite::memory:`, `postgres://…`, or `none`
     /// (sessions only). Default `sqlite::memory:` with the `sqlite` feature, else `none`.
     pub database_url: String,
+    /// Read replicas of a PostgreSQL `database_url`: read-only scopes go to a healthy one, the
+    /// rest to the primary (session-diesel's `ReplicaConfig`, ADR 0022). Default: none.
+    pub database_replicas: Vec<String>,
+    /// A replica further behind the primary than this serves no read-only scope. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub database_replica_max_lag: Duration,
     /// Expiry, throttling and size limits (`[policy]`).
     pub policy: SessionPolicy,
     /// The application database's pool (`[db_pool]`).
@@ -75,6 +81,15 @@ impl std::fmt::Debug for SessionConfig {
         let mut d = f.debug_struct("SessionConfig");
         d.field("store_url", &redacted_url(&self.store_url))
             .field("database_url", &redacted_url(&self.database_url))
+            .field(
+                "database_replicas",
+                &self
+                    .database_replicas
+                    .iter()
+                    .map(|u| redacted_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("database_replica_max_lag", &self.database_replica_max_lag)
             .field("policy", &self.policy)
             .field("db_pool", &self.db_pool)
             .field("purge_interval", &self.purge_interval)
@@ -122,6 +137,8 @@ impl Default for SessionConfig {
                 NO_DATABASE
             }
             .to_owned(),
+            database_replicas: Vec::new(),
+            database_replica_max_lag: Duration::from_secs(1),
             policy: SessionPolicy::default(),
             db_pool: PoolConfig::default(),
             purge_interval: Duration::from_secs(300),
@@ -139,6 +156,8 @@ impl Default for SessionConfig {
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_STORE_URL", "store_url"),
     ("DATABASE_URL", "database_url"),
+    ("DATABASE_REPLICA_URLS", "database_replicas"),
+    ("DATABASE_REPLICA_MAX_LAG", "database_replica_max_lag"),
     ("SESSION_IDLE_TIMEOUT", "policy.idle_timeout"),
     ("SESSION_ABSOLUTE_TIMEOUT", "policy.absolute_timeout"),
     ("SESSION_TOUCH_INTERVAL", "policy.touch_interval"),
@@ -339,6 +358,15 @@ impl SessionConfig {
         match var {
             "SESSION_STORE_URL" => v.clone_into(&mut c.store_url),
             "DATABASE_URL" => v.clone_into(&mut c.database_url),
+            "DATABASE_REPLICA_URLS" => {
+                c.database_replicas = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+            "DATABASE_REPLICA_MAX_LAG" => c.database_replica_max_lag = duration(var, v)?,
             "SESSION_IDLE_TIMEOUT" => c.policy.idle_timeout = duration(var, v)?,
             "SESSION_ABSOLUTE_TIMEOUT" => c.policy.absolute_timeout = duration(var, v)?,
             "SESSION_TOUCH_INTERVAL" => c.policy.touch_interval = duration(var, v)?,
@@ -453,7 +481,30 @@ impl SessionConfig {
         self.db_pool.validate().map_err(|e| nested("db_pool", e))?;
         self.retry.validate().map_err(|e| nested("retry", e))?;
         let store = crate::backend::StoreKind::of(&self.store_url)?;
-        crate::backend::DbKind::of(&self.database_url)?;
+        let db = crate::backend::DbKind::of(&self.database_url)?;
+        if !self.database_replicas.is_empty() {
+            #[cfg(feature = "postgres")]
+            let primary_is_postgres = db == crate::backend::DbKind::Postgres;
+            #[cfg(not(feature = "postgres"))]
+            let primary_is_postgres = false;
+            if !primary_is_postgres {
+                return Err(SessionError::config(
+                    "database_replicas",
+                    "read replicas need a postgres:// database_url (and the postgres feature)",
+                ));
+            }
+            if self
+                .database_replicas
+                .iter()
+                .any(|u| !(u.starts_with("postgres://") || u.starts_with("postgresql://")))
+            {
+                return Err(SessionError::config(
+                    "database_replicas",
+                    "each replica is a postgres:// URL",
+                ));
+            }
+        }
+        let _ = db;
         #[cfg(feature = "redis")]
         {
             if self.redis.url != session_redis::RedisConfig::default().url {

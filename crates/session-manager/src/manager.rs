@@ -299,9 +299,16 @@ impl SessionManager {
             )
             .await?),
             #[cfg(feature = "postgres")]
-            DbKind::Postgres => builder.db(session_diesel::PgProvider::connect(
+            DbKind::Postgres if config.database_replicas.is_empty() => builder.db(
+                session_diesel::PgProvider::connect(&config.database_url, config.db_pool.clone())
+                    .await?,
+            ),
+            #[cfg(feature = "postgres")]
+            DbKind::Postgres => builder.db(session_diesel::PgProvider::connect_with_replicas(
                 &config.database_url,
                 config.db_pool.clone(),
+                session_diesel::ReplicaConfig::new(config.database_replicas.clone())
+                    .max_lag(config.database_replica_max_lag),
             )
             .await?),
             // `DbKind::of` returns only compiled-in kinds; this arm covers the others.

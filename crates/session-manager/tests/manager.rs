@@ -326,6 +326,64 @@ async fn redis_cluster_and_sentinel_by_url_alone() {
     }
 }
 
+use session_manager::session_diesel::diesel;
+
+#[derive(diesel::QueryableByName)]
+struct Recovery {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    r: bool,
+}
+
+/// Read replicas from the environment alone: read-only scopes on the standby, the rest on the
+/// primary; and replicas with a non-PostgreSQL database are a configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_replicas_by_configuration_alone() {
+    let pair = session_testkit::servers::PgReplicaPair::start();
+    let config = SessionConfig::from_vars(vars(&[
+        ("DATABASE_URL", &pair.primary_url()),
+        ("DATABASE_REPLICA_URLS", &pair.standby_url()),
+        ("DATABASE_REPLICA_MAX_LAG", "2s"),
+    ]))
+    .unwrap();
+    assert!(format!("{config:?}").contains("database_replicas"));
+    let manager = SessionManager::build(config).await.unwrap();
+    let session_manager::Db::Postgres(provider) = manager.db().unwrap() else {
+        panic!("not PostgreSQL");
+    };
+    eventually(Duration::from_secs(20), "the replica is healthy", || {
+        provider.replica_states()[0].healthy
+    })
+    .await;
+    for (options, on_replica) in [
+        (ScopeOptions::new().read_only(), true),
+        (ScopeOptions::new(), false),
+    ] {
+        let recovery =
+            session_core::DbSessionProvider::transaction(provider, options, async |conn| {
+                use session_manager::session_diesel::diesel_async::RunQueryDsl;
+                session_manager::session_diesel::diesel::sql_query(
+                    "SELECT pg_is_in_recovery() AS r",
+                )
+                .get_result::<Recovery>(conn)
+                .await
+                .map(|row| row.r)
+                .map_err(|e| SessionError::Backend {
+                    backend: "db",
+                    source: Box::new(e),
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(recovery, on_replica);
+    }
+    manager.shutdown().await;
+    let (key, _) = config_key(SessionConfig::from_vars(vars(&[
+        ("DATABASE_URL", "sqlite::memory:"),
+        ("DATABASE_REPLICA_URLS", "postgres://replica/x"),
+    ])));
+    assert_eq!(key, "DATABASE_REPLICA_URLS", "named as the user set it");
+}
+
 async fn exercise(manager: &SessionManager) {
     manager.health().await.unwrap();
     let issued = manager

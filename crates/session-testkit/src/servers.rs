@@ -1766,3 +1766,258 @@ impl SlotMigration<'_> {
         );
     }
 }
+
+/// A PostgreSQL primary and a streaming standby of their own (`initdb`, `pg_basebackup -R`), run
+/// as the `postgres` user on free loopback ports in a temporary directory, for replica routing
+/// tests; the shared server on 5432 is not touched. Both are killed and the directory removed on
+/// drop, or by a watchdog if the test process ends without dropping it.
+pub struct PgReplicaPair {
+    primary_port: u16,
+    standby_port: u16,
+    children: std::sync::Mutex<Vec<(u16, Child, bool)>>,
+    watchdog: Option<(Child, std::process::ChildStdin)>,
+    dir: PathBuf,
+}
+
+/// The directory of the installed PostgreSQL server binaries (`/usr/lib/postgresql/<v>/bin`).
+fn pg_bindir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.filter_map(|d| d.ok().map(|d| d.path().join("bin")))
+                .filter(|bin| bin.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!("no PostgreSQL server binaries under /usr/lib/postgresql; install them with: apt-get install postgresql")
+    })
+}
+
+/// The `postgres` user's uid and gid, which `initdb` and the server must run as (not root).
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("cannot run id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no postgres user: install postgresql"))
+    };
+    (id("-u"), id("-g"))
+}
+
+impl PgReplicaPair {
+    /// Starts the primary, takes a base backup of it for the standby, starts the standby and
+    /// waits until it streams.
+    #[must_use]
+    pub fn start() -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let bin = pg_bindir();
+        let (uid, gid) = postgres_ids();
+        let (primary_port, standby_port) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!(
+            "session-test-pgpair-{}-{primary_port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+        let mut watchdog = Command::new("sh")
+            .args(["-c", WATCHDOG])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run sh for the watchdog");
+        let mut stdin = watchdog.stdin.take().unwrap();
+        {
+            use std::io::Write;
+            let _ = writeln!(stdin, "dir {}", dir.display());
+        }
+        let mut pair = Self {
+            primary_port,
+            standby_port,
+            children: std::sync::Mutex::new(Vec::new()),
+            watchdog: Some((watchdog, stdin)),
+            dir: dir.clone(),
+        };
+        let as_postgres = |program: &str| {
+            let mut command = Command::new(bin.join(program));
+            command
+                .uid(uid)
+                .gid(gid)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            command
+        };
+        let run = |mut command: Command, what: &str| {
+            let status = command
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+            assert!(status.success(), "{what} failed: {status}");
+        };
+        let primary = dir.join("primary");
+        let standby = dir.join("standby");
+        let mut initdb = as_postgres("initdb");
+        initdb
+            .arg("-D")
+            .arg(&primary)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"]);
+        run(initdb, "initdb");
+        pair.spawn_server(as_postgres("postgres"), &primary, primary_port);
+        let mut backup = as_postgres("pg_basebackup");
+        backup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(&standby)
+            .args(["-R", "-X", "stream", "--no-sync"]);
+        run(backup, "pg_basebackup");
+        pair.spawn_server(as_postgres("postgres"), &standby, standby_port);
+        wait_until(Duration::from_secs(30), "the standby streams", || {
+            let streaming = psql_try(
+                &pair.primary_url(),
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            )?;
+            if streaming == "1" {
+                Ok(())
+            } else {
+                Err(format!("{streaming} standbys streaming"))
+            }
+        });
+        pair
+    }
+
+    fn spawn_server(&mut self, mut command: Command, data: &std::path::Path, port: u16) {
+        command
+            .arg("-D")
+            .arg(data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&self.dir)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "wal_receiver_status_interval=1",
+                "-c",
+                "max_connections=50",
+            ]);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start postgres: {e}"));
+        if let Some((_, stdin)) = &mut self.watchdog {
+            use std::io::Write;
+            let _ = writeln!(stdin, "node {} {port}", child.id());
+        }
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((port, child, false));
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        wait_until(Duration::from_secs(30), "postgres answers", || {
+            psql_try(&url, "SELECT 1").map(drop)
+        });
+    }
+
+    /// `postgres://postgres@127.0.0.1:<primary>/postgres`.
+    #[must_use]
+    pub fn primary_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.primary_port
+        )
+    }
+
+    /// `postgres://postgres@127.0.0.1:<standby>/postgres`.
+    #[must_use]
+    pub fn standby_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.standby_port
+        )
+    }
+
+    /// Pauses (or resumes) the standby's replay of the WAL it receives: it falls behind.
+    pub fn pause_replay(&self, paused: bool) {
+        let call = if paused {
+            "SELECT pg_wal_replay_pause()"
+        } else {
+            "SELECT pg_wal_replay_resume()"
+        };
+        psql(&self.standby_url(), call);
+    }
+
+    /// SIGKILLs the standby's postmaster (its backends exit when they notice) and waits until its
+    /// port refuses connections.
+    pub fn kill_standby(&self) {
+        {
+            let mut children = self
+                .children
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (_, child, killed) = children
+                .iter_mut()
+                .find(|(port, _, killed)| *port == self.standby_port && !*killed)
+                .expect("the standby is running");
+            child.kill().unwrap();
+            *killed = true;
+        }
+        let port = self.standby_port;
+        wait_until(
+            Duration::from_secs(10),
+            "the killed standby closes its port",
+            || match std::net::TcpStream::connect_timeout(
+                &(Ipv4Addr::LOCALHOST, port).into(),
+                Duration::from_millis(100),
+            ) {
+                Ok(_) => Err(format!("port {port} still accepts")),
+                Err(_) => Ok(()),
+            },
+        );
+    }
+}
+
+impl Drop for PgReplicaPair {
+    fn drop(&mut self) {
+        let children = self
+            .children
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, child, _) in children.iter_mut() {
+            let _ = child.kill();
+        }
+        if let Some((mut watchdog, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = watchdog.wait();
+        }
+        for (_, child, _) in children.iter_mut() {
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `psql` that reports failure instead of panicking (for waiting on a server).
+fn psql_try(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([url, "-XAtqc", sql])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
