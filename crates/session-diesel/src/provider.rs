@@ -266,9 +266,16 @@ where
 
     /// A connection for a read-only scope: from the next healthy replica in turn, else (none
     /// healthy, or its checkout failed) from the primary.
-    async fn checkout_for_reading(&self) -> Result<PooledConnection<C>> {
+    async fn checkout_for_reading(
+        &self,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<PooledConnection<C>> {
         use std::sync::atomic::Ordering;
         let replicas = &self.replicas;
+        // A scope's deadline leaves the primary half of it, should the replica not answer.
+        let wait = deadline.map_or(replicas.checkout_timeout, |limit| {
+            replicas.checkout_timeout.min(limit / 2)
+        });
         let count = replicas.list.len();
         if count > 0 {
             // Closed providers answer `Closed` from the primary's checkout below.
@@ -286,7 +293,7 @@ where
                 };
                 // Bounded by the check interval: bb8 makes a checkout from a pool whose server died
                 // wait out its whole time-out, and a replica is there to take load, not to add it.
-                match tokio::time::timeout(replicas.checkout_timeout, pool.get_owned()).await {
+                match tokio::time::timeout(wait, pool.get_owned()).await {
                     Ok(Ok(conn)) => {
                         replica.scopes.fetch_add(1, Ordering::Relaxed);
                         return Ok(conn);
@@ -450,9 +457,12 @@ where
             // Checked before the wait for a connection (an option the backend refuses fails at
             // once), and made after it, so a server-side limit is the time the deadline has left.
             C::scope_prelude(&options)?;
-            // A read-write scope never reaches a replica.
-            let mut pooled = if options.read_only {
-                self.checkout_for_reading().await?
+            // A read-write scope never reaches a replica, nor a serializable one: a standby
+            // refuses SERIALIZABLE ("cannot use serializable mode in a hot standby").
+            let mut pooled = if options.read_only
+                && options.isolation != session_core::IsolationLevel::Serializable
+            {
+                self.checkout_for_reading(options.timeout).await?
             } else {
                 self.checkout().await?
             };

@@ -24,7 +24,7 @@ use session_core::{PoolConfig, Result, SessionError};
 use crate::provider::{CheckoutCheck, DieselProvider, Replica, ReplicaSet};
 
 /// Read replicas of a [`crate::PgProvider`]: where they are and how fresh they must be.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplicaConfig {
     /// The replicas' connection URLs (pooled with the primary's [`PoolConfig`]).
@@ -34,6 +34,19 @@ pub struct ReplicaConfig {
     pub max_lag: Duration,
     /// How often each replica is checked. Default 250 ms.
     pub check_interval: Duration,
+}
+
+impl std::fmt::Debug for ReplicaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaConfig")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
+            )
+            .field("max_lag", &self.max_lag)
+            .field("check_interval", &self.check_interval)
+            .finish()
+    }
 }
 
 impl ReplicaConfig {
@@ -61,17 +74,23 @@ impl ReplicaConfig {
         self
     }
 
-    fn validate(&self) -> Result<()> {
-        if self.check_interval.is_zero() || self.check_interval > Duration::from_secs(60) {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.check_interval < Duration::from_millis(10)
+            || self.check_interval > Duration::from_secs(60)
+        {
             return Err(SessionError::config(
                 "replicas.check_interval",
-                "must be between 1ms and 60s",
+                "must be between 10ms and 60s",
             ));
         }
-        if self.max_lag < self.check_interval {
+        if self.max_lag < 2 * self.check_interval {
             return Err(SessionError::config(
                 "replicas.max_lag",
-                "must be at least the check interval (the lag is known to within one interval)",
+                "must be at least twice the check interval (a replica keeping up is measured one sample behind)",
             ));
         }
         Ok(())
@@ -112,18 +131,19 @@ fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
 }
 
-/// The password of a URL replaced, for reports.
+/// A URL as reports may show it: scheme, host and path only. The user and password, and the
+/// query string (which may carry `password=`), are dropped; a key=value connection string shows
+/// as such.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(connection string)".to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}/{path}")
 }
 
 impl DieselProvider<AsyncPgConnection> {
@@ -163,7 +183,7 @@ impl DieselProvider<AsyncPgConnection> {
         let mut monitor = Monitor {
             primary_url: url.to_owned(),
             primary: None,
-            replicas: set.clone(),
+            replicas: Arc::downgrade(&set),
             connections: replicas.urls.iter().map(|_| None).collect(),
             urls: replicas.urls.clone(),
             samples: VecDeque::new(),
@@ -176,7 +196,9 @@ impl DieselProvider<AsyncPgConnection> {
         monitor.check().await;
         let interval = replicas.check_interval;
         let handle = tokio::spawn(async move {
-            loop {
+            // Ends when the provider is dropped without `close()`: the monitor holds the
+            // replicas weakly.
+            while monitor.replicas.strong_count() > 0 {
                 tokio::time::sleep(interval).await;
                 monitor.check().await;
             }
@@ -220,7 +242,7 @@ impl DieselProvider<AsyncPgConnection> {
 struct Monitor {
     primary_url: String,
     primary: Option<AsyncPgConnection>,
-    replicas: Arc<ReplicaSet<AsyncPgConnection>>,
+    replicas: std::sync::Weak<ReplicaSet<AsyncPgConnection>>,
     urls: Vec<String>,
     connections: Vec<Option<AsyncPgConnection>>,
     /// (when, the primary's WAL position then), oldest first, spanning a little over `max_lag`.
@@ -260,6 +282,12 @@ where
 
 impl Monitor {
     async fn check(&mut self) {
+        // Timed before the query: the position is at least that recent. The write position, not
+        // the insert one: on an idle primary the insert position can stand past a page header the
+        // replica never replays, so a caught-up replica would look ever later. (With
+        // `synchronous_commit = off` a commit can be visible before it is written: the lag then
+        // reads low by up to the WAL writer's delay.)
+        let asked = Instant::now();
         let sampled: Option<PrimaryRow> = checked(
             &mut self.primary,
             &self.primary_url,
@@ -269,7 +297,7 @@ impl Monitor {
         .await;
         let now = Instant::now();
         if let Some(lsn) = sampled.and_then(|row| parse_lsn(&row.lsn)) {
-            self.samples.push_back((now, lsn));
+            self.samples.push_back((asked, lsn));
         }
         // Kept: the newest sample at least `max_lag` old, and all after it.
         while self.samples.len() > 1
@@ -280,9 +308,12 @@ impl Monitor {
         {
             self.samples.pop_front();
         }
+        let Some(replicas) = self.replicas.upgrade() else {
+            return;
+        };
         for i in 0..self.urls.len() {
             let lag = self.lag_of(i).await;
-            let replica = &self.replicas.list[i];
+            let replica = &replicas.list[i];
             replica.lag_ms.store(
                 lag.map_or(u64::MAX, |l| {
                     u64::try_from(l.as_millis()).unwrap_or(u64::MAX - 1)
@@ -331,16 +362,26 @@ mod tests {
         assert_eq!(parse_lsn("nonsense"), None);
         assert_eq!(
             redact("postgres://app:secret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
+            "postgres://db:5432/x"
         );
-        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact("postgres://app:p@ss@db/x?password=s"),
+            "postgres://db/x"
+        );
+        assert_eq!(
+            redact("postgresql:///x?host=/sock&password=s"),
+            "postgresql:///x"
+        );
+        assert_eq!(redact("host=db password=s"), "(connection string)");
+        let shown = format!("{:?}", ReplicaConfig::new(["postgres://a:secret@r/x"]));
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]
-    fn the_lag_bound_is_at_least_one_interval() {
+    fn the_lag_bound_is_at_least_two_intervals() {
         assert!(ReplicaConfig::new(["postgres://r"]).validate().is_ok());
         let config = ReplicaConfig::new(["postgres://r"])
-            .max_lag(Duration::from_millis(10))
+            .max_lag(Duration::from_millis(150))
             .check_interval(Duration::from_millis(100));
         assert!(config.validate().is_err());
     }

@@ -59,8 +59,9 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// Read-only scopes run on the replica, every other scope on the primary; a write attempted in
-/// a read-only scope fails there, and the replica's state says it served them.
+/// Read-only scopes run on the replica, every other scope (and a read-only serializable one) on
+/// the primary; a write attempted in a read-only scope fails there, and the replica's state says
+/// it served them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_scopes_go_to_the_replica_and_the_rest_never_do() {
     let pair = PgReplicaPair::start();
@@ -77,6 +78,9 @@ async fn read_only_scopes_go_to_the_replica_and_the_rest_never_do() {
                 .unwrap()
         );
     }
+    // A standby refuses SERIALIZABLE: such a read-only scope runs on the primary.
+    let serializable = read_only().isolation(session_core::IsolationLevel::Serializable);
+    assert!(!ran_on_replica(&provider, serializable).await.unwrap());
     let write = provider
         .transaction(read_only(), async |conn| {
             diesel_async::RunQueryDsl::execute(

@@ -503,6 +503,16 @@ impl SessionConfig {
                     "each replica is a postgres:// URL",
                 ));
             }
+            #[cfg(feature = "postgres")]
+            session_diesel::ReplicaConfig::new(self.database_replicas.clone())
+                .max_lag(self.database_replica_max_lag)
+                .validate()
+                .map_err(|_| {
+                    SessionError::config(
+                        "database_replica_max_lag",
+                        "must be at least 500ms (twice the 250 ms check interval)",
+                    )
+                })?;
         }
         let _ = db;
         #[cfg(feature = "redis")]

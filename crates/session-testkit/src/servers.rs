@@ -1855,9 +1855,9 @@ impl PgReplicaPair {
             command
         };
         let run = |mut command: Command, what: &str| {
-            let status = command
-                .status()
-                .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+            let status = command.status().unwrap_or_else(|e| {
+                panic!("cannot run {what} as the postgres user: {e} (the tests switch to it, which needs root)")
+            });
             assert!(status.success(), "{what} failed: {status}");
         };
         let primary = dir.join("primary");
@@ -1995,7 +1995,20 @@ impl Drop for PgReplicaPair {
             .children
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A fast shutdown first (SIGINT), so the servers remove their shared memory and stop
+        // their own processes; SIGKILL for any that has not within 5 s.
+        for (_, child, killed) in children.iter() {
+            if !*killed {
+                let _ = Command::new("kill")
+                    .args(["-INT", &child.id().to_string()])
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
         for (_, child, _) in children.iter_mut() {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
         }
         if let Some((mut watchdog, stdin)) = self.watchdog.take() {
