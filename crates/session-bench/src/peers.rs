@@ -102,6 +102,17 @@ async fn run_peer<S: SessionStore + Clone>(
     drive(tasks, seconds, init, step).await
 }
 
+/// `PREFILL` records in the peer's store, as `prefill` puts sessions in ours.
+async fn prefill_peer<S: SessionStore>(peer: &S) -> Arc<Vec<Id>> {
+    let mut ids = Vec::with_capacity(PREFILL);
+    for i in 0..PREFILL {
+        let mut r = record(i);
+        peer.create(&mut r).await.unwrap();
+        ids.push(r.id);
+    }
+    Arc::new(ids)
+}
+
 async fn compare<S: SessionStore + Clone>(
     name: &str,
     ours: &Arc<dyn UserSessionStore>,
@@ -109,13 +120,7 @@ async fn compare<S: SessionStore + Clone>(
     seconds: u64,
 ) {
     let tokens: Arc<Vec<SessionToken>> = prefill(ours).await;
-    let mut ids = Vec::with_capacity(PREFILL);
-    for i in 0..PREFILL {
-        let mut r = record(i);
-        peer.create(&mut r).await.unwrap();
-        ids.push(r.id);
-    }
-    let ids = Arc::new(ids);
+    let ids = prefill_peer(&peer).await;
     for op in OPS.into_iter().filter(|op| op.selected()) {
         for tasks in CONCURRENCY {
             let mine = run_store(ours, &tokens, op, tasks, seconds).await;
@@ -216,13 +221,7 @@ async fn near_cache_rows<S: SessionStore + Clone>(
     );
     let ours: Arc<dyn UserSessionStore> = near.clone();
     let tokens: Arc<Vec<SessionToken>> = prefill(&ours).await;
-    let mut ids = Vec::with_capacity(PREFILL);
-    for i in 0..PREFILL {
-        let mut r = record(i);
-        peer.create(&mut r).await.unwrap();
-        ids.push(r.id);
-    }
-    let ids = Arc::new(ids);
+    let ids = prefill_peer(&peer).await;
     // Warm: one read of each session, so the rows measure a warm cache (as a busy service has).
     for token in tokens.iter() {
         ours.get(token).await.unwrap();

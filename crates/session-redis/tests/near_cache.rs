@@ -202,29 +202,48 @@ async fn on_a_cluster_writes_reach_another_instances_cache() {
     cluster.delete_prefix(&prefix);
 }
 
-/// The store's connections (tracking included) go through a proxy: once it cuts them, the cache
-/// is flushed and bypassed, so a session deleted meanwhile by another instance is never served
-/// from memory; tracking comes back on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_tracking_connection_flushes_and_bypasses_the_cache() {
+/// A caching store whose connections (tracking included) go through a proxy of its own, a plain
+/// store straight to the shared Redis under the same prefix, and a session the caching store
+/// has read: (caching store, plain store, proxy, the session, the URL, the prefix).
+async fn behind_a_proxy(
+    label: &str,
+    checkout_timeout: Duration,
+) -> (
+    RedisStore,
+    RedisStore,
+    FaultProxy,
+    session_core::IssuedSession,
+    String,
+    String,
+) {
     let url = redis_url();
     require_redis(&url);
     let proxy = FaultProxy::start(shared_port(&url)).await;
-    let prefix = unique_prefix("nearcut");
+    let prefix = unique_prefix(label);
     let through = format!("redis://127.0.0.1:{}/0", proxy.port());
-    let config = near(&through, &prefix).checkout_timeout(Duration::from_millis(500));
-    let a = RedisStore::connect(config, SessionPolicy::default())
+    let config = near(&through, &prefix).checkout_timeout(checkout_timeout);
+    let cached = RedisStore::connect(config, SessionPolicy::default())
         .await
         .unwrap();
-    let other = RedisStore::connect(
+    let plain = RedisStore::connect(
         RedisConfig::new(url.clone()).key_prefix(&prefix),
         SessionPolicy::default(),
     )
     .await
     .unwrap();
-    tracking(&a).await;
-    let issued = other.create(NewUserSession::new("alice")).await.unwrap();
-    a.get(&issued.token).await.unwrap().unwrap();
+    tracking(&cached).await;
+    let issued = plain.create(NewUserSession::new("alice")).await.unwrap();
+    cached.get(&issued.token).await.unwrap().unwrap();
+    (cached, plain, proxy, issued, url, prefix)
+}
+
+/// The store's connections (tracking included) go through a proxy: once it cuts them, the cache
+/// is flushed and bypassed, so a session deleted meanwhile by another instance is never served
+/// from memory; tracking comes back on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_tracking_connection_flushes_and_bypasses_the_cache() {
+    let (a, other, proxy, issued, url, prefix) =
+        behind_a_proxy("nearcut", Duration::from_millis(500)).await;
     a.get(&issued.token).await.unwrap().unwrap();
     assert!(a.near_cache_stats().unwrap().hits >= 1);
 
@@ -254,24 +273,8 @@ async fn a_cut_tracking_connection_flushes_and_bypasses_the_cache() {
 /// meanwhile is never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tracking_connection_is_found_and_the_cache_bypassed() {
-    let url = redis_url();
-    require_redis(&url);
-    let proxy = FaultProxy::start(shared_port(&url)).await;
-    let prefix = unique_prefix("nearstall");
-    let through = format!("redis://127.0.0.1:{}/0", proxy.port());
-    let config = near(&through, &prefix).checkout_timeout(Duration::from_millis(300));
-    let a = RedisStore::connect(config, SessionPolicy::default())
-        .await
-        .unwrap();
-    let other = RedisStore::connect(
-        RedisConfig::new(url.clone()).key_prefix(&prefix),
-        SessionPolicy::default(),
-    )
-    .await
-    .unwrap();
-    tracking(&a).await;
-    let issued = other.create(NewUserSession::new("alice")).await.unwrap();
-    a.get(&issued.token).await.unwrap().unwrap();
+    let (a, other, proxy, issued, url, prefix) =
+        behind_a_proxy("nearstall", Duration::from_millis(300)).await;
 
     proxy.stall(true);
     let stalled = Instant::now();

@@ -35,27 +35,43 @@ async fn store_on(sentinel: &RedisSentinel, prefix: &str) -> Arc<RedisStore> {
     )
 }
 
+/// A private topology, a store on it, and the 32-task load for `total`, with `event` run 2 s in
+/// on a blocking thread (given the topology and the master's port then): the topology, the
+/// store, that port, and the report.
+async fn load_through(
+    label: &str,
+    total: Duration,
+    event: impl FnOnce(&RedisSentinel, u16) + Send + 'static,
+) -> (Arc<RedisSentinel>, Arc<RedisStore>, u16, common::LoadReport) {
+    let sentinel = Arc::new(RedisSentinel::start());
+    let prefix = unique_prefix(label);
+    let store = store_on(&sentinel, &prefix).await;
+    let old = sentinel.master_port();
+    let mover = sentinel.clone();
+    let report = common::run_load(
+        store.clone(),
+        TASKS,
+        total,
+        Duration::from_secs(2),
+        move || {
+            event(&mover, old);
+        },
+    )
+    .await;
+    (sentinel, store, old, report)
+}
+
 /// The master killed under load: the Sentinels promote the replica, the store's new connections
 /// ask them again and reach it, with no rebuild; no call hangs past its time-outs, and only
 /// sessions written in the replication window may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_fails_over_under_load() {
-    let sentinel = Arc::new(RedisSentinel::start());
-    let prefix = unique_prefix("failover");
-    let store = store_on(&sentinel, &prefix).await;
-    let old = sentinel.master_port();
-    let killer = sentinel.clone();
-    let report = common::run_load(
-        store.clone(),
-        TASKS,
-        Duration::from_secs(12),
-        Duration::from_secs(2),
-        move || {
+    let (sentinel, store, old, report) =
+        load_through("failover", Duration::from_secs(12), move |killer, old| {
             killer.kill_master();
             killer.wait_for_failover(old, Duration::from_secs(20));
-        },
-    )
-    .await;
+        })
+        .await;
     println!("{}", report.line("sentinel, master killed (SIGKILL)"));
     // Replication to the replica is asynchronous: only a write acknowledged just before the
     // kill can be missing from it.
@@ -72,26 +88,15 @@ async fn a_killed_master_fails_over_under_load() {
 /// before the switch is lost or goes missing from its user's index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_switch() {
-    let sentinel = Arc::new(RedisSentinel::start());
-    let prefix = unique_prefix("manual");
-    let store = store_on(&sentinel, &prefix).await;
-    let old = sentinel.master_port();
-    let mover = sentinel.clone();
-    let report = common::run_load(
-        store.clone(),
-        TASKS,
-        Duration::from_secs(10),
-        Duration::from_secs(2),
-        move || {
-            let port = mover.sentinel_ports()[0];
-            let _: String = redis::cmd("SENTINEL")
-                .arg("FAILOVER")
-                .arg(SENTINEL_MASTER_NAME)
-                .query(&mut mover.node_connection(port))
-                .unwrap();
-            mover.wait_for_failover(old, Duration::from_secs(20));
-        },
-    )
+    let (_, _, _, report) = load_through("manual", Duration::from_secs(10), move |mover, old| {
+        let port = mover.sentinel_ports()[0];
+        let _: String = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SENTINEL_MASTER_NAME)
+            .query(&mut mover.node_connection(port))
+            .unwrap();
+        mover.wait_for_failover(old, Duration::from_secs(20));
+    })
     .await;
     println!("{}", report.line("sentinel, manual SENTINEL FAILOVER"));
     // Lost: only writes acknowledged from the command until the announcement (about 1.2 s here),
@@ -112,53 +117,42 @@ async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_swit
 /// error) instead of being acknowledged and lost; the store follows the Sentinels' announcement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_switchover_with_writes_paused_loses_nothing() {
-    let sentinel = Arc::new(RedisSentinel::start());
-    let prefix = unique_prefix("planned");
-    let store = store_on(&sentinel, &prefix).await;
-    let old = sentinel.master_port();
-    let mover = sentinel.clone();
-    let report = common::run_load(
-        store.clone(),
-        TASKS,
-        Duration::from_secs(10),
-        Duration::from_secs(2),
-        move || {
-            let _: () = redis::cmd("CLIENT")
-                .arg("PAUSE")
-                .arg(30_000)
-                .arg("WRITE")
-                .query(&mut mover.node_connection(old))
-                .unwrap();
-            let port = mover.sentinel_ports()[0];
-            let _: String = redis::cmd("SENTINEL")
-                .arg("FAILOVER")
-                .arg(SENTINEL_MASTER_NAME)
-                .query(&mut mover.node_connection(port))
-                .unwrap();
-            // Once the Sentinels name the new master, the old one's clients are closed (their
-            // held writes with them: never acknowledged) and it may run again, for the
-            // Sentinels' own reconfiguration of it, a write the pause holds too.
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while mover.master_port() == old {
-                assert!(std::time::Instant::now() < deadline, "no switch");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let mut conn = mover.node_connection(old);
-            let _: () = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("normal")
-                .arg("SKIPME")
-                .arg("yes")
-                .query(&mut conn)
-                .unwrap();
-            let _: () = redis::cmd("CLIENT")
-                .arg("UNPAUSE")
-                .query(&mut conn)
-                .unwrap();
-            mover.wait_for_failover(old, Duration::from_secs(20));
-        },
-    )
+    let (_, _, _, report) = load_through("planned", Duration::from_secs(10), move |mover, old| {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(30_000)
+            .arg("WRITE")
+            .query(&mut mover.node_connection(old))
+            .unwrap();
+        let port = mover.sentinel_ports()[0];
+        let _: String = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SENTINEL_MASTER_NAME)
+            .query(&mut mover.node_connection(port))
+            .unwrap();
+        // Once the Sentinels name the new master, the old one's clients are closed (their
+        // held writes with them: never acknowledged) and it may run again, for the
+        // Sentinels' own reconfiguration of it, a write the pause holds too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while mover.master_port() == old {
+            assert!(std::time::Instant::now() < deadline, "no switch");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut conn = mover.node_connection(old);
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut conn)
+            .unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query(&mut conn)
+            .unwrap();
+        mover.wait_for_failover(old, Duration::from_secs(20));
+    })
     .await;
     println!(
         "{}",

@@ -805,16 +805,10 @@ impl Processes {
             node.child.kill().unwrap();
             node.killed = true;
         }
-        wait_until(
+        wait_port_closed(
+            port,
             Duration::from_secs(5),
             "a killed node closes its port",
-            || match std::net::TcpStream::connect_timeout(
-                &(Ipv4Addr::LOCALHOST, port).into(),
-                Duration::from_millis(100),
-            ) {
-                Ok(_) => Err(format!("port {port} still accepts")),
-                Err(_) => Ok(()),
-            },
         );
     }
 
@@ -1974,17 +1968,10 @@ impl PgReplicaPair {
             child.kill().unwrap();
             *killed = true;
         }
-        let port = self.standby_port;
-        wait_until(
+        wait_port_closed(
+            self.standby_port,
             Duration::from_secs(10),
             "the killed standby closes its port",
-            || match std::net::TcpStream::connect_timeout(
-                &(Ipv4Addr::LOCALHOST, port).into(),
-                Duration::from_millis(100),
-            ) {
-                Ok(_) => Err(format!("port {port} still accepts")),
-                Err(_) => Ok(()),
-            },
         );
     }
 }
@@ -2020,6 +2007,18 @@ impl Drop for PgReplicaPair {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits until nothing accepts connections on `port` (a killed server's), panicking with `what`
+/// after `within`.
+fn wait_port_closed(port: u16, within: Duration, what: &str) {
+    wait_until(within, what, || match std::net::TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_millis(100),
+    ) {
+        Ok(_) => Err(format!("port {port} still accepts")),
+        Err(_) => Ok(()),
+    });
 }
 
 /// `psql` that reports failure instead of panicking (for waiting on a server).
