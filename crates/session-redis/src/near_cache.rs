@@ -76,7 +76,8 @@ pub struct NearCacheStats {
     pub flushes: u64,
     /// Sessions held now.
     pub entries: u64,
-    /// Whether invalidations are being received (entries are served only then).
+    /// Whether entries are served: invalidations are being received (and, through Sentinel, no
+    /// new master has been announced since they were set up).
     pub tracking: bool,
 }
 
@@ -363,7 +364,7 @@ impl NearCache {
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             entries,
-            tracking: self.tracking.load(Ordering::Acquire),
+            tracking: self.serving(),
         }
     }
 }

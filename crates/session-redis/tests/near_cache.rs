@@ -11,7 +11,8 @@ use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSessionStore
 use session_redis::{NearCacheConfig, RedisConfig, RedisStore};
 use session_testkit::Opened;
 use session_testkit::servers::{
-    FaultProxy, RedisCluster, redis_delete_prefix, redis_url, require_redis, unique_prefix,
+    FaultProxy, RedisCluster, RedisSentinel, SENTINEL_MASTER_NAME, redis_delete_prefix, redis_url,
+    require_redis, unique_prefix,
 };
 
 session_testkit::conformance_tests!(|policy| async move {
@@ -365,4 +366,109 @@ async fn after_a_manual_cluster_failover_writes_still_reach_the_cache() {
         "{delays:?}"
     );
     cluster.delete_prefix(&prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_writes_reach_another_instances_cache() {
+    let sentinel = RedisSentinel::shared();
+    let prefix = unique_prefix("nearsentinel");
+    let policy = SessionPolicy::default();
+    let a = Arc::new(
+        RedisStore::connect(near(&sentinel.url(), &prefix), policy.clone())
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        RedisStore::connect(near(&sentinel.url(), &prefix), policy)
+            .await
+            .unwrap(),
+    );
+    changes_reach_the_other_instance(a, b, "sentinel").await;
+    sentinel.delete_prefix(&prefix);
+}
+
+/// `SENTINEL FAILOVER`: the moment the Sentinels announce the new master, the cache stops
+/// serving (the old master's invalidations say nothing of the new one's writes); tracking moves to
+/// the new master, and its writes reach the cache again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_moves_tracking_to_the_new_master() {
+    let sentinel = RedisSentinel::start();
+    let prefix = unique_prefix("nearsfailover");
+    let policy = SessionPolicy::default();
+    let a = RedisStore::connect(near(&sentinel.url(), &prefix), policy.clone())
+        .await
+        .unwrap();
+    let b = RedisStore::connect(near(&sentinel.url(), &prefix), policy)
+        .await
+        .unwrap();
+    tracking(&a).await;
+    tracking(&b).await;
+    let mut issued = Vec::new();
+    for i in 0..16 {
+        issued.push(
+            a.create(NewUserSession::new(format!("user-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for s in &issued {
+        b.get(&s.token).await.unwrap().unwrap();
+    }
+    let old = sentinel.master_port();
+    let () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(SENTINEL_MASTER_NAME)
+        .query(&mut sentinel.node_connection(sentinel.sentinel_ports()[0]))
+        .map(|_: String| ())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sentinel.master_port() == old {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracking(&b).await;
+    // Deletes on the new master reach B's cache again, and B serves from memory again.
+    let served_before = b.near_cache_stats().unwrap().hits;
+    let mut delays = Vec::new();
+    for s in &issued {
+        let _ = b.get(&s.token).await;
+        let _ = b.get(&s.token).await;
+        // A's connections move too; a write may meet the switch once.
+        let deleted = common_retry(|| a.delete(&s.token)).await;
+        assert!(deleted, "the session was live");
+        delays.push(until(&b, &s.token, |read| read.is_none()).await);
+    }
+    delays.sort();
+    println!(
+        "after a Sentinel failover: {} deletes seen by the other instance after p50 {:?}, max {:?}",
+        delays.len(),
+        percentile(&delays, 0.5),
+        delays.last().unwrap()
+    );
+    assert!(
+        *delays.last().unwrap() < Duration::from_millis(100),
+        "{delays:?}"
+    );
+    let served = b.near_cache_stats().unwrap().hits - served_before;
+    assert!(
+        served >= 8,
+        "B served {served} of 16 second reads from memory after the failover"
+    );
+}
+
+/// Retries a temporary failure for up to 10 s.
+async fn common_retry<T, F>(mut op: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = session_core::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
