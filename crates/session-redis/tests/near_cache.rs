@@ -301,25 +301,24 @@ async fn a_stalled_tracking_connection_is_found_and_the_cache_bypassed() {
     redis_delete_prefix(&url, &prefix);
 }
 
-/// A manual `CLUSTER FAILOVER` moves a master's slots to its replica without closing any
-/// connection: the replica's tracking connection (every node is tracked, replicas included)
-/// carries the invalidations of the writes it now takes, so another instance's delete right after
-/// the failover still reaches this instance's cache at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_manual_cluster_failover_writes_still_reach_the_cache() {
-    let cluster = RedisCluster::start();
-    let prefix = unique_prefix("nearfailover");
+/// Two caching instances on `url`, `n` sessions created through the first and read (cached)
+/// through the second.
+async fn two_warm_instances(
+    url: &str,
+    prefix: &str,
+    n: usize,
+) -> (RedisStore, RedisStore, Vec<session_core::IssuedSession>) {
     let policy = SessionPolicy::default();
-    let a = RedisStore::connect(near(&cluster.url(), &prefix), policy.clone())
+    let a = RedisStore::connect(near(url, prefix), policy.clone())
         .await
         .unwrap();
-    let b = RedisStore::connect(near(&cluster.url(), &prefix), policy)
+    let b = RedisStore::connect(near(url, prefix), policy)
         .await
         .unwrap();
     tracking(&a).await;
     tracking(&b).await;
     let mut issued = Vec::new();
-    for i in 0..64 {
+    for i in 0..n {
         issued.push(
             a.create(NewUserSession::new(format!("user-{i}")))
                 .await
@@ -329,6 +328,58 @@ async fn after_a_manual_cluster_failover_writes_still_reach_the_cache() {
     for s in &issued {
         b.get(&s.token).await.unwrap().unwrap();
     }
+    (a, b, issued)
+}
+
+/// For each session: read twice through `b` (the second read from memory once `b` serves
+/// again), delete through `a` (a temporary error met in a switch retried), and time until `b`
+/// answers `None`. Every delete must reach `b` within 100 ms, and `b` must have served at least
+/// half the second reads from memory.
+async fn deletes_reach_the_cache(
+    a: &RedisStore,
+    b: &RedisStore,
+    issued: &[session_core::IssuedSession],
+    what: &str,
+) {
+    let served_before = b.near_cache_stats().unwrap().hits;
+    let mut delays = Vec::new();
+    for s in issued {
+        let _ = b.get(&s.token).await;
+        let _ = b.get(&s.token).await;
+        assert!(
+            common_retry(|| a.delete(&s.token)).await,
+            "the session was live"
+        );
+        delays.push(until(b, &s.token, |read| read.is_none()).await);
+    }
+    delays.sort();
+    println!(
+        "{what}: {} deletes seen by the other instance after p50 {:?}, max {:?}",
+        delays.len(),
+        percentile(&delays, 0.5),
+        delays.last().unwrap()
+    );
+    assert!(
+        *delays.last().unwrap() < Duration::from_millis(100),
+        "{what}: {delays:?}"
+    );
+    let served = b.near_cache_stats().unwrap().hits - served_before;
+    assert!(
+        served * 2 >= issued.len() as u64,
+        "{what}: B served {served} of {} second reads from memory",
+        issued.len()
+    );
+}
+
+/// A manual `CLUSTER FAILOVER` moves a master's slots to its replica without closing any
+/// connection: the replica's tracking connection (every node is tracked, replicas included)
+/// carries the invalidations of the writes it now takes, so another instance's delete right after
+/// the failover still reaches this instance's cache at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_manual_cluster_failover_writes_still_reach_the_cache() {
+    let cluster = RedisCluster::start();
+    let prefix = unique_prefix("nearfailover");
+    let (a, b, issued) = two_warm_instances(&cluster.url(), &prefix, 64).await;
     let master = cluster.masters()[0];
     let replica = cluster.replicas_of(master)[0];
     let () = redis::cmd("CLUSTER")
@@ -342,29 +393,7 @@ async fn after_a_manual_cluster_failover_writes_still_reach_the_cache() {
     }
     // B keeps its entries through the switch (the nodes are the same, only their roles moved),
     // so each delete must reach it as an invalidation from the new master.
-    let served_before = b.near_cache_stats().unwrap().hits;
-    let mut delays = Vec::new();
-    for s in &issued {
-        assert!(b.get(&s.token).await.unwrap().is_some());
-        a.delete(&s.token).await.unwrap();
-        delays.push(until(&b, &s.token, |read| read.is_none()).await);
-    }
-    let served = b.near_cache_stats().unwrap().hits - served_before;
-    assert!(
-        served >= 32,
-        "B's cache served only {served} of the 64 reads before the deletes"
-    );
-    delays.sort();
-    println!(
-        "after a manual failover: {} deletes seen by the other instance after p50 {:?}, max {:?}",
-        delays.len(),
-        percentile(&delays, 0.5),
-        delays.last().unwrap()
-    );
-    assert!(
-        *delays.last().unwrap() < Duration::from_millis(100),
-        "{delays:?}"
-    );
+    deletes_reach_the_cache(&a, &b, &issued, "after a manual Cluster failover").await;
     cluster.delete_prefix(&prefix);
 }
 
@@ -394,26 +423,7 @@ async fn through_sentinel_writes_reach_another_instances_cache() {
 async fn a_sentinel_failover_moves_tracking_to_the_new_master() {
     let sentinel = RedisSentinel::start();
     let prefix = unique_prefix("nearsfailover");
-    let policy = SessionPolicy::default();
-    let a = RedisStore::connect(near(&sentinel.url(), &prefix), policy.clone())
-        .await
-        .unwrap();
-    let b = RedisStore::connect(near(&sentinel.url(), &prefix), policy)
-        .await
-        .unwrap();
-    tracking(&a).await;
-    tracking(&b).await;
-    let mut issued = Vec::new();
-    for i in 0..16 {
-        issued.push(
-            a.create(NewUserSession::new(format!("user-{i}")))
-                .await
-                .unwrap(),
-        );
-    }
-    for s in &issued {
-        b.get(&s.token).await.unwrap().unwrap();
-    }
+    let (a, b, issued) = two_warm_instances(&sentinel.url(), &prefix, 16).await;
     let old = sentinel.master_port();
     let () = redis::cmd("SENTINEL")
         .arg("FAILOVER")
@@ -428,32 +438,7 @@ async fn a_sentinel_failover_moves_tracking_to_the_new_master() {
     }
     tracking(&b).await;
     // Deletes on the new master reach B's cache again, and B serves from memory again.
-    let served_before = b.near_cache_stats().unwrap().hits;
-    let mut delays = Vec::new();
-    for s in &issued {
-        let _ = b.get(&s.token).await;
-        let _ = b.get(&s.token).await;
-        // A's connections move too; a write may meet the switch once.
-        let deleted = common_retry(|| a.delete(&s.token)).await;
-        assert!(deleted, "the session was live");
-        delays.push(until(&b, &s.token, |read| read.is_none()).await);
-    }
-    delays.sort();
-    println!(
-        "after a Sentinel failover: {} deletes seen by the other instance after p50 {:?}, max {:?}",
-        delays.len(),
-        percentile(&delays, 0.5),
-        delays.last().unwrap()
-    );
-    assert!(
-        *delays.last().unwrap() < Duration::from_millis(100),
-        "{delays:?}"
-    );
-    let served = b.near_cache_stats().unwrap().hits - served_before;
-    assert!(
-        served >= 8,
-        "B served {served} of 16 second reads from memory after the failover"
-    );
+    deletes_reach_the_cache(&a, &b, &issued, "after a Sentinel failover").await;
 }
 
 /// Retries a temporary failure for up to 10 s.
