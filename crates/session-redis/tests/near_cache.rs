@@ -3,6 +3,8 @@
 //! connection cut or stalled by a proxy.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -347,7 +349,7 @@ async fn deletes_reach_the_cache(
         let _ = b.get(&s.token).await;
         let _ = b.get(&s.token).await;
         assert!(
-            common_retry(|| a.delete(&s.token)).await,
+            common::settled(|| a.delete(&s.token)).await,
             "the session was live"
         );
         delays.push(until(b, &s.token, |read| read.is_none()).await);
@@ -439,21 +441,4 @@ async fn a_sentinel_failover_moves_tracking_to_the_new_master() {
     tracking(&b).await;
     // Deletes on the new master reach B's cache again, and B serves from memory again.
     deletes_reach_the_cache(&a, &b, &issued, "after a Sentinel failover").await;
-}
-
-/// Retries a temporary failure for up to 10 s.
-async fn common_retry<T, F>(mut op: impl FnMut() -> F) -> T
-where
-    F: std::future::Future<Output = session_core::Result<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(e) if e.is_temporary() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
