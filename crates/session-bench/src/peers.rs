@@ -174,8 +174,19 @@ async fn memory_peers(seconds: u64) {
     .await;
 }
 
+/// The policy of our store in the peer rows: the default (a touch writes once per 60 s), or with
+/// `BENCH_TOUCH_WRITES=1` a touch interval of 0, so that every touch writes, the work a peer's
+/// save does.
+fn peer_policy() -> SessionPolicy {
+    let mut policy = SessionPolicy::default();
+    if std::env::var("BENCH_TOUCH_WRITES").is_ok_and(|v| v == "1") {
+        policy.touch_interval = std::time::Duration::ZERO;
+    }
+    policy
+}
+
 async fn redis_peers(seconds: u64) {
-    let policy = SessionPolicy::default;
+    let policy = peer_policy;
     // Both on a private redis-server (tower-sessions keys sessions by bare id), same pool size.
     let server = session_testkit::servers::RedisServer::start();
     let config = session_redis::RedisConfig::new(server.url());
@@ -231,7 +242,11 @@ async fn near_cache_rows<S: SessionStore + Clone>(
         for tasks in CONCURRENCY {
             let mine = run_store(&ours, &tokens, op, tasks, seconds).await;
             let theirs = run_peer(&peer, &ids, Op::Get, tasks, seconds).await;
-            let name = if op == Op::Touch { "touch-not-due" } else { "get" };
+            let name = if op == Op::Touch {
+                "touch-not-due"
+            } else {
+                "get"
+            };
             row_named("redis+near", name, "ts load", tasks, &mine, Some(&theirs));
         }
     }
@@ -247,14 +262,7 @@ async fn near_cache_rows<S: SessionStore + Clone>(
 }
 
 async fn postgres_peers(seconds: u64) {
-    // `BENCH_TOUCH_WRITES=1`: every touch writes (touch interval 0), the work a peer's save does.
-    let policy = || {
-        let mut policy = SessionPolicy::default();
-        if std::env::var("BENCH_TOUCH_WRITES").is_ok_and(|v| v == "1") {
-            policy.touch_interval = std::time::Duration::ZERO;
-        }
-        policy
-    };
+    let policy = peer_policy;
     // Each in a schema of its own on the shared server, same pool size.
     let ours_schema = session_testkit::servers::PgSchema::create("bench_peer_ours");
     let peer_schema = session_testkit::servers::PgSchema::create("bench_peer_ts");
