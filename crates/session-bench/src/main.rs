@@ -6,6 +6,7 @@
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 topologies      # node vs Cluster vs Sentinel
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- footprint-redis footprint-pg  # bytes per session
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 writes  # writes, server commands per op
+//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 http    # the demo over HTTP vs a bare route
 //! ```
 //! `topologies` starts a private one-node Redis, a private Redis Cluster (3 masters, 3 replicas) and
 //! a private Sentinel setup (master, replica, 3 sentinels) with `session_testkit::servers`, and runs
@@ -639,6 +640,7 @@ async fn bench_redis(seconds: u64) {
 
 mod db;
 mod footprint;
+mod http;
 mod peers;
 mod topologies;
 mod writes;
@@ -682,6 +684,7 @@ async fn main() {
             "footprint-pg" => footprint::bench_footprint_pg().await,
             "topologies" => topologies::bench_topologies(seconds).await,
             "writes" => writes::bench_writes(seconds).await,
+            "http" => http::bench_http(seconds).await,
             "peers" => peers::bench_peers(seconds, &[]).await,
             "peers-memory" => peers::bench_peers(seconds, &["memory"]).await,
             "peers-redis" => peers::bench_peers(seconds, &["redis"]).await,
