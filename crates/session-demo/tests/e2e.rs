@@ -13,7 +13,7 @@ use session_core::SessionToken;
 use session_demo::accounts::{NewAccount, SignInLimits, add_account};
 use session_manager::{SessionConfig, SessionManager};
 use session_testkit::servers::{
-    PgSchema, redis_delete_prefix, redis_url, require_redis, unique_prefix,
+    PgSchema, RedisCluster, redis_delete_prefix, redis_url, require_redis, unique_prefix,
 };
 
 /// The password of every account the tests add.
@@ -931,6 +931,31 @@ async fn end_to_end_on_redis_and_postgres() {
     a_stale_cookie_is_cleared(&demo).await;
     demo.stop().await;
     redis_delete_prefix(&url, &prefix);
+}
+
+/// The demo on a Redis Cluster, with the near cache, by configuration alone: the whole scenario,
+/// sign-ins, revocations and password changes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_on_a_redis_cluster_with_the_near_cache() {
+    let cluster = RedisCluster::start();
+    let prefix = unique_prefix("e2ecluster");
+    let config = SessionConfig::from_vars([
+        ("SESSION_STORE_URL".to_owned(), cluster.url()),
+        ("SESSION_KEY_PREFIX".to_owned(), prefix.clone()),
+        (
+            "SESSION_REDIS_NEAR_CACHE_ENTRIES".to_owned(),
+            "1000".to_owned(),
+        ),
+        ("DATABASE_URL".to_owned(), "sqlite::memory:".to_owned()),
+    ])
+    .unwrap();
+    let demo = Demo::start(config).await;
+    assert_eq!(demo.manager.sessions().backend(), "redis");
+    scenario(&demo).await;
+    changing_the_password_signs_out_the_others(&demo).await;
+    unknown_tokens_are_refused(&demo).await;
+    demo.stop().await;
+    cluster.delete_prefix(&prefix);
 }
 
 /// The demo on the Redis compatible layout, set by configuration alone: a session another
