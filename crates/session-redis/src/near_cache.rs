@@ -94,7 +94,10 @@ pub(crate) struct NearCache {
     /// Through Sentinel: the watch, and its count when tracking was set up; entries are served
     /// only while the count is unchanged (a new master may take writes before the tracking task
     /// has noticed).
-    fence: Mutex<Option<(Arc<MasterWatch>, u64)>>,
+    /// Read on every cached read, so without a lock: the watch is set once (it is the store's),
+    /// the count at each set-up.
+    fence_watch: std::sync::OnceLock<Arc<MasterWatch>>,
+    fence_generation: AtomicU64,
     next_ticket: AtomicU64,
     entries_per_shard: usize,
     bytes_per_shard: usize,
@@ -182,7 +185,8 @@ impl NearCache {
             hasher: std::collections::hash_map::RandomState::new(),
             tracking: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            fence: Mutex::new(None),
+            fence_watch: std::sync::OnceLock::new(),
+            fence_generation: AtomicU64::new(0),
             next_ticket: AtomicU64::new(1),
             entries_per_shard: config.max_entries.div_ceil(SHARDS).max(1),
             bytes_per_shard: config.max_bytes.div_ceil(SHARDS).max(ENTRY_OVERHEAD),
@@ -208,14 +212,9 @@ impl NearCache {
         if !self.tracking.load(Ordering::Acquire) {
             return false;
         }
-        match &*self
-            .fence
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            Some((watch, generation)) => watch.generation() == *generation,
-            None => true,
-        }
+        self.fence_watch
+            .get()
+            .is_none_or(|watch| watch.generation() == self.fence_generation.load(Ordering::Acquire))
     }
 
     /// The cached session under `key` if it may be served and `usable` accepts it (expiry is the
@@ -325,10 +324,11 @@ impl NearCache {
         }
         self.flush();
         if on && !self.closed.load(Ordering::Acquire) {
-            *self
-                .fence
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = fence;
+            if let Some((watch, generation)) = fence {
+                self.fence_watch.get_or_init(|| watch);
+                // Before serving turns on: a reader that sees it on sees this count.
+                self.fence_generation.store(generation, Ordering::Release);
+            }
             self.tracking.store(true, Ordering::Release);
             // A close that came in between wins.
             if self.closed.load(Ordering::Acquire) {

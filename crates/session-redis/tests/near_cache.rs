@@ -13,8 +13,8 @@ use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSessionStore
 use session_redis::{NearCacheConfig, RedisConfig, RedisStore};
 use session_testkit::Opened;
 use session_testkit::servers::{
-    FaultProxy, RedisCluster, RedisSentinel, SENTINEL_MASTER_NAME, redis_delete_prefix, redis_url,
-    require_redis, unique_prefix,
+    FaultProxy, RedisCluster, RedisSentinel, redis_delete_prefix, redis_url, require_redis,
+    unique_prefix,
 };
 
 session_testkit::conformance_tests!(|policy| async move {
@@ -427,12 +427,7 @@ async fn a_sentinel_failover_moves_tracking_to_the_new_master() {
     let prefix = unique_prefix("nearsfailover");
     let (a, b, issued) = two_warm_instances(&sentinel.url(), &prefix, 16).await;
     let old = sentinel.master_port();
-    let () = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg(SENTINEL_MASTER_NAME)
-        .query(&mut sentinel.node_connection(sentinel.sentinel_ports()[0]))
-        .map(|_: String| ())
-        .unwrap();
+    sentinel.failover();
     let deadline = Instant::now() + Duration::from_secs(20);
     while sentinel.master_port() == old {
         assert!(Instant::now() < deadline, "no failover");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use session_core::{SessionPolicy, UserSessionStore};
 use session_redis::{RedisConfig, RedisStore};
 use session_testkit::Opened;
-use session_testkit::servers::{RedisSentinel, SENTINEL_MASTER_NAME, unique_prefix};
+use session_testkit::servers::{RedisSentinel, unique_prefix};
 
 session_testkit::conformance_tests!(|policy| async move {
     let sentinel = RedisSentinel::shared();
@@ -89,12 +89,7 @@ async fn a_killed_master_fails_over_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_under_load_loses_at_most_what_was_written_in_the_switch() {
     let (_, _, _, report) = load_through("manual", Duration::from_secs(10), move |mover, old| {
-        let port = mover.sentinel_ports()[0];
-        let _: String = redis::cmd("SENTINEL")
-            .arg("FAILOVER")
-            .arg(SENTINEL_MASTER_NAME)
-            .query(&mut mover.node_connection(port))
-            .unwrap();
+        mover.failover();
         mover.wait_for_failover(old, Duration::from_secs(20));
     })
     .await;
@@ -124,12 +119,7 @@ async fn a_planned_switchover_with_writes_paused_loses_nothing() {
             .arg("WRITE")
             .query(&mut mover.node_connection(old))
             .unwrap();
-        let port = mover.sentinel_ports()[0];
-        let _: String = redis::cmd("SENTINEL")
-            .arg("FAILOVER")
-            .arg(SENTINEL_MASTER_NAME)
-            .query(&mut mover.node_connection(port))
-            .unwrap();
+        mover.failover();
         // Once the Sentinels name the new master, the old one's clients are closed (their
         // held writes with them: never acknowledged) and it may run again, for the
         // Sentinels' own reconfiguration of it, a write the pause holds too.

@@ -627,6 +627,19 @@ fn node_connection(port: u16) -> redis::Connection {
 /// line still names the node's port: once the test process is gone, the pids of its reaped children
 /// may be reused. It ignores SIGINT and SIGHUP, which a Ctrl-C or a closed terminal sends to the
 /// whole process group, so it outlives them to clean up.
+/// Starts a [`WATCHDOG`]; the returned stdin is where `node` and `dir` lines go.
+fn spawn_watchdog(label: &str) -> (Child, std::process::ChildStdin) {
+    let mut watchdog = Command::new("sh")
+        .args(["-c", WATCHDOG])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run sh for the {label} watchdog ({e})"));
+    let stdin = watchdog.stdin.take().unwrap();
+    (watchdog, stdin)
+}
+
 const WATCHDOG: &str = r#"trap '' INT HUP
 lines=$(cat)
 printf '%s\n' "$lines" | while read -r kind pid port; do
@@ -659,14 +672,7 @@ struct Node {
 
 impl Processes {
     fn new(label: &'static str) -> Self {
-        let mut watchdog = Command::new("sh")
-            .args(["-c", WATCHDOG])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run sh for the {label} watchdog ({e})"));
-        let stdin = watchdog.stdin.take().unwrap();
+        let (watchdog, stdin) = spawn_watchdog(label);
         Self {
             label,
             inner: std::sync::Mutex::new(ProcessesInner {
@@ -1590,6 +1596,15 @@ impl RedisSentinel {
         master
     }
 
+    /// Asks the first Sentinel for a manual failover (`SENTINEL FAILOVER`); returns at once.
+    pub fn failover(&self) {
+        let _: String = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SENTINEL_MASTER_NAME)
+            .query(&mut self.node_connection(self.sentinel_ports[0]))
+            .unwrap_or_else(|e| panic!("SENTINEL FAILOVER: {e}"));
+    }
+
     /// Waits until every running sentinel reports the same master, not the one on
     /// `old_master_port`, with no failover in progress, that master answers `ROLE` as a master,
     /// and the old master, if still running, has been made its replica and has synced; returns
@@ -1818,14 +1833,7 @@ impl PgReplicaPair {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
-        let mut watchdog = Command::new("sh")
-            .args(["-c", WATCHDOG])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot run sh for the watchdog");
-        let mut stdin = watchdog.stdin.take().unwrap();
+        let (watchdog, mut stdin) = spawn_watchdog("pgpair");
         {
             use std::io::Write;
             let _ = writeln!(stdin, "dir {}", dir.display());
