@@ -31,6 +31,7 @@ features:
 services:
     redis-cli -h 127.0.0.1 ping || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
     pg_isready -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start
+    mysql -h 127.0.0.1 -u root -e 'SELECT 1' || service mariadb start
 
 # Everything CI runs.
 ci:

@@ -4,6 +4,7 @@
 # then its dependency graph checked: a feature turns on its driver and nothing else's.
 #   tokio-postgres   only with `postgres`
 #   libsqlite3-sys  only with `sqlite`
+#   mysql_async     only with `mysql`
 #   redis           only with `redis`
 #   session-memory  only with `memory`
 # (judged from the session-manager features the build actually resolves, so session-axum's row
@@ -24,6 +25,7 @@ rows=(
     "redis|session-manager|--no-default-features --features redis"
     "postgres|session-manager|--no-default-features --features postgres"
     "sqlite|session-manager|--no-default-features --features sqlite"
+    "mysql|session-manager|--no-default-features --features mysql"
     "all features|session-manager|--all-features"
     "default|session-axum|"
 )
@@ -32,6 +34,7 @@ rows=(
 drivers=(
     "tokio-postgres|postgres"
     "libsqlite3-sys|sqlite"
+    "mysql_async|mysql"
     "redis|redis"
     "session-memory|memory"
 )

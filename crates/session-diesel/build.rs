@@ -2,4 +2,5 @@
 //! `migrations` folder at compile time, and cargo does not otherwise notice a new folder in it.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=migrations-mysql");
 }

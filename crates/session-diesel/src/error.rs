@@ -35,8 +35,12 @@ pub fn from_diesel(backend: &'static str, err: DieselError) -> SessionError {
         // diesel-async maps only 40001 to `SerializationFailure`; a deadlock (40P01) arrives as an
         // unknown error. The server chose this transaction as the victim: running it again is the
         // remedy, as for a serialization failure. (Matched by message: the SQLSTATE is not exposed.)
+        // MySQL and MariaDB report a deadlock (1213) the same way, in their own words.
         DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)
-            if info.message().contains("deadlock detected") =>
+            if info.message().contains("deadlock detected")
+                || info
+                    .message()
+                    .starts_with("Deadlock found when trying to get lock") =>
         {
             SessionError::SerializationFailure {
                 backend,

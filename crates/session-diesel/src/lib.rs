@@ -1,5 +1,6 @@
-//! diesel-async backends: a [`DbSessionProvider`](session_core::DbSessionProvider) for PostgreSQL
-//! and SQLite on a bb8 pool, and a PostgreSQL [`UserSessionStore`](session_core::UserSessionStore).
+//! diesel-async backends: a [`DbSessionProvider`](session_core::DbSessionProvider) for PostgreSQL,
+//! MySQL/MariaDB and SQLite on a bb8 pool, and a [`UserSessionStore`](session_core::UserSessionStore)
+//! on PostgreSQL and on MySQL/MariaDB.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), session_core::SessionError> {
@@ -18,13 +19,19 @@
 mod error;
 #[cfg(feature = "migrations")]
 mod migrate;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_store;
 #[cfg(feature = "postgres")]
 mod pg;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod prepared;
 mod provider;
 #[cfg(feature = "postgres")]
 mod replicas;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod row;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "postgres")]
@@ -33,9 +40,13 @@ mod store;
 pub use error::from_diesel;
 #[cfg(feature = "migrations")]
 pub use migrate::run_pending_migrations;
+#[cfg(feature = "mysql")]
+pub use mysql::MysqlProvider;
+#[cfg(feature = "mysql")]
+pub use mysql_store::{MYSQL_MIGRATIONS, MysqlSessionStore};
 #[cfg(feature = "postgres")]
 pub use pg::PgProvider;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use prepared::{KeepPrepared, Prepared};
 pub use provider::{DieselProvider, PooledConnection, ProviderConnection};
 #[cfg(feature = "postgres")]
@@ -43,7 +54,11 @@ pub use replicas::{ReplicaConfig, ReplicaState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConn, SqliteProvider, SqliteTarget, parse_sqlite_url};
 #[cfg(feature = "postgres")]
-pub use store::{DEFAULT_PURGE_BATCH, MIGRATIONS, PgSessionStore};
+pub use store::{MIGRATIONS, PgSessionStore};
+
+/// Rows the SQL session stores delete per `purge_expired` batch by default.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub const DEFAULT_PURGE_BATCH: u32 = 1000;
 
 /// Not part of the API; for the fuzz targets and property tests.
 #[doc(hidden)]

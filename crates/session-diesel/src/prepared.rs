@@ -1,6 +1,6 @@
-//! Raw SQL statements that stay prepared on their connection (PostgreSQL).
+//! Raw SQL statements that stay prepared on their connection (PostgreSQL, MySQL).
 
-use diesel::pg::Pg;
+use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 
@@ -8,17 +8,17 @@ use diesel::result::QueryResult;
 ///
 /// `sql_query` marks itself unsafe to cache because its text could be assembled from input, so
 /// diesel-async prepares it anew on every call: a `Parse`/`Describe` round trip before each
-/// execution. Every statement of the store is fixed text with bind parameters, so it is safe to
+/// execution (on MySQL a prepare, the execution and a close). Every statement of the store is fixed text with bind parameters, so it is safe to
 /// cache; wrapped, it is keyed by its SQL text and prepared once per connection, and each later
 /// call is a single round trip.
 pub struct Prepared<Q>(Q);
 
-impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<Q> {
-    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+impl<DB: Backend, Q: QueryFragment<DB>> QueryFragment<DB> for Prepared<Q> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         self.0.walk_ast(pass)
     }
 
-    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+    fn is_safe_to_cache_prepared(&self, _backend: &DB) -> QueryResult<bool> {
         Ok(true)
     }
 }
@@ -56,4 +56,4 @@ pub trait KeepPrepared: Sized {
     }
 }
 
-impl<Q: QueryFragment<Pg>> KeepPrepared for Q {}
+impl<Q> KeepPrepared for Q {}

@@ -19,7 +19,7 @@ use crate::error::{from_diesel, from_pool};
 pub type PooledConnection<C> = bb8::PooledConnection<'static, AsyncDieselConnectionManager<C>>;
 
 /// What differs between the connection types a provider can pool. Sealed: implemented for
-/// `AsyncPgConnection` and `SyncConnectionWrapper<SqliteConnection>` only.
+/// `AsyncPgConnection`, `AsyncMysqlConnection` and `SyncConnectionWrapper<SqliteConnection>` only.
 pub trait ProviderConnection:
     AsyncConnection + SimpleAsyncConnection + PoolableConnection + Send + 'static + sealed::Sealed
 {
@@ -31,6 +31,15 @@ pub trait ProviderConnection:
     /// # Errors
     /// [`SessionError::Unsupported`] for an option the backend cannot honour.
     fn scope_prelude(options: &ScopeOptions) -> Result<Option<Cow<'static, str>>>;
+
+    /// The statements that apply `options` right before `BEGIN`, if any: MySQL sets the next
+    /// transaction's characteristics there, and refuses to change them once it has begun.
+    ///
+    /// # Errors
+    /// [`SessionError::Unsupported`] for an option the backend cannot honour.
+    fn scope_preamble(_options: &ScopeOptions) -> Result<Option<Cow<'static, str>>> {
+        Ok(None)
+    }
 
     /// How new connections are opened (e.g. SQLite pragmas).
     fn manager_config() -> ManagerConfig<Self>;
@@ -456,6 +465,7 @@ where
             let db = |e| E::from(from_diesel(C::BACKEND, e));
             // Checked before the wait for a connection (an option the backend refuses fails at
             // once), and made after it, so a server-side limit is the time the deadline has left.
+            C::scope_preamble(&options)?;
             C::scope_prelude(&options)?;
             // A read-write scope never reaches a replica, nor a serializable one: a standby
             // refuses SERIALIZABLE ("cannot use serializable mode in a hot standby").
@@ -474,8 +484,12 @@ where
                         .max(std::time::Duration::from_millis(1)),
                 );
             }
+            let preamble = C::scope_preamble(&left)?;
             let prelude = C::scope_prelude(&left)?;
             let conn: &mut C = &mut pooled;
+            if let Some(statement) = preamble {
+                conn.batch_execute(&statement).await.map_err(db)?;
+            }
             // If this future is dropped from here on (a timeout, a client gone) or the scope
             // panics, the connection goes back with its transaction open; diesel-async then
             // reports it broken and bb8 closes it, so the server rolls back and no later scope

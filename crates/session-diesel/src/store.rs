@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use session_core::clock::{from_millis_since_epoch, millis_since_epoch};
+use session_core::clock::millis_since_epoch;
 use session_core::{
     DbSessionProvider, IssuedSession, NewUserSession, PoolConfig, Result, SessionError,
     SessionHandle, SessionPolicy, SessionToken, StorageDump, Updated, UserSession,
@@ -25,6 +25,7 @@ use crate::error::from_diesel;
 use crate::pg::PgProvider;
 use crate::prepared::KeepPrepared;
 use crate::provider::CheckoutCheck;
+pub use crate::row::Row;
 
 /// The schema, applied by [`PgSessionStore::connect`] (and [`PgSessionStore::migrate`]).
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -33,9 +34,6 @@ const BACKEND: &str = "postgres";
 
 /// Serializes migrations across instances starting at once (an arbitrary, fixed advisory-lock key).
 const MIGRATION_LOCK: i64 = 0x5e55_1057;
-
-/// Rows deleted per `purge_expired` statement by default.
-pub const DEFAULT_PURGE_BATCH: u32 = 1000;
 
 /// The session columns, instants as epoch milliseconds. `$p` is a table alias prefix.
 fn columns(p: &str) -> String {
@@ -114,37 +112,6 @@ fn at(n: u8) -> String {
     format!("(TIMESTAMPTZ 'epoch' + ${n} * INTERVAL '1 millisecond')")
 }
 
-/// A row of `user_sessions` as `columns` selects it (instants as epoch milliseconds). Public,
-/// hidden, only for the fuzz targets and property tests (`fuzzing::PgRow`).
-#[doc(hidden)]
-#[derive(QueryableByName)]
-pub struct Row {
-    #[diesel(sql_type = Text)]
-    pub handle: String,
-    #[diesel(sql_type = Text)]
-    pub user_id: String,
-    #[diesel(sql_type = Text)]
-    pub company_name: String,
-    #[diesel(sql_type = Text)]
-    pub email: String,
-    #[diesel(sql_type = Bool)]
-    pub is_root: bool,
-    #[diesel(sql_type = Bool)]
-    pub remember_me: bool,
-    #[diesel(sql_type = Text)]
-    pub attributes: String,
-    #[diesel(sql_type = BigInt)]
-    pub created_at_ms: i64,
-    #[diesel(sql_type = BigInt)]
-    pub last_seen_at_ms: i64,
-    #[diesel(sql_type = BigInt)]
-    pub idle_expires_at_ms: i64,
-    #[diesel(sql_type = BigInt)]
-    pub absolute_expires_at_ms: i64,
-    #[diesel(sql_type = BigInt)]
-    pub version: i64,
-}
-
 #[derive(QueryableByName)]
 struct Liveness {
     #[diesel(sql_type = Bool)]
@@ -171,49 +138,6 @@ fn ms(t: std::time::SystemTime) -> i64 {
 
 fn ms_of(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl Row {
-    /// The session this row holds; `Decode` for a malformed handle or attributes.
-    pub fn into_session(self) -> Result<UserSession> {
-        let handle = SessionHandle::parse(&self.handle).map_err(|_| SessionError::Decode {
-            backend: BACKEND,
-            handle: None,
-            reason: "a row's handle is malformed".to_owned(),
-        })?;
-        let attributes =
-            serde_json::from_str(&self.attributes).map_err(|e| SessionError::Decode {
-                backend: BACKEND,
-                handle: Some(handle.clone()),
-                reason: format!("`attributes` is not a JSON object: {e}"),
-            })?;
-        // The store never writes a negative instant or version: one read back is a damaged row,
-        // refused like any other undecodable field (as the Redis store does), not read as 1970 or 0.
-        let negative = |field: &str| SessionError::Decode {
-            backend: BACKEND,
-            handle: Some(handle.clone()),
-            reason: format!("`{field}` is negative"),
-        };
-        let at = |field: &str, ms: i64| {
-            u64::try_from(ms)
-                .map(from_millis_since_epoch)
-                .map_err(|_| negative(field))
-        };
-        Ok(UserSession {
-            created_at: at("created_at", self.created_at_ms)?,
-            last_seen_at: at("last_seen_at", self.last_seen_at_ms)?,
-            idle_expires_at: at("idle_expires_at", self.idle_expires_at_ms)?,
-            absolute_expires_at: at("absolute_expires_at", self.absolute_expires_at_ms)?,
-            version: u64::try_from(self.version).map_err(|_| negative("version"))?,
-            handle,
-            user_id: self.user_id,
-            company_name: self.company_name,
-            email: self.email,
-            is_root: self.is_root,
-            remember_me: self.remember_me,
-            attributes,
-        })
-    }
 }
 
 /// A [`UserSessionStore`] on a PostgreSQL table `user_sessions`, through a [`PgProvider`] pool.
@@ -247,7 +171,7 @@ impl PgSessionStore {
             // trips, so the store's pool tests connections locally (ADR 0008).
             db: PgProvider::connect_checking(url, pool, CheckoutCheck::Local).await?,
             policy,
-            purge_batch: i64::from(DEFAULT_PURGE_BATCH),
+            purge_batch: i64::from(crate::DEFAULT_PURGE_BATCH),
         })
     }
 

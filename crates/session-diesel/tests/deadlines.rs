@@ -13,8 +13,8 @@ use session_core::{
     DbSessionProvider, IsolationLevel, PoolConfig, RetryPolicy, ScopeError, ScopeOptions,
     SessionError,
 };
-use session_diesel::{PgProvider, SqliteProvider, from_diesel};
-use session_testkit::servers::{PgSchema, SqliteFile};
+use session_diesel::{MysqlProvider, PgProvider, SqliteProvider, from_diesel};
+use session_testkit::servers::{MysqlDatabase, PgSchema, SqliteFile};
 
 #[derive(Debug, QueryableByName)]
 struct Count {
@@ -343,4 +343,80 @@ async fn postgres_overflow_connections_close_once_the_burst_has_passed() {
         );
     }
     println!("connections after the burst (ms since it passed, open): {timeline:?}");
+}
+
+/// Two MariaDB transactions that lock two rows in opposite orders: InnoDB picks one as a deadlock
+/// victim (1213), which is a serialization failure; `transaction_retrying` runs it again and both
+/// commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_deadlock_victims_run_again_until_they_commit() {
+    let database = MysqlDatabase::create("deadlock");
+    let provider = Arc::new(
+        MysqlProvider::connect(&database.url(), pool(4))
+            .await
+            .unwrap(),
+    );
+    provider
+        .transaction(ScopeOptions::new(), async |conn| {
+            diesel::sql_query(
+                "CREATE TABLE accounts (id BIGINT PRIMARY KEY, n BIGINT NOT NULL) ENGINE = InnoDB",
+            )
+            .execute(conn)
+            .await
+            .map_err(|e| from_diesel("mysql", e))?;
+            diesel::sql_query("INSERT INTO accounts VALUES (1, 0), (2, 0)")
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel("mysql", e))
+        })
+        .await
+        .unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let runs: Vec<_> = [(1, 2), (2, 1)]
+        .into_iter()
+        .map(|(first, second)| {
+            let (provider, barrier, attempts) =
+                (provider.clone(), barrier.clone(), attempts.clone());
+            tokio::spawn(async move {
+                let (barrier, attempts) = (&*barrier, &*attempts);
+                let scope = async |conn: &mut diesel_async::AsyncMysqlConnection| {
+                    let first_attempt = attempts.fetch_add(1, Ordering::SeqCst) < 2;
+                    for (i, id) in [first, second].into_iter().enumerate() {
+                        diesel::sql_query("UPDATE accounts SET n = n + 1 WHERE id = ?")
+                            .bind::<BigInt, _>(id)
+                            .execute(conn)
+                            .await
+                            .map_err(|e| from_diesel("mysql", e))?;
+                        if i == 0 && first_attempt {
+                            barrier.wait().await;
+                        }
+                    }
+                    Ok::<_, SessionError>(())
+                };
+                let mut retry = RetryPolicy::default();
+                retry.max_retries = 5;
+                provider
+                    .transaction_retrying(ScopeOptions::new(), &retry, scope)
+                    .await
+            })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+    assert!(
+        AtomicUsize::load(&attempts, Ordering::SeqCst) >= 3,
+        "the victim ran again"
+    );
+    let total = provider
+        .transaction(ScopeOptions::new(), async |conn| {
+            diesel::sql_query("SELECT CAST(SUM(n) AS SIGNED) AS n FROM accounts")
+                .get_result::<Count>(conn)
+                .await
+                .map_err(|e| from_diesel("mysql", e))
+        })
+        .await
+        .unwrap();
+    assert_eq!(total.n, 4, "both transactions committed, each once");
 }

@@ -9,8 +9,8 @@ use diesel::QueryableByName;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use session_core::{DbSessionProvider, PoolConfig, ScopeOptions, SessionError};
-use session_diesel::{PgProvider, SqliteProvider};
-use session_testkit::servers::{PgSchema, SqliteFile};
+use session_diesel::{MysqlProvider, PgProvider, SqliteProvider};
+use session_testkit::servers::{MysqlDatabase, PgSchema, SqliteFile};
 
 #[derive(Debug)]
 enum TestError {
@@ -31,7 +31,7 @@ impl From<diesel::result::Error> for TestError {
     }
 }
 
-#[derive(QueryableByName)]
+#[derive(Debug, QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
@@ -47,6 +47,14 @@ async fn open_pg(config: PoolConfig) -> (PgProvider, PgSchema) {
     let schema = PgSchema::create("provider");
     let provider = PgProvider::connect(&schema.url(), config).await.unwrap();
     (provider, schema)
+}
+
+async fn open_mysql(config: PoolConfig) -> (MysqlProvider, MysqlDatabase) {
+    let database = MysqlDatabase::create("provider");
+    let provider = MysqlProvider::connect(&database.url(), config)
+        .await
+        .unwrap();
+    (provider, database)
 }
 
 async fn open_sqlite(config: PoolConfig) -> (SqliteProvider, SqliteFile) {
@@ -242,20 +250,11 @@ macro_rules! provider_tests {
                 })
                 .await
                 .unwrap();
-                let values = p
-                    .transaction(ScopeOptions::new(), async |conn| {
-                        diesel::sql_query(
-                            "SELECT CAST(COALESCE(SUM(v), 0) AS BIGINT) AS n FROM items",
-                        )
-                        .get_result::<Count>(conn)
-                        .await
-                        .map_err(TestError::from)
-                    })
-                    .await
-                    .unwrap();
+                // (Counted rather than summed: `SUM` is DECIMAL on MySQL and needs a cast whose
+                // syntax differs.)
                 assert_eq!(
-                    values.n,
-                    1 + 3,
+                    (count!(p), count!(p, "WHERE v = 2")),
+                    (2, 0),
                     "outer and second inner committed; first inner rolled back"
                 );
             }
@@ -283,6 +282,7 @@ macro_rules! provider_tests {
 
 provider_tests!(postgres, open_pg, PgProvider, PgSchema);
 provider_tests!(sqlite, open_sqlite, SqliteProvider, SqliteFile);
+provider_tests!(mysql, open_mysql, MysqlProvider, MysqlDatabase);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_terminated_backends_are_survived() {
@@ -427,4 +427,112 @@ async fn sqlite_in_memory_concurrent_writes_take_turns() {
         writer.await.unwrap().unwrap();
     }
     assert_eq!(count!(p), 32);
+}
+
+/// MySQL sets a transaction's isolation and access mode before it begins: the scope's level
+/// reaches the transaction (a READ COMMITTED scope sees a row another connection commits meanwhile,
+/// a REPEATABLE READ one does not), a read-only scope cannot write, a deadline stops the statement
+/// (MariaDB's `max_statement_time`) and is not left on the pooled connection for the next scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_isolation_read_only_and_deadline_apply() {
+    let (p, database) = open_mysql(small_pool()).await;
+    p.transaction(ScopeOptions::new(), async |conn| {
+        diesel::sql_query("CREATE TABLE items (v BIGINT NOT NULL) ENGINE = InnoDB")
+            .execute(conn)
+            .await
+            .map_err(TestError::from)
+    })
+    .await
+    .unwrap();
+    for (isolation, sees_the_new_row) in [
+        (session_core::IsolationLevel::RepeatableRead, false),
+        (session_core::IsolationLevel::ReadCommitted, true),
+        (session_core::IsolationLevel::Default, false),
+        (session_core::IsolationLevel::ReadCommitted, true),
+    ] {
+        let p = &p;
+        let (before, after) = p
+            .transaction(ScopeOptions::new().isolation(isolation), async |conn| {
+                let count = async |conn: &mut diesel_async::AsyncMysqlConnection| {
+                    diesel::sql_query("SELECT COUNT(*) AS n FROM items")
+                        .get_result::<Count>(conn)
+                        .await
+                        .map(|c| c.n)
+                };
+                let before = count(conn).await?;
+                // Another connection commits a row while this transaction is open.
+                p.transaction(ScopeOptions::new(), async |other| {
+                    diesel::sql_query("INSERT INTO items (v) VALUES (1)")
+                        .execute(other)
+                        .await
+                        .map_err(TestError::from)
+                })
+                .await?;
+                let after = count(conn).await?;
+                Ok::<_, TestError>((before, after))
+            })
+            .await
+            .unwrap();
+        assert_eq!(after > before, sees_the_new_row, "{isolation:?}");
+    }
+    let err = p
+        .transaction(ScopeOptions::new().read_only(), async |conn| {
+            diesel::sql_query("INSERT INTO items (v) VALUES (1)")
+                .execute(conn)
+                .await
+                .map_err(TestError::from)
+        })
+        .await
+        .unwrap_err();
+    let TestError::Db(diesel::result::Error::DatabaseError(_, info)) = &err else {
+        panic!("expected the server to refuse a write in a read-only scope, got {err:?}");
+    };
+    assert!(info.message().contains("READ ONLY"), "{}", info.message());
+    // The deadline: the statement is stopped, the scope is a typed time-out.
+    let limit = Duration::from_millis(200);
+    let err = p
+        .transaction(ScopeOptions::new().timeout(limit), async |conn| {
+            diesel::sql_query("SELECT SLEEP(30) AS n")
+                .get_result::<Count>(conn)
+                .await
+                .map_err(TestError::from)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TestError::Session(SessionError::Timeout {
+                operation: "scope",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    // On a pool of one connection: a scope with a deadline runs under it, the next one without.
+    let mut one = small_pool();
+    one.max_size = 1;
+    let single = MysqlProvider::connect(&database.url(), one).await.unwrap();
+    #[derive(QueryableByName)]
+    struct Limit {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        limit: f64,
+    }
+    let mut seen = Vec::new();
+    for options in [
+        ScopeOptions::new().timeout(Duration::from_secs(5)),
+        ScopeOptions::new(),
+    ] {
+        let limit = single
+            .transaction(options, async |conn| {
+                diesel::sql_query("SELECT CAST(@@session.max_statement_time AS DOUBLE) AS `limit`")
+                    .get_result::<Limit>(conn)
+                    .await
+                    .map_err(TestError::from)
+            })
+            .await
+            .unwrap();
+        seen.push(limit.limit);
+    }
+    assert_eq!(seen, vec![5.0, 0.0]);
 }

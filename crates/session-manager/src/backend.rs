@@ -16,6 +16,7 @@ pub(crate) enum DbKind {
     None,
     Sqlite,
     Postgres,
+    Mysql,
 }
 
 fn feature_off(key: &str, scheme: &str, feature: &str) -> SessionError {
@@ -83,10 +84,12 @@ impl DbKind {
             "sqlite" => Err(feature_off(KEY, "sqlite:", "sqlite")),
             "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
             "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
+            "mysql" | "mariadb" if cfg!(feature = "mysql") => Ok(Self::Mysql),
+            "mysql" | "mariadb" => Err(feature_off(KEY, "mysql://", "mysql")),
             _ => Err(SessionError::config(
                 KEY,
                 format!(
-                    "{} is not a database URL; use sqlite://path, sqlite::memory:, postgres://… or none",
+                    "{} is not a database URL; use sqlite://path, sqlite::memory:, postgres://…, mysql://… or none",
                     described(url)
                 ),
             )),
@@ -115,8 +118,13 @@ mod tests {
             matches!(StoreKind::of("nonsense"), Err(SessionError::Config { key, .. }) if key == "store_url")
         );
         assert!(
-            matches!(DbKind::of("mysql://x"), Err(SessionError::Config { key, .. }) if key == "database_url")
+            matches!(DbKind::of("oracle://x"), Err(SessionError::Config { key, .. }) if key == "database_url")
         );
+        if cfg!(feature = "mysql") {
+            assert_eq!(DbKind::of("mysql://root@db/app").unwrap(), DbKind::Mysql);
+        } else {
+            assert!(DbKind::of("mysql://root@db/app").is_err());
+        }
         if cfg!(feature = "memory") {
             assert_eq!(StoreKind::of("memory://").unwrap(), StoreKind::Memory);
         } else {

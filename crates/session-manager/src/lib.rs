@@ -32,7 +32,7 @@ pub use manager::{Db, SessionManager, SessionManagerBuilder};
 
 /// Re-exported so applications name one version.
 pub use session_core;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use session_diesel;
 #[cfg(feature = "memory")]
 pub use session_memory;
@@ -56,65 +56,65 @@ macro_rules! __db_scope {
     };
 }
 
-/// Runs a transaction scope on the manager's database, whichever backend it is: the body is
-/// compiled once per compiled-in backend, with `$conn` that backend's connection, so write it
-/// with diesel's query builder or `sql_query` (which every backend accepts) rather than a
-/// function taking one connection type. Commits on `Ok`, rolls back on `Err` and on panic.
-///
-/// ```text
-/// let n = db_transaction!(manager.db()?, ScopeOptions::new(), |conn| {
-///     diesel::sql_query("INSERT INTO items (name) VALUES ('x')").execute(conn).await.map_err(AppError::from)
-/// })?;
-/// ```
-///
-/// With `retry = &policy` before the closure, a scope that fails with a serialization failure or a
-/// deadlock runs again from the start ([`session_diesel::DieselProvider::transaction_retrying`]; the
-/// error type implements `session_core::ScopeError`), the way to run SERIALIZABLE work:
-///
-/// ```text
-/// let options = ScopeOptions::new().isolation(IsolationLevel::Serializable).timeout(Duration::from_secs(2));
-/// db_transaction!(manager.db()?, options, retry = &RetryPolicy::default(), |conn| { … })?;
-/// ```
-#[cfg(all(feature = "sqlite", feature = "postgres"))]
-#[macro_export]
-macro_rules! db_transaction {
-    ($db:expr, $options:expr, $($scope:tt)+) => {
-        match $db {
-            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
-            $crate::Db::Postgres(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
+/// Defines [`db_transaction!`] with one match arm per compiled-in database backend. (`$d` is a
+/// `$` passed in, so the defined macro can have metavariables of its own on stable Rust.)
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+macro_rules! define_db_transaction {
+    ($d:tt $($variant:ident)+) => {
+        /// Runs a transaction scope on the manager's database, whichever backend it is: the body is
+        /// compiled once per compiled-in backend, with `$conn` that backend's connection, so write it
+        /// with diesel's query builder or `sql_query` (which every backend accepts) rather than a
+        /// function taking one connection type. Commits on `Ok`, rolls back on `Err` and on panic.
+        ///
+        /// ```text
+        /// let n = db_transaction!(manager.db()?, ScopeOptions::new(), |conn| {
+        ///     diesel::sql_query("INSERT INTO items (name) VALUES ('x')").execute(conn).await.map_err(AppError::from)
+        /// })?;
+        /// ```
+        ///
+        /// With `retry = &policy` before the closure, a scope that fails with a serialization failure or a
+        /// deadlock runs again from the start ([`session_diesel::DieselProvider::transaction_retrying`]; the
+        /// error type implements `session_core::ScopeError`), the way to run SERIALIZABLE work:
+        ///
+        /// ```text
+        /// let options = ScopeOptions::new().isolation(IsolationLevel::Serializable).timeout(Duration::from_secs(2));
+        /// db_transaction!(manager.db()?, options, retry = &RetryPolicy::default(), |conn| { … })?;
+        /// ```
+        #[macro_export]
+        macro_rules! db_transaction {
+            ($d db:expr, $d options:expr, $d ($d scope:tt)+) => {
+                match $d db {
+                    $( $d crate::Db::$variant(provider) => {
+                        $d crate::__db_scope!(provider, $d options, $d ($d scope)+)
+                    } )+
+                }
+            };
         }
     };
 }
 
-/// Runs a transaction scope on the manager's database (SQLite in this build).
-#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
-#[macro_export]
-macro_rules! db_transaction {
-    ($db:expr, $options:expr, $($scope:tt)+) => {
-        match $db {
-            $crate::Db::Sqlite(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
-        }
-    };
-}
-
-/// Runs a transaction scope on the manager's database (PostgreSQL in this build).
-#[cfg(all(feature = "postgres", not(feature = "sqlite")))]
-#[macro_export]
-macro_rules! db_transaction {
-    ($db:expr, $options:expr, $($scope:tt)+) => {
-        match $db {
-            $crate::Db::Postgres(provider) => $crate::__db_scope!(provider, $options, $($scope)+),
-        }
-    };
-}
+#[cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+define_db_transaction!($ Sqlite Postgres Mysql);
+#[cfg(all(feature = "sqlite", feature = "postgres", not(feature = "mysql")))]
+define_db_transaction!($ Sqlite Postgres);
+#[cfg(all(feature = "sqlite", not(feature = "postgres"), feature = "mysql"))]
+define_db_transaction!($ Sqlite Mysql);
+#[cfg(all(not(feature = "sqlite"), feature = "postgres", feature = "mysql"))]
+define_db_transaction!($ Postgres Mysql);
+#[cfg(all(feature = "sqlite", not(feature = "postgres"), not(feature = "mysql")))]
+define_db_transaction!($ Sqlite);
+#[cfg(all(not(feature = "sqlite"), feature = "postgres", not(feature = "mysql")))]
+define_db_transaction!($ Postgres);
+#[cfg(all(not(feature = "sqlite"), not(feature = "postgres"), feature = "mysql"))]
+define_db_transaction!($ Mysql);
 
 /// A build without a database feature has no database to run a scope on.
-#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 #[macro_export]
 macro_rules! db_transaction {
     ($($any:tt)*) => {
         compile_error!(
-            "db_transaction! needs the `sqlite` or `postgres` feature of session-manager"
+            "db_transaction! needs the `sqlite`, `postgres` or `mysql` feature of session-manager"
         )
     };
 }

@@ -10,15 +10,15 @@ use session_core::{
 
 use crate::backend::{DbKind, StoreKind};
 use crate::config::SessionConfig;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 use session_core::DbSessionProvider as _;
 
 /// The application database: one provider, chosen by `database_url` at run time or given to
 /// [`SessionManagerBuilder::db`].
 ///
 /// Run a scope on whichever it is with [`crate::db_transaction!`]. Exhaustive on purpose:
-/// [`crate::db_transaction!`] matches it in the caller's crate. Without the `sqlite` and
-/// `postgres` features it has no variant and a manager has no database.
+/// [`crate::db_transaction!`] matches it in the caller's crate. Without the `sqlite`, `postgres`
+/// and `mysql` features it has no variant and a manager has no database.
 #[derive(Debug)]
 pub enum Db {
     /// SQLite (the embedded default).
@@ -27,6 +27,16 @@ pub enum Db {
     /// PostgreSQL.
     #[cfg(feature = "postgres")]
     Postgres(session_diesel::PgProvider),
+    /// MySQL or MariaDB.
+    #[cfg(feature = "mysql")]
+    Mysql(session_diesel::MysqlProvider),
+}
+
+#[cfg(feature = "mysql")]
+impl From<session_diesel::MysqlProvider> for Db {
+    fn from(provider: session_diesel::MysqlProvider) -> Self {
+        Self::Mysql(provider)
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -46,7 +56,7 @@ impl From<session_diesel::PgProvider> for Db {
 // `match *self` rather than `match self`: with no database feature `Db` has no variant, and only
 // a match on the place itself may then have no arm.
 impl Db {
-    /// `sqlite` or `postgres`.
+    /// `sqlite`, `postgres` or `mysql`.
     #[must_use]
     pub fn backend(&self) -> &'static str {
         match *self {
@@ -54,6 +64,8 @@ impl Db {
             Self::Sqlite(ref p) => p.backend(),
             #[cfg(feature = "postgres")]
             Self::Postgres(ref p) => p.backend(),
+            #[cfg(feature = "mysql")]
+            Self::Mysql(ref p) => p.backend(),
         }
     }
 
@@ -65,6 +77,8 @@ impl Db {
             Self::Sqlite(ref p) => p.state(),
             #[cfg(feature = "postgres")]
             Self::Postgres(ref p) => p.state(),
+            #[cfg(feature = "mysql")]
+            Self::Mysql(ref p) => p.state(),
         }
     }
 
@@ -78,6 +92,8 @@ impl Db {
             Self::Sqlite(ref p) => p.health().await,
             #[cfg(feature = "postgres")]
             Self::Postgres(ref p) => p.health().await,
+            #[cfg(feature = "mysql")]
+            Self::Mysql(ref p) => p.health().await,
         }
     }
 
@@ -88,6 +104,8 @@ impl Db {
             Self::Sqlite(ref p) => p.close().await,
             #[cfg(feature = "postgres")]
             Self::Postgres(ref p) => p.close().await,
+            #[cfg(feature = "mysql")]
+            Self::Mysql(ref p) => p.close().await,
         }
     }
 }
@@ -163,7 +181,7 @@ impl SessionManagerBuilder {
     }
 
     /// The application database (a `SqliteProvider` or `PgProvider`, or a [`Db`]).
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
     pub fn db(mut self, db: impl Into<Db>) -> Self {
         self.db = Some(db.into());
         self
@@ -309,6 +327,12 @@ impl SessionManager {
                 config.db_pool.clone(),
                 session_diesel::ReplicaConfig::new(config.database_replicas.clone())
                     .max_lag(config.database_replica_max_lag),
+            )
+            .await?),
+            #[cfg(feature = "mysql")]
+            DbKind::Mysql => builder.db(session_diesel::MysqlProvider::connect(
+                &config.database_url,
+                config.db_pool.clone(),
             )
             .await?),
             // `DbKind::of` returns only compiled-in kinds; this arm covers the others.

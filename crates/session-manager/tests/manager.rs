@@ -12,8 +12,8 @@ use session_core::{
 };
 use session_manager::{SessionConfig, SessionManager};
 use session_testkit::servers::{
-    PgSchema, RedisCluster, RedisSentinel, eventually, redis_delete_prefix, redis_url,
-    require_redis, unique_prefix,
+    MysqlDatabase, PgSchema, RedisCluster, RedisSentinel, eventually, redis_delete_prefix,
+    redis_url, require_redis, unique_prefix,
 };
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -47,7 +47,7 @@ fn every_bad_environment_value_names_its_variable() {
         ("DB_CHECKOUT_TIMEOUT", "later"),
         ("DB_TEST_ON_CHECKOUT", "maybe"),
         ("SESSION_STORE_URL", "ftp://example"),
-        ("DATABASE_URL", "mysql://example"),
+        ("DATABASE_URL", "oracle://example"),
     ];
     for (var, bad) in cases {
         let (key, reason) = config_key(SessionConfig::from_vars(vars(&[(var, bad)])));
@@ -118,7 +118,7 @@ fn toml_files_load_and_their_errors_name_the_key() {
         ("[policy]\nidle_timeout = \"13h\"", "policy.idle_timeout"),
         ("[db_pool]\nmax_size = 0", "db_pool.max_size"),
         ("store_url = \"ftp://x\"", "store_url"),
-        ("database_url = \"mysql://x\"", "database_url"),
+        ("database_url = \"oracle://x\"", "database_url"),
     ] {
         let (got, reason) = config_key(SessionConfig::from_toml_str(text));
         assert_eq!(got, key, "{text}: {reason}");
@@ -382,6 +382,23 @@ async fn postgres_read_replicas_by_configuration_alone() {
         ("DATABASE_REPLICA_URLS", "postgres://replica/x"),
     ])));
     assert_eq!(key, "DATABASE_REPLICA_URLS", "named as the user set it");
+}
+
+/// MySQL/MariaDB as the application database, by URL alone: scopes (the retrying form with a
+/// deadline included) run on it through `db_transaction!`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_mysql_by_url_alone() {
+    let database = MysqlDatabase::create("manager");
+    let config = SessionConfig::from_vars(vars(&[("DATABASE_URL", &database.url())])).unwrap();
+    let manager = SessionManager::build(config).await.unwrap();
+    assert_eq!(
+        (
+            manager.sessions().backend(),
+            manager.db().unwrap().backend()
+        ),
+        ("memory", "mysql")
+    );
+    exercise(&manager).await;
 }
 
 async fn exercise(manager: &SessionManager) {

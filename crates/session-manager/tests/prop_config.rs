@@ -166,7 +166,7 @@ proptest! {
 
     #[test]
     fn a_url_of_an_unknown_scheme_is_refused_without_showing_its_password(
-        scheme in prop::sample::select(vec!["mysql", "http", "mongodb", "amqp", "memcached", "redis+unix", "file"]),
+        scheme in prop::sample::select(vec!["oracle", "http", "mongodb", "amqp", "memcached", "redis+unix", "file"]),
         user in prop_oneof![Just(""), Just("app")],
         password in password(),
         database in any::<bool>(),
@@ -193,6 +193,7 @@ fn store_and_database_urls_choose_the_compiled_in_backends() {
     );
     assert_eq!(db("sqlite::memory:").is_ok(), cfg!(feature = "sqlite"));
     assert_eq!(db("postgresql://h/db").is_ok(), cfg!(feature = "postgres"));
+    assert_eq!(db("mysql://root@h/db").is_ok(), cfg!(feature = "mysql"));
     assert!(db("none").is_ok() && db("").is_ok());
 }
 
@@ -207,8 +208,8 @@ fn a_refused_url_is_named_by_its_scheme_alone() {
         ),
         (
             "DATABASE_URL",
-            "mysql://app:s3cr3t@db.internal/app",
-            "a `mysql:` URL",
+            "oracle://app:s3cr3t@db.internal/app",
+            "a `oracle:` URL",
         ),
         (
             "DATABASE_URL",

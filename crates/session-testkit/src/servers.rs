@@ -2041,3 +2041,79 @@ fn psql_try(url: &str, sql: &str) -> Result<String, String> {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }
+
+/// The MySQL/MariaDB server the tests use: `MYSQL_URL`, default the local MariaDB as root.
+#[must_use]
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+const START_MARIADB: &str =
+    "service mariadb start (or: mysqld_safe --user=mysql --bind-address=127.0.0.1 &)";
+
+/// Runs one SQL command through the `mysql` client against the server of [`mysql_url`] (its
+/// host, port and user; no password) and returns its output.
+///
+/// # Panics
+/// If the client is missing or the command fails; the message says how to start MariaDB.
+pub fn mysql(sql: &str) -> String {
+    let url = mysql_url();
+    let rest = url.strip_prefix("mysql://").unwrap_or(&url);
+    let (user, host) = rest.split_once('@').unwrap_or(("root", rest));
+    let host = host.split('/').next().unwrap_or(host);
+    let (host, port) = host.split_once(':').unwrap_or((host, "3306"));
+    let out = Command::new("mysql")
+        .args(["-h", host, "-P", port, "-u", user, "-N", "-B", "-e", sql])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run mysql ({e}); install it with: apt-get install mariadb-client")
+        });
+    assert!(
+        out.status.success(),
+        "mysql failed at {url}: {}\nIf MariaDB is down, start it with:\n  {START_MARIADB}\nor set MYSQL_URL.",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A database of its own on the MySQL/MariaDB server, dropped when this is dropped.
+pub struct MysqlDatabase {
+    name: String,
+}
+
+impl MysqlDatabase {
+    /// Creates `test_<label>_<random>`.
+    #[must_use]
+    pub fn create(label: &str) -> Self {
+        let random: String = SessionToken::generate()
+            .unwrap()
+            .expose_secret()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let name = format!("test_{label}_{random}");
+        mysql(&format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    /// The database's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection URL to this database.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("{}/{}", mysql_url().trim_end_matches('/'), self.name)
+    }
+}
+
+impl Drop for MysqlDatabase {
+    fn drop(&mut self) {
+        let _ =
+            std::panic::catch_unwind(|| mysql(&format!("DROP DATABASE IF EXISTS {}", self.name)));
+    }
+}

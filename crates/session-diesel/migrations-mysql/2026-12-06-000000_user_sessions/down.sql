@@ -1,0 +1,2 @@
+DROP TABLE user_session_turns;
+DROP TABLE user_sessions;

@@ -1,0 +1,88 @@
+//! A `user_sessions` row as the SQL stores read it, and its decoding into a [`UserSession`].
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Bool, Text};
+use session_core::clock::from_millis_since_epoch;
+use session_core::{Result, SessionError, SessionHandle, UserSession};
+
+/// A row of `user_sessions` as the SQL stores select it (instants as epoch milliseconds): the
+/// PostgreSQL and the MySQL store read the same columns. Public, hidden, only for the fuzz targets
+/// and property tests (`fuzzing::PgRow`).
+#[doc(hidden)]
+#[derive(QueryableByName)]
+pub struct Row {
+    #[diesel(sql_type = Text)]
+    pub handle: String,
+    #[diesel(sql_type = Text)]
+    pub user_id: String,
+    #[diesel(sql_type = Text)]
+    pub company_name: String,
+    #[diesel(sql_type = Text)]
+    pub email: String,
+    #[diesel(sql_type = Bool)]
+    pub is_root: bool,
+    #[diesel(sql_type = Bool)]
+    pub remember_me: bool,
+    #[diesel(sql_type = Text)]
+    pub attributes: String,
+    #[diesel(sql_type = BigInt)]
+    pub created_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_seen_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    pub idle_expires_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    pub absolute_expires_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+}
+
+impl Row {
+    /// The session this row holds, as the PostgreSQL store reads it; `Decode` for a malformed
+    /// handle or attributes.
+    pub fn into_session(self) -> Result<UserSession> {
+        self.decode("postgres")
+    }
+
+    /// The session this row holds; `Decode` (naming `backend`) for a malformed handle or
+    /// attributes, or a negative instant or version.
+    pub(crate) fn decode(self, backend: &'static str) -> Result<UserSession> {
+        let handle = SessionHandle::parse(&self.handle).map_err(|_| SessionError::Decode {
+            backend,
+            handle: None,
+            reason: "a row's handle is malformed".to_owned(),
+        })?;
+        let attributes =
+            serde_json::from_str(&self.attributes).map_err(|e| SessionError::Decode {
+                backend,
+                handle: Some(handle.clone()),
+                reason: format!("`attributes` is not a JSON object: {e}"),
+            })?;
+        // The store never writes a negative instant or version: one read back is a damaged row,
+        // refused like any other undecodable field (as the Redis store does), not read as 1970 or 0.
+        let negative = |field: &str| SessionError::Decode {
+            backend,
+            handle: Some(handle.clone()),
+            reason: format!("`{field}` is negative"),
+        };
+        let at = |field: &str, ms: i64| {
+            u64::try_from(ms)
+                .map(from_millis_since_epoch)
+                .map_err(|_| negative(field))
+        };
+        Ok(UserSession {
+            created_at: at("created_at", self.created_at_ms)?,
+            last_seen_at: at("last_seen_at", self.last_seen_at_ms)?,
+            idle_expires_at: at("idle_expires_at", self.idle_expires_at_ms)?,
+            absolute_expires_at: at("absolute_expires_at", self.absolute_expires_at_ms)?,
+            version: u64::try_from(self.version).map_err(|_| negative("version"))?,
+            handle,
+            user_id: self.user_id,
+            company_name: self.company_name,
+            email: self.email,
+            is_root: self.is_root,
+            remember_me: self.remember_me,
+            attributes,
+        })
+    }
+}
