@@ -37,13 +37,16 @@ impl ProviderConnection for AsyncMysqlConnection {
             (Some(x), None) | (None, Some(x)) => format!("; SET TRANSACTION {x}"),
             (None, None) => String::new(),
         };
-        let seconds = options
+        // Rounded up to the millisecond, so the server never stops a statement before the
+        // deadline has passed on the client's clock (the scope then reports the deadline).
+        let millis = options
             .timeout
-            .map_or(0.0, |limit| limit.as_secs_f64().max(0.001));
+            .map_or(0, |limit| limit.as_nanos().div_ceil(1_000_000).max(1));
+        let seconds = format!("{}.{:03}", millis / 1000, millis % 1000);
         // `/*M! … */` is run by MariaDB only; MySQL reads it as a comment, so both accept the one
         // statement (a statement of nothing but a comment would be an empty-query error).
         Ok(Some(Cow::Owned(format!(
-            "SET /*M! @@session.max_statement_time = {seconds:.3}, */ @session_diesel_scope = 1{characteristics}"
+            "SET /*M! @@session.max_statement_time = {seconds}, */ @session_diesel_scope = 1{characteristics}"
         ))))
     }
 

@@ -1,5 +1,6 @@
 //! Scope deadlines and the retry of serialization failures, against real databases: PostgreSQL
-//! (127.0.0.1:5432, each test in its own schema) and SQLite (each test in its own file).
+//! (127.0.0.1:5432, each test in its own schema), MariaDB (127.0.0.1:3306, each test in its own
+//! database) and SQLite (each test in its own file).
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use session_core::{
     SessionError,
 };
 use session_diesel::{MysqlProvider, PgProvider, SqliteProvider, from_diesel};
-use session_testkit::servers::{MysqlDatabase, PgSchema, SqliteFile};
+use session_testkit::servers::{MysqlDatabase, PgSchema, SqliteFile, eventually, mysql};
 
 #[derive(Debug, QueryableByName)]
 struct Count {
@@ -419,4 +420,83 @@ async fn mysql_deadlock_victims_run_again_until_they_commit() {
         .await
         .unwrap();
     assert_eq!(total.n, 4, "both transactions committed, each once");
+}
+
+/// The MySQL form of the thousand deadline-cut scopes: each is a typed `Timeout`, MariaDB stops
+/// every statement the client gave up on (`max_statement_time`; nothing of this database is left
+/// sleeping or in a transaction), and the pool then serves clean connections, without the last
+/// scope's time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_deadline_cut_scopes_leave_the_pool_clean() {
+    let database = MysqlDatabase::create("deadline");
+    let provider = Arc::new(
+        MysqlProvider::connect(&database.url(), pool(8))
+            .await
+            .unwrap(),
+    );
+    let limit = Duration::from_millis(20);
+    let mut cut = tokio::task::JoinSet::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    for _ in 0..16 {
+        let (provider, started) = (provider.clone(), started.clone());
+        cut.spawn(async move {
+            while started.fetch_add(1, Ordering::Relaxed) < 1000 {
+                let result = provider
+                    .transaction(ScopeOptions::new().timeout(limit), async |conn| {
+                        diesel::sql_query("SELECT SLEEP(60)")
+                            .execute(conn)
+                            .await
+                            .map_err(|e| from_diesel("mysql", e))
+                    })
+                    .await;
+                let err = result.unwrap_err();
+                assert!(is_scope_timeout(&err, limit), "{err:?}");
+            }
+        });
+    }
+    while let Some(done) = cut.join_next().await {
+        done.unwrap();
+    }
+    let leftovers = || {
+        mysql(&format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST p
+             LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID
+             WHERE p.DB = '{}' AND p.ID <> CONNECTION_ID()
+               AND (p.INFO LIKE '%SLEEP(60)%' OR t.trx_id IS NOT NULL)",
+            database.name()
+        ))
+    };
+    eventually(
+        Duration::from_secs(5),
+        "connections still sleeping or in a transaction",
+        || leftovers() == "0",
+    )
+    .await;
+    #[derive(QueryableByName)]
+    struct Limit {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        limit: f64,
+    }
+    for n in 0..16_i64 {
+        let (answer, left) = provider
+            .transaction(ScopeOptions::new(), async |conn| {
+                let answer = diesel::sql_query("SELECT CAST(? AS SIGNED) AS n")
+                    .bind::<BigInt, _>(n)
+                    .get_result::<Count>(conn)
+                    .await
+                    .map_err(|e| from_diesel("mysql", e))?;
+                let left = diesel::sql_query(
+                    "SELECT CAST(@@session.max_statement_time AS DOUBLE) AS `limit`",
+                )
+                .get_result::<Limit>(conn)
+                .await
+                .map_err(|e| from_diesel("mysql", e))?;
+                Ok::<_, SessionError>((answer.n, left.limit))
+            })
+            .await
+            .unwrap();
+        assert_eq!((answer, left), (n, 0.0));
+    }
+    let state = provider.state();
+    assert!(state.connections <= 8, "{state:?}");
 }

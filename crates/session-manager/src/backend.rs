@@ -8,6 +8,7 @@ pub(crate) enum StoreKind {
     Memory,
     Redis,
     Postgres,
+    Mysql,
 }
 
 /// The application-database backends.
@@ -62,10 +63,12 @@ impl StoreKind {
             | "rediss+sentinel" => Err(feature_off(KEY, "redis://", "redis")),
             "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
             "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
+            "mysql" if cfg!(feature = "mysql") => Ok(Self::Mysql),
+            "mysql" => Err(feature_off(KEY, "mysql://", "mysql")),
             _ => Err(SessionError::config(
                 KEY,
                 format!(
-                    "{} is not a session store URL; use memory://, redis://host:6379/0, rediss://…, redis+cluster://host:port,host:port, redis+sentinel://host:port,host:port/master or postgres://…",
+                    "{} is not a session store URL; use memory://, redis://host:6379/0, rediss://…, redis+cluster://host:port,host:port, redis+sentinel://host:port,host:port/master, postgres://… or mysql://…",
                     described(url)
                 ),
             )),
@@ -84,8 +87,8 @@ impl DbKind {
             "sqlite" => Err(feature_off(KEY, "sqlite:", "sqlite")),
             "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
             "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
-            "mysql" | "mariadb" if cfg!(feature = "mysql") => Ok(Self::Mysql),
-            "mysql" | "mariadb" => Err(feature_off(KEY, "mysql://", "mysql")),
+            "mysql" if cfg!(feature = "mysql") => Ok(Self::Mysql),
+            "mysql" => Err(feature_off(KEY, "mysql://", "mysql")),
             _ => Err(SessionError::config(
                 KEY,
                 format!(

@@ -5,21 +5,26 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use session_core::{PoolConfig, Result, RetryPolicy, SessionError, SessionPolicy};
 
-/// Settings of the PostgreSQL user-session store (`[postgres_store]` in TOML).
-#[cfg(feature = "postgres")]
+/// Settings of a SQL user-session store: PostgreSQL's (`[postgres_store]` in TOML) and
+/// MySQL's (`[mysql_store]`).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
-pub struct PostgresStoreConfig {
-    /// The store's own connection pool (`[postgres_store.pool]`). Default: as [`PoolConfig`], with
-    /// `max_size` 16.
+pub struct SqlStoreConfig {
+    /// The store's own connection pool (`[postgres_store.pool]`, `[mysql_store.pool]`). Default:
+    /// as [`PoolConfig`], with `max_size` 16.
     pub pool: PoolConfig,
-    /// Rows each `purge_expired` statement deletes. Default `1000`.
+    /// Rows each `purge_expired` batch deletes. Default `1000`.
     pub purge_batch: u32,
 }
 
+/// The PostgreSQL store's settings (the name they had before the MySQL store shared them).
 #[cfg(feature = "postgres")]
-impl Default for PostgresStoreConfig {
+pub type PostgresStoreConfig = SqlStoreConfig;
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl Default for SqlStoreConfig {
     fn default() -> Self {
         let mut pool = PoolConfig::default();
         pool.max_size = 16;
@@ -44,10 +49,12 @@ impl Default for PostgresStoreConfig {
 pub struct SessionConfig {
     /// Where user sessions live: `memory://`, `redis://…`, `rediss://…`, a Redis Cluster
     /// (`redis+cluster://host:port,host:port…`), a master behind Redis Sentinel
-    /// (`redis+sentinel://host:port,host:port…/<master name>[/db]`) or `postgres://…`.
+    /// (`redis+sentinel://host:port,host:port…/<master name>[/db]`), `postgres://…` or
+    /// `mysql://…` (MySQL or MariaDB).
     /// Default `memory://`.
     pub store_url: String,
-    /// The application database: `sqlite://path`, `sqlite::memory:`, `postgres://…`, or `none`
+    /// The application database: `sqlite://path`, `sqlite::memory:`, `postgres://…`, `mysql://…`,
+    /// or `none`
     /// (sessions only). Default `sqlite::memory:` with the `sqlite` feature, else `none`.
     pub database_url: String,
     /// Read replicas of a PostgreSQL `database_url`: read-only scopes go to a healthy one, the
@@ -61,7 +68,7 @@ pub struct SessionConfig {
     /// The application database's pool (`[db_pool]`).
     pub db_pool: PoolConfig,
     /// How often expired sessions are purged in the background, on stores that need it (memory,
-    /// PostgreSQL; Redis expires keys itself). `0s` turns it off. Default `5m`.
+    /// PostgreSQL, MySQL; Redis expires keys itself). `0s` turns it off. Default `5m`.
     #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
     /// Retries of temporary errors on idempotent session operations (`[retry]`).
@@ -73,7 +80,10 @@ pub struct SessionConfig {
     pub redis: session_redis::RedisConfig,
     /// The PostgreSQL session store (`[postgres_store]`).
     #[cfg(feature = "postgres")]
-    pub postgres_store: PostgresStoreConfig,
+    pub postgres_store: SqlStoreConfig,
+    /// The MySQL/MariaDB session store (`[mysql_store]`).
+    #[cfg(feature = "mysql")]
+    pub mysql_store: SqlStoreConfig,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -98,6 +108,8 @@ impl std::fmt::Debug for SessionConfig {
         d.field("redis", &self.redis);
         #[cfg(feature = "postgres")]
         d.field("postgres_store", &self.postgres_store);
+        #[cfg(feature = "mysql")]
+        d.field("mysql_store", &self.mysql_store);
         d.finish()
     }
 }
@@ -146,7 +158,9 @@ impl Default for SessionConfig {
             #[cfg(feature = "redis")]
             redis: session_redis::RedisConfig::default(),
             #[cfg(feature = "postgres")]
-            postgres_store: PostgresStoreConfig::default(),
+            postgres_store: SqlStoreConfig::default(),
+            #[cfg(feature = "mysql")]
+            mysql_store: SqlStoreConfig::default(),
         }
     }
 }
@@ -178,6 +192,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_RETRY_MAX", "retry.max_retries"),
     ("SESSION_STORE_POOL_SIZE", "redis.pool_max_size"),
     ("SESSION_STORE_POOL_SIZE", "postgres_store.pool.max_size"),
+    ("SESSION_STORE_POOL_SIZE", "mysql_store.pool.max_size"),
     ("SESSION_KEY_PREFIX", "redis.key_prefix"),
     ("SESSION_REDIS_LAYOUT", "redis.layout"),
     ("SESSION_REDIS_CHECKOUT_TIMEOUT", "redis.checkout_timeout"),
@@ -192,6 +207,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "redis.near_cache.max_bytes",
     ),
     ("SESSION_PG_PURGE_BATCH", "postgres_store.purge_batch"),
+    ("SESSION_MYSQL_PURGE_BATCH", "mysql_store.purge_batch"),
     ("DB_POOL_MAX_SIZE", "db_pool.max_size"),
     ("DB_POOL_MIN_IDLE", "db_pool.min_idle"),
     ("DB_CHECKOUT_TIMEOUT", "db_pool.checkout_timeout"),
@@ -431,11 +447,17 @@ impl SessionConfig {
             "SESSION_PG_PURGE_BATCH" => self.postgres_store.purge_batch = number(var, v)?,
             _ => {}
         }
+        #[cfg(feature = "mysql")]
+        match var {
+            "SESSION_STORE_POOL_SIZE" => self.mysql_store.pool.max_size = number(var, v)?,
+            "SESSION_MYSQL_PURGE_BATCH" => self.mysql_store.purge_batch = number(var, v)?,
+            _ => {}
+        }
         Ok(())
     }
 
     /// Parses a TOML document (keys as in this struct; `[policy]`, `[db_pool]`, `[retry]`,
-    /// `[redis]` and `[postgres_store]` tables).
+    /// `[redis]`, `[postgres_store]` and `[mysql_store]` tables).
     ///
     /// # Errors
     /// [`SessionError::Config`] naming the key, for syntax errors, unknown keys and bad values.
@@ -534,6 +556,11 @@ impl SessionConfig {
             .pool
             .validate()
             .map_err(|e| nested("postgres_store.pool", e))?;
+        #[cfg(feature = "mysql")]
+        self.mysql_store
+            .pool
+            .validate()
+            .map_err(|e| nested("mysql_store.pool", e))?;
         let _ = store;
         Ok(())
     }

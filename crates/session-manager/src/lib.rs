@@ -27,6 +27,8 @@ mod manager;
 
 #[cfg(feature = "postgres")]
 pub use config::PostgresStoreConfig;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub use config::SqlStoreConfig;
 pub use config::{CONFIG_FILE_VAR, ENV_VARS, NO_DATABASE, SessionConfig, redacted_url};
 pub use manager::{Db, SessionManager, SessionManagerBuilder};
 

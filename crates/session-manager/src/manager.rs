@@ -291,6 +291,18 @@ impl SessionManager {
                 .with_purge_batch(pg.purge_batch);
                 builder.store(store)
             }
+            #[cfg(feature = "mysql")]
+            StoreKind::Mysql => {
+                let mysql = &config.mysql_store;
+                let store = session_diesel::MysqlSessionStore::connect(
+                    &config.store_url,
+                    mysql.pool.clone(),
+                    policy,
+                )
+                .await?
+                .with_purge_batch(mysql.purge_batch);
+                builder.store(store)
+            }
             // `StoreKind::of` returns only compiled-in kinds; this arm covers the others.
             #[allow(unreachable_patterns)]
             other => {

@@ -385,20 +385,40 @@ async fn postgres_read_replicas_by_configuration_alone() {
 }
 
 /// MySQL/MariaDB as the application database, by URL alone: scopes (the retrying form with a
-/// deadline included) run on it through `db_transaction!`.
+/// deadline included) run on it through `db_transaction!`; then sessions move there too, by
+/// `SESSION_STORE_URL` alone, with the purge batch from `SESSION_MYSQL_PURGE_BATCH`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_mysql_by_url_alone() {
     let database = MysqlDatabase::create("manager");
-    let config = SessionConfig::from_vars(vars(&[("DATABASE_URL", &database.url())])).unwrap();
-    let manager = SessionManager::build(config).await.unwrap();
-    assert_eq!(
-        (
-            manager.sessions().backend(),
-            manager.db().unwrap().backend()
-        ),
-        ("memory", "mysql")
-    );
-    exercise(&manager).await;
+    for (store_url, backends) in [
+        ("memory://".to_owned(), ("memory", "mysql")),
+        (database.url(), ("mysql", "mysql")),
+    ] {
+        let config = SessionConfig::from_vars(vars(&[
+            ("SESSION_STORE_URL", &store_url),
+            ("DATABASE_URL", &database.url()),
+            ("SESSION_MYSQL_PURGE_BATCH", "7"),
+            ("SESSION_STORE_POOL_SIZE", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                config.mysql_store.purge_batch,
+                config.mysql_store.pool.max_size
+            ),
+            (7, 3)
+        );
+        let manager = SessionManager::build(config).await.unwrap();
+        assert_eq!(
+            (
+                manager.sessions().backend(),
+                manager.db().unwrap().backend()
+            ),
+            backends
+        );
+        exercise(&manager).await;
+        manager.shutdown().await;
+    }
 }
 
 async fn exercise(manager: &SessionManager) {
