@@ -63,8 +63,9 @@ pub const DEFAULT_PURGE_BATCH: u32 = 1000;
 /// Not part of the API; for the fuzz targets and property tests.
 #[doc(hidden)]
 pub mod fuzzing {
-    #[cfg(feature = "postgres")]
-    pub use crate::store::Row as PgRow;
+    /// The SQL stores' row (the PostgreSQL and the MySQL store read the same columns).
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    pub use crate::row::Row as PgRow;
 }
 
 /// The driver crates, re-exported so users name the same versions.

@@ -25,7 +25,7 @@ use crate::error::from_diesel;
 use crate::pg::PgProvider;
 use crate::prepared::KeepPrepared;
 use crate::provider::CheckoutCheck;
-pub use crate::row::Row;
+use crate::row::Row;
 
 /// The schema, applied by [`PgSessionStore::connect`] (and [`PgSessionStore::migrate`]).
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
