@@ -1,18 +1,19 @@
-//! PostgreSQL store and transaction-scope benchmarks against raw diesel-async.
+//! PostgreSQL and MySQL/MariaDB store and transaction-scope benchmarks against raw diesel-async.
 
 use std::sync::Arc;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl};
 use session_core::{
     DbSessionProvider, PoolConfig, ScopeOptions, SessionError, SessionPolicy, UserSessionStore,
 };
 use session_diesel::{
-    KeepPrepared, PgProvider, PgSessionStore, ProviderConnection, SqliteConn, SqliteProvider,
+    KeepPrepared, MysqlSessionStore, PgProvider, PgSessionStore, ProviderConnection, SqliteConn,
+    SqliteProvider,
 };
-use session_testkit::servers::{PgSchema, SqliteFile};
+use session_testkit::servers::{MysqlDatabase, PgSchema, SqliteFile};
 
 use crate::{CONCURRENCY, Op, PREFILL, USERS, drive, prefill, row_named, run_store};
 
@@ -400,3 +401,241 @@ const CAPPED_ONE_STATEMENT: &str = "WITH evicted AS (
         created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
     VALUES ($1, $2, '', '', false, false, '{}', now(), now(), now() + interval '30 minutes',
         now() + interval '12 hours', 1)";
+
+#[derive(Clone)]
+struct RawMysql {
+    pool: RawPool<AsyncMysqlConnection>,
+    handles: Arc<Vec<String>>,
+}
+
+/// The MySQL store's session columns as its reads select them (`mysql_store.rs`).
+const MYSQL_COLUMNS: &str = "CAST(handle AS CHAR) AS handle, CAST(user_id AS CHAR) AS user_id, company_name, email, \
+     is_root, remember_me, attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, \
+     absolute_expires_at_ms, version";
+
+/// The MySQL store's insert (`mysql_store.rs`), twelve binds.
+const MYSQL_INSERT: &str = "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me,
+         attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Milliseconds since the epoch, the MySQL store's instants.
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// The MySQL store's insert of a session of `user` under `handle` (30 min idle, 12 h absolute).
+fn mysql_insert(
+    handle: String,
+    user: String,
+    now: i64,
+) -> diesel::query_builder::BoxedSqlQuery<
+    'static,
+    diesel::mysql::Mysql,
+    diesel::query_builder::SqlQuery,
+> {
+    use diesel::sql_types::Bool;
+    diesel::sql_query(MYSQL_INSERT)
+        .into_boxed::<diesel::mysql::Mysql>()
+        .bind::<Text, _>(handle)
+        .bind::<Text, _>(user)
+        .bind::<Text, _>("")
+        .bind::<Text, _>("bench@example.com")
+        .bind::<Bool, _>(false)
+        .bind::<Bool, _>(false)
+        .bind::<Text, _>("{}")
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(now + 30 * 60 * 1000)
+        .bind::<BigInt, _>(now + 12 * 3600 * 1000)
+        .bind::<BigInt, _>(1)
+}
+
+/// One statement of the raw MySQL baseline (two for create+delete), kept prepared.
+async fn raw_mysql_step(raw: &RawMysql, op: Op, task: usize, i: usize) {
+    let mut conn = raw.pool.get().await.unwrap();
+    let handle = &raw.handles[i % raw.handles.len()];
+    let now = now_ms();
+    let query = |sql: String| diesel::sql_query(sql).into_boxed::<diesel::mysql::Mysql>();
+    let next_raw = || {
+        format!(
+            "raw-{}",
+            NEXT_RAW.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    };
+    let statement = match op {
+        Op::Get | Op::Touch => query(format!(
+            "SELECT {MYSQL_COLUMNS} FROM user_sessions WHERE handle = ? AND idle_expires_at_ms > ?"
+        ))
+        .bind::<Text, _>(handle.clone())
+        .bind::<BigInt, _>(now),
+        Op::Create => mysql_insert(next_raw(), format!("new-user-{}", i % USERS), now),
+        Op::Update => query(
+            "UPDATE user_sessions SET attributes = ?, version = version + 1
+             WHERE handle = ? AND idle_expires_at_ms > ?"
+                .to_owned(),
+        )
+        .bind::<Text, _>(format!("{{\"n\":{i}}}"))
+        .bind::<Text, _>(format!("own-{task}"))
+        .bind::<BigInt, _>(now),
+        Op::Rotate => query("UPDATE user_sessions SET handle = ? WHERE handle = ?".to_owned())
+            .bind::<Text, _>(format!("own-{task}-{}", (i + 1) % 2))
+            .bind::<Text, _>(format!("own-{task}-{}", i % 2)),
+        Op::ListByUser => query(format!(
+            "SELECT {MYSQL_COLUMNS} FROM user_sessions WHERE user_id = ? AND idle_expires_at_ms > ?
+             ORDER BY user_sessions.created_at_ms, user_sessions.handle"
+        ))
+        .bind::<Text, _>(format!("user-{}", i % USERS))
+        .bind::<BigInt, _>(now),
+        Op::CreateDelete => {
+            let new = next_raw();
+            mysql_insert(new.clone(), format!("new-user-{}", i % USERS), now)
+                .prepared()
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            query("DELETE FROM user_sessions WHERE handle = ?".to_owned()).bind::<Text, _>(new)
+        }
+    };
+    statement.prepared().execute(&mut *conn).await.unwrap();
+}
+
+/// The MySQL/MariaDB store (`MYSQL_URL`, default the local server as root, in a database of its
+/// own) against raw diesel-async statements on the same table, as `bench_postgres` does.
+pub(crate) async fn bench_mysql(seconds: u64) {
+    let database = MysqlDatabase::create("bench_store");
+    let config = PoolConfig::default();
+    let store: Arc<dyn UserSessionStore> = Arc::new(
+        MysqlSessionStore::connect(&database.url(), config.clone(), SessionPolicy::default())
+            .await
+            .unwrap(),
+    );
+    // The baseline is the limit of raw diesel-async: same pool size, no checkout ping, every
+    // statement kept prepared (the store tests connections locally, ADR 0008).
+    let mut config = config;
+    config.test_on_checkout = false;
+    let tokens = prefill(&store).await;
+    let raw = RawMysql {
+        pool: raw_pool::<AsyncMysqlConnection>(&database.url(), &config).await,
+        handles: Arc::new(
+            tokens
+                .iter()
+                .map(|t| t.handle().as_str().to_owned())
+                .collect(),
+        ),
+    };
+    {
+        // Rows of the baseline's own for update and rotate, one per task.
+        let mut conn = raw.pool.get().await.unwrap();
+        for task in 0..32 {
+            for name in [format!("own-{task}"), format!("own-{task}-0")] {
+                mysql_insert(name, "own".to_owned(), now_ms())
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(tokens.len(), PREFILL);
+    // Which of its two keys each task's own row has now (rotation ping-pongs between them); kept
+    // across runs because the rows keep their names.
+    let rotate_state = Arc::new(
+        (0..32)
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect::<Vec<_>>(),
+    );
+    for op in Op::ALL.into_iter().filter(|op| op.selected()) {
+        for tasks in CONCURRENCY {
+            let ours = run_store(&store, &tokens, op, tasks, seconds).await;
+            let base = {
+                let (raw, rotate_state) = (raw.clone(), rotate_state.clone());
+                drive(
+                    tasks,
+                    seconds,
+                    |task| async move { (task, task * 7919) },
+                    move |(task, i)| {
+                        let (raw, rotate_state) = (raw.clone(), rotate_state.clone());
+                        async move {
+                            let step = if op == Op::Rotate {
+                                rotate_state[task]
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            } else {
+                                i
+                            };
+                            raw_mysql_step(&raw, op, task, step).await;
+                            (task, i + 1)
+                        }
+                    },
+                )
+                .await
+            };
+            row_named(
+                "mysql",
+                op.name(),
+                op.baseline_sql(),
+                tasks,
+                &ours,
+                Some(&base),
+            );
+        }
+    }
+    if Op::Create.selected() {
+        mysql_capped_create(&tokens, seconds).await;
+    }
+    drop(database);
+}
+
+/// `create` under a per-user cap of 10 (a READ COMMITTED transaction: the user's turn row, the
+/// live sessions read, the evictions, the insert) against the uncapped insert, each store in a
+/// database of its own, then alternating rounds, as on PostgreSQL. The capped side warms up at 32
+/// tasks until every user is at the cap (at least 11 creates per user: MariaDB's capped creates
+/// are slower than PostgreSQL's, and one round would leave users below it, creates that evict
+/// nothing); the uncapped side one round.
+async fn mysql_capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u64) {
+    let open = |database: &MysqlDatabase, cap: Option<u32>| {
+        let url = database.url();
+        async move {
+            let mut policy = SessionPolicy::default();
+            policy.max_sessions_per_user = cap;
+            let store: Arc<dyn UserSessionStore> = Arc::new(
+                MysqlSessionStore::connect(&url, PoolConfig::default(), policy)
+                    .await
+                    .unwrap(),
+            );
+            store
+        }
+    };
+    let (capped_db, uncapped_db) = (
+        MysqlDatabase::create("bench_capped"),
+        MysqlDatabase::create("bench_uncapped"),
+    );
+    let capped = open(&capped_db, Some(10)).await;
+    let uncapped = open(&uncapped_db, None).await;
+    let mut made = 0;
+    while made < 11 * USERS as u64 {
+        made += run_store(&capped, tokens, Op::Create, 32, seconds)
+            .await
+            .ops;
+    }
+    run_store(&uncapped, tokens, Op::Create, 32, seconds).await;
+    for tasks in CONCURRENCY {
+        let (ours, base) = alternate(
+            || run_store(&capped, tokens, Op::Create, tasks, seconds),
+            || run_store(&uncapped, tokens, Op::Create, tasks, seconds),
+        )
+        .await;
+        row_named(
+            "mysql+cap",
+            "create",
+            "uncapped create",
+            tasks,
+            &ours,
+            Some(&base),
+        );
+    }
+}

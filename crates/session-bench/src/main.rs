@@ -1,7 +1,8 @@
 //! Benchmarks the user-session stores against raw-driver baselines measured in the same run.
 //!
 //! ```text
-//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- [--seconds N] [memory] [redis] [postgres] [scope]
+//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- [--seconds N] [memory] [redis] [postgres] [mysql] [scope]
+//! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 peers-mysql     # vs tower-sessions' sqlx MySqlStore
 //! BENCH_OPS=get,touch cargo run --release --manifest-path crates/session-bench/Cargo.toml -- redis    # only those operations
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 topologies      # node vs Cluster vs Sentinel
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- footprint-redis footprint-pg  # bytes per session
@@ -18,10 +19,13 @@
 //! session (100k sessions, 1 and 10 per user; `used_memory` growth on a private `redis-server` and
 //! `MEMORY USAGE` of sampled keys), standard layout against the compatible one (no per-user index);
 //! `footprint-pg` the PostgreSQL store's table and index bytes per row after `VACUUM ANALYZE`.
-//! `peers` runs tower-sessions' memory, moka, Redis and sqlx PostgreSQL stores against ours (see
-//! peers.rs); `peers-memory`, `peers-redis`, `peers-postgres` run one backend's comparisons. `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
+//! `peers` runs tower-sessions' memory, moka, Redis, sqlx PostgreSQL and sqlx MySQL stores against
+//! ours (see peers.rs); `peers-memory`, `peers-redis`, `peers-postgres`, `peers-mysql` run one
+//! backend's comparisons (`peers-mysql` on MySQL/MariaDB at `MYSQL_URL`). `footprint` measures the memory store's bytes per session (100k, 1M) and purge cost (1k, 100k,
 //! 1M stored, 10% expired). `postgres` runs the PostgreSQL store (`DATABASE_URL`, default the local `test` database, in a
-//! schema of its own) against raw diesel-async statements on the same table; `scope` runs a trivial
+//! schema of its own) against raw diesel-async statements on the same table; `mysql` the same for
+//! the MySQL/MariaDB store (`MYSQL_URL`, default `mysql://root@127.0.0.1:3306`, in a database of
+//! its own; not among the defaults), with its capped `create` against the uncapped; `scope` runs a trivial
 //! transaction through the provider against raw diesel-async `conn.transaction` on a pool with the
 //! same settings, on PostgreSQL and SQLite.
 //! Each operation runs at 1 and 32 concurrent tasks for N seconds (default 2) against a store
@@ -678,6 +682,7 @@ async fn main() {
             "memory" => bench_memory(seconds).await,
             "redis" => bench_redis(seconds).await,
             "postgres" => db::bench_postgres(seconds).await,
+            "mysql" => db::bench_mysql(seconds).await,
             "scope" => db::bench_scope(seconds).await,
             "footprint" => footprint::bench_footprint().await,
             "footprint-redis" => footprint::bench_footprint_redis().await,
@@ -689,8 +694,9 @@ async fn main() {
             "peers-memory" => peers::bench_peers(seconds, &["memory"]).await,
             "peers-redis" => peers::bench_peers(seconds, &["redis"]).await,
             "peers-postgres" => peers::bench_peers(seconds, &["postgres"]).await,
+            "peers-mysql" => peers::bench_peers(seconds, &["mysql"]).await,
             other => panic!(
-                "unknown backend {other:?}; known: memory, redis, postgres, scope, footprint, footprint-redis, footprint-pg, topologies, writes, peers, peers-memory, peers-redis, peers-postgres"
+                "unknown backend {other:?}; known: memory, redis, postgres, mysql, scope, footprint, footprint-redis, footprint-pg, topologies, writes, peers, peers-memory, peers-redis, peers-postgres, peers-mysql"
             ),
         }
     }

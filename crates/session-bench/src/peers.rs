@@ -137,7 +137,8 @@ async fn compare<S: SessionStore + Clone>(
     }
 }
 
-/// Runs the comparisons for `which` backends (`memory`, `redis`, `postgres`; all when empty).
+/// Runs the comparisons for `which` backends (`memory`, `redis`, `postgres`, `mysql`; all when
+/// empty).
 pub(crate) async fn bench_peers(seconds: u64, which: &[&str]) {
     let wanted = |backend: &str| which.is_empty() || which.contains(&backend);
     if wanted("memory") {
@@ -148,6 +149,9 @@ pub(crate) async fn bench_peers(seconds: u64, which: &[&str]) {
     }
     if wanted("postgres") {
         postgres_peers(seconds).await;
+    }
+    if wanted("mysql") {
+        mysql_peers(seconds).await;
     }
 }
 
@@ -285,4 +289,30 @@ async fn postgres_peers(seconds: u64) {
         .unwrap();
     peer.migrate().await.unwrap();
     compare("postgres/ts-sqlx", &ours, peer, seconds).await;
+}
+
+async fn mysql_peers(seconds: u64) {
+    let policy = peer_policy;
+    // Each in a database of its own on the shared MySQL/MariaDB server, same pool size.
+    let ours_db = session_testkit::servers::MysqlDatabase::create("bench_peer_ours");
+    let peer_db = session_testkit::servers::MysqlDatabase::create("bench_peer_ts");
+    let ours: Arc<dyn UserSessionStore> = Arc::new(
+        session_diesel::MysqlSessionStore::connect(
+            &ours_db.url(),
+            session_core::PoolConfig::default(),
+            policy(),
+        )
+        .await
+        .unwrap(),
+    );
+    let pool = tower_sessions_sqlx_store::sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(session_core::PoolConfig::default().max_size)
+        .connect(&peer_db.url())
+        .await
+        .unwrap();
+    let peer = tower_sessions_sqlx_store::MySqlStore::new(pool)
+        .with_schema_name(peer_db.name())
+        .unwrap();
+    peer.migrate().await.unwrap();
+    compare("mysql/ts-sqlx", &ours, peer, seconds).await;
 }

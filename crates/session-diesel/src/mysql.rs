@@ -2,8 +2,8 @@
 
 use std::borrow::Cow;
 
-use diesel_async::AsyncMysqlConnection;
 use diesel_async::pooled_connection::ManagerConfig;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 use session_core::{IsolationLevel, Result, ScopeOptions};
 
 use crate::provider::{DieselProvider, ProviderConnection, sealed};
@@ -56,5 +56,23 @@ impl ProviderConnection for AsyncMysqlConnection {
 
     fn manager_config() -> ManagerConfig<Self> {
         ManagerConfig::default()
+    }
+
+    /// Puts the transaction manager in its error state, which the pool reads as "broken"
+    /// (diesel-async's `is_broken`): a statement dropped half-way (a deadline, a client gone)
+    /// leaves mysql_async out of step with the server, and the next user of the connection
+    /// would read the rest of the abandoned reply ("can't parse: buf doesn't have enough data",
+    /// or worse, another statement's rows).
+    fn unsettle(&mut self) {
+        use diesel_async::TransactionManager;
+        <Self as AsyncConnection>::TransactionManager::transaction_manager_status_mut(self)
+            .set_in_error();
+    }
+
+    /// Back to the valid state, outside any transaction: only called between transactions.
+    fn settle(&mut self) {
+        use diesel_async::TransactionManager;
+        *<Self as AsyncConnection>::TransactionManager::transaction_manager_status_mut(self) =
+            diesel::connection::TransactionManagerStatus::default();
     }
 }

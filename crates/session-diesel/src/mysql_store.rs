@@ -26,7 +26,7 @@ use session_core::{
 use crate::error::from_diesel;
 use crate::mysql::MysqlProvider;
 use crate::prepared::KeepPrepared;
-use crate::provider::CheckoutCheck;
+use crate::provider::{CheckoutCheck, ProviderConnection};
 use crate::row::Row;
 
 /// The schema of the MySQL store, applied by [`MysqlSessionStore::connect`] (and
@@ -88,6 +88,21 @@ struct Json {
 
 fn ms(t: std::time::SystemTime) -> i64 {
     i64::try_from(millis_since_epoch(t)).unwrap_or(i64::MAX)
+}
+
+/// Runs `$body` (an async block's contents, with `$conn: &mut AsyncMysqlConnection`) on a pooled
+/// connection that is marked broken until the body has run to its end: a store call dropped
+/// half-way (its caller's deadline, a client gone) must not hand the next caller a connection
+/// whose reply is still on the wire (ADR 0023).
+macro_rules! in_step {
+    ($self:ident, |$conn:ident| $body:block) => {{
+        let mut pooled = $self.conn().await?;
+        let $conn: &mut AsyncMysqlConnection = &mut pooled;
+        $conn.unsettle();
+        let out: Result<_> = async $body.await;
+        $conn.settle();
+        out
+    }};
 }
 
 /// A [`UserSessionStore`] on a MySQL or MariaDB table `user_sessions`, through a
@@ -338,20 +353,22 @@ impl UserSessionStore for MysqlSessionStore {
                     .await?;
             }
             _ => {
-                let mut conn = self.conn().await?;
-                insert(&session, &attributes)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| self.fail(e))?;
+                in_step!(self, |conn| {
+                    insert(&session, &attributes)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| self.fail(e))
+                })?;
             }
         }
         Ok(IssuedSession { token, session })
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        let mut conn = self.conn().await?;
-        self.live(&mut conn, token.handle().as_str(), self.now())
-            .await
+        in_step!(self, |conn| {
+            self.live(&mut *conn, token.handle().as_str(), self.now())
+                .await
+        })
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
@@ -359,140 +376,143 @@ impl UserSessionStore for MysqlSessionStore {
         // re-checks the interval, so of concurrent due touches one writes, and the others read
         // what it wrote.
         let now = self.policy.now();
-        let mut conn = self.conn().await?;
-        let handle = token.handle().as_str();
-        let Some(mut session) = self.live(&mut conn, handle, ms(now)).await? else {
-            return Ok(None);
-        };
-        if !self.policy.touch_due(&session, now) {
-            return Ok(Some(session));
-        }
-        let idle = self.policy.touched_idle_expiry(&session, now);
-        let due = ms(now).saturating_sub(
-            i64::try_from(self.policy.touch_interval.as_millis()).unwrap_or(i64::MAX),
-        );
-        let written = diesel::sql_query(
-            "UPDATE user_sessions SET last_seen_at_ms = ?, idle_expires_at_ms = ?
-             WHERE handle = ? AND idle_expires_at_ms > ? AND last_seen_at_ms <= ?",
-        )
-        .bind::<BigInt, _>(ms(now))
-        .bind::<BigInt, _>(ms(idle))
-        .bind::<Text, _>(handle)
-        .bind::<BigInt, _>(ms(now))
-        .bind::<BigInt, _>(due)
-        .prepared()
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.fail(e))?;
-        if written == 0 {
-            // Another touch wrote first (or the session went meanwhile): read what stands.
-            return self.live(&mut conn, handle, ms(now)).await;
-        }
-        session.last_seen_at = now;
-        session.idle_expires_at = idle;
-        Ok(Some(session))
+        in_step!(self, |conn| {
+            let handle = token.handle().as_str();
+            let Some(mut session) = self.live(&mut *conn, handle, ms(now)).await? else {
+                return Ok(None);
+            };
+            if !self.policy.touch_due(&session, now) {
+                return Ok(Some(session));
+            }
+            let idle = self.policy.touched_idle_expiry(&session, now);
+            let due = ms(now).saturating_sub(
+                i64::try_from(self.policy.touch_interval.as_millis()).unwrap_or(i64::MAX),
+            );
+            let written = diesel::sql_query(
+                "UPDATE user_sessions SET last_seen_at_ms = ?, idle_expires_at_ms = ?
+                 WHERE handle = ? AND idle_expires_at_ms > ? AND last_seen_at_ms <= ?",
+            )
+            .bind::<BigInt, _>(ms(now))
+            .bind::<BigInt, _>(ms(idle))
+            .bind::<Text, _>(handle)
+            .bind::<BigInt, _>(ms(now))
+            .bind::<BigInt, _>(due)
+            .prepared()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+            if written == 0 {
+                // Another touch wrote first (or the session went meanwhile): read what stands.
+                return self.live(&mut *conn, handle, ms(now)).await;
+            }
+            session.last_seen_at = now;
+            session.idle_expires_at = idle;
+            Ok(Some(session))
+        })
     }
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
         session.validate(&self.policy)?;
         let new_token = SessionToken::generate()?;
         let now = self.now();
-        let mut conn = self.conn().await?;
-        // MySQL assigns left to right, each assignment seeing the ones before it: the handle is
-        // decided first, from the row's old `is_root`. A change of `is_root` moves the row to a
-        // new handle in the same statement.
-        let changed = diesel::sql_query(
-            "UPDATE user_sessions SET handle = IF(is_root <> ?, ?, handle), company_name = ?,
-                 email = ?, is_root = ?, attributes = ?, version = version + 1
-             WHERE handle = ? AND version = ? AND user_id = ? AND idle_expires_at_ms > ?",
-        )
-        .bind::<Bool, _>(session.is_root)
-        .bind::<Text, _>(new_token.handle().as_str())
-        .bind::<Text, _>(&session.company_name)
-        .bind::<Text, _>(&session.email)
-        .bind::<Bool, _>(session.is_root)
-        .bind::<Text, _>(session.attributes_json()?)
-        .bind::<Text, _>(session.handle.as_str())
-        .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
-        .bind::<Text, _>(&session.user_id)
-        .bind::<BigInt, _>(now)
-        .prepared()
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.fail(e))?;
-        if changed == 1 {
-            // The row as stored (its instants may have moved since the caller read it). Gone
-            // already means a delete came right after this update: the session is over.
-            let sql = format!(
-                "SELECT {COLUMNS} FROM user_sessions WHERE handle IN (?, ?) AND idle_expires_at_ms > ?"
-            );
-            let row: Option<Row> = diesel::sql_query(sql)
-                .bind::<Text, _>(session.handle.as_str())
-                .bind::<Text, _>(new_token.handle().as_str())
-                .bind::<BigInt, _>(now)
-                .prepared()
-                .get_result(&mut *conn)
-                .await
-                .optional()
-                .map_err(|e| self.fail(e))?;
-            let stored = row.ok_or(SessionError::NotFound)?.decode(BACKEND)?;
-            return Ok(if stored.handle == session.handle {
-                Updated::kept(stored)
-            } else {
-                Updated::moved_to(stored, new_token)
-            });
-        }
-        // Nothing matched: a second statement, on the failure path only, says why.
-        let stored: Option<Stored> = diesel::sql_query(
-            "SELECT CAST(user_id AS CHAR) AS user_id, version FROM user_sessions
-             WHERE handle = ? AND idle_expires_at_ms > ?",
-        )
-        .bind::<Text, _>(session.handle.as_str())
-        .bind::<BigInt, _>(now)
-        .prepared()
-        .get_result(&mut *conn)
-        .await
-        .optional()
-        .map_err(|e| self.fail(e))?;
-        match stored {
-            None => Err(SessionError::NotFound),
-            Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
-                "user_id",
-                "cannot change; sign the other user in with a new session",
-            )),
-            Some(s) => Err(SessionError::Conflict {
-                expected: session.version,
-                actual: u64::try_from(s.version).unwrap_or(0),
-            }),
-        }
+        in_step!(self, |conn| {
+            // MySQL assigns left to right, each assignment seeing the ones before it: the handle is
+            // decided first, from the row's old `is_root`. A change of `is_root` moves the row to a
+            // new handle in the same statement.
+            let changed = diesel::sql_query(
+                "UPDATE user_sessions SET handle = IF(is_root <> ?, ?, handle), company_name = ?,
+                     email = ?, is_root = ?, attributes = ?, version = version + 1
+                 WHERE handle = ? AND version = ? AND user_id = ? AND idle_expires_at_ms > ?",
+            )
+            .bind::<Bool, _>(session.is_root)
+            .bind::<Text, _>(new_token.handle().as_str())
+            .bind::<Text, _>(&session.company_name)
+            .bind::<Text, _>(&session.email)
+            .bind::<Bool, _>(session.is_root)
+            .bind::<Text, _>(session.attributes_json()?)
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
+            .bind::<Text, _>(&session.user_id)
+            .bind::<BigInt, _>(now)
+            .prepared()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+            if changed == 1 {
+                // The row as stored (its instants may have moved since the caller read it). Gone
+                // already means a delete came right after this update: the session is over.
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM user_sessions WHERE handle IN (?, ?) AND idle_expires_at_ms > ?"
+                );
+                let row: Option<Row> = diesel::sql_query(sql)
+                    .bind::<Text, _>(session.handle.as_str())
+                    .bind::<Text, _>(new_token.handle().as_str())
+                    .bind::<BigInt, _>(now)
+                    .prepared()
+                    .get_result(&mut *conn)
+                    .await
+                    .optional()
+                    .map_err(|e| self.fail(e))?;
+                let stored = row.ok_or(SessionError::NotFound)?.decode(BACKEND)?;
+                return Ok(if stored.handle == session.handle {
+                    Updated::kept(stored)
+                } else {
+                    Updated::moved_to(stored, new_token)
+                });
+            }
+            // Nothing matched: a second statement, on the failure path only, says why.
+            let stored: Option<Stored> = diesel::sql_query(
+                "SELECT CAST(user_id AS CHAR) AS user_id, version FROM user_sessions
+                 WHERE handle = ? AND idle_expires_at_ms > ?",
+            )
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(now)
+            .prepared()
+            .get_result(&mut *conn)
+            .await
+            .optional()
+            .map_err(|e| self.fail(e))?;
+            match stored {
+                None => Err(SessionError::NotFound),
+                Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
+                    "user_id",
+                    "cannot change; sign the other user in with a new session",
+                )),
+                Some(s) => Err(SessionError::Conflict {
+                    expected: session.version,
+                    actual: u64::try_from(s.version).unwrap_or(0),
+                }),
+            }
+        })
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
         let new_token = SessionToken::generate()?;
         let now = self.now();
-        let mut conn = self.conn().await?;
-        // Changing the key of the row is atomic; a concurrent rotation waits on the row lock, then
-        // finds the old handle gone.
-        let moved = diesel::sql_query(
-            "UPDATE user_sessions SET handle = ? WHERE handle = ? AND idle_expires_at_ms > ?",
-        )
-        .bind::<Text, _>(new_token.handle().as_str())
-        .bind::<Text, _>(token.handle().as_str())
-        .bind::<BigInt, _>(now)
-        .prepared()
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.fail(e))?;
-        if moved == 0 {
-            return Ok(None);
-        }
-        Ok(self
-            .live(&mut conn, new_token.handle().as_str(), now)
-            .await?
-            .map(|session| IssuedSession {
-                token: new_token,
-                session,
-            }))
+        in_step!(self, |conn| {
+            // Changing the key of the row is atomic; a concurrent rotation waits on the row lock, then
+            // finds the old handle gone.
+            let moved = diesel::sql_query(
+                "UPDATE user_sessions SET handle = ? WHERE handle = ? AND idle_expires_at_ms > ?",
+            )
+            .bind::<Text, _>(new_token.handle().as_str())
+            .bind::<Text, _>(token.handle().as_str())
+            .bind::<BigInt, _>(now)
+            .prepared()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+            if moved == 0 {
+                return Ok(None);
+            }
+            Ok(self
+                .live(&mut *conn, new_token.handle().as_str(), now)
+                .await?
+                .map(|session| IssuedSession {
+                    token: new_token,
+                    session,
+                }))
+        })
     }
 
     async fn delete(&self, token: &SessionToken) -> Result<bool> {
@@ -501,26 +521,27 @@ impl UserSessionStore for MysqlSessionStore {
 
     async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
         let now = self.now();
-        let mut conn = self.conn().await?;
-        let live = diesel::sql_query(
-            "DELETE FROM user_sessions WHERE handle = ? AND idle_expires_at_ms > ?",
-        )
-        .bind::<Text, _>(handle.as_str())
-        .bind::<BigInt, _>(now)
-        .prepared()
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.fail(e))?;
-        if live == 0 {
-            // An expired row under the handle goes too (the purge would take it later).
-            diesel::sql_query("DELETE FROM user_sessions WHERE handle = ?")
-                .bind::<Text, _>(handle.as_str())
-                .prepared()
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))?;
-        }
-        Ok(live > 0)
+        in_step!(self, |conn| {
+            let live = diesel::sql_query(
+                "DELETE FROM user_sessions WHERE handle = ? AND idle_expires_at_ms > ?",
+            )
+            .bind::<Text, _>(handle.as_str())
+            .bind::<BigInt, _>(now)
+            .prepared()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+            if live == 0 {
+                // An expired row under the handle goes too (the purge would take it later).
+                diesel::sql_query("DELETE FROM user_sessions WHERE handle = ?")
+                    .bind::<Text, _>(handle.as_str())
+                    .prepared()
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+            }
+            Ok(live > 0)
+        })
     }
 
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
@@ -528,40 +549,42 @@ impl UserSessionStore for MysqlSessionStore {
             "SELECT {COLUMNS} FROM user_sessions WHERE user_id = ? AND idle_expires_at_ms > ?
              ORDER BY user_sessions.created_at_ms, user_sessions.handle"
         );
-        let mut conn = self.conn().await?;
-        let found: Vec<Row> = diesel::sql_query(sql)
-            .bind::<Text, _>(user_id)
-            .bind::<BigInt, _>(self.now())
-            .prepared()
-            .load(&mut *conn)
-            .await
-            .map_err(|e| self.fail(e))?;
-        rows(found)
+        in_step!(self, |conn| {
+            let found: Vec<Row> = diesel::sql_query(sql)
+                .bind::<Text, _>(user_id)
+                .bind::<BigInt, _>(self.now())
+                .prepared()
+                .load(&mut *conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            rows(found)
+        })
     }
 
     async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64> {
         let now = self.now();
         let except = except.map_or("", SessionHandle::as_str);
-        let mut conn = self.conn().await?;
-        // Live sessions first (their number is the answer), then the user's expired leftovers.
-        let mut deleted = [0; 2];
-        for (sql, n) in [
-            "DELETE FROM user_sessions WHERE user_id = ? AND handle <> ? AND idle_expires_at_ms > ?",
-            "DELETE FROM user_sessions WHERE user_id = ? AND handle <> ? AND idle_expires_at_ms <= ?",
-        ]
-        .into_iter()
-        .zip(&mut deleted)
-        {
-            *n = diesel::sql_query(sql)
-                .bind::<Text, _>(user_id)
-                .bind::<Text, _>(except)
-                .bind::<BigInt, _>(now)
-                .prepared()
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))?;
-        }
-        Ok(deleted[0] as u64)
+        in_step!(self, |conn| {
+            // Live sessions first (their number is the answer), then the user's expired leftovers.
+            let mut deleted = [0; 2];
+            for (sql, n) in [
+                "DELETE FROM user_sessions WHERE user_id = ? AND handle <> ? AND idle_expires_at_ms > ?",
+                "DELETE FROM user_sessions WHERE user_id = ? AND handle <> ? AND idle_expires_at_ms <= ?",
+            ]
+            .into_iter()
+            .zip(&mut deleted)
+            {
+                *n = diesel::sql_query(sql)
+                    .bind::<Text, _>(user_id)
+                    .bind::<Text, _>(except)
+                    .bind::<BigInt, _>(now)
+                    .prepared()
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+            }
+            Ok(deleted[0] as u64)
+        })
     }
 
     async fn purge_expired(&self) -> Result<u64> {
@@ -618,24 +641,25 @@ impl UserSessionStore for MysqlSessionStore {
 #[async_trait]
 impl StorageDump for MysqlSessionStore {
     async fn dump_raw(&self) -> Result<Vec<String>> {
-        let mut conn = self.conn().await?;
-        let mut found = Vec::new();
-        for sql in [
-            "SELECT JSON_OBJECT('handle', CAST(handle AS CHAR), 'user_id', CAST(user_id AS CHAR),
-                 'company_name', company_name, 'email', email, 'is_root', is_root,
-                 'remember_me', remember_me, 'attributes', attributes,
-                 'created_at_ms', created_at_ms, 'last_seen_at_ms', last_seen_at_ms,
-                 'idle_expires_at_ms', idle_expires_at_ms,
-                 'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version) AS `row`
-             FROM user_sessions",
-            "SELECT JSON_OBJECT('user_key', HEX(user_key)) AS `row` FROM user_session_turns",
-        ] {
-            let rows: Vec<Json> = diesel::sql_query(sql)
-                .load(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))?;
-            found.extend(rows);
-        }
-        Ok(found.into_iter().map(|j| j.row).collect())
+        in_step!(self, |conn| {
+            let mut found = Vec::new();
+            for sql in [
+                "SELECT JSON_OBJECT('handle', CAST(handle AS CHAR), 'user_id', CAST(user_id AS CHAR),
+                     'company_name', company_name, 'email', email, 'is_root', is_root,
+                     'remember_me', remember_me, 'attributes', attributes,
+                     'created_at_ms', created_at_ms, 'last_seen_at_ms', last_seen_at_ms,
+                     'idle_expires_at_ms', idle_expires_at_ms,
+                     'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version) AS `row`
+                 FROM user_sessions",
+                "SELECT JSON_OBJECT('user_key', HEX(user_key)) AS `row` FROM user_session_turns",
+            ] {
+                let rows: Vec<Json> = diesel::sql_query(sql)
+                    .load(&mut *conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                found.extend(rows);
+            }
+            Ok(found.into_iter().map(|j| j.row).collect())
+        })
     }
 }

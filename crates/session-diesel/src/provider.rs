@@ -43,6 +43,18 @@ pub trait ProviderConnection:
 
     /// How new connections are opened (e.g. SQLite pragmas).
     fn manager_config() -> ManagerConfig<Self>;
+
+    /// Marks the connection so that the pool discards it if it goes back before
+    /// [`ProviderConnection::settle`]: for a driver that cannot resume a connection whose request
+    /// was dropped half-way (mysql_async reads the next reply out of step). Outside a transaction
+    /// diesel-async does not track this itself. Default: nothing (tokio-postgres matches replies
+    /// to requests; SQLite runs each call to its end on a thread of its own).
+    #[doc(hidden)]
+    fn unsettle(&mut self) {}
+
+    /// Ends [`ProviderConnection::unsettle`]: the request finished, the connection is in step.
+    #[doc(hidden)]
+    fn settle(&mut self) {}
 }
 
 pub(crate) mod sealed {
@@ -488,7 +500,11 @@ where
             let prelude = C::scope_prelude(&left)?;
             let conn: &mut C = &mut pooled;
             if let Some(statement) = preamble {
+                // Before `BEGIN`, so diesel-async's own guard (an open transaction makes the
+                // connection broken) does not cover a scope dropped here.
+                conn.unsettle();
                 conn.batch_execute(&statement).await.map_err(db)?;
+                conn.settle();
             }
             // If this future is dropped from here on (a timeout, a client gone) or the scope
             // panics, the connection goes back with its transaction open; diesel-async then

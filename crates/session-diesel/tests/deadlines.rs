@@ -15,7 +15,7 @@ use session_core::{
     SessionError,
 };
 use session_diesel::{MysqlProvider, PgProvider, SqliteProvider, from_diesel};
-use session_testkit::servers::{MysqlDatabase, PgSchema, SqliteFile, eventually, mysql};
+use session_testkit::servers::{MysqlDatabase, PgSchema, SqliteFile, eventually, mysql_try};
 
 #[derive(Debug, QueryableByName)]
 struct Count {
@@ -422,10 +422,14 @@ async fn mysql_deadlock_victims_run_again_until_they_commit() {
     assert_eq!(total.n, 4, "both transactions committed, each once");
 }
 
-/// The MySQL form of the thousand deadline-cut scopes: each is a typed `Timeout`, MariaDB stops
-/// every statement the client gave up on (`max_statement_time`; nothing of this database is left
-/// sleeping or in a transaction), and the pool then serves clean connections, without the last
-/// scope's time limit.
+/// The MySQL form of the deadline-cut scopes: 400 scopes cut by a 50 ms deadline in the middle of
+/// `SLEEP(60)`, two at a time, each a typed `Timeout`; MariaDB stops every statement the client
+/// gave up on (`max_statement_time`; nothing of this database is left sleeping or in a transaction),
+/// and the pool then serves clean connections, without the last scope's time limit. Fewer and
+/// slower than the PostgreSQL run: each cut scope discards its connection, and under that churn
+/// MariaDB 10.11 at times stalls new statements for about two seconds (their `max_statement_time`
+/// timers wait), while every cut opens another connection; sixteen tasks at 20 ms went past its
+/// 151 connections (ADR 0023).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_deadline_cut_scopes_leave_the_pool_clean() {
     let database = MysqlDatabase::create("deadline");
@@ -434,13 +438,13 @@ async fn mysql_deadline_cut_scopes_leave_the_pool_clean() {
             .await
             .unwrap(),
     );
-    let limit = Duration::from_millis(20);
+    let limit = Duration::from_millis(50);
     let mut cut = tokio::task::JoinSet::new();
     let started = Arc::new(AtomicUsize::new(0));
-    for _ in 0..16 {
+    for _ in 0..2 {
         let (provider, started) = (provider.clone(), started.clone());
         cut.spawn(async move {
-            while started.fetch_add(1, Ordering::Relaxed) < 1000 {
+            while started.fetch_add(1, Ordering::Relaxed) < 400 {
                 let result = provider
                     .transaction(ScopeOptions::new().timeout(limit), async |conn| {
                         diesel::sql_query("SELECT SLEEP(60)")
@@ -457,8 +461,10 @@ async fn mysql_deadline_cut_scopes_leave_the_pool_clean() {
     while let Some(done) = cut.join_next().await {
         done.unwrap();
     }
+    // Answered by the `mysql` client, which may itself be refused a connection while the cut
+    // ones close: that counts as "not yet".
     let leftovers = || {
-        mysql(&format!(
+        mysql_try(&format!(
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST p
              LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID
              WHERE p.DB = '{}' AND p.ID <> CONNECTION_ID()
@@ -469,7 +475,7 @@ async fn mysql_deadline_cut_scopes_leave_the_pool_clean() {
     eventually(
         Duration::from_secs(5),
         "connections still sleeping or in a transaction",
-        || leftovers() == "0",
+        || leftovers().is_ok_and(|n| n == "0"),
     )
     .await;
     #[derive(QueryableByName)]

@@ -2057,6 +2057,22 @@ const START_MARIADB: &str =
 /// # Panics
 /// If the client is missing or the command fails; the message says how to start MariaDB.
 pub fn mysql(sql: &str) -> String {
+    mysql_try(sql).unwrap_or_else(|why| {
+        panic!(
+            "mysql failed at {}: {why}\nIf MariaDB is down, start it with:\n  {START_MARIADB}\nor set MYSQL_URL.",
+            mysql_url()
+        )
+    })
+}
+
+/// [`mysql`] that reports a failure (the client's error output) instead of panicking, for waits.
+///
+/// # Errors
+/// The `mysql` client's error output when the command fails.
+///
+/// # Panics
+/// If the `mysql` client cannot be run at all.
+pub fn mysql_try(sql: &str) -> Result<String, String> {
     let url = mysql_url();
     let rest = url.strip_prefix("mysql://").unwrap_or(&url);
     let (user, host) = rest.split_once('@').unwrap_or(("root", rest));
@@ -2068,12 +2084,11 @@ pub fn mysql(sql: &str) -> String {
         .unwrap_or_else(|e| {
             panic!("cannot run mysql ({e}); install it with: apt-get install mariadb-client")
         });
-    assert!(
-        out.status.success(),
-        "mysql failed at {url}: {}\nIf MariaDB is down, start it with:\n  {START_MARIADB}\nor set MYSQL_URL.",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
 }
 
 /// A database of its own on the MySQL/MariaDB server, dropped when this is dropped.
