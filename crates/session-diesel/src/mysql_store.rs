@@ -56,9 +56,9 @@ const INSERT: &str = "INSERT INTO user_sessions (handle, user_id, company_name, 
 const TAKE_TURN: &str = "INSERT INTO user_session_turns (user_key) VALUES (UNHEX(SHA2(?, 256)))
      ON DUPLICATE KEY UPDATE user_key = user_key";
 
-/// How often a capped create that was chosen as a deadlock victim is run again (two first sign-ins
-/// of one user can deadlock while creating its turn row).
-fn capped_create_retry() -> RetryPolicy {
+/// How often a transaction of the store chosen as a deadlock victim is run again: two first
+/// sign-ins of one user creating its turn row, or two instances purging at once.
+fn deadlock_retry() -> RetryPolicy {
     let mut retry = RetryPolicy::default();
     retry.max_retries = 8;
     retry.min_delay = std::time::Duration::from_millis(1);
@@ -238,7 +238,7 @@ impl MysqlSessionStore {
     async fn create_capped(&self, session: &UserSession, attributes: &str, cap: i64) -> Result<()> {
         let options = ScopeOptions::new().isolation(IsolationLevel::ReadCommitted);
         self.db
-            .transaction_retrying(options, &capped_create_retry(), async |conn| {
+            .transaction_retrying(options, &deadlock_retry(), async |conn| {
                 diesel::sql_query(TAKE_TURN)
                     .bind::<Text, _>(&session.user_id)
                     .prepared()
@@ -596,9 +596,12 @@ impl UserSessionStore for MysqlSessionStore {
         let options = ScopeOptions::new().isolation(IsolationLevel::ReadCommitted);
         let mut total = 0u64;
         loop {
+            // Two purgers can still deadlock on InnoDB (a skipped row's secondary-index record
+            // stays locked by the one that skipped it): the victim's batch rolled back whole and
+            // runs again.
             let deleted = self
                 .db
-                .transaction(options, async |conn| {
+                .transaction_retrying(options, &deadlock_retry(), async |conn| {
                     let due: Vec<Handle> = diesel::sql_query(
                         "SELECT CAST(handle AS CHAR) AS handle FROM user_sessions
                          WHERE idle_expires_at_ms <= ? ORDER BY user_sessions.idle_expires_at_ms

@@ -133,16 +133,16 @@ fn parse_lsn(text: &str) -> Option<u64> {
 
 /// A URL as reports may show it: scheme, host and path only. The user and password, and the
 /// query string (which may carry `password=`), are dropped; a key=value connection string shows
-/// as such.
+/// as such. Everything up to the last `@` goes first, before the query and fragment are cut: a
+/// password may hold an unencoded `?`, `/` or `#`, which would otherwise end the authority early
+/// and leave part of it shown (an `@` later in the query hides the host too, never a secret).
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(connection string)".to_owned();
     };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     format!("{scheme}://{host}/{path}")
 }
 
@@ -373,6 +373,13 @@ mod tests {
             "postgresql:///x"
         );
         assert_eq!(redact("host=db password=s"), "(connection string)");
+        // Unencoded `@ : % / ? #` in a password never show, whole or in part.
+        for password in ["p?ss", "p/ss", "p#ss", "p@ss:w%rd", "a?b/c#d@e"] {
+            let url = format!("postgres://app:{password}@db:5432/x?sslmode=disable");
+            let shown = redact(&url);
+            assert_eq!(shown, "postgres://db:5432/x", "{url}");
+            assert!(!shown.contains("app") && !shown.contains("ss"), "{shown}");
+        }
         let shown = format!("{:?}", ReplicaConfig::new(["postgres://a:secret@r/x"]));
         assert!(!shown.contains("secret"), "{shown}");
     }
