@@ -194,6 +194,7 @@ fn store_and_database_urls_choose_the_compiled_in_backends() {
     assert_eq!(db("sqlite::memory:").is_ok(), cfg!(feature = "sqlite"));
     assert_eq!(db("postgresql://h/db").is_ok(), cfg!(feature = "postgres"));
     assert_eq!(db("mysql://root@h/db").is_ok(), cfg!(feature = "mysql"));
+    assert_eq!(store("mysql://root@h/db").is_ok(), cfg!(feature = "mysql"));
     assert!(db("none").is_ok() && db("").is_ok());
 }
 
@@ -203,8 +204,8 @@ fn a_refused_url_is_named_by_its_scheme_alone() {
     for (var, url, shown) in [
         (
             "SESSION_STORE_URL",
-            "mysql://app:s3cr3t@db.internal/app",
-            "a `mysql:` URL",
+            "mongodb://app:s3cr3t@db.internal/app",
+            "a `mongodb:` URL",
         ),
         (
             "DATABASE_URL",
