@@ -126,19 +126,24 @@ pub struct PgSchema {
     name: String,
 }
 
+/// `test_<label>_<random>`: a schema or database name no other test run picks.
+fn unique_name(label: &str) -> String {
+    let random: String = SessionToken::generate()
+        .unwrap()
+        .expose_secret()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    format!("test_{label}_{random}")
+}
+
 impl PgSchema {
     /// Creates `test_<label>_<random>`.
     #[must_use]
     pub fn create(label: &str) -> Self {
-        let random: String = SessionToken::generate()
-            .unwrap()
-            .expose_secret()
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(12)
-            .collect::<String>()
-            .to_ascii_lowercase();
-        let name = format!("test_{label}_{random}");
+        let name = unique_name(label);
         let base = database_url();
         psql(&base, &format!("CREATE SCHEMA {name}"));
         Self { base, name }
@@ -2100,15 +2105,7 @@ impl MysqlDatabase {
     /// Creates `test_<label>_<random>`.
     #[must_use]
     pub fn create(label: &str) -> Self {
-        let random: String = SessionToken::generate()
-            .unwrap()
-            .expose_secret()
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(12)
-            .collect::<String>()
-            .to_ascii_lowercase();
-        let name = format!("test_{label}_{random}");
+        let name = unique_name(label);
         mysql(&format!("CREATE DATABASE {name}"));
         Self { name }
     }
