@@ -108,9 +108,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let mut response = inner.call(request).await?;
-            if let Some(cookie) = session.cookie_header().await {
-                let headers = response.headers_mut();
+            let headers = response.headers_mut();
+            let cookie = session.cookie_header().await;
+            // A response that sets a cookie or may carry a token issued by this request (a
+            // bearer sign-in or rotation returns it in the body) must never be cached.
+            let no_store = cookie.is_some() || session.issued_token().await;
+            if let Some(cookie) = cookie {
                 headers.append(SET_COOKIE, cookie);
+            }
+            if no_store {
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
             Ok(response)

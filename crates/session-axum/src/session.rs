@@ -43,6 +43,9 @@ struct State {
     /// request signed in.
     cookie_owned: bool,
     cookie: CookieAction,
+    /// Whether this request issued a token (sign-in, rotation, a root change's rotation): the
+    /// response may carry it, cookie or not, so the layer marks it `no-store`.
+    issued: bool,
 }
 
 struct Inner {
@@ -142,6 +145,7 @@ impl Session {
                     } else {
                         CookieAction::Keep
                     },
+                    issued: false,
                 }),
             }),
         }
@@ -370,6 +374,7 @@ impl Session {
         }
         state.token = Some(token);
         state.loaded = Some(Some(session.clone()));
+        state.issued = true;
     }
 
     fn forget(&self, state: &mut State) {
@@ -378,6 +383,11 @@ impl Session {
         }
         state.token = None;
         state.loaded = Some(None);
+    }
+
+    /// Whether this request issued a token, which the response may carry in its body.
+    pub(crate) async fn issued_token(&self) -> bool {
+        self.inner.state.lock().await.issued
     }
 
     /// The `Set-Cookie` value this request decided on, if any, for the layer to write.

@@ -377,6 +377,35 @@ async fn bearer_requests_read_with_any_case_and_get_no_cookie_on_rotation() {
         rotated.set_cookie.is_none(),
         "API clients get tokens in bodies, not cookies"
     );
+    assert_eq!(
+        rotated.cache_control.as_deref(),
+        Some("no-store"),
+        "a response that may carry a new token is never cached, cookie or not"
+    );
+    let read = app
+        .send(
+            "GET",
+            "/me",
+            Some(("authorization", format!("Bearer {token}"))),
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::UNAUTHORIZED, "rotated away");
+    let fresh = app.send("POST", "/sign-in", None).await.body;
+    let bearer = Some(("authorization", format!("Bearer {fresh}")));
+    let plain = app.send("GET", "/me", bearer.clone()).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert!(
+        plain.cache_control.is_none(),
+        "a request that issues nothing is left alone"
+    );
+    let stepped = app.send("POST", "/step-down", bearer).await;
+    assert_eq!(stepped.status, StatusCode::OK);
+    assert!(stepped.set_cookie.is_none());
+    assert_eq!(
+        stepped.cache_control.as_deref(),
+        Some("no-store"),
+        "a root change's rotation issues a token too"
+    );
 }
 
 #[tokio::test]
