@@ -393,6 +393,29 @@ async fn a_stale_cookie_is_cleared(demo: &Demo) {
         cleared.starts_with("session=;") && cleared.contains("Max-Age=0"),
         "{cleared}"
     );
+    // Signing out again with the revoked cookie sent by hand (a jar would have dropped it): 401
+    // with the JSON error, and the cookie is cleared.
+    let again = reqwest::Client::new()
+        .delete(demo.url("/sessions/me"))
+        .header("cookie", format!("session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    let cleared = again
+        .headers()
+        .get("set-cookie")
+        .expect("the stale cookie is cleared")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cleared.starts_with("session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let error: Value = again.json().await.unwrap();
+    assert_eq!(error["error"], "unauthenticated", "{error}");
+    assert!(error["message"].is_string(), "{error}");
     // A route that never looks at the session leaves the stale cookie alone.
     let health = reqwest::Client::new()
         .get(demo.url("/healthz"))
