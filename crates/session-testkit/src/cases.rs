@@ -453,9 +453,49 @@ pub async fn close_is_idempotent_and_later_calls_are_closed(factory: &dyn StoreF
     ));
 }
 
-/// `update` validates its input, cannot move a session to another user, and does not extend expiry.
+/// `create` and `update` refuse control characters (NUL included) in text fields, and `create`
+/// stores nothing then; `update` cannot move a session to another user, and does not extend
+/// expiry.
 pub async fn update_validates_and_keeps_user_and_expiry(factory: &dyn StoreFactory) {
     let fx = Fixture::open(factory, |_| {}).await;
+    for ch in ['\0', '\n', '\u{1b}'] {
+        let bad = format!("bad{ch}value");
+        for field in ["user_id", "company_name", "email"] {
+            let user = if field == "user_id" {
+                bad.clone()
+            } else {
+                "control-user".to_owned()
+            };
+            let mut new = NewUserSession::new(user.clone())
+                .company_name("Acme Ltd")
+                .email("control@acme.test");
+            match field {
+                "company_name" => new = new.company_name(bad.clone()),
+                "email" => new = new.email(bad.clone()),
+                _ => {}
+            }
+            match fx.store().create(new).await {
+                Err(SessionError::InvalidInput { field: refused, .. }) => {
+                    assert_eq!(refused, field, "{ch:?} in {field}");
+                }
+                other => panic!("{ch:?} in {field} at create: {other:?}"),
+            }
+            // Nothing was stored (a store may refuse the bad user id in the query itself). A NUL
+            // user id is not asked about: PostgreSQL refuses NUL in any text parameter, so that
+            // user is looked for under what a driver might have made of it (below).
+            if ch == '\0' && field == "user_id" {
+                continue;
+            }
+            match fx.store().list_by_user(&user).await {
+                Ok(stored) => assert!(stored.is_empty(), "{ch:?} in {field} stored a session"),
+                Err(SessionError::InvalidInput { .. }) if field == "user_id" => {}
+                Err(e) => panic!("{ch:?} in {field}: list_by_user: {e}"),
+            }
+        }
+        for stripped in ["badvalue", "bad", "control-user"] {
+            assert!(fx.store().list_by_user(stripped).await.unwrap().is_empty());
+        }
+    }
     let issued = fx.store().create(alice()).await.unwrap();
     let mut other_user = issued.session.clone();
     other_user.user_id = "mallory".into();
