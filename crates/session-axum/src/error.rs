@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use session_core::SessionError;
+use session_core::{ErrorChain, SessionError};
 
 /// An error as an HTTP response: a status and `{"error": code, "message": text}`.
 #[derive(Debug)]
@@ -79,11 +79,8 @@ impl From<SessionError> for ApiError {
         };
         // Client errors say what is wrong; server errors are logged and not described.
         let message = if status.is_server_error() {
-            // As an error value, so the subscriber records its source chain (the driver's cause).
-            tracing::error!(
-                error = &err as &(dyn std::error::Error + 'static),
-                "request failed"
-            );
+            // With its source chain (the driver's cause), whatever the subscriber.
+            tracing::error!(error = %ErrorChain(&err), "request failed");
             "the service could not complete the request".to_owned()
         } else {
             err.to_string()

@@ -14,6 +14,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
+use session_core::ErrorChain;
+
 use crate::error::ApiError;
 
 /// Limits of [`serve`]. Every field has a default.
@@ -253,7 +255,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %ErrorChain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -297,7 +299,7 @@ pub async fn serve(
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(%peer, error = %ErrorChain(&e), "connection ended with an error");
             }
         });
         // Reap finished connections so the set does not grow with the server's age.

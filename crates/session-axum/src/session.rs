@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use session_core::{
-    IssuedSession, NewUserSession, SessionError, SessionToken, Updated, UserSession,
+    ErrorChain, IssuedSession, NewUserSession, SessionError, SessionToken, Updated, UserSession,
     UserSessionStore, UserSessionStoreExt,
 };
 
@@ -323,7 +323,7 @@ impl Session {
             && let Err(e) = self.inner.store.delete(&old).await
         {
             // The new session stands; the old one, no longer in this browser, expires by itself.
-            tracing::warn!(handle = %old.handle(), error = %e, "could not remove the session replaced by a sign-in");
+            tracing::warn!(handle = %old.handle(), error = %ErrorChain(&e), "could not remove the session replaced by a sign-in");
         }
         state.cookie_owned = true;
         self.adopt(&mut state, issued.token.clone(), &issued.session);

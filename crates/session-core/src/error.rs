@@ -177,9 +177,78 @@ impl SessionError {
     }
 }
 
+/// Shows an error followed by each of its [`std::error::Error::source`]s, joined with `": "`, for
+/// logs: [`SessionError`]'s own `Display` leaves its cause out (`postgres error`), and a log line
+/// needs it (`postgres error: connection refused`). A source whose message the previous one
+/// already ends with is not repeated.
+///
+/// ```
+/// use session_core::{ErrorChain, SessionError};
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let err = SessionError::Unavailable { backend: "redis", source: Box::new(io) };
+/// assert_eq!(ErrorChain(&err).to_string(), "redis is unavailable: connection refused");
+/// // In a log: tracing::warn!(error = %ErrorChain(&err), "session.failed");
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let mut next = self.0.source();
+        while let Some(source) = next {
+            let message = source.to_string();
+            if !message.is_empty() && !previous.ends_with(&message) {
+                write!(f, ": {message}")?;
+            }
+            previous = message;
+            next = source.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chain_shows_every_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("pool checkout failed")]
+        struct Checkout(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = SessionError::Backend {
+            backend: "postgres",
+            source: Box::new(Checkout(io)),
+        };
+        assert_eq!(
+            err.to_string(),
+            "postgres error",
+            "Display alone drops the cause"
+        );
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "postgres error: pool checkout failed: connection refused"
+        );
+        assert_eq!(
+            ErrorChain(&SessionError::NotFound).to_string(),
+            "session not found or expired"
+        );
+        // A source already in its parent's message is not repeated.
+        #[derive(Debug, thiserror::Error)]
+        #[error("query failed: {0}")]
+        struct Echo(#[source] std::io::Error);
+        let echo = Echo(std::io::Error::other("broken pipe"));
+        assert_eq!(ErrorChain(&echo).to_string(), "query failed: broken pipe");
+    }
 
     #[test]
     fn temporary_kinds_are_connectivity_and_timeouts() {

@@ -20,7 +20,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tracing::Instrument as _;
 
-use crate::error::{Result, SessionError};
+use crate::error::{ErrorChain, Result, SessionError};
 use crate::policy::SessionPolicy;
 use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
 use crate::store::{StorageDump, UserSessionStore};
@@ -173,9 +173,9 @@ fn failed(
 ) {
     let handle = handle.map(SessionHandle::fingerprint);
     if err.is_conflict() {
-        tracing::debug!(target: "session", backend, op, handle, latency_us = micros(start), error = %err, "session.conflict");
+        tracing::debug!(target: "session", backend, op, handle, latency_us = micros(start), error = %ErrorChain(err), "session.conflict");
     } else {
-        tracing::warn!(target: "session", backend, op, handle, latency_us = micros(start), error = %err, "session.failed");
+        tracing::warn!(target: "session", backend, op, handle, latency_us = micros(start), error = %ErrorChain(err), "session.failed");
     }
 }
 

@@ -36,7 +36,7 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use db::{
     DbSessionProvider, IsolationLevel, PoolConfig, PoolState, ScopeError, ScopeFn, ScopeOptions,
 };
-pub use error::{BoxError, Result, SessionError};
+pub use error::{BoxError, ErrorChain, Result, SessionError};
 pub use ext::{UPDATE_WITH_ATTEMPTS, UserSessionStoreExt};
 pub use instrument::Instrumented;
 pub use policy::{Expiry, SessionPolicy};

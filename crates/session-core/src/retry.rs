@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, SessionError};
+use crate::error::{ErrorChain, Result, SessionError};
 use crate::policy::SessionPolicy;
 use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
 use crate::store::{StorageDump, UserSessionStore};
@@ -135,7 +135,7 @@ impl<S: UserSessionStore> Retrying<S> {
             let delay = delay.min(self.policy.max_delay);
             tracing::debug!(target: "session", backend = self.inner.backend(), op,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                error = %last, "session.retry");
+                error = %ErrorChain(&last), "session.retry");
             tokio::time::sleep(delay).await;
             last = match call().await {
                 Err(e) if self.policy.retries(&e) => e,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{ErrorChain, Result};
 use crate::policy::SessionPolicy;
 use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
 use crate::token::{SessionHandle, SessionToken};
@@ -140,7 +140,7 @@ impl PurgeTask {
                         tracing::debug!(backend = store.backend(), purged = n, "session.purge")
                     }
                     Err(e) => {
-                        tracing::warn!(backend = store.backend(), error = %e, "session.purge failed");
+                        tracing::warn!(backend = store.backend(), error = %ErrorChain(&e), "session.purge failed");
                     }
                 }
             }

@@ -31,7 +31,7 @@ use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use session_axum::ApiError;
-use session_core::{ScopeOptions, SessionError};
+use session_core::{ErrorChain, ScopeOptions, SessionError};
 use session_manager::Db;
 use session_manager::db_transaction;
 use session_manager::session_diesel::diesel::QueryableByName;
@@ -379,7 +379,7 @@ async fn on_hashing_thread<T: Send + 'static>(
                     }
                 });
             if let Err(e) = spawned {
-                tracing::error!(error = %e, "could not start a hashing thread");
+                tracing::error!(error = %ErrorChain(&e), "could not start a hashing thread");
             }
         }
         Mutex::new(sender)
@@ -493,7 +493,7 @@ async fn verify(password: String, stored: String) -> Result<bool, SessionError> 
             .verify_password(password.as_bytes(), &parsed)
             .is_ok(),
         Err(e) => {
-            tracing::error!(error = %e, "an account's password hash does not parse");
+            tracing::error!(error = %ErrorChain(&e), "an account's password hash does not parse");
             false
         }
     })

@@ -38,7 +38,9 @@ use serde::{Deserialize, Serialize};
 use session_axum::{
     ApiError, CurrentSession, JsonBody, JsonPath, Session, SessionCookies, SessionLayer,
 };
-use session_core::{IssuedSession, NewUserSession, ScopeOptions, SessionError, UserSession};
+use session_core::{
+    ErrorChain, IssuedSession, NewUserSession, ScopeOptions, SessionError, UserSession,
+};
 use session_manager::session_diesel::diesel::QueryableByName;
 use session_manager::session_diesel::diesel::sql_types::{BigInt, Text};
 use session_manager::session_diesel::diesel_async::RunQueryDsl;
@@ -519,7 +521,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     match manager.health().await {
         Ok(()) => axum::Json(body("ok")).into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "health check failed");
+            tracing::warn!(error = %ErrorChain(&e), "health check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(body("unavailable")),

@@ -23,7 +23,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::{IntoConnectionInfo as _, PushInfo, PushKind, RedisError, RedisResult, Value};
 use serde::{Deserialize, Serialize};
-use session_core::UserSession;
+use session_core::{ErrorChain, UserSession};
 
 use crate::codec::bytes;
 use crate::pool::{MasterLookup, MasterWatch};
@@ -506,7 +506,7 @@ pub(crate) async fn track(
         match outcome {
             Ok(()) => tracing::debug!("near cache: the tracked nodes changed"),
             Err(error) => {
-                tracing::debug!(%error, "near cache: tracking lost, the cache is bypassed");
+                tracing::debug!(error = %ErrorChain(&error), "near cache: tracking lost, the cache is bypassed");
                 // The Cluster client's own view may be what failed: open it afresh.
                 cluster = None;
                 // Doubling pauses while it keeps failing (a fleet must not hammer a Redis that

@@ -14,6 +14,7 @@ use bb8_redis::bb8::ManageConnection;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisError, RedisFuture, Value};
+use session_core::ErrorChain;
 
 /// A pooled connection and whether it has failed. The flag is shared with the connection's
 /// [`Shared`] clones, so a failure seen on a clone discards the pooled connection too.
@@ -288,7 +289,7 @@ async fn follow_switches(
             let pubsub = match tokio::time::timeout(connect_timeout, subscribe).await {
                 Ok(Ok(pubsub)) => pubsub,
                 Ok(Err(e)) => {
-                    tracing::debug!(sentinel = %sentinel.addr(), error = %e, "cannot follow this Sentinel");
+                    tracing::debug!(sentinel = %sentinel.addr(), error = %ErrorChain(&e), "cannot follow this Sentinel");
                     continue;
                 }
                 Err(_) => {
