@@ -323,7 +323,7 @@ where
                         // Until the monitor finds it well again.
                         replica.healthy.store(false, Ordering::Release);
                         let why = match failed {
-                            Ok(Err(e)) => e.to_string(),
+                            Ok(Err(e)) => session_core::ErrorChain(&e).to_string(),
                             _ => "no connection within the check interval".to_owned(),
                         };
                         tracing::warn!(backend = C::BACKEND, replica = %replica.shown, error = %why, "replica checkout failed; reading from the next, or the primary");
@@ -530,7 +530,7 @@ where
                     // The caller's error wins; a failed rollback leaves the connection marked
                     // broken, so it is discarded rather than reused.
                     if let Err(rollback) = C::TransactionManager::rollback_transaction(conn).await {
-                        tracing::warn!(backend = C::BACKEND, error = %rollback, "rollback failed; the connection will be discarded");
+                        tracing::warn!(backend = C::BACKEND, error = %session_core::ErrorChain(&rollback), "rollback failed; the connection will be discarded");
                     }
                     Err(err)
                 }
