@@ -10,8 +10,8 @@ use session_core::{SessionToken, UserSession};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SessionCookies {
-    /// The cookie's name. Default `session`. A `Secure` cookie on path `/` is sent as
-    /// `__Host-<name>` (see [`SessionCookies::cookie_name`]).
+    /// The cookie's name. Default `session`. A `Secure` cookie is sent as `__Host-<name>` on
+    /// path `/` and `__Secure-<name>` on any other (see [`SessionCookies::cookie_name`]).
     pub name: String,
     /// Send it over HTTPS only. Default `true`; turn off only for local plain-HTTP development.
     pub secure: bool,
@@ -47,15 +47,28 @@ impl SessionCookies {
         self
     }
 
-    /// The name the cookie is written and read under: `__Host-<name>` when it is `Secure` and on
-    /// path `/`, so a browser accepts it only from this exact host over HTTPS, never from a
-    /// sibling subdomain or a plain-HTTP page (OWASP ASVS 4.0.3 V3.4.4); else `name` as it is.
+    /// Sets the cookie's path (a `Secure` cookie off `/` is then named `__Secure-<name>`).
+    #[must_use]
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The name the cookie is written and read under. A `Secure` cookie on path `/` is
+    /// `__Host-<name>`: a browser accepts it only from this exact host over HTTPS, never from a
+    /// sibling subdomain or a plain-HTTP page (OWASP ASVS 4.0.3 V3.4.4). A `Secure` cookie on
+    /// another path cannot carry `__Host-` (browsers drop it), so it is `__Secure-<name>`: still
+    /// never set by a plain-HTTP page. Without `Secure` (local development) `name` as it is. A
+    /// name that already carries a prefix is kept.
     #[must_use]
     pub fn cookie_name(&self) -> std::borrow::Cow<'_, str> {
-        if self.secure && self.path == "/" && !self.name.starts_with("__Host-") {
+        let prefixed = self.name.starts_with("__Host-") || self.name.starts_with("__Secure-");
+        if !self.secure || prefixed {
+            std::borrow::Cow::Borrowed(&self.name)
+        } else if self.path == "/" {
             std::borrow::Cow::Owned(format!("__Host-{}", self.name))
         } else {
-            std::borrow::Cow::Borrowed(&self.name)
+            std::borrow::Cow::Owned(format!("__Secure-{}", self.name))
         }
     }
 
@@ -173,6 +186,19 @@ mod tests {
         assert!(
             local.to_str().unwrap().starts_with("session="),
             "no prefix without Secure"
+        );
+        let scoped = SessionCookies::default().path("/app");
+        assert_eq!(
+            scoped.cookie_name(),
+            "__Secure-session",
+            "__Host- needs path /"
+        );
+        assert!(scoped.check().is_ok());
+        let named = SessionCookies::default().name("__Secure-sid");
+        assert_eq!(
+            named.cookie_name(),
+            "__Secure-sid",
+            "a chosen prefix is kept"
         );
         assert!(
             SessionCookies::default()

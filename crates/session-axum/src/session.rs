@@ -187,7 +187,11 @@ impl Session {
 
     /// Asks the store about the presented token(s), once per request. Duplicate cookies: the
     /// first value that names a live session becomes the request's token, whatever order the
-    /// browser sent them in.
+    /// browser sent them in, unless a later value names a *different* live session. Then neither
+    /// wins: a cookie planted by a sibling host (possible only without `Secure`, which brings the
+    /// `__Host-` prefix) could be the attacker's own signed-in session, and using it would act as
+    /// the attacker. The request is treated as signed out and the cookie is not cleared: clearing
+    /// removes only this host's cookie and would leave the planted one to win the next request.
     async fn load(&self, state: &mut State) -> Result<(), SessionError> {
         if state.loaded.is_some() {
             return Ok(());
@@ -200,6 +204,22 @@ impl Session {
             let next = state.alternatives.remove(0);
             found = self.inner.store.touch(&next).await?;
             state.token = Some(next);
+        }
+        if let Some(live) = &found {
+            for other in std::mem::take(&mut state.alternatives) {
+                if *other.handle() == live.handle {
+                    continue;
+                }
+                // `get`, not `touch`: asking must not keep the other session alive.
+                if self.inner.store.get(&other).await?.is_some() {
+                    tracing::warn!(
+                        "duplicate session cookies name two live sessions; neither is used"
+                    );
+                    state.token = None;
+                    state.loaded = Some(None);
+                    return Ok(());
+                }
+            }
         }
         if found.is_none() && state.token.is_some() && state.cookie_owned {
             state.cookie = CookieAction::Clear;

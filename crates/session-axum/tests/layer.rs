@@ -515,6 +515,54 @@ async fn a_planted_duplicate_cookie_cannot_hide_the_real_one() {
 }
 
 #[tokio::test]
+async fn two_live_sessions_in_duplicate_cookies_are_neither_used_nor_cleared() {
+    let app = app();
+    let real = app.send("POST", "/sign-in", None).await.body;
+    // The attacker's own live session, planted under the same name by a sibling host.
+    let planted = app.send("POST", "/sign-in", None).await.body;
+    for header in [
+        format!("session={planted}; session={real}"),
+        format!("session={real}; session={planted}"),
+        format!("session=garbage; session={real}; session={planted}"),
+    ] {
+        let me = app
+            .send("GET", "/me", Some(("cookie", header.clone())))
+            .await;
+        assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{header}");
+        assert!(
+            me.set_cookie.is_none(),
+            "clearing would leave the planted cookie to win next time: {header}"
+        );
+        let out = app
+            .send("POST", "/sign-out", Some(("cookie", header.clone())))
+            .await;
+        assert_eq!(out.body, "false", "nothing is signed out: {header}");
+    }
+    // The same value twice is one session, not two.
+    let twice = format!("session={real}; session={real}");
+    let me = app.send("GET", "/me", Some(("cookie", twice))).await;
+    assert_eq!(me.status, StatusCode::OK);
+    for token in [&real, &planted] {
+        assert_eq!(
+            app.send("GET", "/me", cookie(token)).await.status,
+            StatusCode::OK,
+            "both sessions are untouched"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_secure_cookie_off_the_root_path_carries_the_secure_prefix() {
+    let app = app_with(SessionCookies::default().path("/app"));
+    let signed_in = app.send("POST", "/sign-in", None).await;
+    let set = signed_in.set_cookie.unwrap();
+    assert!(
+        set.starts_with("__Secure-session=") && set.contains("Secure") && set.contains("Path=/app"),
+        "{set}"
+    );
+}
+
+#[tokio::test]
 async fn a_secure_cookie_carries_the_host_prefix_and_is_read_only_under_it() {
     let app = app_with(SessionCookies::default());
     let signed_in = app.send("POST", "/sign-in", None).await;
