@@ -83,6 +83,41 @@ impl ServerLimits {
         self
     }
 
+    /// Sets the largest request body, in bytes.
+    #[must_use]
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Sets the longest request target (path and query), in bytes.
+    #[must_use]
+    pub fn max_uri_bytes(mut self, bytes: usize) -> Self {
+        self.max_uri_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest header block, in bytes.
+    #[must_use]
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
+    }
+
+    /// Sets the most header fields.
+    #[must_use]
+    pub fn max_headers(mut self, headers: usize) -> Self {
+        self.max_headers = headers;
+        self
+    }
+
+    /// Sets how long requests in flight may take to finish after the shutdown signal.
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Sets the connection cap.
     #[must_use]
     pub fn max_connections(mut self, connections: usize) -> Self {

@@ -64,15 +64,25 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Vec::new()
     };
-    let limits = ServerLimits::default()
-        .header_read_timeout(duration_var("DEMO_HEADER_READ_TIMEOUT", "10s")?)
-        .request_timeout(duration_var("DEMO_REQUEST_TIMEOUT", "30s")?)
-        .max_connections(match std::env::var("DEMO_MAX_CONNECTIONS") {
-            Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(format!(
-                "DEMO_MAX_CONNECTIONS: `{v}` is not a positive number"
-            ))?,
-            Err(_) => 10_000,
-        });
+    // Each limit from its variable, or the library's default.
+    let base = ServerLimits::default();
+    let limits = base
+        .clone()
+        .header_read_timeout(duration_var(
+            "DEMO_HEADER_READ_TIMEOUT",
+            base.header_read_timeout,
+        )?)
+        .request_timeout(duration_var("DEMO_REQUEST_TIMEOUT", base.request_timeout)?)
+        .write_stall_timeout(duration_var(
+            "DEMO_WRITE_STALL_TIMEOUT",
+            base.write_stall_timeout,
+        )?)
+        .shutdown_grace(duration_var("DEMO_SHUTDOWN_GRACE", base.shutdown_grace)?)
+        .max_connections(count_var("DEMO_MAX_CONNECTIONS", base.max_connections)?)
+        .max_body_bytes(count_var("DEMO_MAX_BODY_BYTES", base.max_body_bytes)?)
+        .max_uri_bytes(count_var("DEMO_MAX_URI_BYTES", base.max_uri_bytes)?)
+        .max_header_bytes(count_var("DEMO_MAX_HEADER_BYTES", base.max_header_bytes)?)
+        .max_headers(count_var("DEMO_MAX_HEADERS", base.max_headers)?);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     println!(
@@ -157,8 +167,10 @@ async fn add_user(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// A duration from the environment variable `var` (human form: `10s`, `1m`), or `default`.
-fn duration_var(var: &str, default: &str) -> Result<std::time::Duration, String> {
-    let value = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+fn duration_var(var: &str, default: std::time::Duration) -> Result<std::time::Duration, String> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(default);
+    };
     match humantime::parse_duration(&value) {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err(format!("{var}: must be greater than zero (e.g. `10s`)")),
@@ -166,4 +178,16 @@ fn duration_var(var: &str, default: &str) -> Result<std::time::Duration, String>
             "{var}: `{value}` is not a duration like `10s` ({e})"
         )),
     }
+}
+
+/// A positive count from the environment variable `var`, or `default`.
+fn count_var(var: &str, default: usize) -> Result<usize, String> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(default);
+    };
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or(format!("{var}: `{value}` is not a positive number"))
 }

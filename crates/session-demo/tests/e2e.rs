@@ -531,8 +531,8 @@ async fn every_client_error_is_json(demo: &Demo) {
     }
 }
 
-/// A client that stalls is cut off: half a header block ends the connection at the header-read
-/// time-out (1 s here), a stalled body gets a JSON 408 at the request time-out (2 s), and a body
+/// A client that stalls is cut off: half a header block, or an answered keep-alive connection
+/// that sends nothing more, ends the connection at the header-read time-out (1 s here), a stalled body gets a JSON 408 at the request time-out (2 s), and a body
 /// over the limit a JSON 413. The 10 s bounds only catch a server that never cuts off.
 async fn stalling_clients_are_cut_off(demo: &Demo) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -551,6 +551,26 @@ async fn stalling_clients_are_cut_off(demo: &Demo) {
     assert!(
         closed.is_ok(),
         "a connection with half its headers stays open"
+    );
+
+    // A keep-alive connection that has been answered and then sends nothing is closed at the
+    // same time-out: idle connections do not pile up.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answered = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        idle.read_to_end(&mut answered),
+    )
+    .await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stays open");
+    let answered = String::from_utf8_lossy(&answered);
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    assert!(
+        !answered.contains("connection: close"),
+        "closed for idling, not because the answer said so: {answered}"
     );
 
     let client = browser();
@@ -952,6 +972,8 @@ async fn end_to_end_on_redis_and_postgres() {
     changing_the_password_signs_out_the_others(&demo).await;
     unknown_tokens_are_refused(&demo).await;
     a_stale_cookie_is_cleared(&demo).await;
+    every_client_error_is_json(&demo).await;
+    stalling_clients_are_cut_off(&demo).await;
     demo.stop().await;
     redis_delete_prefix(&url, &prefix);
 }
@@ -1071,9 +1093,18 @@ type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
 /// Starts the demo binary on a free port with in-memory sessions and `database_url` (the
 /// embedded default if `None`); returns it, its remaining output, its first line and its base URL.
 fn spawn_demo(database_url: Option<&str>) -> (std::process::Child, Lines, String, String) {
+    spawn_demo_with(database_url, &[])
+}
+
+/// [`spawn_demo`] with further environment variables.
+fn spawn_demo_with(
+    database_url: Option<&str>,
+    vars: &[(&str, &str)],
+) -> (std::process::Child, Lines, String, String) {
     use std::io::BufRead;
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"));
     command
+        .envs(vars.iter().copied())
         .env("DEMO_ADDR", "127.0.0.1:0")
         .env_remove("SESSION_STORE_URL")
         .stdout(std::process::Stdio::piped())
@@ -1145,6 +1176,59 @@ async fn the_binary_serves_on_defaults_and_stops_gracefully_on_sigterm() {
         lines
             .map_while(Result::ok)
             .any(|l| l == "session-demo stopped")
+    );
+}
+
+/// The binary's HTTP limits come from the environment: a body or request target over the
+/// configured size is a JSON 413 or 414; a limit that is not a positive number stops it at start.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_its_http_limits_from_the_environment() {
+    let (mut child, _lines, _first, base) = spawn_demo_with(
+        None,
+        &[
+            ("DEMO_MAX_BODY_BYTES", "200"),
+            ("DEMO_MAX_URI_BYTES", "100"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let fits = client
+        .post(format!("{base}/sessions"))
+        .json(&json!({"email": "nobody@demo.test", "password": "p".repeat(100)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), StatusCode::UNAUTHORIZED, "under the limit");
+    let big = client
+        .post(format!("{base}/sessions"))
+        .json(&json!({"email": "nobody@demo.test", "password": "p".repeat(300)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(big.json::<Value>().await.unwrap()["error"].is_string());
+    let long = client
+        .get(format!("{base}/healthz?{}", "q".repeat(150)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), StatusCode::URI_TOO_LONG);
+    assert!(long.json::<Value>().await.unwrap()["error"].is_string());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_session-demo"))
+        .env("DEMO_ADDR", "127.0.0.1:0")
+        .env("DEMO_MAX_HEADERS", "0")
+        .env_remove("SESSION_STORE_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("DEMO_MAX_HEADERS: `0` is not a positive number"),
+        "{stderr}"
     );
 }
 
