@@ -227,8 +227,9 @@ async fn unreachable_seeds_are_a_prompt_temporary_error() {
         matches!(err, session_core::SessionError::Unavailable { .. }) && err.is_temporary(),
         "{err:?}"
     );
+    // Generous: only a client that keeps retrying unreachable seeds (tens of seconds) fails it.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -242,8 +243,8 @@ async fn no_key_of_a_user_remains_once_their_sessions_expire() {
     let prefix = unique_prefix("ttl");
     let mut policy = SessionPolicy::default();
     // Long enough that the keys are surely all there when counted on a busy machine.
-    policy.idle_timeout = Duration::from_millis(1500);
-    policy.absolute_timeout = Duration::from_secs(3);
+    policy.idle_timeout = Duration::from_secs(3);
+    policy.absolute_timeout = Duration::from_secs(5);
     policy.touch_interval = Duration::from_millis(100);
     let config = RedisConfig::new(cluster.url()).key_prefix(prefix.clone());
     let store = RedisStore::connect(config, policy).await.unwrap();
@@ -252,7 +253,7 @@ async fn no_key_of_a_user_remains_once_their_sessions_expire() {
     store.create(NewUserSession::new("bob")).await.unwrap();
     assert_eq!(cluster_keys(cluster, &format!("{prefix}*")).len(), 5);
     // Bounded polling for Redis's own expiry, not a speed claim.
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let left = cluster_keys(cluster, &format!("{prefix}*"));
         if left.is_empty() {

@@ -376,8 +376,10 @@ async fn a_scan_of_the_keyspace_finds_no_raw_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_of_a_user_remains_once_their_sessions_expire() {
     let mut policy = SessionPolicy::default();
-    policy.idle_timeout = Duration::from_millis(700);
-    policy.absolute_timeout = Duration::from_secs(2);
+    // An idle expiry far beyond the 300 ms pause, so a loaded machine cannot expire the session
+    // before its touch.
+    policy.idle_timeout = Duration::from_secs(2);
+    policy.absolute_timeout = Duration::from_secs(4);
     policy.touch_interval = Duration::from_millis(100);
     let (store, guard) = shared_store("ttl", policy).await;
     let first = store.create(alice()).await.unwrap();
@@ -392,11 +394,11 @@ async fn no_key_of_a_user_remains_once_their_sessions_expire() {
     let index: Vec<String> = redis_keys(&mut conn, &format!("{}*:u:*", guard.prefix));
     let pttl: i64 = redis::cmd("PTTL").arg(&index[0]).query(&mut conn).unwrap();
     assert!(
-        pttl > 0 && pttl <= 700,
+        pttl > 0 && pttl <= 2_000,
         "the index carries its own TTL ({pttl} ms)"
     );
     // Wait for Redis's own expiry (no purge is called): bounded polling, not a speed claim.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left = redis_keys(&mut conn, &format!("{}*", guard.prefix));
         if left.is_empty() {
