@@ -275,6 +275,104 @@ async fn postgres_serialization_failures_run_again_until_they_commit() {
     assert_eq!(rows.n, 3);
 }
 
+/// Two PostgreSQL transactions that lock two rows in opposite orders: the server picks one as the
+/// deadlock victim (40P01, after its `deadlock_timeout`, 1 s by default). `transaction` returns it
+/// as a serialization failure, temporary (diesel-async maps only 40001; the deadlock is matched by
+/// its message); `transaction_retrying` runs the victim again and both commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deadlock_victims_are_temporary_and_run_again_until_they_commit() {
+    let schema = PgSchema::create("deadlock");
+    let provider = Arc::new(PgProvider::connect(&schema.url(), pool(4)).await.unwrap());
+    provider
+        .transaction(ScopeOptions::new(), async |conn| {
+            diesel::sql_query("CREATE TABLE accounts (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)")
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel("postgres", e))?;
+            diesel::sql_query("INSERT INTO accounts VALUES (1, 0), (2, 0)")
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel("postgres", e))
+        })
+        .await
+        .unwrap();
+    for retry in [None, Some(RetryPolicy::default())] {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let runs: Vec<_> = [(1, 2), (2, 1)]
+            .into_iter()
+            .map(|(first, second)| {
+                let (provider, barrier, attempts, retry) = (
+                    provider.clone(),
+                    barrier.clone(),
+                    attempts.clone(),
+                    retry.clone(),
+                );
+                tokio::spawn(async move {
+                    let (barrier, attempts) = (&*barrier, &*attempts);
+                    let scope = async |conn: &mut diesel_async::AsyncPgConnection| {
+                        let first_attempt = attempts.fetch_add(1, Ordering::SeqCst) < 2;
+                        for (i, id) in [first, second].into_iter().enumerate() {
+                            diesel::sql_query("UPDATE accounts SET n = n + 1 WHERE id = $1")
+                                .bind::<BigInt, _>(id)
+                                .execute(conn)
+                                .await
+                                .map_err(|e| from_diesel("postgres", e))?;
+                            if i == 0 && first_attempt {
+                                barrier.wait().await;
+                            }
+                        }
+                        Ok::<_, SessionError>(())
+                    };
+                    match retry {
+                        Some(retry) => {
+                            provider
+                                .transaction_retrying(ScopeOptions::new(), &retry, scope)
+                                .await
+                        }
+                        None => provider.transaction(ScopeOptions::new(), scope).await,
+                    }
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for run in runs {
+            outcomes.push(run.await.unwrap());
+        }
+        match retry {
+            None => {
+                let lost: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+                assert_eq!(lost.len(), 1, "one victim: {outcomes:?}");
+                assert!(
+                    lost[0].is_serialization_failure() && lost[0].is_temporary(),
+                    "{:?}",
+                    lost[0]
+                );
+            }
+            Some(_) => {
+                assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+                assert!(
+                    AtomicUsize::load(&attempts, Ordering::SeqCst) >= 3,
+                    "the victim ran again"
+                );
+            }
+        }
+    }
+    let total = provider
+        .transaction(ScopeOptions::new(), async |conn| {
+            diesel::sql_query("SELECT SUM(n)::BIGINT AS n FROM accounts")
+                .get_result::<Count>(conn)
+                .await
+                .map_err(|e| from_diesel("postgres", e))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        total.n, 6,
+        "the winner of round one (2), both of round two (4)"
+    );
+}
+
 /// The seed's pool (`pool_size 5`, `max_overflow 10`) as `min_idle 5`, `max_size 15`: a burst of
 /// 15 concurrent scopes opens more connections than the minimum, and once the burst has passed,
 /// the idle ones close after `idle_timeout` (1 s here) and the pool is back at 5. Prints the
