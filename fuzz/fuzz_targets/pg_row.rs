@@ -1,7 +1,8 @@
 //! The PostgreSQL row decoder (session-diesel): a `user_sessions` row, instants as epoch
 //! milliseconds, to a `UserSession`, or a `Decode` error. Input: `handle`, `user_id`,
 //! `company_name`, `email` and `attributes` on one line each, a NUL byte, then a flags byte
-//! (`is_root`, `remember_me`) and five little-endian i64 (four instants, the version).
+//! (`is_root`, `remember_me`) and five little-endian i64 (four instants, the version; a negative
+//! one is a `Decode` error).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,8 +10,9 @@ use session_core::clock::from_millis_since_epoch;
 use session_core::{Attributes, SessionError, SessionHandle};
 use session_diesel::fuzzing::PgRow;
 
+/// The instant a stored epoch-millisecond value stands for (never negative in a decoded row).
 fn instant(ms: i64) -> std::time::SystemTime {
-    from_millis_since_epoch(u64::try_from(ms).unwrap_or(0))
+    from_millis_since_epoch(u64::try_from(ms).expect("a negative instant was decoded"))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -65,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(session.last_seen_at, instant(numbers[1]));
             assert_eq!(session.idle_expires_at, instant(numbers[2]));
             assert_eq!(session.absolute_expires_at, instant(numbers[3]));
-            assert_eq!(session.version, u64::try_from(numbers[4]).unwrap_or(0));
+            assert_eq!(Ok(session.version), u64::try_from(numbers[4]));
         }
         Err(SessionError::Decode {
             backend: "postgres",
@@ -80,7 +82,8 @@ fuzz_target!(|data: &[u8]| {
             ..
         }) => {
             assert_eq!(Some(&h), parsed_handle.as_ref().ok());
-            assert!(parsed_attributes.is_err());
+            // Bad attributes, or a negative instant or version: a damaged row, never 1970 or 0.
+            assert!(parsed_attributes.is_err() || numbers.iter().any(|n| *n < 0));
         }
         Err(other) => panic!("untyped error {other:?}"),
     }
