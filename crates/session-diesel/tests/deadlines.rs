@@ -275,10 +275,79 @@ async fn postgres_serialization_failures_run_again_until_they_commit() {
     assert_eq!(rows.n, 3);
 }
 
+/// Two rounds of two transactions on `$provider` that add 1 to rows 1 and 2 in opposite orders,
+/// each holding its first row lock until the other has taken its own: the server picks one as the
+/// deadlock victim. Without retry exactly one fails, as a temporary serialization failure; with
+/// `transaction_retrying` the victim runs again and both commit. Rows 1 and 2 end 6 higher.
+macro_rules! opposite_order_rounds {
+    ($provider:expr, $conn:ty, $backend:literal, $update:literal) => {
+        for retry in [None, Some(RetryPolicy::default())] {
+            let barrier = Arc::new(tokio::sync::Barrier::new(2));
+            let attempts = Arc::new(AtomicUsize::new(0));
+            let runs: Vec<_> = [(1, 2), (2, 1)]
+                .into_iter()
+                .map(|(first, second)| {
+                    let (provider, barrier, attempts, retry) = (
+                        $provider.clone(),
+                        barrier.clone(),
+                        attempts.clone(),
+                        retry.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let (barrier, attempts) = (&*barrier, &*attempts);
+                        let scope = async |conn: &mut $conn| {
+                            let first_attempt = attempts.fetch_add(1, Ordering::SeqCst) < 2;
+                            for (i, id) in [first, second].into_iter().enumerate() {
+                                diesel::sql_query($update)
+                                    .bind::<BigInt, _>(id)
+                                    .execute(conn)
+                                    .await
+                                    .map_err(|e| from_diesel($backend, e))?;
+                                if i == 0 && first_attempt {
+                                    barrier.wait().await;
+                                }
+                            }
+                            Ok::<_, SessionError>(())
+                        };
+                        match retry {
+                            Some(mut retry) => {
+                                retry.max_retries = 5;
+                                provider
+                                    .transaction_retrying(ScopeOptions::new(), &retry, scope)
+                                    .await
+                            }
+                            None => provider.transaction(ScopeOptions::new(), scope).await,
+                        }
+                    })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for run in runs {
+                outcomes.push(run.await.unwrap());
+            }
+            if retry.is_none() {
+                let lost: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+                assert_eq!(lost.len(), 1, "one victim: {outcomes:?}");
+                assert!(
+                    lost[0].is_serialization_failure() && lost[0].is_temporary(),
+                    "{:?}",
+                    lost[0]
+                );
+            } else {
+                assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+                assert!(
+                    AtomicUsize::load(&attempts, Ordering::SeqCst) >= 3,
+                    "the victim ran again"
+                );
+            }
+        }
+    };
+}
+
 /// Two PostgreSQL transactions that lock two rows in opposite orders: the server picks one as the
-/// deadlock victim (40P01, after its `deadlock_timeout`, 1 s by default). `transaction` returns it
-/// as a serialization failure, temporary (diesel-async maps only 40001; the deadlock is matched by
-/// its message); `transaction_retrying` runs the victim again and both commit.
+/// deadlock victim (40P01, after its `deadlock_timeout`, 1 s by default), which is a temporary
+/// serialization failure (diesel-async maps only 40001; the deadlock is matched by its message);
+/// `transaction_retrying` runs the victim again and both commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_deadlock_victims_are_temporary_and_run_again_until_they_commit() {
     let schema = PgSchema::create("deadlock");
@@ -296,68 +365,12 @@ async fn postgres_deadlock_victims_are_temporary_and_run_again_until_they_commit
         })
         .await
         .unwrap();
-    for retry in [None, Some(RetryPolicy::default())] {
-        let barrier = Arc::new(tokio::sync::Barrier::new(2));
-        let attempts = Arc::new(AtomicUsize::new(0));
-        let runs: Vec<_> = [(1, 2), (2, 1)]
-            .into_iter()
-            .map(|(first, second)| {
-                let (provider, barrier, attempts, retry) = (
-                    provider.clone(),
-                    barrier.clone(),
-                    attempts.clone(),
-                    retry.clone(),
-                );
-                tokio::spawn(async move {
-                    let (barrier, attempts) = (&*barrier, &*attempts);
-                    let scope = async |conn: &mut diesel_async::AsyncPgConnection| {
-                        let first_attempt = attempts.fetch_add(1, Ordering::SeqCst) < 2;
-                        for (i, id) in [first, second].into_iter().enumerate() {
-                            diesel::sql_query("UPDATE accounts SET n = n + 1 WHERE id = $1")
-                                .bind::<BigInt, _>(id)
-                                .execute(conn)
-                                .await
-                                .map_err(|e| from_diesel("postgres", e))?;
-                            if i == 0 && first_attempt {
-                                barrier.wait().await;
-                            }
-                        }
-                        Ok::<_, SessionError>(())
-                    };
-                    match retry {
-                        Some(retry) => {
-                            provider
-                                .transaction_retrying(ScopeOptions::new(), &retry, scope)
-                                .await
-                        }
-                        None => provider.transaction(ScopeOptions::new(), scope).await,
-                    }
-                })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for run in runs {
-            outcomes.push(run.await.unwrap());
-        }
-        match retry {
-            None => {
-                let lost: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
-                assert_eq!(lost.len(), 1, "one victim: {outcomes:?}");
-                assert!(
-                    lost[0].is_serialization_failure() && lost[0].is_temporary(),
-                    "{:?}",
-                    lost[0]
-                );
-            }
-            Some(_) => {
-                assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
-                assert!(
-                    AtomicUsize::load(&attempts, Ordering::SeqCst) >= 3,
-                    "the victim ran again"
-                );
-            }
-        }
-    }
+    opposite_order_rounds!(
+        provider,
+        diesel_async::AsyncPgConnection,
+        "postgres",
+        "UPDATE accounts SET n = n + 1 WHERE id = $1"
+    );
     let total = provider
         .transaction(ScopeOptions::new(), async |conn| {
             diesel::sql_query("SELECT SUM(n)::BIGINT AS n FROM accounts")
@@ -445,8 +458,8 @@ async fn postgres_overflow_connections_close_once_the_burst_has_passed() {
 }
 
 /// Two MariaDB transactions that lock two rows in opposite orders: InnoDB picks one as a deadlock
-/// victim (1213), which is a serialization failure; `transaction_retrying` runs it again and both
-/// commit.
+/// victim (1213), which is a temporary serialization failure; `transaction_retrying` runs it again
+/// and both commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_deadlock_victims_run_again_until_they_commit() {
     let database = MysqlDatabase::create("deadlock");
@@ -470,43 +483,11 @@ async fn mysql_deadlock_victims_run_again_until_they_commit() {
         })
         .await
         .unwrap();
-    let barrier = Arc::new(tokio::sync::Barrier::new(2));
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let runs: Vec<_> = [(1, 2), (2, 1)]
-        .into_iter()
-        .map(|(first, second)| {
-            let (provider, barrier, attempts) =
-                (provider.clone(), barrier.clone(), attempts.clone());
-            tokio::spawn(async move {
-                let (barrier, attempts) = (&*barrier, &*attempts);
-                let scope = async |conn: &mut diesel_async::AsyncMysqlConnection| {
-                    let first_attempt = attempts.fetch_add(1, Ordering::SeqCst) < 2;
-                    for (i, id) in [first, second].into_iter().enumerate() {
-                        diesel::sql_query("UPDATE accounts SET n = n + 1 WHERE id = ?")
-                            .bind::<BigInt, _>(id)
-                            .execute(conn)
-                            .await
-                            .map_err(|e| from_diesel("mysql", e))?;
-                        if i == 0 && first_attempt {
-                            barrier.wait().await;
-                        }
-                    }
-                    Ok::<_, SessionError>(())
-                };
-                let mut retry = RetryPolicy::default();
-                retry.max_retries = 5;
-                provider
-                    .transaction_retrying(ScopeOptions::new(), &retry, scope)
-                    .await
-            })
-        })
-        .collect();
-    for run in runs {
-        run.await.unwrap().unwrap();
-    }
-    assert!(
-        AtomicUsize::load(&attempts, Ordering::SeqCst) >= 3,
-        "the victim ran again"
+    opposite_order_rounds!(
+        provider,
+        diesel_async::AsyncMysqlConnection,
+        "mysql",
+        "UPDATE accounts SET n = n + 1 WHERE id = ?"
     );
     let total = provider
         .transaction(ScopeOptions::new(), async |conn| {
@@ -517,7 +498,10 @@ async fn mysql_deadlock_victims_run_again_until_they_commit() {
         })
         .await
         .unwrap();
-    assert_eq!(total.n, 4, "both transactions committed, each once");
+    assert_eq!(
+        total.n, 6,
+        "the winner of round one (2), both of round two (4)"
+    );
 }
 
 /// The MySQL form of the deadline-cut scopes: 400 scopes cut by a 50 ms deadline in the middle of
