@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 use crate::error::{ErrorChain, Result, SessionError};
 use crate::policy::SessionPolicy;
 use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
-use crate::store::{StorageDump, UserSessionStore};
+use crate::store::{Imported, ScanCursor, ScanPage, StorageDump, UserSessionStore};
 use crate::token::{SessionHandle, SessionToken};
 
 /// Wraps a store and traces every operation. Forwards every method unchanged.
@@ -46,6 +46,8 @@ enum Op {
     ListByUser,
     DeleteByUser,
     PurgeExpired,
+    Scan,
+    Import,
     Health,
 }
 
@@ -65,6 +67,8 @@ impl Op {
             Op::ListByUser => "list_by_user",
             Op::DeleteByUser => "delete_by_user",
             Op::PurgeExpired => "purge_expired",
+            Op::Scan => "scan",
+            Op::Import => "import",
             Op::Health => "health",
         }
     }
@@ -400,6 +404,48 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
         }
         self.metrics
             .record(backend, Op::PurgeExpired, outcome(&result, |_| true), start);
+        result
+    }
+
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
+        let (backend, start) = (self.backend(), Instant::now());
+        let result = self
+            .inner
+            .scan(cursor, limit)
+            .instrument(span!(self, "scan"))
+            .await;
+        match &result {
+            Ok(page) => {
+                tracing::debug!(target: "session", backend, op = "scan", sessions = page.sessions.len(),
+                done = page.next.is_none(), latency_us = micros(start), "session.scanned")
+            }
+            Err(e) => failed(backend, "scan", None, start, e),
+        }
+        self.metrics
+            .record(backend, Op::Scan, outcome(&result, |_| true), start);
+        result
+    }
+
+    async fn import(&self, session: &UserSession) -> Result<Imported> {
+        let (backend, start) = (self.backend(), Instant::now());
+        let result = self
+            .inner
+            .import(session)
+            .instrument(span!(self, "import"))
+            .await;
+        match &result {
+            Ok(imported) => {
+                tracing::debug!(target: "session", backend, op = "import", handle = %session.handle,
+                outcome = ?imported, latency_us = micros(start), "session.imported")
+            }
+            Err(e) => failed(backend, "import", Some(&session.handle), start, e),
+        }
+        self.metrics.record(
+            backend,
+            Op::Import,
+            outcome(&result, |imported| *imported == Imported::Stored),
+            start,
+        );
         result
     }
 

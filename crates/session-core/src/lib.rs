@@ -43,7 +43,10 @@ pub use policy::{Expiry, SessionPolicy};
 pub use pool::SuspectConnections;
 pub use retry::{RetryPolicy, Retrying};
 pub use session::{Attributes, IssuedSession, NewUserSession, Updated, UserSession};
-pub use store::{PurgeTask, StorageDump, UserSessionStore};
+pub use store::{
+    Imported, MAX_SCAN_LIMIT, PurgeTask, ScanCursor, ScanPage, StorageDump, UserSessionStore,
+    bad_scan_cursor, check_scan_limit,
+};
 pub use token::{SessionHandle, SessionToken};
 
 /// Re-exported so backends and tests name one version.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ErrorChain, Result, SessionError};
 use crate::policy::SessionPolicy;
 use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
-use crate::store::{StorageDump, UserSessionStore};
+use crate::store::{Imported, ScanCursor, ScanPage, StorageDump, UserSessionStore};
 use crate::token::{SessionHandle, SessionToken};
 
 /// When the [`Retrying`] layer tries an operation again. Durations accept `5ms`, `1s`.
@@ -187,6 +187,15 @@ impl<S: UserSessionStore> UserSessionStore for Retrying<S> {
     async fn purge_expired(&self) -> Result<u64> {
         self.retry("purge_expired", || self.inner.purge_expired())
             .await
+    }
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
+        // A page is a read from a cursor the caller still holds: repeating it is safe.
+        self.retry("scan", || self.inner.scan(cursor, limit)).await
+    }
+    async fn import(&self, session: &UserSession) -> Result<Imported> {
+        // Not retried: a repeat after a lost reply would answer `AlreadyPresent` for the copy the
+        // first attempt stored, and the caller's counts would be wrong.
+        self.inner.import(session).await
     }
     async fn health(&self) -> Result<()> {
         self.retry("health", || self.inner.health()).await

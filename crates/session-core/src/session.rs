@@ -151,6 +151,58 @@ impl UserSession {
         validate_attributes(&self.attributes, policy)
     }
 
+    /// Validates a session read from another store before [`crate::UserSessionStore::import`]
+    /// keeps it: the editable fields as [`UserSession::validate`] does, a version of at least 1,
+    /// instants in order (`created_at <= last_seen_at`, `created_at <= idle_expires_at <=
+    /// absolute_expires_at`) and every instant in whole milliseconds after 1970, the grain every
+    /// backend stores. Expiry is not checked here: the store compares with its own clock.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidInput`] naming the field, or [`SessionError::PayloadTooLarge`].
+    pub fn validate_import(&self, policy: &SessionPolicy) -> Result<()> {
+        self.validate(policy)?;
+        if self.version == 0 {
+            return Err(SessionError::invalid_input("version", "must be at least 1"));
+        }
+        if i64::try_from(self.version).is_err() {
+            return Err(SessionError::invalid_input("version", "too large to store"));
+        }
+        for (field, instant) in [
+            ("created_at", self.created_at),
+            ("last_seen_at", self.last_seen_at),
+            ("idle_expires_at", self.idle_expires_at),
+            ("absolute_expires_at", self.absolute_expires_at),
+        ] {
+            let Ok(since) = instant.duration_since(std::time::UNIX_EPOCH) else {
+                return Err(SessionError::invalid_input(field, "is before 1970"));
+            };
+            if since.subsec_nanos() % 1_000_000 != 0 {
+                return Err(SessionError::invalid_input(
+                    field,
+                    "is not in whole milliseconds",
+                ));
+            }
+            if i64::try_from(since.as_millis()).is_err() {
+                return Err(SessionError::invalid_input(field, "is too far ahead"));
+            }
+        }
+        let order = [
+            ("last_seen_at", self.created_at <= self.last_seen_at),
+            ("idle_expires_at", self.created_at <= self.idle_expires_at),
+            (
+                "absolute_expires_at",
+                self.idle_expires_at <= self.absolute_expires_at,
+            ),
+        ];
+        if let Some((field, _)) = order.into_iter().find(|(_, in_order)| !in_order) {
+            return Err(SessionError::invalid_input(
+                field,
+                "is out of order with the session's other instants",
+            ));
+        }
+        Ok(())
+    }
+
     /// The attributes as JSON, the encoding every backend stores.
     ///
     /// # Errors

@@ -84,6 +84,49 @@ pub trait UserSessionStore: Send + Sync + fmt::Debug {
     /// Correctness never depends on calling it: expired sessions are invisible regardless.
     async fn purge_expired(&self) -> Result<u64>;
 
+    /// One page of a walk over every live session of the store, for operators' tools
+    /// (`sessionctl`) and copies between backends. Start with `cursor = None`; pass each page's
+    /// [`ScanPage::next`] back until it is `None`.
+    ///
+    /// The walk holds bounded memory on both sides: a page has at most `limit` sessions (it may
+    /// have fewer, even none, before the walk ends; Redis stops a page at a slot boundary). A
+    /// session live for the whole walk is returned at least once (exactly once on the SQL and
+    /// memory stores; Redis SCAN may repeat one); one created or removed during the walk may or may
+    /// not appear. Expired sessions are never returned. The cursor is opaque text that outlives
+    /// the process, so a walk can resume after an interruption.
+    ///
+    /// # Errors
+    /// [`crate::SessionError::InvalidInput`] for `limit == 0`, a `limit` above [`MAX_SCAN_LIMIT`]
+    /// or a cursor this backend did not issue; [`crate::SessionError::Unsupported`] from a store
+    /// that cannot enumerate (the default).
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
+        let _ = (cursor, limit);
+        Err(crate::SessionError::Unsupported {
+            backend: self.backend(),
+            operation: "scan",
+            reason: "this store does not enumerate its sessions",
+        })
+    }
+
+    /// Stores a session read from another store under its existing handle, with its version and
+    /// instants as they are, so the client's token keeps working here (the handle is the hash of
+    /// the token; no token is ever needed). Never overwrites a live session with that handle, and
+    /// does not apply the per-user cap (the copy mirrors a store that applied its own). Validated
+    /// like a write ([`UserSession::validate_import`]).
+    ///
+    /// # Errors
+    /// [`crate::SessionError::InvalidInput`] or [`crate::SessionError::PayloadTooLarge`] for a
+    /// session no store could hold; [`crate::SessionError::Unsupported`] from a store that cannot
+    /// import (the default).
+    async fn import(&self, session: &UserSession) -> Result<Imported> {
+        let _ = session;
+        Err(crate::SessionError::Unsupported {
+            backend: self.backend(),
+            operation: "import",
+            reason: "this store does not import sessions",
+        })
+    }
+
     /// Checks that the backend answers.
     async fn health(&self) -> Result<()>;
 
@@ -112,6 +155,76 @@ impl<T: StorageDump + ?Sized> StorageDump for Arc<T> {
     async fn dump_raw(&self) -> Result<Vec<String>> {
         (**self).dump_raw().await
     }
+}
+
+/// The largest page [`UserSessionStore::scan`] hands back.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+/// Where a walk over a store's sessions stands ([`UserSessionStore::scan`]): opaque text, prefixed
+/// by the backend that issued it, safe to keep in a file and resume from after a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ScanCursor(String);
+
+impl ScanCursor {
+    /// A cursor from its text (as [`ScanCursor::as_str`] gave it, e.g. read back from a file).
+    /// The store that receives it checks it.
+    #[must_use]
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The cursor as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ScanCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One page of [`UserSessionStore::scan`].
+#[derive(Clone, Debug, Default)]
+pub struct ScanPage {
+    /// Live sessions, at most the `limit` asked for.
+    pub sessions: Vec<UserSession>,
+    /// Where the next page starts; `None` once the walk is over.
+    pub next: Option<ScanCursor>,
+}
+
+/// What [`UserSessionStore::import`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// The session is now stored under its handle.
+    Stored,
+    /// A live session with that handle was already stored; it was left as it was.
+    AlreadyPresent,
+    /// The session had expired by the store's clock; nothing was stored.
+    Expired,
+}
+
+/// Checks the `limit` of a [`UserSessionStore::scan`] call, for backends.
+///
+/// # Errors
+/// [`crate::SessionError::InvalidInput`] unless `1 <= limit <= MAX_SCAN_LIMIT`.
+pub fn check_scan_limit(limit: usize) -> Result<()> {
+    if limit == 0 || limit > MAX_SCAN_LIMIT {
+        return Err(crate::SessionError::invalid_input(
+            "limit",
+            format!("must be between 1 and {MAX_SCAN_LIMIT}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The error for a cursor a backend did not issue, for backends.
+#[must_use]
+pub fn bad_scan_cursor(cursor: &ScanCursor) -> crate::SessionError {
+    let shown: String = cursor.as_str().chars().take(40).collect();
+    crate::SessionError::invalid_input("cursor", format!("not a cursor of this store: {shown:?}"))
 }
 
 /// A background task that calls [`UserSessionStore::purge_expired`] periodically.
@@ -275,6 +388,26 @@ impl<T: UserSessionStore + ?Sized> UserSessionStore for Arc<T> {
         Self: 'f,
     {
         (**self).purge_expired()
+    }
+    fn scan<'s, 'c, 'f>(
+        &'s self,
+        cursor: Option<&'c ScanCursor>,
+        limit: usize,
+    ) -> BoxFuture<'f, Result<ScanPage>>
+    where
+        's: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        (**self).scan(cursor, limit)
+    }
+    fn import<'s, 'u, 'f>(&'s self, session: &'u UserSession) -> BoxFuture<'f, Result<Imported>>
+    where
+        's: 'f,
+        'u: 'f,
+        Self: 'f,
+    {
+        (**self).import(session)
     }
     fn health<'s, 'f>(&'s self) -> BoxFuture<'f, Result<()>>
     where

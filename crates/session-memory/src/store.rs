@@ -17,8 +17,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use session_core::{
-    IssuedSession, NewUserSession, Result, SessionError, SessionHandle, SessionPolicy,
-    SessionToken, StorageDump, Updated, UserSession, UserSessionStore,
+    Imported, IssuedSession, NewUserSession, Result, ScanCursor, ScanPage, SessionError,
+    SessionHandle, SessionPolicy, SessionToken, StorageDump, Updated, UserSession,
+    UserSessionStore,
 };
 
 /// Number of session shards (and user shards). A power of two well above the core count keeps
@@ -203,9 +204,81 @@ impl MemoryStore {
         handles.retain(|h| keep.contains(h));
     }
 
+    /// Removes `handle` from `user_id`'s index (whose lock the caller does not hold).
+    fn unindex(&self, user_id: &str, handle: &SessionHandle) {
+        let mut users = lock(self.user_shard(user_id));
+        if let Some(index) = users.get_mut(user_id) {
+            index.handles.remove(handle);
+            if index.handles.is_empty() {
+                users.remove(user_id);
+            }
+        }
+    }
+
+    /// Up to `limit` live sessions of shard `from.0` with handles after `from.1`, then of the
+    /// shards after it, in handle order within a shard: the next page of a walk, and where the one
+    /// after starts.
+    fn scan_from(
+        &self,
+        mut from: (usize, Option<SessionHandle>),
+        limit: usize,
+    ) -> (Vec<UserSession>, Option<ScanCursor>) {
+        let now = self.policy.now();
+        let mut page: Vec<UserSession> = Vec::new();
+        while from.0 < SHARDS {
+            let room = limit - page.len();
+            let mut batch: Vec<UserSession> = {
+                let shard = lock(&self.shards[from.0]);
+                shard
+                    .sessions
+                    .values()
+                    .filter(|s| from.1.as_ref().is_none_or(|after| s.handle > *after))
+                    .filter(|s| !self.policy.is_expired(s, now))
+                    .cloned()
+                    .collect()
+            };
+            batch.sort_unstable_by(|a, b| a.handle.cmp(&b.handle));
+            if batch.len() > room {
+                batch.truncate(room);
+                let last = batch.last().map(|s| s.handle.clone());
+                page.extend(batch);
+                return (page, Some(memory_cursor(from.0, last.as_ref())));
+            }
+            page.extend(batch);
+            from = (from.0 + 1, None);
+            if page.len() == limit && from.0 < SHARDS {
+                return (page, Some(memory_cursor(from.0, None)));
+            }
+        }
+        (page, None)
+    }
+
     fn prune_dead(&self, handles: &mut HandleSet, now: SystemTime) {
         handles.retain(|h| lock(self.shard(h)).live(h, &self.policy, now).is_some());
     }
+}
+
+/// `m1:<shard>:<last handle returned in it, or nothing>`.
+fn memory_cursor(shard: usize, after: Option<&SessionHandle>) -> ScanCursor {
+    ScanCursor::new(format!(
+        "m1:{shard}:{}",
+        after.map_or("", SessionHandle::as_str)
+    ))
+}
+
+fn parse_memory_cursor(cursor: &ScanCursor) -> Result<(usize, Option<SessionHandle>)> {
+    let bad = || session_core::bad_scan_cursor(cursor);
+    let rest = cursor.as_str().strip_prefix("m1:").ok_or_else(bad)?;
+    let (shard, after) = rest.split_once(':').ok_or_else(bad)?;
+    let shard: usize = shard.parse().map_err(|_| bad())?;
+    if shard >= SHARDS {
+        return Err(bad());
+    }
+    let after = match after {
+        "" => None,
+        handle => Some(SessionHandle::parse(handle).map_err(|_| bad())?),
+    };
+    Ok((shard, after))
 }
 
 #[deny(clippy::missing_trait_methods)]
@@ -434,6 +507,65 @@ impl UserSessionStore for MemoryStore {
             }
         }
         Ok(count)
+    }
+
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
+        self.ensure_open()?;
+        session_core::check_scan_limit(limit)?;
+        let from = match cursor {
+            Some(cursor) => parse_memory_cursor(cursor)?,
+            None => (0, None),
+        };
+        let (sessions, next) = self.scan_from(from, limit);
+        Ok(ScanPage { sessions, next })
+    }
+
+    async fn import(&self, session: &UserSession) -> Result<Imported> {
+        self.ensure_open()?;
+        session.validate_import(&self.policy)?;
+        let now = self.policy.now();
+        if self.policy.is_expired(session, now) {
+            return Ok(Imported::Expired);
+        }
+        let handle = &session.handle;
+        loop {
+            // An expired session under this handle may belong to another user: remove it and its
+            // entry in that user's index first (lock order is user then session, so not under
+            // the session lock).
+            let stale = {
+                let mut shard = lock(self.shard(handle));
+                match shard.sessions.get(handle) {
+                    Some(stored) if !self.policy.is_expired(stored, now) => {
+                        return Ok(Imported::AlreadyPresent);
+                    }
+                    Some(stored) if stored.user_id != session.user_id => shard.remove(handle),
+                    _ => None,
+                }
+            };
+            if let Some(stale) = stale {
+                self.unindex(&stale.user_id, handle);
+            }
+            let mut users = lock(self.user_shard(&session.user_id));
+            let mut shard = lock(self.shard(handle));
+            match shard.sessions.get(handle) {
+                Some(stored) if !self.policy.is_expired(stored, now) => {
+                    return Ok(Imported::AlreadyPresent);
+                }
+                // Another user's expired session arrived in between: clear it first.
+                Some(stored) if stored.user_id != session.user_id => continue,
+                Some(_) => {
+                    shard.remove(handle);
+                }
+                None => {}
+            }
+            shard.insert(session.clone());
+            users
+                .entry(session.user_id.clone())
+                .or_default()
+                .handles
+                .insert(handle.clone());
+            return Ok(Imported::Stored);
+        }
     }
 
     async fn health(&self) -> Result<()> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use session_core::{
-    NewUserSession, SessionError, SessionHandle, SessionToken, UserSessionStore,
-    UserSessionStoreExt,
+    Imported, NewUserSession, ScanCursor, SessionError, SessionHandle, SessionToken, UserSession,
+    UserSessionStore, UserSessionStoreExt,
 };
 
 use crate::{Fixture, StoreFactory};
@@ -840,4 +840,335 @@ pub async fn raw_token_is_stored_nowhere(factory: &dyn StoreFactory) {
 pub async fn health_answers(factory: &dyn StoreFactory) {
     let fx = Fixture::open(factory, |_| {}).await;
     fx.store().health().await.unwrap();
+}
+
+/// Walks the whole store page by page and returns every session it handed back, checking the
+/// page bound on the way. Stops with a failure if the walk does not end.
+async fn scan_all(store: &dyn UserSessionStore, limit: usize) -> Vec<UserSession> {
+    let mut cursor: Option<ScanCursor> = None;
+    let mut seen = Vec::new();
+    for _ in 0..100_000 {
+        let page = store.scan(cursor.as_ref(), limit).await.unwrap();
+        assert!(
+            page.sessions.len() <= limit,
+            "a page of {} sessions for a limit of {limit}",
+            page.sessions.len()
+        );
+        seen.extend(page.sessions);
+        match page.next {
+            // A cursor is text that survives a restart: resume from its text, as a tool would.
+            Some(next) => cursor = Some(ScanCursor::new(next.as_str().to_owned())),
+            None => return seen,
+        }
+    }
+    panic!("the walk did not end after 100,000 pages");
+}
+
+/// `scan` returns every live session (with every field as `get` reads it) and no expired one, in
+/// pages no larger than the limit, resumable from the cursor's text; bad limits and cursors are
+/// typed errors.
+pub async fn scan_walks_every_live_session_in_bounded_pages(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    assert!(
+        scan_all(fx.store(), 10).await.is_empty(),
+        "an empty store walks to the end"
+    );
+    let mut doomed = Vec::new();
+    for i in 0..3 {
+        doomed.push(
+            fx.store()
+                .create(NewUserSession::new(format!("old-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    fx.clock.advance(20 * MINUTE);
+    let mut live = std::collections::HashMap::new();
+    for i in 0..25 {
+        let new = alice()
+            .attribute("i", i)
+            .email(format!("u{}@acme.test", i % 5));
+        let mut new = new;
+        new.user_id = format!("user-{}", i % 5);
+        let issued = fx.store().create(new).await.unwrap();
+        live.insert(issued.session.handle.clone(), issued.token);
+    }
+    fx.clock.advance(15 * MINUTE);
+    for issued in &doomed {
+        assert_eq!(fx.store().get(&issued.token).await.unwrap(), None);
+    }
+
+    for limit in [1, 7, 1000] {
+        let walked = scan_all(fx.store(), limit).await;
+        let handles: HashSet<SessionHandle> = walked.iter().map(|s| s.handle.clone()).collect();
+        let expected: HashSet<SessionHandle> = live.keys().cloned().collect();
+        assert_eq!(
+            handles, expected,
+            "limit {limit}: every live session, no expired one"
+        );
+        for session in &walked {
+            let read = fx.store().get(&live[&session.handle]).await.unwrap();
+            assert_eq!(
+                Some(session),
+                read.as_ref(),
+                "a scanned session is what get reads"
+            );
+        }
+    }
+
+    // A session removed before the walk is not in it.
+    let (gone, token) = live
+        .iter()
+        .next()
+        .map(|(h, t)| (h.clone(), t.clone()))
+        .unwrap();
+    assert!(fx.store().delete(&token).await.unwrap());
+    let walked = scan_all(fx.store(), 10).await;
+    assert!(walked.iter().all(|s| s.handle != gone));
+    assert_eq!(
+        walked
+            .iter()
+            .map(|s| s.handle.clone())
+            .collect::<HashSet<_>>()
+            .len(),
+        24
+    );
+
+    for limit in [0, session_core::MAX_SCAN_LIMIT + 1] {
+        assert!(
+            matches!(
+                fx.store().scan(None, limit).await,
+                Err(SessionError::InvalidInput { field: "limit", .. })
+            ),
+            "limit {limit} is refused"
+        );
+    }
+    for cursor in ["", "nonsense", "m1:x", "pg1:", "r1:s:0:x", "my1:%%"] {
+        let cursor = ScanCursor::new(cursor);
+        let answer = fx.store().scan(Some(&cursor), 10).await;
+        assert!(
+            matches!(
+                answer,
+                Err(SessionError::InvalidInput {
+                    field: "cursor",
+                    ..
+                })
+            ),
+            "cursor {cursor:?} gave {answer:?}"
+        );
+    }
+}
+
+/// A copy of `session` under the handle of a new token of the given shape, so a case can import
+/// sessions whose handles have or lack a routing tag, whichever store issued the original.
+fn under_new_token(session: &UserSession, tagged: bool) -> (UserSession, SessionToken) {
+    let token = if tagged {
+        SessionToken::generate_tagged(Some("zq")).unwrap()
+    } else {
+        SessionToken::generate().unwrap()
+    };
+    let mut copy = session.clone();
+    copy.handle = token.handle().clone();
+    (copy, token)
+}
+
+/// `import` stores a session from another store under its handle with its version and instants,
+/// so the client's token works there for every operation; it never overwrites a live session,
+/// refuses expired and invalid ones without storing anything, and may replace an expired one.
+pub async fn import_keeps_the_session_and_never_overwrites(factory: &dyn StoreFactory) {
+    let source = Fixture::open(factory, |_| {}).await;
+    let target = source.open_beside(factory).await;
+    let issued = source
+        .store()
+        .create(alice().remember_me(true))
+        .await
+        .unwrap();
+    source.clock.advance(2 * MINUTE);
+    source.store().touch(&issued.token).await.unwrap().unwrap();
+    let mut edited = source.store().get(&issued.token).await.unwrap().unwrap();
+    edited.set_attribute("step", 2);
+    let original = source.store().update(&edited).await.unwrap().session;
+    assert_eq!(original.version, 2);
+
+    // The source's own handle, and handles with and without a routing tag.
+    let (untagged, untagged_token) = under_new_token(&original, false);
+    let (tagged, tagged_token) = under_new_token(&original, true);
+    for (session, token) in [
+        (&original, &issued.token),
+        (&untagged, &untagged_token),
+        (&tagged, &tagged_token),
+    ] {
+        assert_eq!(
+            target.store().import(session).await.unwrap(),
+            Imported::Stored
+        );
+        let read = target.store().get(token).await.unwrap();
+        assert_eq!(
+            read.as_ref(),
+            Some(session),
+            "every field, version and instant kept"
+        );
+        assert_eq!(
+            target.store().import(session).await.unwrap(),
+            Imported::AlreadyPresent
+        );
+    }
+    let listed: HashSet<SessionHandle> = target
+        .store()
+        .list_by_user("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.handle)
+        .collect();
+    let imported: HashSet<SessionHandle> = [&original, &untagged, &tagged]
+        .iter()
+        .map(|s| s.handle.clone())
+        .collect();
+    assert_eq!(
+        listed, imported,
+        "imported sessions are in the user's index"
+    );
+
+    // Every operation works on an imported session, whatever its handle's shape.
+    for token in [&issued.token, &untagged_token, &tagged_token] {
+        let mut stored = target.store().get(token).await.unwrap().unwrap();
+        stored.set_attribute("step", 3);
+        let updated = target.store().update(&stored).await.unwrap().session;
+        assert_eq!(updated.version, 3, "the version continues from the copy");
+        // An older copy imported again never overwrites the newer state.
+        let stale = [&original, &untagged, &tagged]
+            .into_iter()
+            .find(|s| &s.handle == token.handle())
+            .unwrap();
+        assert_eq!(
+            target.store().import(stale).await.unwrap(),
+            Imported::AlreadyPresent
+        );
+        assert_eq!(target.store().get(token).await.unwrap().unwrap().version, 3);
+    }
+    target.clock.advance(2 * MINUTE);
+    let touched = target
+        .store()
+        .touch(&untagged_token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(touched.idle_expires_at > untagged.idle_expires_at);
+    let rotated = target
+        .store()
+        .rotate(&untagged_token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(target.store().get(&untagged_token).await.unwrap(), None);
+    assert_eq!(
+        target
+            .store()
+            .get(&rotated.token)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
+    assert!(
+        target
+            .store()
+            .delete_by_handle(&tagged.handle)
+            .await
+            .unwrap()
+    );
+    assert_eq!(target.store().get(&tagged_token).await.unwrap(), None);
+    assert!(target.store().delete(&issued.token).await.unwrap());
+    assert_eq!(
+        target.store().delete_by_user("alice", None).await.unwrap(),
+        1
+    );
+
+    // An expired session is not stored.
+    let (mut expired, expired_token) = under_new_token(&original, false);
+    let now = target.store().policy().now();
+    expired.idle_expires_at = now - MS * 5;
+    expired.last_seen_at = expired.created_at;
+    assert_eq!(
+        target.store().import(&expired).await.unwrap(),
+        Imported::Expired
+    );
+    assert_eq!(target.store().get(&expired_token).await.unwrap(), None);
+
+    // A session that has expired here may be replaced by a live copy (an older copy lost nothing).
+    let (mut short, short_token) = under_new_token(&original, true);
+    short.idle_expires_at = now + MS * 50;
+    short.created_at = now - MINUTE;
+    short.last_seen_at = now - MINUTE;
+    assert_eq!(
+        target.store().import(&short).await.unwrap(),
+        Imported::Stored
+    );
+    target.clock.advance(MS * 100);
+    assert_eq!(target.store().get(&short_token).await.unwrap(), None);
+    let mut renewed = short.clone();
+    renewed.idle_expires_at = target.store().policy().now() + MINUTE;
+    renewed.version = 9;
+    assert_eq!(
+        target.store().import(&renewed).await.unwrap(),
+        Imported::Stored
+    );
+    assert_eq!(
+        target
+            .store()
+            .get(&short_token)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        9
+    );
+
+    // Invalid sessions are typed errors and store nothing.
+    let mut bad = Vec::new();
+    let (mut s, t) = under_new_token(&renewed, false);
+    s.version = 0;
+    bad.push((s, t, "version"));
+    let (mut s, t) = under_new_token(&renewed, false);
+    s.last_seen_at = s.created_at - MS;
+    bad.push((s, t, "last_seen_at"));
+    let (mut s, t) = under_new_token(&renewed, false);
+    s.absolute_expires_at = s.idle_expires_at - MS;
+    bad.push((s, t, "absolute_expires_at"));
+    let (mut s, t) = under_new_token(&renewed, false);
+    s.user_id = "nul\0user".into();
+    bad.push((s, t, "user_id"));
+    let (mut s, t) = under_new_token(&renewed, false);
+    s.created_at += Duration::from_micros(1);
+    bad.push((s, t, "created_at"));
+    for (session, token, field) in bad {
+        match target.store().import(&session).await {
+            Err(SessionError::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("import with a bad {field} gave {other:?}"),
+        }
+        assert_eq!(target.store().get(&token).await.unwrap(), None);
+    }
+    let (mut big, big_token) = under_new_token(&renewed, false);
+    big.set_attribute(
+        "blob",
+        "x".repeat(target.store().policy().max_attributes_bytes + 1),
+    );
+    assert!(matches!(
+        target.store().import(&big).await,
+        Err(SessionError::PayloadTooLarge { .. })
+    ));
+    assert_eq!(target.store().get(&big_token).await.unwrap(), None);
+    // The source was never touched by any of it.
+    assert_eq!(
+        source
+            .store()
+            .get(&issued.token)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
 }

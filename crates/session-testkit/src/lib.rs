@@ -106,6 +106,17 @@ impl Fixture {
         }
     }
 
+    /// Another fresh, isolated store from `factory` with this fixture's policy and clock, e.g. the
+    /// target of a copy.
+    pub async fn open_beside(&self, factory: &dyn StoreFactory) -> Self {
+        let opened = factory.open(self.store().policy().clone()).await;
+        Self {
+            store: opened.store,
+            clock: self.clock.clone(),
+            cleanup: opened.cleanup,
+        }
+    }
+
     /// The store as the contract trait.
     pub fn store(&self) -> &dyn UserSessionStore {
         &*self.store
@@ -179,6 +190,8 @@ macro_rules! conformance_tests {
             update_with_retries_conflicts_and_stores_typed_values,
             close_is_idempotent_and_later_calls_are_closed,
             per_user_cap_holds_under_concurrent_creates,
+            scan_walks_every_live_session_in_bounded_pages,
+            import_keeps_the_session_and_never_overwrites,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
