@@ -18,16 +18,16 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsy
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use session_core::clock::millis_since_epoch;
 use session_core::{
-    DbSessionProvider, IsolationLevel, IssuedSession, NewUserSession, PoolConfig, Result,
-    RetryPolicy, ScopeOptions, SessionError, SessionHandle, SessionPolicy, SessionToken,
-    StorageDump, Updated, UserSession, UserSessionStore,
+    DbSessionProvider, Imported, IsolationLevel, IssuedSession, NewUserSession, PoolConfig, Result,
+    RetryPolicy, ScanCursor, ScanPage, ScopeOptions, SessionError, SessionHandle, SessionPolicy,
+    SessionToken, StorageDump, Updated, UserSession, UserSessionStore,
 };
 
 use crate::error::from_diesel;
 use crate::mysql::MysqlProvider;
 use crate::prepared::KeepPrepared;
 use crate::provider::{CheckoutCheck, ProviderConnection};
-use crate::row::Row;
+use crate::row::{Row, keyset_page, parse_keyset_cursor};
 
 /// The schema of the MySQL store, applied by [`MysqlSessionStore::connect`] (and
 /// [`MysqlSessionStore::migrate`]).
@@ -288,6 +288,26 @@ impl MysqlSessionStore {
 
 static SELECT_LIVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("SELECT {COLUMNS} FROM user_sessions WHERE handle = ? AND idle_expires_at_ms > ?")
+});
+
+/// `my1:<handle of the last session of the page before>`.
+const CURSOR_PREFIX: &str = "my1:";
+
+/// The first page of `scan`, `?` rows.
+static SCAN_FIRST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM user_sessions WHERE idle_expires_at_ms > ?
+         ORDER BY user_sessions.handle LIMIT ?"
+    )
+});
+
+/// A later page of `scan`: the rows after a handle.
+static SCAN_AFTER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM user_sessions
+         WHERE user_sessions.handle > CAST(? AS BINARY) AND idle_expires_at_ms > ?
+         ORDER BY user_sessions.handle LIMIT ?"
+    )
 });
 
 /// The insert of a new session, bound.
@@ -626,6 +646,69 @@ impl UserSessionStore for MysqlSessionStore {
                 return Ok(total);
             }
         }
+    }
+
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
+        session_core::check_scan_limit(limit)?;
+        let after = parse_keyset_cursor(CURSOR_PREFIX, cursor)?;
+        let rows_wanted = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let now = self.now();
+        in_step!(self, |conn| {
+            // Keyset pagination on the primary key, compared and ordered as bytes: `handle` in
+            // `COLUMNS` is a text alias, whose collation would order (and compare) differently.
+            let found: Vec<Row> = match &after {
+                None => {
+                    diesel::sql_query(SCAN_FIRST.as_str())
+                        .bind::<BigInt, _>(now)
+                        .bind::<BigInt, _>(rows_wanted)
+                        .prepared()
+                        .load(&mut *conn)
+                        .await
+                }
+                Some(handle) => {
+                    diesel::sql_query(SCAN_AFTER.as_str())
+                        .bind::<Text, _>(handle.as_str())
+                        .bind::<BigInt, _>(now)
+                        .bind::<BigInt, _>(rows_wanted)
+                        .prepared()
+                        .load(&mut *conn)
+                        .await
+                }
+            }
+            .map_err(|e| self.fail(e))?;
+            Ok(keyset_page(CURSOR_PREFIX, rows(found)?, limit))
+        })
+    }
+
+    async fn import(&self, session: &UserSession) -> Result<Imported> {
+        session.validate_import(&self.policy)?;
+        let now = self.policy.now();
+        if self.policy.is_expired(session, now) {
+            return Ok(Imported::Expired);
+        }
+        let attributes = session.attributes_json()?;
+        in_step!(self, |conn| {
+            // A row that has expired may be replaced; a live one never is. The insert then
+            // settles a race with another import (or an expired row's purge): one wins, the
+            // other finds the key taken.
+            diesel::sql_query(
+                "DELETE FROM user_sessions WHERE handle = ? AND idle_expires_at_ms <= ?",
+            )
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(ms(now))
+            .prepared()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+            match insert(session, &attributes).execute(&mut *conn).await {
+                Ok(_) => Ok(Imported::Stored),
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                )) => Ok(Imported::AlreadyPresent),
+                Err(e) => Err(self.fail(e)),
+            }
+        })
     }
 
     async fn health(&self) -> Result<()> {

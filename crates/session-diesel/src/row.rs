@@ -3,7 +3,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool, Text};
 use session_core::clock::from_millis_since_epoch;
-use session_core::{Result, SessionError, SessionHandle, UserSession};
+use session_core::{Result, ScanCursor, ScanPage, SessionError, SessionHandle, UserSession};
 
 /// A row of `user_sessions` as the SQL stores select it (instants as epoch milliseconds): the
 /// PostgreSQL and the MySQL store read the same columns. Public, hidden, only for the fuzz targets
@@ -85,4 +85,31 @@ impl Row {
             attributes,
         })
     }
+}
+
+/// Where a page of `scan` starts: `None` for the first one.
+pub(crate) fn parse_keyset_cursor(
+    prefix: &str,
+    cursor: Option<&ScanCursor>,
+) -> Result<Option<SessionHandle>> {
+    let Some(cursor) = cursor else {
+        return Ok(None);
+    };
+    cursor
+        .as_str()
+        .strip_prefix(prefix)
+        .and_then(|handle| SessionHandle::parse(handle).ok())
+        .map(Some)
+        .ok_or_else(|| session_core::bad_scan_cursor(cursor))
+}
+
+/// A page of `limit` sessions from at most `limit + 1` rows read: the extra row only says that
+/// the walk goes on, after the page's last handle.
+pub(crate) fn keyset_page(prefix: &str, mut sessions: Vec<UserSession>, limit: usize) -> ScanPage {
+    let next = (sessions.len() > limit).then(|| {
+        sessions.truncate(limit);
+        let last = sessions.last().map_or("", |s| s.handle.as_str());
+        ScanCursor::new(format!("{prefix}{last}"))
+    });
+    ScanPage { sessions, next }
 }

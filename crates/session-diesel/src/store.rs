@@ -10,22 +10,24 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use session_core::clock::millis_since_epoch;
 use session_core::{
-    DbSessionProvider, IssuedSession, NewUserSession, PoolConfig, Result, SessionError,
-    SessionHandle, SessionPolicy, SessionToken, StorageDump, Updated, UserSession,
-    UserSessionStore,
+    DbSessionProvider, Imported, IssuedSession, NewUserSession, PoolConfig, Result, ScanCursor,
+    ScanPage, SessionError, SessionHandle, SessionPolicy, SessionToken, StorageDump, Updated,
+    UserSession, UserSessionStore,
 };
 
 use crate::error::from_diesel;
 use crate::pg::PgProvider;
 use crate::prepared::KeepPrepared;
 use crate::provider::CheckoutCheck;
-use crate::row::Row;
+use crate::row::{Row, keyset_page, parse_keyset_cursor};
 
 /// The schema, applied by [`PgSessionStore::connect`] (and [`PgSessionStore::migrate`]).
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -106,6 +108,66 @@ static CREATE_CAPPED: LazyLock<String> = LazyLock::new(|| {
         absolute = at(11),
     )
 });
+
+/// `import`: the insert of `create`, which may replace only a row that has expired by `$13`.
+static IMPORT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{insert}
+         ON CONFLICT (handle) DO UPDATE SET user_id = EXCLUDED.user_id,
+             company_name = EXCLUDED.company_name, email = EXCLUDED.email,
+             is_root = EXCLUDED.is_root, remember_me = EXCLUDED.remember_me,
+             attributes = EXCLUDED.attributes, created_at = EXCLUDED.created_at,
+             last_seen_at = EXCLUDED.last_seen_at, idle_expires_at = EXCLUDED.idle_expires_at,
+             absolute_expires_at = EXCLUDED.absolute_expires_at, version = EXCLUDED.version
+         WHERE user_sessions.idle_expires_at <= {now}
+         RETURNING TRUE AS live",
+        insert = CREATE.as_str(),
+        now = at(13),
+    )
+});
+
+/// The first page of `scan`: keyset pagination on the primary key, `$2` rows.
+static SCAN_FIRST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM user_sessions WHERE idle_expires_at > {} ORDER BY handle LIMIT $2",
+        columns(""),
+        at(1)
+    )
+});
+
+/// A later page of `scan`: the rows after handle `$3`.
+static SCAN_AFTER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM user_sessions WHERE handle > $3 AND idle_expires_at > {}
+         ORDER BY handle LIMIT $2",
+        columns(""),
+        at(1)
+    )
+});
+
+/// Binds `$1`–`$12` of [`CREATE`], [`CREATE_CAPPED`] and [`IMPORT`]: the session's fields.
+fn session_binds<'a>(
+    query: BoxedSqlQuery<'a, Pg, SqlQuery>,
+    session: &'a UserSession,
+    attributes: &'a str,
+) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
+    query
+        .bind::<Text, _>(session.handle.as_str())
+        .bind::<Text, _>(&session.user_id)
+        .bind::<Text, _>(&session.company_name)
+        .bind::<Text, _>(&session.email)
+        .bind::<Bool, _>(session.is_root)
+        .bind::<Bool, _>(session.remember_me)
+        .bind::<Text, _>(attributes)
+        .bind::<BigInt, _>(ms(session.created_at))
+        .bind::<BigInt, _>(ms(session.last_seen_at))
+        .bind::<BigInt, _>(ms(session.idle_expires_at))
+        .bind::<BigInt, _>(ms(session.absolute_expires_at))
+        .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(i64::MAX))
+}
+
+/// `pg1:<handle of the last session of the page before>`.
+const CURSOR_PREFIX: &str = "pg1:";
 
 /// The instant held (as epoch milliseconds) by bind parameter `$n`.
 fn at(n: u8) -> String {
@@ -251,21 +313,9 @@ impl UserSessionStore for PgSessionStore {
         let session = new.into_session(&token, &self.policy)?;
         let cap = self.policy.max_sessions_per_user.map_or(0, i64::from);
         let sql: &str = if cap > 0 { &CREATE_CAPPED } else { &CREATE };
+        let attributes = session.attributes_json()?;
         let mut conn = self.conn().await?;
-        let insert = diesel::sql_query(sql)
-            .into_boxed::<diesel::pg::Pg>()
-            .bind::<Text, _>(session.handle.as_str())
-            .bind::<Text, _>(&session.user_id)
-            .bind::<Text, _>(&session.company_name)
-            .bind::<Text, _>(&session.email)
-            .bind::<Bool, _>(session.is_root)
-            .bind::<Bool, _>(session.remember_me)
-            .bind::<Text, _>(session.attributes_json()?)
-            .bind::<BigInt, _>(ms(session.created_at))
-            .bind::<BigInt, _>(ms(session.last_seen_at))
-            .bind::<BigInt, _>(ms(session.idle_expires_at))
-            .bind::<BigInt, _>(ms(session.absolute_expires_at))
-            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(1));
+        let insert = session_binds(diesel::sql_query(sql).into_boxed(), &session, &attributes);
         let insert = if cap > 0 {
             insert.bind::<BigInt, _>(cap)
         } else {
@@ -508,6 +558,54 @@ impl UserSessionStore for PgSessionStore {
                 return Ok(total);
             }
         }
+    }
+
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
+        session_core::check_scan_limit(limit)?;
+        let after = parse_keyset_cursor(CURSOR_PREFIX, cursor)?;
+        let rows_wanted = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let mut conn = self.conn().await?;
+        let query = match &after {
+            None => diesel::sql_query(SCAN_FIRST.as_str()).into_boxed::<Pg>(),
+            Some(_) => diesel::sql_query(SCAN_AFTER.as_str()).into_boxed::<Pg>(),
+        }
+        .bind::<BigInt, _>(self.now())
+        .bind::<BigInt, _>(rows_wanted);
+        let query = match &after {
+            None => query,
+            Some(handle) => query.bind::<Text, _>(handle.as_str()),
+        };
+        let found: Vec<Row> = query
+            .prepared()
+            .load(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(keyset_page(CURSOR_PREFIX, rows(found)?, limit))
+    }
+
+    async fn import(&self, session: &UserSession) -> Result<Imported> {
+        session.validate_import(&self.policy)?;
+        let now = self.policy.now();
+        if self.policy.is_expired(session, now) {
+            return Ok(Imported::Expired);
+        }
+        let attributes = session.attributes_json()?;
+        let mut conn = self.conn().await?;
+        let written: Vec<Liveness> = session_binds(
+            diesel::sql_query(IMPORT.as_str()).into_boxed(),
+            session,
+            &attributes,
+        )
+        .bind::<BigInt, _>(ms(now))
+        .prepared()
+        .load(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(if written.is_empty() {
+            Imported::AlreadyPresent
+        } else {
+            Imported::Stored
+        })
     }
 
     async fn health(&self) -> Result<()> {
