@@ -80,6 +80,18 @@ impl UserSessionStore for Counted {
         self.tick();
         self.inner.purge_expired().await
     }
+    async fn scan(
+        &self,
+        cursor: Option<&session_core::ScanCursor>,
+        limit: usize,
+    ) -> Result<session_core::ScanPage> {
+        self.tick();
+        self.inner.scan(cursor, limit).await
+    }
+    async fn import(&self, session: &UserSession) -> Result<session_core::Imported> {
+        self.tick();
+        self.inner.import(session).await
+    }
     async fn health(&self) -> Result<()> {
         self.tick();
         self.inner.health().await

@@ -416,3 +416,34 @@ return trim(KEYS[1], members, keys, tonumber(ARGV[1]))
 ",
     )
 });
+
+/// KEYS: session, the user's index, [the index of another user whose expired session is at the
+/// key]. ARGV: now, member, idle_expires_at, base, strict ('Y': the index must be declared),
+/// user id, then field, value, ... Stores the session unless a session is at the key that has not
+/// expired (or cannot be judged: no idle expiry), returning `'stored'` or `'present'`; or
+/// `{'index', user_id}` (nothing written) when an expired session of another user is there and
+/// that user's index must be declared to remove its member. `HSET`, `PEXPIREAT`, `ZADD`, then
+/// the index's `PEXPIREAT … GT`, as a create writes them.
+pub(crate) static IMPORT: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
+if f[1] or f[2] then
+  local ie = tonumber(f[2])
+  if not ie or not expired(now, ie, tonumber(f[3])) then return 'present' end
+  if f[1] and f[1] ~= ARGV[6] then
+    local old = index_of(KEYS[3], ARGV[4], f[1], ARGV[5])
+    if not old then return {'index', f[1]} end
+    redis.call('ZREM', old, ARGV[2])
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+extend_index(KEYS[2], ARGV[3])
+return 'stored'
+",
+    )
+});

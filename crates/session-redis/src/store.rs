@@ -12,8 +12,9 @@ use redis::cluster_routing::{
 use redis::{RedisError, Value};
 use session_core::clock::millis_since_epoch;
 use session_core::{
-    IssuedSession, NewUserSession, PoolState, Result, SessionError, SessionHandle, SessionPolicy,
-    SessionToken, StorageDump, SuspectConnections, Updated, UserSession, UserSessionStore,
+    Imported, IssuedSession, NewUserSession, PoolState, Result, ScanCursor, ScanPage, SessionError,
+    SessionHandle, SessionPolicy, SessionToken, StorageDump, SuspectConnections, Updated,
+    UserSession, UserSessionStore,
 };
 use sha2::{Digest, Sha256};
 
@@ -154,11 +155,17 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Where a session lives: its key, the user's key base (`<prefix>{tag}:`, empty in the compatible
-/// layout) and its index member (the hash part of the handle).
+/// layout), its index member and the user's routing tag (empty in the compatible layout).
+///
+/// A session this store issued has a handle tagged with its user's tag: the member is the hash.
+/// A session imported under a handle without that tag (issued by another backend) lives under
+/// its user's tag all the same, in the user's slot, with the member `.` and the whole handle; an
+/// alias key in the handle's own slot names the user's tag (ADR 0025).
 struct Location {
     key: String,
     base: String,
     member: String,
+    tag: String,
 }
 
 /// Runs `$op` (an expression using the connection `$conn`) on a clone of a pooled multiplexed
@@ -346,26 +353,82 @@ impl RedisStore {
         (index_at(&base, user_id), base)
     }
 
-    /// The location of the session a handle names, or `None` if no session of this store could
-    /// have that handle (no routing tag, or a tag of the wrong shape).
-    fn locate_handle(&self, handle: &SessionHandle) -> Option<Location> {
+    /// The location of a session under a handle tagged by this store, or `None` if the handle
+    /// has no tag of this store's shape.
+    fn locate_native(&self, handle: &SessionHandle) -> Option<Location> {
         let tag = handle.routing_tag().filter(|t| t.len() == TAG_LEN)?;
-        let base = self.base(tag);
-        Some(Location {
-            key: format!("{base}s:{}", handle.hash()),
-            base,
-            member: handle.hash().to_owned(),
-        })
+        Some(self.located(tag, handle.hash().to_owned()))
     }
 
-    fn locate(&self, token: &SessionToken) -> Option<Location> {
+    /// The location of member `member` under the user's tag `tag`.
+    fn located(&self, tag: &str, member: String) -> Location {
+        let base = self.base(tag);
+        Location {
+            key: format!("{base}s:{member}"),
+            base,
+            member,
+            tag: tag.to_owned(),
+        }
+    }
+
+    /// The location of an imported session whose handle does not carry its user's tag.
+    fn located_alias(&self, user_tag: &str, handle: &SessionHandle) -> Location {
+        self.located(user_tag, format!(".{}", handle.as_str()))
+    }
+
+    /// The alias key of a handle without this store's tag: in the slot of the handle's hash, so
+    /// a lookup needs nothing but the handle; its value is the user's tag.
+    fn alias_key(&self, handle: &SessionHandle) -> String {
+        let hash = handle.hash();
+        format!(
+            "{}{{{}}}:a:{}",
+            self.config.key_prefix,
+            &hash[..TAG_LEN.min(hash.len())],
+            handle.as_str()
+        )
+    }
+
+    /// The location of the session a handle names in the standard layout, or `None` if no
+    /// session of this store has that handle. A handle without this store's tag costs one `GET`
+    /// of its alias.
+    async fn locate_handle(&self, handle: &SessionHandle) -> Result<Option<Location>> {
+        if let Some(location) = self.locate_native(handle) {
+            return Ok(Some(location));
+        }
+        let alias = self.alias_key(handle);
+        let tag: Option<String> = run!(self, Some(handle), |conn| redis::cmd("GET")
+            .arg(&alias)
+            .query_async(conn)
+            .await)?;
+        Ok(tag
+            .filter(|tag| tag.len() == TAG_LEN)
+            .map(|tag| self.located_alias(&tag, handle)))
+    }
+
+    async fn locate(&self, token: &SessionToken) -> Result<Option<Location>> {
         match self.config.layout {
-            Layout::Standard => self.locate_handle(token.handle()),
-            Layout::Compatible => Some(Location {
-                key: token.expose_secret().to_owned(),
-                base: String::new(),
-                member: String::new(),
-            }),
+            Layout::Standard => self.locate_handle(token.handle()).await,
+            Layout::Compatible => Ok(Some(Self::compatible_location(token))),
+        }
+    }
+
+    /// The location of a token this store has just generated.
+    fn locate_new(&self, token: &SessionToken) -> Result<Location> {
+        match self.config.layout {
+            Layout::Standard => self
+                .locate_native(token.handle())
+                .ok_or_else(|| decode(token.handle(), "issued token has no location")),
+            Layout::Compatible => Ok(Self::compatible_location(token)),
+        }
+    }
+
+    /// In the compatible layout a session's key is its raw token.
+    fn compatible_location(token: &SessionToken) -> Location {
+        Location {
+            key: token.expose_secret().to_owned(),
+            base: String::new(),
+            member: String::new(),
+            tag: String::new(),
         }
     }
 
@@ -493,9 +556,15 @@ impl RedisStore {
         for node in nodes {
             let mut cursor = 0u64;
             loop {
-                let (next, batch) = scan_page(&mut shared.inner, node.as_ref(), cursor, pattern)
-                    .await
-                    .map_err(|e| self.fail(&shared, e, None))?;
+                let (next, batch) = scan_page(
+                    &mut shared.inner,
+                    node.as_ref(),
+                    cursor,
+                    pattern,
+                    SCAN_COUNT_MAX,
+                )
+                .await
+                .map_err(|e| self.fail(&shared, e, None))?;
                 keys.extend(batch);
                 if next == 0 {
                     break;
@@ -665,6 +734,49 @@ impl RedisStore {
         }
     }
 
+    /// Reads the sessions at `keys` (session keys a SCAN found, on one node) in one pipeline and
+    /// appends the live ones to `out`.
+    async fn read_scanned(
+        &self,
+        shared: &mut Shared,
+        keys: &[String],
+        out: &mut Vec<UserSession>,
+    ) -> Result<()> {
+        let rows: redis::RedisResult<Vec<Value>> = match &shared.inner {
+            // A Cluster pipeline must stay in one slot: one read per key, all at once.
+            Conn::Cluster(cluster) => {
+                futures_util::future::try_join_all(keys.iter().map(|key| {
+                    let mut cluster = cluster.clone();
+                    async move {
+                        redis::cmd("HMGET")
+                            .arg(key)
+                            .arg(&FIELDS[..])
+                            .query_async::<Value>(&mut cluster)
+                            .await
+                    }
+                }))
+                .await
+            }
+            Conn::Node(_) => {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.cmd("HMGET").arg(key).arg(&FIELDS[..]);
+                }
+                pipe.query_async(&mut shared.inner).await
+            }
+        };
+        let rows = rows.map_err(|e| self.fail(shared, e, None))?;
+        for (key, row) in keys.iter().zip(rows) {
+            let Some(handle) = handle_of_key(key) else {
+                continue;
+            };
+            if let Some(session) = self.live(&handle, row, None)? {
+                out.push(session);
+            }
+        }
+        Ok(())
+    }
+
     /// The near cache's counters, or `None` when it is off.
     #[must_use]
     pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
@@ -679,6 +791,32 @@ fn reply_bytes(reply: &Value) -> usize {
         Value::Array(items) => items.iter().map(reply_bytes).sum(),
         _ => 8,
     }
+}
+
+/// The handle of the session at index member `member` under the user's tag `tag`: the tag and
+/// the hash, or for an imported session without the tag (a member starting with `.`), the
+/// handle after the dot.
+fn handle_of_member(tag: &str, member: &str) -> Option<SessionHandle> {
+    match member.strip_prefix('.') {
+        Some(handle) => SessionHandle::parse(handle).ok(),
+        None => SessionHandle::parse(&format!("{tag}.{member}")).ok(),
+    }
+}
+
+/// The index member of `handle` among the sessions of the user whose tag is `tag`.
+fn member_of(handle: &SessionHandle, tag: &str) -> String {
+    if handle.routing_tag() == Some(tag) {
+        handle.hash().to_owned()
+    } else {
+        format!(".{}", handle.as_str())
+    }
+}
+
+/// The handle of the session stored at a session key (`<prefix>{tag}:s:<member>`), if it is one.
+fn handle_of_key(key: &str) -> Option<SessionHandle> {
+    let close = key.rfind("}:s:")?;
+    let open = key[..close].rfind('{')?;
+    handle_of_member(&key[open + 1..close], &key[close + 4..])
 }
 
 /// The user's index key under a key base (`<prefix>{tag}:`), in the base's slot.
@@ -715,6 +853,104 @@ const TRIM_SAMPLE: usize = 32;
 /// How many times a create under a cap on a Cluster reads the members before giving up.
 const CREATE_ATTEMPTS: u64 = 32;
 
+/// The `COUNT` hint of the SCAN calls of `scan`, from its page limit: at least this many.
+const SCAN_COUNT_MIN: usize = 100;
+
+/// The `COUNT` hint of every other SCAN, and the most `scan` asks for.
+const SCAN_COUNT_MAX: usize = 1000;
+
+/// How many SCAN calls one page of `scan` makes at most before it ends short (a long stretch of
+/// other keys or expired sessions), so that each call returns in bounded time.
+const SCAN_CALLS_PER_PAGE: usize = 64;
+
+/// The version of the `scan` cursor's format.
+const CURSOR_PREFIX: &str = "r1:";
+
+/// Where a walk of `scan` stands: the node (the index among the Cluster's masters sorted by
+/// address; 0 on one node), the SCAN cursor on it, and within that cursor's batch the last key
+/// already looked at, when a page ended inside the batch.
+#[derive(Clone, Debug, Default)]
+struct WalkPosition {
+    node: usize,
+    cursor: u64,
+    after: Option<String>,
+}
+
+impl WalkPosition {
+    /// Parses `r1:<n|c>:<node>:<cursor>:<after>`, `n` on one node and `c` on a Cluster, `after`
+    /// empty or the last key looked at without the store's prefix.
+    fn parse(cursor: &ScanCursor, cluster: bool, nodes: usize, prefix: &str) -> Result<Self> {
+        let bad = || session_core::bad_scan_cursor(cursor);
+        let rest = cursor
+            .as_str()
+            .strip_prefix(CURSOR_PREFIX)
+            .ok_or_else(bad)?;
+        let mut parts = rest.splitn(4, ':');
+        let mode = parts.next().ok_or_else(bad)?;
+        if mode != if cluster { "c" } else { "n" } {
+            return Err(bad());
+        }
+        let node: usize = parts.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        let scan: u64 = parts.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        let after = parts.next().ok_or_else(bad)?;
+        if node >= nodes || (!after.is_empty() && handle_of_key(after).is_none()) {
+            return Err(bad());
+        }
+        Ok(Self {
+            node,
+            cursor: scan,
+            after: (!after.is_empty()).then(|| format!("{prefix}{after}")),
+        })
+    }
+
+    /// The position after a SCAN call answered `next`: the next batch, or the next node.
+    fn advanced(&self, next: u64) -> Self {
+        if next == 0 {
+            Self {
+                node: self.node + 1,
+                cursor: 0,
+                after: None,
+            }
+        } else {
+            Self {
+                node: self.node,
+                cursor: next,
+                after: None,
+            }
+        }
+    }
+
+    /// The cursor resuming here, or `None` past the last of `nodes`; `after` is kept without
+    /// `prefix` (the store's own).
+    fn to_cursor(&self, cluster: bool, nodes: usize, prefix: &str) -> Option<ScanCursor> {
+        if self.node >= nodes {
+            return None;
+        }
+        let after = self
+            .after
+            .as_deref()
+            .map_or("", |key| key.strip_prefix(prefix).unwrap_or(key));
+        Some(ScanCursor::new(format!(
+            "{CURSOR_PREFIX}{}:{}:{}:{after}",
+            if cluster { "c" } else { "n" },
+            self.node,
+            self.cursor
+        )))
+    }
+}
+
+/// `text` with Redis glob's special characters escaped, to match itself in a `MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// How many due members `purge_expired` names to one script.
 const PURGE_BATCH: usize = 256;
 
@@ -739,9 +975,7 @@ impl UserSessionStore for RedisStore {
             Layout::Compatible => SessionToken::generate()?,
         };
         let session = new.into_session(&token, &self.policy)?;
-        let location = self
-            .locate(&token)
-            .ok_or_else(|| decode(token.handle(), "issued token has no location"))?;
+        let location = self.locate_new(&token)?;
         let index =
             (self.config.layout == Layout::Standard).then(|| self.index_key(&session.user_id).0);
         let cap = self.policy.max_sessions_per_user.unwrap_or(0);
@@ -806,7 +1040,7 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        let Some(location) = self.locate(token) else {
+        let Some(location) = self.locate(token).await? else {
             return Ok(None);
         };
         let handle = token.handle();
@@ -846,7 +1080,7 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        let Some(location) = self.locate(token) else {
+        let Some(location) = self.locate(token).await? else {
             return Ok(None);
         };
         let policy = &self.policy;
@@ -892,13 +1126,12 @@ impl UserSessionStore for RedisStore {
         session.validate(&self.policy)?;
         let location = self
             .locate_handle(&session.handle)
+            .await?
             .ok_or(SessionError::NotFound)?;
         // The token the session moves to if this write changes `is_root` (the script decides,
-        // atomically); same routing tag, so the new key is in the same slot.
-        let new_token = SessionToken::generate_tagged(session.handle.routing_tag())?;
-        let new = self
-            .locate(&new_token)
-            .ok_or_else(|| decode(new_token.handle(), "issued token has no location"))?;
+        // atomically); the user's routing tag, so the new key is in the same slot.
+        let new_token = SessionToken::generate_tagged(Some(&location.tag))?;
+        let new = self.locate_new(&new_token)?;
         let mut invocation = scripts::UPDATE.prepare_invoke();
         invocation
             .key(&location.key)
@@ -948,14 +1181,16 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
-        let Some(old) = self.locate(token) else {
+        let Some(old) = self.locate(token).await? else {
             return Ok(None);
         };
-        // Same routing tag: the new key stays in the user's slot, so RENAME is legal in a Cluster.
-        let new_token = SessionToken::generate_tagged(token.routing_tag())?;
-        let new = self
-            .locate(&new_token)
-            .ok_or_else(|| decode(new_token.handle(), "issued token has no location"))?;
+        // The user's routing tag: the new key stays in the user's slot, so RENAME is legal in a
+        // Cluster (and an imported session's new token carries the tag: no alias needed).
+        let new_token = match self.config.layout {
+            Layout::Standard => SessionToken::generate_tagged(Some(&old.tag))?,
+            Layout::Compatible => SessionToken::generate()?,
+        };
+        let new = self.locate_new(&new_token)?;
         let now = self.now_ms();
         let reply = self
             .invoke_naming_index(&old.base, token.handle(), |index| {
@@ -984,7 +1219,7 @@ impl UserSessionStore for RedisStore {
     }
 
     async fn delete(&self, token: &SessionToken) -> Result<bool> {
-        match self.locate(token) {
+        match self.locate(token).await? {
             Some(location) => self.delete_at(&location, token.handle()).await,
             None => Ok(false),
         }
@@ -992,7 +1227,7 @@ impl UserSessionStore for RedisStore {
 
     async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
         self.unsupported_in_compat("delete_by_handle")?;
-        match self.locate_handle(handle) {
+        match self.locate_handle(handle).await? {
             Some(location) => self.delete_at(&location, handle).await,
             None => Ok(false),
         }
@@ -1050,12 +1285,10 @@ impl UserSessionStore for RedisStore {
             let member = bytes(&member)
                 .and_then(|m| std::str::from_utf8(m).ok())
                 .unwrap_or_default();
-            let handle = SessionHandle::parse(&format!("{tag}.{member}")).map_err(|_| {
-                SessionError::Decode {
-                    backend: BACKEND,
-                    handle: None,
-                    reason: format!("index {index} holds a malformed member"),
-                }
+            let handle = handle_of_member(&tag, member).ok_or_else(|| SessionError::Decode {
+                backend: BACKEND,
+                handle: None,
+                reason: format!("index {index} holds a malformed member"),
             })?;
             if let Some(session) = self.live(&handle, row, None)? {
                 sessions.push(session);
@@ -1069,9 +1302,7 @@ impl UserSessionStore for RedisStore {
         self.unsupported_in_compat("delete_by_user")?;
         let tag = Self::user_tag(user_id);
         let (index, base) = self.index_key(user_id);
-        let keep = except
-            .filter(|h| h.routing_tag() == Some(tag.as_str()))
-            .map_or("", SessionHandle::hash);
+        let keep = except.map_or_else(String::new, |h| member_of(h, &tag));
         // Two steps, so that the script can declare every key it touches: read the members, then
         // delete with all their keys named; the script refuses if the members changed between.
         for _ in 0..8 {
@@ -1080,7 +1311,7 @@ impl UserSessionStore for RedisStore {
                 return Ok(0);
             }
             let mut invocation = scripts::DELETE_BY_USER.prepare_invoke();
-            invocation.key(&index).arg(self.now_ms()).arg(keep);
+            invocation.key(&index).arg(self.now_ms()).arg(&keep);
             for member in &members {
                 invocation.key(format!("{base}s:{member}")).arg(member);
             }
@@ -1149,6 +1380,172 @@ impl UserSessionStore for RedisStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
+        self.unsupported_in_compat("scan")?;
+        session_core::check_scan_limit(limit)?;
+        let mut shared = self.checkout().await?;
+        let nodes = match &mut shared.inner {
+            Conn::Node(_) => vec![None],
+            Conn::Cluster(cluster) => {
+                let mut masters = masters(cluster)
+                    .await
+                    .map_err(|e| from_redis(e, None, self.config.response_timeout))?;
+                masters.sort();
+                masters.into_iter().map(Some).collect()
+            }
+        };
+        let cluster = matches!(shared.inner, Conn::Cluster(_));
+        let mut at = match cursor {
+            Some(cursor) => {
+                WalkPosition::parse(cursor, cluster, nodes.len(), &self.config.key_prefix)?
+            }
+            None => WalkPosition::default(),
+        };
+        let pattern = format!("{}{{*}}:s:*", glob_escape(&self.config.key_prefix));
+        let count = limit.clamp(SCAN_COUNT_MIN, SCAN_COUNT_MAX);
+        let mut sessions = Vec::new();
+        for _ in 0..SCAN_CALLS_PER_PAGE {
+            let Some(node) = nodes.get(at.node) else {
+                return Ok(ScanPage {
+                    sessions,
+                    next: None,
+                });
+            };
+            let (next, mut keys) =
+                scan_page(&mut shared.inner, node.as_ref(), at.cursor, &pattern, count)
+                    .await
+                    .map_err(|e| self.fail(&shared, e, None))?;
+            // Sorted, so that a page cut inside this batch resumes after the last key it looked
+            // at when the same SCAN cursor is asked again.
+            keys.sort_unstable();
+            keys.dedup();
+            if let Some(after) = &at.after {
+                keys.retain(|key| key.as_str() > after.as_str());
+            }
+            let mut keys = keys.as_slice();
+            while !keys.is_empty() {
+                let room = limit - sessions.len();
+                let (chunk, rest) = keys.split_at(room.min(keys.len()));
+                keys = rest;
+                self.read_scanned(&mut shared, chunk, &mut sessions).await?;
+                if sessions.len() == limit {
+                    let last = chunk.last().cloned();
+                    let resume = if keys.is_empty() {
+                        at.advanced(next)
+                    } else {
+                        WalkPosition {
+                            after: last,
+                            ..at.clone()
+                        }
+                    };
+                    return Ok(ScanPage {
+                        sessions,
+                        next: resume.to_cursor(cluster, nodes.len(), &self.config.key_prefix),
+                    });
+                }
+            }
+            at = at.advanced(next);
+        }
+        // A stretch of keys with no live session: the page ends short, the walk goes on.
+        Ok(ScanPage {
+            sessions,
+            next: at.to_cursor(cluster, nodes.len(), &self.config.key_prefix),
+        })
+    }
+
+    async fn import(&self, session: &UserSession) -> Result<Imported> {
+        self.unsupported_in_compat("import")?;
+        session.validate_import(&self.policy)?;
+        if self.policy.is_expired(session, self.policy.now()) {
+            return Ok(Imported::Expired);
+        }
+        let handle = &session.handle;
+        let tag = Self::user_tag(&session.user_id);
+        let location = match handle.routing_tag() {
+            Some(own) if own == tag => self.located(&tag, handle.hash().to_owned()),
+            Some(own) if own.len() == TAG_LEN => {
+                // Lookups of such a handle go to the slot its tag names, not to its user's.
+                return Err(SessionError::invalid_input(
+                    "handle",
+                    "carries a Redis routing tag that is not its user's",
+                ));
+            }
+            _ => {
+                // A copy under this handle for another user (whose tag the alias names) stands in
+                // the way while it lives; an expired one goes, with its index member.
+                if let Some(previous) = self.locate_handle(handle).await?
+                    && previous.tag != tag
+                {
+                    let key = previous.key.as_str();
+                    let row = run!(self, Some(handle), |conn| redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(&FIELDS[..])
+                        .query_async::<Value>(conn)
+                        .await)?;
+                    if self.live(handle, row, None)?.is_some() {
+                        return Ok(Imported::AlreadyPresent);
+                    }
+                    self.delete_at(&previous, handle).await?;
+                }
+                self.located_alias(&tag, handle)
+            }
+        };
+        let index = index_at(&location.base, &session.user_id);
+        let mut other_index = None;
+        let mut answer = None;
+        // A session's user never changes, so a second request means a corrupt row.
+        for _ in 0..2 {
+            let mut invocation = scripts::IMPORT.prepare_invoke();
+            invocation.key(&location.key).key(&index);
+            if let Some(other) = &other_index {
+                invocation.key(other);
+            }
+            invocation
+                .arg(self.now_ms())
+                .arg(&location.member)
+                .arg(millis_since_epoch(session.idle_expires_at))
+                .arg(&location.base)
+                .arg(flag(self.declare_all_keys))
+                .arg(&session.user_id);
+            push_all_fields(&mut invocation, session)?;
+            let reply = self.invoke(&invocation, Some(handle)).await;
+            self.forget(&location.key);
+            let reply = reply?;
+            match index_request(&reply) {
+                Some(user_id) => other_index = Some(index_at(&location.base, user_id)),
+                None => {
+                    answer = Some(reply);
+                    break;
+                }
+            }
+        }
+        let imported = match answer.as_ref().and_then(bytes) {
+            Some(b"stored") => Imported::Stored,
+            Some(b"present") => Imported::AlreadyPresent,
+            _ => {
+                return Err(decode(
+                    handle,
+                    format!("unexpected import reply {answer:?}"),
+                ));
+            }
+        };
+        if location.member.starts_with('.') {
+            // Written after the session (in another slot on a Cluster), and again when the
+            // session was already there: an import cut off between the two writes is mended
+            // when it runs again. It lives as long as the session can.
+            let alias = self.alias_key(handle);
+            let until = millis_since_epoch(session.absolute_expires_at);
+            run!(self, Some(handle), |conn| redis::cmd("SET")
+                .arg(&alias)
+                .arg(&tag)
+                .arg("PXAT")
+                .arg(until)
+                .query_async::<()>(conn)
+                .await)?;
+        }
+        Ok(imported)
     }
 
     async fn health(&self) -> Result<()> {
@@ -1231,12 +1628,9 @@ impl StorageDump for RedisStore {
                 _ => Ok(Value::Nil),
             }
             .map_err(|e| self.fail(&conn, e, None))?;
-            let handle = match (key.find('{'), key.find("}:s:")) {
-                (Some(open), Some(close)) => {
-                    format!(" (handle {}.{})", &key[open + 1..close], &key[close + 4..])
-                }
-                _ => String::new(),
-            };
+            let handle = handle_of_key(&key)
+                .map(|handle| format!(" (handle {handle})"))
+                .unwrap_or_default();
             out.push(format!("{key}{handle} [{kind}] => {}", render(&value)));
         }
         Ok(out)
@@ -1250,13 +1644,14 @@ async fn scan_page(
     node: Option<&(String, u16)>,
     cursor: u64,
     pattern: &str,
+    count: usize,
 ) -> redis::RedisResult<(u64, Vec<String>)> {
     let mut scan = redis::cmd("SCAN");
     scan.arg(cursor)
         .arg("MATCH")
         .arg(pattern)
         .arg("COUNT")
-        .arg(1000);
+        .arg(count);
     match (conn, node) {
         (Conn::Cluster(cluster), Some((host, port))) => {
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {

@@ -1033,3 +1033,127 @@ async fn a_touch_never_extends_a_session_its_index_does_not_hold() {
     let ttl: i64 = redis::cmd("PTTL").arg(&index).query(&mut conn).unwrap();
     assert!(ttl > 0, "the index has a TTL ({ttl})");
 }
+
+/// An imported session whose handle lacks its user's routing tag (another backend issued it) is
+/// kept in its user's slot, indexed under `.` and the handle, behind an alias key in the handle's
+/// own slot that names the user's tag and expires with the session's absolute expiry; a handle
+/// with a Redis-shaped tag of another user is refused without a write.
+#[tokio::test]
+async fn an_imported_handle_without_the_users_tag_is_found_through_an_alias() {
+    let (store, guard) = shared_store("alias", SessionPolicy::default()).await;
+    let issued = store.create(alice()).await.unwrap();
+    let tag = issued.token.routing_tag().unwrap().to_owned();
+    let token = SessionToken::generate().unwrap();
+    let mut copy = issued.session.clone();
+    copy.handle = token.handle().clone();
+    assert_eq!(
+        store.import(&copy).await.unwrap(),
+        session_core::Imported::Stored
+    );
+    assert_eq!(store.get(&token).await.unwrap().as_ref(), Some(&copy));
+
+    let mut conn = redis_connection(&guard.url);
+    let hash = copy.handle.hash();
+    let session_key = format!("{}{{{tag}}}:s:.{hash}", guard.prefix);
+    let alias_key = format!("{}{{{}}}:a:{hash}", guard.prefix, &hash[..4]);
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(&session_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, 1, "the session is in its user's slot");
+    let alias: String = redis::cmd("GET").arg(&alias_key).query(&mut conn).unwrap();
+    assert_eq!(alias, tag, "the alias names the user's tag");
+    let alias_expires: i64 = redis::cmd("PEXPIRETIME")
+        .arg(&alias_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        alias_expires,
+        i64::try_from(session_core::clock::millis_since_epoch(
+            copy.absolute_expires_at
+        ))
+        .unwrap()
+    );
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{}{{{tag}}}:u:alice", guard.prefix))
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert!(members.contains(&format!(".{hash}")), "{members:?}");
+
+    // A rotation moves it to a token carrying the user's tag: no alias needed from then on.
+    let rotated = store.rotate(&token).await.unwrap().unwrap();
+    assert_eq!(rotated.token.routing_tag(), Some(tag.as_str()));
+    assert_eq!(store.get(&token).await.unwrap(), None);
+
+    let before = redis_keys(&mut conn, &format!("{}*", guard.prefix)).len();
+    let foreign_tag = if tag == "AAAA" { "BBBB" } else { "AAAA" };
+    let mut foreign = copy.clone();
+    foreign.handle = SessionToken::generate_tagged(Some(foreign_tag))
+        .unwrap()
+        .handle()
+        .clone();
+    assert!(matches!(
+        store.import(&foreign).await,
+        Err(SessionError::InvalidInput {
+            field: "handle",
+            ..
+        })
+    ));
+    assert_eq!(
+        redis_keys(&mut conn, &format!("{}*", guard.prefix)).len(),
+        before,
+        "nothing written"
+    );
+
+    // Cursors are this topology's: one node's read `r1:n:`, a Cluster's cursor is refused here.
+    let page = store.scan(None, 1).await.unwrap();
+    let next = page.next.expect("two sessions: the walk goes on");
+    assert!(next.as_str().starts_with("r1:n:0:"), "{next}");
+    assert!(matches!(
+        store
+            .scan(Some(&session_core::ScanCursor::new("r1:c:0:0:")), 1)
+            .await,
+        Err(SessionError::InvalidInput {
+            field: "cursor",
+            ..
+        })
+    ));
+}
+
+/// The compatible layout has no index and keys sessions by raw token: it cannot be walked or
+/// imported into, and says so.
+#[tokio::test]
+async fn the_compatible_layout_refuses_scan_and_import() {
+    let config = RedisConfig::new(redis_url())
+        .layout(Layout::Compatible)
+        .key_prefix("");
+    let store = RedisStore::connect(config, SessionPolicy::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.scan(None, 10).await,
+        Err(SessionError::Unsupported {
+            operation: "scan",
+            ..
+        })
+    ));
+    let mut session = store_free_session();
+    session.handle = SessionToken::generate().unwrap().handle().clone();
+    assert!(matches!(
+        store.import(&session).await,
+        Err(SessionError::Unsupported {
+            operation: "import",
+            ..
+        })
+    ));
+}
+
+/// A valid session, built without any store.
+fn store_free_session() -> session_core::UserSession {
+    let token = SessionToken::generate().unwrap();
+    alice()
+        .into_session(&token, &SessionPolicy::default())
+        .unwrap()
+}
