@@ -24,6 +24,7 @@ pub mod db;
 pub mod error;
 pub mod ext;
 pub mod instrument;
+pub mod migrate;
 pub mod policy;
 pub mod pool;
 mod random;
@@ -39,6 +40,7 @@ pub use db::{
 pub use error::{BoxError, ErrorChain, Result, SessionError};
 pub use ext::{UPDATE_WITH_ATTEMPTS, UserSessionStoreExt};
 pub use instrument::Instrumented;
+pub use migrate::MigratingStore;
 pub use policy::{Expiry, SessionPolicy};
 pub use pool::SuspectConnections;
 pub use retry::{RetryPolicy, Retrying};

@@ -53,6 +53,11 @@ pub struct SessionConfig {
     /// `mysql://…` (MySQL or MariaDB).
     /// Default `memory://`.
     pub store_url: String,
+    /// During a move between backends: the store sessions move from. The manager then serves a
+    /// `MigratingStore` (reads fall back to this store and copy forward, endings apply to both;
+    /// ADR 0026) while `sessionctl migrate` copies the rest; remove it once the copy is checked.
+    /// Same URL forms as `store_url`, and the same backend settings. Default: none.
+    pub migrate_from_url: Option<String>,
     /// The application database: `sqlite://path`, `sqlite::memory:`, `postgres://…`, `mysql://…`,
     /// or `none`
     /// (sessions only). Default `sqlite::memory:` with the `sqlite` feature, else `none`.
@@ -90,6 +95,10 @@ impl std::fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("SessionConfig");
         d.field("store_url", &redacted_url(&self.store_url))
+            .field(
+                "migrate_from_url",
+                &self.migrate_from_url.as_deref().map(redacted_url),
+            )
             .field("database_url", &redacted_url(&self.database_url))
             .field(
                 "database_replicas",
@@ -143,6 +152,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             store_url: "memory://".to_owned(),
+            migrate_from_url: None,
             database_url: if cfg!(feature = "sqlite") {
                 "sqlite::memory:"
             } else {
@@ -169,6 +179,7 @@ impl Default for SessionConfig {
 /// Variables of a backend whose feature is not compiled in are ignored.
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_STORE_URL", "store_url"),
+    ("SESSION_MIGRATE_FROM_URL", "migrate_from_url"),
     ("DATABASE_URL", "database_url"),
     ("DATABASE_REPLICA_URLS", "database_replicas"),
     ("DATABASE_REPLICA_MAX_LAG", "database_replica_max_lag"),
@@ -373,6 +384,9 @@ impl SessionConfig {
         let c = self;
         match var {
             "SESSION_STORE_URL" => v.clone_into(&mut c.store_url),
+            "SESSION_MIGRATE_FROM_URL" => {
+                c.migrate_from_url = (!v.trim().is_empty()).then(|| v.trim().to_owned());
+            }
             "DATABASE_URL" => v.clone_into(&mut c.database_url),
             "DATABASE_REPLICA_URLS" => {
                 c.database_replicas = v
@@ -503,6 +517,16 @@ impl SessionConfig {
         self.db_pool.validate().map_err(|e| nested("db_pool", e))?;
         self.retry.validate().map_err(|e| nested("retry", e))?;
         let store = crate::backend::StoreKind::of(&self.store_url)?;
+        if let Some(old) = &self.migrate_from_url {
+            crate::backend::StoreKind::of(old)
+                .map_err(|e| crate::manager::rename_key(e, "migrate_from_url"))?;
+            if old == &self.store_url {
+                return Err(SessionError::config(
+                    "migrate_from_url",
+                    "names the store_url itself; it is the store sessions move from",
+                ));
+            }
+        }
         let db = crate::backend::DbKind::of(&self.database_url)?;
         if !self.database_replicas.is_empty() {
             #[cfg(feature = "postgres")]

@@ -5,10 +5,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use session_core::{
-    PoolState, PurgeTask, Result, RetryPolicy, SessionError, UserSessionStore, stacked,
+    MigratingStore, PoolState, PurgeTask, Result, RetryPolicy, SessionError, UserSessionStore,
+    stacked,
 };
 
 use crate::backend::{DbKind, StoreKind};
+
+/// `err` reported under `key` when it is a configuration error of another key (the URL checks
+/// name `store_url`).
+pub(crate) fn rename_key(err: SessionError, key: &'static str) -> SessionError {
+    match err {
+        SessionError::Config { reason, .. } => SessionError::Config {
+            key: key.to_owned(),
+            reason,
+        },
+        other => other,
+    }
+}
 use crate::config::SessionConfig;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 use session_core::DbSessionProvider as _;
@@ -264,51 +277,61 @@ impl SessionManager {
         builder.build()
     }
 
-    #[allow(unreachable_code)] // with no store feature every kind is the error arm
+    /// The configured store; during a migration (`migrate_from_url`), a [`MigratingStore`]
+    /// serving from it and moving sessions from the old one.
     async fn configured_store(
         builder: SessionManagerBuilder,
         config: &SessionConfig,
     ) -> Result<SessionManagerBuilder> {
+        let store = Self::store_at(config, &config.store_url, "store_url").await?;
+        Ok(match &config.migrate_from_url {
+            Some(old_url) => {
+                let old = Self::store_at(config, old_url, "migrate_from_url").await?;
+                builder.store(MigratingStore::new(old, store))
+            }
+            None => builder.store(store),
+        })
+    }
+
+    #[allow(unreachable_code)] // with no store feature every kind is the error arm
+    async fn store_at(
+        config: &SessionConfig,
+        url: &str,
+        key: &'static str,
+    ) -> Result<Arc<dyn UserSessionStore>> {
         let policy = config.policy.clone();
-        Ok(match StoreKind::of(&config.store_url)? {
+        Ok(match StoreKind::of(url).map_err(|e| rename_key(e, key))? {
             #[cfg(feature = "memory")]
-            StoreKind::Memory => builder.store(session_memory::MemoryStore::new(policy)?),
+            StoreKind::Memory => Arc::new(session_memory::MemoryStore::new(policy)?),
             #[cfg(feature = "redis")]
             StoreKind::Redis => {
                 let mut redis = config.redis.clone();
-                redis.url.clone_from(&config.store_url);
-                builder.store(session_redis::RedisStore::connect(redis, policy).await?)
+                url.clone_into(&mut redis.url);
+                Arc::new(session_redis::RedisStore::connect(redis, policy).await?)
             }
             #[cfg(feature = "postgres")]
             StoreKind::Postgres => {
                 let pg = &config.postgres_store;
-                let store = session_diesel::PgSessionStore::connect(
-                    &config.store_url,
-                    pg.pool.clone(),
-                    policy,
-                )
-                .await?
-                .with_purge_batch(pg.purge_batch);
-                builder.store(store)
+                let store = session_diesel::PgSessionStore::connect(url, pg.pool.clone(), policy)
+                    .await?
+                    .with_purge_batch(pg.purge_batch);
+                Arc::new(store)
             }
             #[cfg(feature = "mysql")]
             StoreKind::Mysql => {
                 let mysql = &config.mysql_store;
-                let store = session_diesel::MysqlSessionStore::connect(
-                    &config.store_url,
-                    mysql.pool.clone(),
-                    policy,
-                )
-                .await?
-                .with_purge_batch(mysql.purge_batch);
-                builder.store(store)
+                let store =
+                    session_diesel::MysqlSessionStore::connect(url, mysql.pool.clone(), policy)
+                        .await?
+                        .with_purge_batch(mysql.purge_batch);
+                Arc::new(store)
             }
             // `StoreKind::of` returns only compiled-in kinds; this arm covers the others.
             #[allow(unreachable_patterns)]
             other => {
-                let _ = (builder, policy);
+                let _ = policy;
                 return Err(SessionError::config(
-                    "store_url",
+                    key,
                     format!("{other:?} is not compiled into this build"),
                 ));
             }

@@ -432,6 +432,9 @@ struct Tally {
     expired: u64,
     /// Lines or sessions refused (not JSON, or not a valid session).
     refused: u64,
+    /// Copies removed again because their session ended in the source meanwhile (`migrate`).
+    #[serde(default)]
+    ended_during_copy: u64,
 }
 
 impl Tally {
@@ -636,6 +639,7 @@ async fn copy_and_check(
     let mut cursor = state.cursor.clone().map(ScanCursor::new);
     loop {
         let page = source.scan(cursor.as_ref(), limit).await?;
+        let mut stored: Vec<&UserSession> = Vec::new();
         for session in &page.sessions {
             sample.insert(Sampled {
                 handle: session.handle.clone(),
@@ -650,6 +654,10 @@ async fn copy_and_check(
                 continue;
             }
             match target.import(session).await {
+                Ok(Imported::Stored) => {
+                    state.tally.stored += 1;
+                    stored.push(session);
+                }
                 Ok(imported) => state.tally.count(imported),
                 Err(
                     err
@@ -661,6 +669,10 @@ async fn copy_and_check(
                 Err(err) => return Err(err.into()),
             }
         }
+        // A session ended in the source while it was being copied (an application serving
+        // through the migrating store revokes it there, then sweeps the target) must not live on
+        // in the target: each copy this page stored checks the source again (ADR 0026).
+        state.tally.ended_during_copy += undo_ended_copies(source, target, &stored).await?;
         state.walked += page.sessions.len() as u64;
         progress.inc(page.sessions.len() as u64);
         cursor = page.next;
@@ -728,6 +740,7 @@ async fn copy_and_check(
         "already_present": state.tally.already_present,
         "expired": state.tally.expired,
         "refused": state.tally.refused,
+        "ended_during_copy": state.tally.ended_during_copy,
         "seconds": seconds,
         "sessions_per_second": rate,
         "source_live": source_live,
@@ -771,6 +784,34 @@ async fn copy_and_check(
         )));
     }
     Ok(())
+}
+
+/// Of the sessions just stored in `target`, deletes those the source no longer holds (by their
+/// users' lists); returns how many.
+async fn undo_ended_copies(
+    source: &Arc<dyn UserSessionStore>,
+    target: &Arc<dyn UserSessionStore>,
+    stored: &[&UserSession],
+) -> std::result::Result<u64, Failure> {
+    let mut users: Vec<&str> = stored.iter().map(|s| s.user_id.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut undone = 0;
+    for user in users {
+        let still: std::collections::HashSet<SessionHandle> = source
+            .list_by_user(user)
+            .await?
+            .into_iter()
+            .map(|s| s.handle)
+            .collect();
+        for session in stored.iter().filter(|s| s.user_id == user) {
+            if !still.contains(&session.handle) {
+                target.delete_by_handle(&session.handle).await?;
+                undone += 1;
+            }
+        }
+    }
+    Ok(undone)
 }
 
 fn json_failure(err: serde_json::Error) -> Failure {
