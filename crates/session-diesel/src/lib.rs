@@ -1,6 +1,6 @@
 //! diesel-async backends: a [`DbSessionProvider`](session_core::DbSessionProvider) for PostgreSQL,
 //! MySQL/MariaDB and SQLite on a bb8 pool, and a [`UserSessionStore`](session_core::UserSessionStore)
-//! on PostgreSQL and on MySQL/MariaDB.
+//! on PostgreSQL, on MySQL/MariaDB and on SQLite.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), session_core::SessionError> {
@@ -30,10 +30,12 @@ mod prepared;
 mod provider;
 #[cfg(feature = "postgres")]
 mod replicas;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod row;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_store;
 #[cfg(feature = "postgres")]
 mod store;
 
@@ -53,18 +55,20 @@ pub use provider::{DieselProvider, PooledConnection, ProviderConnection};
 pub use replicas::{ReplicaConfig, ReplicaState};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConn, SqliteProvider, SqliteTarget, parse_sqlite_url};
+#[cfg(feature = "sqlite")]
+pub use sqlite_store::{SQLITE_MIGRATIONS, SqliteSessionStore};
 #[cfg(feature = "postgres")]
 pub use store::{MIGRATIONS, PgSessionStore};
 
 /// Rows the SQL session stores delete per `purge_expired` batch by default.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub const DEFAULT_PURGE_BATCH: u32 = 1000;
 
 /// Not part of the API; for the fuzz targets and property tests.
 #[doc(hidden)]
 pub mod fuzzing {
-    /// The SQL stores' row (the PostgreSQL and the MySQL store read the same columns).
-    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    /// The SQL stores' row (the PostgreSQL, MySQL and SQLite stores read the same columns).
+    #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     pub use crate::row::Row as PgRow;
 }
 

@@ -9,6 +9,7 @@ pub(crate) enum StoreKind {
     Redis,
     Postgres,
     Mysql,
+    Sqlite,
 }
 
 /// The application-database backends.
@@ -65,10 +66,12 @@ impl StoreKind {
             "postgres" | "postgresql" => Err(feature_off(KEY, "postgres://", "postgres")),
             "mysql" if cfg!(feature = "mysql") => Ok(Self::Mysql),
             "mysql" => Err(feature_off(KEY, "mysql://", "mysql")),
+            "sqlite" if cfg!(feature = "sqlite") => Ok(Self::Sqlite),
+            "sqlite" => Err(feature_off(KEY, "sqlite://", "sqlite")),
             _ => Err(SessionError::config(
                 KEY,
                 format!(
-                    "{} is not a session store URL; use memory://, redis://host:6379/0, rediss://…, redis+cluster://host:port,host:port, redis+sentinel://host:port,host:port/master, postgres://… or mysql://…",
+                    "{} is not a session store URL; use memory://, redis://host:6379/0, rediss://…, redis+cluster://host:port,host:port, redis+sentinel://host:port,host:port/master, postgres://…, mysql://… or sqlite://path",
                     described(url)
                 ),
             )),

@@ -5,9 +5,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use session_core::{PoolConfig, Result, RetryPolicy, SessionError, SessionPolicy};
 
-/// Settings of a SQL user-session store: PostgreSQL's (`[postgres_store]` in TOML) and
-/// MySQL's (`[mysql_store]`).
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+/// Settings of a SQL user-session store: PostgreSQL's (`[postgres_store]` in TOML), MySQL's
+/// (`[mysql_store]`) and SQLite's (`[sqlite_store]`).
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -23,7 +23,7 @@ pub struct SqlStoreConfig {
 #[cfg(feature = "postgres")]
 pub type PostgresStoreConfig = SqlStoreConfig;
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 impl Default for SqlStoreConfig {
     fn default() -> Self {
         let mut pool = PoolConfig::default();
@@ -89,6 +89,9 @@ pub struct SessionConfig {
     /// The MySQL/MariaDB session store (`[mysql_store]`).
     #[cfg(feature = "mysql")]
     pub mysql_store: SqlStoreConfig,
+    /// The SQLite session store (`[sqlite_store]`), for a `sqlite://` `store_url`.
+    #[cfg(feature = "sqlite")]
+    pub sqlite_store: SqlStoreConfig,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -119,6 +122,8 @@ impl std::fmt::Debug for SessionConfig {
         d.field("postgres_store", &self.postgres_store);
         #[cfg(feature = "mysql")]
         d.field("mysql_store", &self.mysql_store);
+        #[cfg(feature = "sqlite")]
+        d.field("sqlite_store", &self.sqlite_store);
         d.finish()
     }
 }
@@ -171,6 +176,8 @@ impl Default for SessionConfig {
             postgres_store: SqlStoreConfig::default(),
             #[cfg(feature = "mysql")]
             mysql_store: SqlStoreConfig::default(),
+            #[cfg(feature = "sqlite")]
+            sqlite_store: SqlStoreConfig::default(),
         }
     }
 }
@@ -204,6 +211,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_STORE_POOL_SIZE", "redis.pool_max_size"),
     ("SESSION_STORE_POOL_SIZE", "postgres_store.pool.max_size"),
     ("SESSION_STORE_POOL_SIZE", "mysql_store.pool.max_size"),
+    ("SESSION_STORE_POOL_SIZE", "sqlite_store.pool.max_size"),
     ("SESSION_KEY_PREFIX", "redis.key_prefix"),
     ("SESSION_REDIS_LAYOUT", "redis.layout"),
     ("SESSION_REDIS_CHECKOUT_TIMEOUT", "redis.checkout_timeout"),
@@ -219,6 +227,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("SESSION_PG_PURGE_BATCH", "postgres_store.purge_batch"),
     ("SESSION_MYSQL_PURGE_BATCH", "mysql_store.purge_batch"),
+    ("SESSION_SQLITE_PURGE_BATCH", "sqlite_store.purge_batch"),
     ("DB_POOL_MAX_SIZE", "db_pool.max_size"),
     ("DB_POOL_MIN_IDLE", "db_pool.min_idle"),
     ("DB_CHECKOUT_TIMEOUT", "db_pool.checkout_timeout"),
@@ -467,11 +476,17 @@ impl SessionConfig {
             "SESSION_MYSQL_PURGE_BATCH" => self.mysql_store.purge_batch = number(var, v)?,
             _ => {}
         }
+        #[cfg(feature = "sqlite")]
+        match var {
+            "SESSION_STORE_POOL_SIZE" => self.sqlite_store.pool.max_size = number(var, v)?,
+            "SESSION_SQLITE_PURGE_BATCH" => self.sqlite_store.purge_batch = number(var, v)?,
+            _ => {}
+        }
         Ok(())
     }
 
     /// Parses a TOML document (keys as in this struct; `[policy]`, `[db_pool]`, `[retry]`,
-    /// `[redis]`, `[postgres_store]` and `[mysql_store]` tables).
+    /// `[redis]`, `[postgres_store]`, `[mysql_store]` and `[sqlite_store]` tables).
     ///
     /// # Errors
     /// [`SessionError::Config`] naming the key, for syntax errors, unknown keys and bad values.
@@ -585,6 +600,11 @@ impl SessionConfig {
             .pool
             .validate()
             .map_err(|e| nested("mysql_store.pool", e))?;
+        #[cfg(feature = "sqlite")]
+        self.sqlite_store
+            .pool
+            .validate()
+            .map_err(|e| nested("sqlite_store.pool", e))?;
         let _ = store;
         Ok(())
     }

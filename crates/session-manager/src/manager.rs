@@ -326,6 +326,15 @@ impl SessionManager {
                         .with_purge_batch(mysql.purge_batch);
                 Arc::new(store)
             }
+            #[cfg(feature = "sqlite")]
+            StoreKind::Sqlite => {
+                let sqlite = &config.sqlite_store;
+                let store =
+                    session_diesel::SqliteSessionStore::open(url, sqlite.pool.clone(), policy)
+                        .await?
+                        .with_purge_batch(sqlite.purge_batch);
+                Arc::new(store)
+            }
             // `StoreKind::of` returns only compiled-in kinds; this arm covers the others.
             #[allow(unreachable_patterns)]
             other => {

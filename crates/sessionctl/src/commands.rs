@@ -76,6 +76,17 @@ async fn open(cli: &Cli, url: Option<&str>) -> std::result::Result<SessionManage
                 .into(),
         ));
     }
+    if config.store_url.starts_with("sqlite")
+        && matches!(
+            session_manager::session_diesel::parse_sqlite_url(&config.store_url),
+            Ok(session_manager::session_diesel::SqliteTarget::Memory(_))
+        )
+    {
+        return Err(Failure::Usage(
+            "an in-memory SQLite database lives inside one process; name a file: sqlite://path"
+                .into(),
+        ));
+    }
     NO_DATABASE.clone_into(&mut config.database_url);
     config.database_replicas.clear();
     config.purge_interval = Duration::ZERO;

@@ -11,10 +11,10 @@ use serde_json::Value;
 use session_core::{
     NewUserSession, PoolConfig, SessionPolicy, SessionToken, UserSession, UserSessionStore,
 };
-use session_manager::session_diesel::PgSessionStore;
+use session_manager::session_diesel::{PgSessionStore, SqliteSessionStore};
 use session_manager::session_redis::{RedisConfig, RedisStore};
 use session_testkit::servers::{
-    PgSchema, redis_delete_prefix, redis_keys, redis_url, require_redis, unique_prefix,
+    PgSchema, SqliteFile, redis_delete_prefix, redis_keys, redis_url, require_redis, unique_prefix,
 };
 
 /// Deletes a Redis prefix when the test ends, also on panic.
@@ -505,4 +505,54 @@ async fn migrate_copies_postgres_to_redis_and_back_and_resumes_after_a_kill() {
     pg_back.close().await;
     redis.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// On an SQLite file (the embedded store, shared by the application and the tool): the walk, a
+/// revocation, and a copy to Redis whose tokens keep working there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_on_a_sqlite_file_and_copies_it_to_redis() {
+    let file = SqliteFile::new("ctl");
+    let sqlite =
+        SqliteSessionStore::open(&file.url(), PoolConfig::default(), SessionPolicy::default())
+            .await
+            .unwrap();
+    let sessions = populate(&sqlite, 4, 3).await;
+    let url = file.url();
+
+    let stats = run(&["--store", &url, "stats", "--json"], None, None);
+    expect(&stats, 0);
+    assert_eq!(json(&stats)["backend"], "sqlite");
+    assert_eq!(json(&stats)["live_sessions"], 12);
+    let revoked = run(
+        &["--store", &url, "revoke", "--user", "user-3", "--json"],
+        None,
+        None,
+    );
+    expect(&revoked, 0);
+    assert_eq!(json(&revoked)["revoked"], 3);
+    assert!(sqlite.list_by_user("user-3").await.unwrap().is_empty());
+
+    let prefix = Prefix::new("ctlsq");
+    let redis_target = redis_url();
+    let copied = run(
+        &["migrate", "--from", &url, "--to", &redis_target, "--json"],
+        Some(&prefix),
+        None,
+    );
+    expect(&copied, 0);
+    assert_complete(&json(&copied), 9);
+    let redis = redis_store(&prefix).await;
+    for (token, session) in sessions.iter().filter(|(_, s)| s.user_id != "user-3") {
+        assert_eq!(
+            redis.get(token).await.unwrap().as_ref(),
+            Some(session),
+            "an SQLite token works on Redis"
+        );
+    }
+    expect(
+        &run(&["--store", "sqlite::memory:", "stats"], None, None),
+        2,
+    );
+    sqlite.close().await;
+    redis.close().await;
 }
