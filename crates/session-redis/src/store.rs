@@ -853,10 +853,10 @@ const TRIM_SAMPLE: usize = 32;
 /// How many times a create under a cap on a Cluster reads the members before giving up.
 const CREATE_ATTEMPTS: u64 = 32;
 
-/// The `COUNT` hint of the SCAN calls of `scan`, from its page limit: at least this many.
-const SCAN_COUNT_MIN: usize = 100;
+/// The `COUNT` hint of the SCAN calls of `scan`.
+const SCAN_COUNT_PAGE: usize = 250;
 
-/// The `COUNT` hint of every other SCAN, and the most `scan` asks for.
+/// The `COUNT` hint of every other SCAN.
 const SCAN_COUNT_MAX: usize = 1000;
 
 /// How many SCAN calls one page of `scan` makes at most before it ends short (a long stretch of
@@ -1404,7 +1404,10 @@ impl UserSessionStore for RedisStore {
             None => WalkPosition::default(),
         };
         let pattern = format!("{}{{*}}:s:*", glob_escape(&self.config.key_prefix));
-        let count = limit.clamp(SCAN_COUNT_MIN, SCAN_COUNT_MAX);
+        // One COUNT for every page, whatever its limit: a page cut inside a batch resumes by
+        // asking the same cursor again, which must give the same batch (a larger COUNT would add
+        // buckets whose keys may sort before the last key looked at, and they would be skipped).
+        let count = SCAN_COUNT_PAGE;
         let mut sessions = Vec::new();
         for _ in 0..SCAN_CALLS_PER_PAGE {
             let Some(node) = nodes.get(at.node) else {
