@@ -82,14 +82,22 @@ where
         match self.new.import(&session).await? {
             Imported::AlreadyPresent => Ok(true),
             Imported::Expired => Ok(false),
-            Imported::Stored => {
-                if self.old.get(token).await?.is_some() {
-                    return Ok(true);
-                }
+            Imported::Stored => match self.old.get(token).await {
+                Ok(Some(_)) => Ok(true),
+                // The old copy expired (touches go to the new store only): an expiry, not an
+                // ending, so the copy, which may have been touched since, stays.
+                Ok(None) if self.policy().is_expired(&session, self.policy().now()) => Ok(true),
                 // Ended in the old store while this copy was made: the copy must not outlive it.
-                self.new.delete(token).await?;
-                Ok(false)
-            }
+                Ok(None) => {
+                    self.new.delete(token).await?;
+                    Ok(false)
+                }
+                // Unchecked, the copy could outlive an ending: removed before the error is told.
+                Err(err) => {
+                    let _ = self.new.delete(token).await;
+                    Err(err)
+                }
+            },
         }
     }
 
@@ -102,13 +110,18 @@ where
         match self.new.import(&session).await? {
             Imported::AlreadyPresent => Ok(true),
             Imported::Expired => Ok(false),
-            Imported::Stored => {
-                if self.old_session(handle, user_id).await?.is_some() {
-                    return Ok(true);
+            Imported::Stored => match self.old_session(handle, user_id).await {
+                Ok(Some(_)) => Ok(true),
+                Ok(None) if self.policy().is_expired(&session, self.policy().now()) => Ok(true),
+                Ok(None) => {
+                    self.new.delete_by_handle(handle).await?;
+                    Ok(false)
                 }
-                self.new.delete_by_handle(handle).await?;
-                Ok(false)
-            }
+                Err(err) => {
+                    let _ = self.new.delete_by_handle(handle).await;
+                    Err(err)
+                }
+            },
         }
     }
 

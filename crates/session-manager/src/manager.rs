@@ -286,7 +286,15 @@ impl SessionManager {
         let store = Self::store_at(config, &config.store_url, "store_url").await?;
         Ok(match &config.migrate_from_url {
             Some(old_url) => {
-                let old = Self::store_at(config, old_url, "migrate_from_url").await?;
+                // The old store without the near cache: a copy's check must read what the old
+                // store holds now, not what this instance cached before another one's revocation.
+                #[allow(unused_mut)]
+                let mut old_config = config.clone();
+                #[cfg(feature = "redis")]
+                {
+                    old_config.redis.near_cache = None;
+                }
+                let old = Self::store_at(&old_config, old_url, "migrate_from_url").await?;
                 builder.store(MigratingStore::new(old, store))
             }
             None => builder.store(store),

@@ -1403,7 +1403,9 @@ impl UserSessionStore for RedisStore {
             }
             None => WalkPosition::default(),
         };
-        let pattern = format!("{}{{*}}:s:*", glob_escape(&self.config.key_prefix));
+        // Exactly a tag's four characters between the braces: a user's index key whose user id
+        // holds `}:s:` must not match (it is no session, and a read of it would fail).
+        let pattern = format!("{}{{????}}:s:*", glob_escape(&self.config.key_prefix));
         // One COUNT for every page, whatever its limit: a page cut inside a batch resumes by
         // asking the same cursor again, which must give the same batch (a larger COUNT would add
         // buckets whose keys may sort before the last key looked at, and they would be skipped).

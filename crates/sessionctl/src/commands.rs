@@ -17,6 +17,9 @@ use crate::Failure;
 use crate::cli::{Cli, Command, Migrate, Revoke};
 use crate::output::{Progress, instant, session_rows, table};
 
+/// How many times `migrate` looks at a sampled session the target seems to lack.
+const SAMPLE_ROUNDS: usize = 3;
+
 /// Sessions a page when a command walks a store.
 const WALK_PAGE: usize = 1000;
 
@@ -87,6 +90,9 @@ async fn open(cli: &Cli, url: Option<&str>) -> std::result::Result<SessionManage
                 .into(),
         ));
     }
+    // The tool works on one store at a time: the application's migrating setting would make a
+    // target also answer from the old store, and its checks pass without the copy.
+    config.migrate_from_url = None;
     NO_DATABASE.clone_into(&mut config.database_url);
     config.database_replicas.clear();
     config.purge_interval = Duration::ZERO;
@@ -315,9 +321,12 @@ async fn revoke(store: &Arc<dyn UserSessionStore>, args: &Revoke, json: bool) ->
         } else {
             store.delete_by_handle(&handle).await?
         };
+        if !revoked {
+            return Err(Failure::NotFound(format!("no live session {handle}")));
+        }
         report(
             json,
-            &json!({"revoked": u64::from(revoked), "dry_run": args.dry_run}),
+            &json!({"revoked": 1, "dry_run": args.dry_run}),
             &format!(
                 "{} session {handle}",
                 if args.dry_run {
@@ -327,9 +336,6 @@ async fn revoke(store: &Arc<dyn UserSessionStore>, args: &Revoke, json: bool) ->
                 }
             ),
         );
-        if !revoked {
-            return Err(Failure::NotFound(format!("no live session {handle}")));
-        }
         return Ok(());
     }
     let Some(user) = &args.user else {
@@ -714,23 +720,36 @@ async fn copy_and_check(
     let (source_live, target_live) = if args.dry_run {
         (state.walked, 0)
     } else {
-        let mut by_user: BTreeMap<&str, Vec<&Sampled>> = BTreeMap::new();
-        for sampled in &sample {
-            by_user.entry(&sampled.user_id).or_default().push(sampled);
-        }
-        for (user, sampled) in by_user {
-            let there = target.list_by_user(user).await?;
-            let here = source.list_by_user(user).await?;
-            for s in sampled {
-                let copied = there
-                    .iter()
-                    .any(|t| t.handle == s.handle && t.version >= s.version);
-                let still_in_source = here.iter().any(|t| t.handle == s.handle);
-                if !copied && still_in_source {
-                    missing.push(s.handle.to_string());
+        // An ending in progress (new store first, then the old one) looks for a moment like a
+        // copy missing from the target; a candidate is looked at again, a little later, and only
+        // one still in the source and still not in the target counts.
+        let mut candidates: Vec<&Sampled> = sample.iter().collect();
+        for round in 0..SAMPLE_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut by_user: BTreeMap<&str, Vec<&Sampled>> = BTreeMap::new();
+            for sampled in candidates.drain(..) {
+                by_user.entry(&sampled.user_id).or_default().push(sampled);
+            }
+            for (user, sampled) in by_user {
+                let there = target.list_by_user(user).await?;
+                let here = source.list_by_user(user).await?;
+                for s in sampled {
+                    let copied = there
+                        .iter()
+                        .any(|t| t.handle == s.handle && t.version >= s.version);
+                    let still_in_source = here.iter().any(|t| t.handle == s.handle);
+                    if !copied && still_in_source {
+                        candidates.push(s);
+                    }
                 }
             }
+            if candidates.is_empty() {
+                break;
+            }
         }
+        missing.extend(candidates.iter().map(|s| s.handle.to_string()));
         let quiet = Progress::hidden();
         (
             walk(source, &quiet, drop).await?,
