@@ -653,6 +653,8 @@ async fn copy_and_check(
     let limit = usize::try_from(args.batch).unwrap_or(500);
     let mut sample: std::collections::BTreeSet<Sampled> = std::collections::BTreeSet::new();
     let started = Instant::now();
+    // Seconds spent by earlier runs of a resumed copy.
+    let earlier_seconds = state.seconds;
     let mut cursor = state.cursor.clone().map(ScanCursor::new);
     loop {
         let page = source.scan(cursor.as_ref(), limit).await?;
@@ -695,19 +697,15 @@ async fn copy_and_check(
         cursor = page.next;
         state.cursor = cursor.as_ref().map(|c| c.as_str().to_owned());
         if let (Some(path), false) = (&args.state, args.dry_run) {
-            let mut saved = std::mem::take(&mut state);
-            saved.seconds += started.elapsed().as_secs_f64();
-            let written = save_state(path, &saved);
-            saved.seconds -= started.elapsed().as_secs_f64();
-            state = saved;
-            written?;
+            state.seconds = earlier_seconds + started.elapsed().as_secs_f64();
+            save_state(path, &state)?;
         }
         if cursor.is_none() {
             break;
         }
     }
     progress.finish();
-    let seconds = state.seconds + started.elapsed().as_secs_f64();
+    let seconds = earlier_seconds + started.elapsed().as_secs_f64();
     let rate = if seconds > 0.0 {
         state.walked as f64 / seconds
     } else {
