@@ -40,7 +40,7 @@ pub use db::{
 pub use error::{BoxError, ErrorChain, Result, SessionError};
 pub use ext::{UPDATE_WITH_ATTEMPTS, UserSessionStoreExt};
 pub use instrument::Instrumented;
-pub use migrate::MigratingStore;
+pub use migrate::{MigratingStore, MigrationPhase};
 pub use policy::{Expiry, SessionPolicy};
 pub use pool::SuspectConnections;
 pub use retry::{RetryPolicy, Retrying};

@@ -1,10 +1,12 @@
 //! [`MigratingStore`]: serves from a new store while sessions move to it from an old one, with no
-//! sign-outs and no revocation undone (ADR 0026).
+//! sign-outs and no revocation undone, also while a fleet rolls from one phase to the next
+//! (ADR 0026, ADR 0028).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::SessionError;
 use crate::error::Result;
@@ -13,33 +15,111 @@ use crate::session::{IssuedSession, NewUserSession, Updated, UserSession};
 use crate::store::{Imported, ScanCursor, ScanPage, StorageDump, UserSessionStore};
 use crate::token::{SessionHandle, SessionToken};
 
-/// A store moving from `old` to `new` while both serve.
+/// Where a move between stores stands. A fleet rolls from one phase to the next, one rollout at a
+/// time; during each rollout two neighbouring configurations serve side by side, and each phase
+/// is built so that it and both of its neighbours keep every session and every ending:
 ///
+/// | phase | creates in | reads | copies forward | endings |
+/// |---|---|---|---|---|
+/// | (before) old store only | old | old | - | old |
+/// | [`Prepare`](Self::Prepare) | old | new, then old | no | new, old, new |
+/// | [`Copy`](Self::Copy) | new | new, then old | yes | new, old, new |
+/// | [`Finish`](Self::Finish) | new | new | - | new, old, new |
+/// | (after) new store only | new | new | - | new |
+///
+/// An instance that still reaches only the old store never meets a copy (nothing copies until
+/// every instance ends in both stores), and an instance that reaches only the new store never
+/// meets a copying one (every instance reads only the new store first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationPhase {
+    /// Serves as the old store did (sessions are created in it) but ends sessions in both stores
+    /// and reads the new one first, so that the instances of the next phase can copy.
+    Prepare,
+    /// Sessions are created in the new store; a session found only in the old one is copied
+    /// forward on its first read. `sessionctl migrate` copies the rest in this phase.
+    #[default]
+    Copy,
+    /// Reads only the new store and still ends sessions in both, while instances of the copy
+    /// phase may still read the old one.
+    Finish,
+}
+
+impl MigrationPhase {
+    /// The phase's name in configuration: `prepare`, `copy` or `finish`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepare => "prepare",
+            Self::Copy => "copy",
+            Self::Finish => "finish",
+        }
+    }
+}
+
+impl std::str::FromStr for MigrationPhase {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "prepare" => Ok(Self::Prepare),
+            "copy" => Ok(Self::Copy),
+            "finish" => Ok(Self::Finish),
+            other => Err(format!(
+                "unknown migration phase {other:?}: prepare, copy or finish"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for MigrationPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A store moving from `old` to `new` while both serve, in one [`MigrationPhase`].
+///
+/// In the copy phase (the default):
 /// - **Reads** (`get`, `touch`) look in the new store, then in the old one; a session found only
 ///   in the old one is copied forward (`import`) and served from the new one.
 /// - **Writes** go to the new store (`create`, `import`, `update`, `rotate`, after copying the
 ///   session forward if it is not there yet).
-/// - **Endings** (`delete`, `delete_by_handle`, `delete_by_user`, `rotate`, an `update` that
-///   rotates) apply to the new store, then the old one, then the new one again: a copy another
-///   request made between the first two steps is swept by the third.
+/// - **Endings** (`delete`, `delete_by_handle`, `delete_by_user`) apply to the new store, then
+///   the old one, then the new one again: a copy another request made between the first two
+///   steps is swept by the third.
 /// - **A copy checks itself**: a copy that stored the session (`Imported::Stored`) reads the old
 ///   store again, and if the session has gone from it meanwhile (an ending in progress), deletes
 ///   the copy. An ending removes the old copy before its last sweep, so any copy is either swept or
 ///   sees the old copy gone: no ending is undone by a concurrent copy, and no copy is removed
 ///   while its session lives. `sessionctl migrate` copies the rest with the same check.
+/// - **A rotation** (`rotate`, an `update` that changes `is_root`) rotates in the new store
+///   (after copying forward), then ends the old handle in the old store and sweeps the new one,
+///   as an ending does. Once the new store has rotated, the new token is handed out whatever the
+///   old store answers: a failed clean-up is tried again, then logged with the handle
+///   (`session.migrate retire failed`), and until that handle is revoked or expires a copying
+///   instance can serve it from the old store. (Removing the old copy first would look, to a
+///   concurrent first read's check, like an ending, and that check would remove the copy the
+///   rotation is about to rotate.) In the finish phase no instance copies a session the new
+///   store holds, so there the old copy goes first and a failure changes nothing.
 ///
-/// The old store is only read and emptied through endings: an old copy of a session already
+/// The old store is emptied only through endings and rotations: an old copy of a session already
 /// copied forward stays there until it expires or the old backend is dropped from the
-/// configuration. `list_by_user` and `scan` show each session once, the new store's version.
+/// configuration. `list_by_user` shows each session once, the new store's version.
 pub struct MigratingStore<O: ?Sized, N: ?Sized> {
     old: Arc<O>,
     new: Arc<N>,
+    phase: MigrationPhase,
 }
 
 impl<O: ?Sized, N: ?Sized> MigratingStore<O, N> {
-    /// Serves from `new`, falling back to `old`.
+    /// Serves from `new`, falling back to `old`, in the copy phase.
     pub fn new(old: Arc<O>, new: Arc<N>) -> Self {
-        Self { old, new }
+        Self::with_phase(old, new, MigrationPhase::Copy)
+    }
+
+    /// Serves in `phase` of the move from `old` to `new`.
+    pub fn with_phase(old: Arc<O>, new: Arc<N>, phase: MigrationPhase) -> Self {
+        Self { old, new, phase }
     }
 
     /// The store sessions move from.
@@ -51,6 +131,11 @@ impl<O: ?Sized, N: ?Sized> MigratingStore<O, N> {
     pub fn new_store(&self) -> &Arc<N> {
         &self.new
     }
+
+    /// The phase this store serves in.
+    pub fn phase(&self) -> MigrationPhase {
+        self.phase
+    }
 }
 
 impl<O: UserSessionStore + ?Sized, N: UserSessionStore + ?Sized> std::fmt::Debug
@@ -58,15 +143,44 @@ impl<O: UserSessionStore + ?Sized, N: UserSessionStore + ?Sized> std::fmt::Debug
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MigratingStore")
+            .field("phase", &self.phase)
             .field("old", &self.old)
             .field("new", &self.new)
             .finish()
     }
 }
 
-/// The cursor prefix of a walk over the new store, then the old one.
-const NEW_PHASE: &str = "mg1:n:";
-const OLD_PHASE: &str = "mg1:o:";
+/// The cursor prefix of a walk over the old store, then the new one.
+const OLD_PHASE: &str = "mg2:o:";
+const NEW_PHASE: &str = "mg2:n:";
+
+/// How many times [`MigratingStore::retire`] tries, and its first pause between tries (doubled
+/// after each).
+const RETIRE_ATTEMPTS: u32 = 3;
+const RETIRE_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What a rotation (or an old-store write) left behind, for [`MigratingStore::retire`].
+#[derive(Clone, Copy)]
+enum Retired<'a> {
+    /// A token rotated away: ended in the old store, swept from the new one.
+    Token(&'a SessionToken),
+    /// A handle rotated away: the same.
+    Handle(&'a SessionHandle),
+    /// A handle whose old-store copy was just written: only a new-store copy is swept.
+    CopyOf(&'a SessionHandle),
+}
+
+/// What [`MigratingStore::check_copy`] decided.
+enum Check {
+    Keep,
+    /// Removed; with the error that left the copy unchecked, if one did.
+    Remove(Option<SessionError>),
+    Again,
+}
+
+/// How many times a read starts over when the copy it made forward was removed before it read it
+/// back (another instance's sweep of a stale copy; the next copy is the current one).
+const READ_ATTEMPTS: usize = 3;
 
 impl<O, N> MigratingStore<O, N>
 where
@@ -76,52 +190,111 @@ where
     /// Copies the session `token` names from the old store to the new one, if it is live there
     /// and not in the new one. True if the new store holds it afterwards.
     async fn forward(&self, token: &SessionToken) -> Result<bool> {
-        let Some(session) = self.old.get(token).await? else {
-            return Ok(false);
-        };
-        match self.new.import(&session).await? {
-            Imported::AlreadyPresent => Ok(true),
-            Imported::Expired => Ok(false),
-            Imported::Stored => match self.old.get(token).await {
-                Ok(Some(_)) => Ok(true),
-                // The old copy expired (touches go to the new store only): an expiry, not an
-                // ending, so the copy, which may have been touched since, stays.
-                Ok(None) if self.policy().is_expired(&session, self.policy().now()) => Ok(true),
-                // Ended in the old store while this copy was made: the copy must not outlive it.
-                Ok(None) => {
+        for attempt in 1..=READ_ATTEMPTS {
+            let Some(session) = self.old.get(token).await? else {
+                return Ok(false);
+            };
+            let checked = self.new.import(&session).await?;
+            if checked != Imported::Stored {
+                return Ok(checked == Imported::AlreadyPresent);
+            }
+            match self.check_copy(&session, self.old.get(token).await, attempt) {
+                Check::Keep => return Ok(true),
+                Check::Remove(err) => {
+                    // Unchecked or ended: the copy must not outlive the old one's ending.
+                    let removed = self.new.delete(token).await;
+                    return match err {
+                        Some(err) => Err(err),
+                        None => removed.map(|_| false),
+                    };
+                }
+                Check::Again => {
                     self.new.delete(token).await?;
-                    Ok(false)
                 }
-                // Unchecked, the copy could outlive an ending: removed before the error is told.
-                Err(err) => {
-                    let _ = self.new.delete(token).await;
-                    Err(err)
-                }
-            },
+            }
         }
+        Ok(false)
     }
 
     /// [`MigratingStore::forward`] by handle, for `update`, which has no token: the old store's
     /// copy is found in its user's list.
     async fn forward_handle(&self, handle: &SessionHandle, user_id: &str) -> Result<bool> {
-        let Some(session) = self.old_session(handle, user_id).await? else {
-            return Ok(false);
-        };
-        match self.new.import(&session).await? {
-            Imported::AlreadyPresent => Ok(true),
-            Imported::Expired => Ok(false),
-            Imported::Stored => match self.old_session(handle, user_id).await {
-                Ok(Some(_)) => Ok(true),
-                Ok(None) if self.policy().is_expired(&session, self.policy().now()) => Ok(true),
-                Ok(None) => {
+        for attempt in 1..=READ_ATTEMPTS {
+            let Some(session) = self.old_session(handle, user_id).await? else {
+                return Ok(false);
+            };
+            let checked = self.new.import(&session).await?;
+            if checked != Imported::Stored {
+                return Ok(checked == Imported::AlreadyPresent);
+            }
+            match self.check_copy(&session, self.old_session(handle, user_id).await, attempt) {
+                Check::Keep => return Ok(true),
+                Check::Remove(err) => {
+                    let removed = self.new.delete_by_handle(handle).await;
+                    return match err {
+                        Some(err) => Err(err),
+                        None => removed.map(|_| false),
+                    };
+                }
+                Check::Again => {
                     self.new.delete_by_handle(handle).await?;
-                    Ok(false)
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// What a copy just stored does after reading the old store again (`now`): keep itself if
+    /// the old copy is the one it copied, or if the old copy merely expired (touches go to the new
+    /// store only, so the copy may be live); remove itself if the old copy ended (an ending in
+    /// progress) or cannot be read (unchecked, it could outlive an ending); copy again if the
+    /// old copy was written meanwhile (an update on an instance of the prepare phase), but keep
+    /// the last attempt's copy rather than sign the session out.
+    fn check_copy(
+        &self,
+        copied: &UserSession,
+        now: Result<Option<UserSession>>,
+        attempt: usize,
+    ) -> Check {
+        match now {
+            Ok(Some(now)) if now.version == copied.version || attempt == READ_ATTEMPTS => {
+                Check::Keep
+            }
+            Ok(Some(_)) => Check::Again,
+            Ok(None) if self.policy().is_expired(copied, self.policy().now()) => Check::Keep,
+            Ok(None) => Check::Remove(None),
+            Err(err) => Check::Remove(Some(err)),
+        }
+    }
+
+    /// After a rotation the new store has made (or an old-store write a stale copy may shadow):
+    /// removes the old handle from the old store and sweeps the new one of any copy of it made
+    /// meanwhile. The rotation has happened, so its new token is handed out whatever this meets:
+    /// a failure is tried again a few times, then logged with the handle, which then lives on in
+    /// the old store until it expires or is revoked (`sessionctl revoke --handle`).
+    async fn retire(&self, retired: Retired<'_>) {
+        let mut pause = RETIRE_FIRST_PAUSE;
+        for attempt in 1..=RETIRE_ATTEMPTS {
+            let ended = match retired {
+                Retired::Token(token) => self.end_token(token).await,
+                Retired::Handle(handle) => self.end_handle(handle).await,
+                Retired::CopyOf(handle) => self.new.delete_by_handle(handle).await,
+            };
+            match ended {
+                Ok(_) => return,
+                Err(err) if attempt < RETIRE_ATTEMPTS => {
+                    tracing::debug!(target: "session", attempt, error = %crate::ErrorChain(&err), "session.migrate retire retried");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
                 }
                 Err(err) => {
-                    let _ = self.new.delete_by_handle(handle).await;
-                    Err(err)
+                    let handle = match retired {
+                        Retired::Token(token) => token.handle().to_string(),
+                        Retired::Handle(handle) | Retired::CopyOf(handle) => handle.to_string(),
+                    };
+                    tracing::error!(target: "session", handle, error = %crate::ErrorChain(&err), "session.migrate retire failed: the old handle may still be served from the old store");
                 }
-            },
+            }
         }
     }
 
@@ -152,25 +325,68 @@ where
         Ok(old || swept)
     }
 
-    /// Of the old store's `sessions`, those the new store does not hold (by their users' lists).
-    async fn only_in_old(&self, sessions: Vec<UserSession>) -> Result<Vec<UserSession>> {
+    /// The handles of `sessions`' users that `store` holds (by the users' lists).
+    async fn handles_in<S: UserSessionStore + ?Sized>(
+        store: &S,
+        sessions: &[UserSession],
+    ) -> Result<HashSet<SessionHandle>> {
         let mut users: Vec<&str> = sessions.iter().map(|s| s.user_id.as_str()).collect();
         users.sort_unstable();
         users.dedup();
-        let mut in_new = HashSet::new();
+        let mut held = HashSet::new();
         for user in users {
-            in_new.extend(
-                self.new
+            held.extend(
+                store
                     .list_by_user(user)
                     .await?
                     .into_iter()
                     .map(|s| s.handle),
             );
         }
+        Ok(held)
+    }
+
+    /// A page of the old store's walk: each session as the new store holds it, if it does.
+    async fn old_page(&self, sessions: Vec<UserSession>) -> Result<Vec<UserSession>> {
+        let mut users: Vec<&str> = sessions.iter().map(|s| s.user_id.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let mut in_new = std::collections::HashMap::new();
+        for user in users {
+            for session in self.new.list_by_user(user).await? {
+                in_new.insert(session.handle.clone(), session);
+            }
+        }
         Ok(sessions
             .into_iter()
-            .filter(|s| !in_new.contains(&s.handle))
+            .map(|s| in_new.remove(&s.handle).unwrap_or(s))
             .collect())
+    }
+
+    /// The live sessions of `user_id` in both stores, less `except`: each handle once.
+    async fn handles_of_user(
+        &self,
+        user_id: &str,
+        except: Option<&SessionHandle>,
+    ) -> Result<HashSet<SessionHandle>> {
+        let mut handles: HashSet<SessionHandle> = self
+            .new
+            .list_by_user(user_id)
+            .await?
+            .into_iter()
+            .map(|s| s.handle)
+            .collect();
+        handles.extend(
+            self.old
+                .list_by_user(user_id)
+                .await?
+                .into_iter()
+                .map(|s| s.handle),
+        );
+        if let Some(except) = except {
+            handles.remove(except);
+        }
+        Ok(handles)
     }
 }
 
@@ -182,7 +398,10 @@ where
     N: UserSessionStore + ?Sized,
 {
     fn backend(&self) -> &'static str {
-        self.new.backend()
+        match self.phase {
+            MigrationPhase::Prepare => self.old.backend(),
+            MigrationPhase::Copy | MigrationPhase::Finish => self.new.backend(),
+        }
     }
 
     fn policy(&self) -> &SessionPolicy {
@@ -190,56 +409,118 @@ where
     }
 
     async fn create(&self, new: NewUserSession) -> Result<IssuedSession> {
-        self.new.create(new).await
+        match self.phase {
+            MigrationPhase::Prepare => self.old.create(new).await,
+            MigrationPhase::Copy | MigrationPhase::Finish => self.new.create(new).await,
+        }
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        if let Some(session) = self.new.get(token).await? {
-            return Ok(Some(session));
-        }
-        if self.forward(token).await? {
-            return self.new.get(token).await;
+        for _ in 0..READ_ATTEMPTS {
+            if let Some(session) = self.new.get(token).await? {
+                return Ok(Some(session));
+            }
+            match self.phase {
+                MigrationPhase::Prepare => return self.old.get(token).await,
+                MigrationPhase::Finish => return Ok(None),
+                MigrationPhase::Copy if !self.forward(token).await? => return Ok(None),
+                MigrationPhase::Copy => {}
+            }
         }
         Ok(None)
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        if let Some(session) = self.new.touch(token).await? {
-            return Ok(Some(session));
-        }
-        if self.forward(token).await? {
-            return self.new.touch(token).await;
+        for _ in 0..READ_ATTEMPTS {
+            if let Some(session) = self.new.touch(token).await? {
+                return Ok(Some(session));
+            }
+            match self.phase {
+                MigrationPhase::Prepare => return self.old.touch(token).await,
+                MigrationPhase::Finish => return Ok(None),
+                MigrationPhase::Copy if !self.forward(token).await? => return Ok(None),
+                MigrationPhase::Copy => {}
+            }
         }
         Ok(None)
     }
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
-        let updated = match self.new.update(session).await {
-            Err(SessionError::NotFound)
-                if self
-                    .forward_handle(&session.handle, &session.user_id)
-                    .await? =>
-            {
-                self.new.update(session).await?
+        let handle = &session.handle;
+        match self.phase {
+            MigrationPhase::Prepare => match self.new.update(session).await {
+                // A copying instance moved it (the fleet is rolling into the copy phase): as there.
+                Ok(updated) => {
+                    if updated.rotated.is_some() {
+                        self.retire(Retired::Handle(handle)).await;
+                    }
+                    Ok(updated)
+                }
+                Err(SessionError::NotFound) => {
+                    let updated = self.old.update(session).await?;
+                    // A copy a copying instance made meanwhile holds the version before this
+                    // write (or the handle this rotation ended): swept, so that reads find the
+                    // old store's copy, and the next copy is the current one.
+                    self.retire(Retired::CopyOf(handle)).await;
+                    Ok(updated)
+                }
+                Err(err) => Err(err),
+            },
+            MigrationPhase::Copy => {
+                let updated = match self.new.update(session).await {
+                    Err(SessionError::NotFound)
+                        if self.forward_handle(handle, &session.user_id).await? =>
+                    {
+                        self.new.update(session).await?
+                    }
+                    other => other?,
+                };
+                if updated.rotated.is_some() {
+                    // The old handle ended in the new store; the old store's copy must not bring
+                    // it back.
+                    self.retire(Retired::Handle(handle)).await;
+                }
+                Ok(updated)
             }
-            other => other?,
-        };
-        if updated.rotated.is_some() {
-            // The old handle ended in the new store; the old store's copy must not bring it back.
-            self.end_handle(&session.handle).await?;
+            MigrationPhase::Finish => {
+                // Every session is in the new store, so copying instances reach the old one only
+                // for a handle the new store lacks: its old copy goes first, before a rotation
+                // can leave it behind, and if that fails nothing has changed.
+                self.old.delete_by_handle(handle).await?;
+                self.new.update(session).await
+            }
         }
-        Ok(updated)
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
-        let mut rotated = self.new.rotate(token).await?;
-        if rotated.is_none() && self.forward(token).await? {
-            rotated = self.new.rotate(token).await?;
+        match self.phase {
+            MigrationPhase::Prepare if self.new.get(token).await?.is_none() => {
+                let rotated = self.old.rotate(token).await?;
+                if rotated.is_some() {
+                    // A copy of the old token a copying instance made meanwhile is swept.
+                    self.retire(Retired::CopyOf(token.handle())).await;
+                }
+                Ok(rotated)
+            }
+            MigrationPhase::Prepare | MigrationPhase::Copy => {
+                let mut rotated = self.new.rotate(token).await?;
+                if rotated.is_none()
+                    && self.phase == MigrationPhase::Copy
+                    && self.forward(token).await?
+                {
+                    rotated = self.new.rotate(token).await?;
+                }
+                if rotated.is_some() {
+                    self.retire(Retired::Token(token)).await;
+                }
+                Ok(rotated)
+            }
+            MigrationPhase::Finish => {
+                // As in `update`: the old copy first, so that a failure changes nothing.
+                self.old.delete(token).await?;
+                self.new.rotate(token).await
+            }
         }
-        if rotated.is_some() {
-            self.end_token(token).await?;
-        }
-        Ok(rotated)
     }
 
     async fn delete(&self, token: &SessionToken) -> Result<bool> {
@@ -254,6 +535,9 @@ where
 
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
         let mut sessions = self.new.list_by_user(user_id).await?;
+        if self.phase == MigrationPhase::Finish {
+            return Ok(sessions);
+        }
         let known: HashSet<SessionHandle> = sessions.iter().map(|s| s.handle.clone()).collect();
         sessions.extend(
             self.old
@@ -267,25 +551,14 @@ where
     }
 
     async fn delete_by_user(&self, user_id: &str, except: Option<&SessionHandle>) -> Result<u64> {
-        // A session in both stores (copied forward, its old copy kept) counts once.
-        let in_new: HashSet<SessionHandle> = self
-            .new
-            .list_by_user(user_id)
-            .await?
-            .into_iter()
-            .map(|s| s.handle)
-            .collect();
-        let in_both = self
-            .old
-            .list_by_user(user_id)
-            .await?
-            .iter()
-            .filter(|s| in_new.contains(&s.handle) && Some(&s.handle) != except)
-            .count() as u64;
+        // The stores' counts add a session once per store it was removed from, and a session
+        // copied forward while this runs can be removed from both: the sum is capped by the
+        // distinct sessions there were (a session signed in meanwhile may go uncounted).
+        let before = self.handles_of_user(user_id, except).await?.len() as u64;
         let new = self.new.delete_by_user(user_id, except).await?;
         let old = self.old.delete_by_user(user_id, except).await?;
         let swept = self.new.delete_by_user(user_id, except).await?;
-        Ok((new + old + swept).saturating_sub(in_both))
+        Ok((new + old + swept).min(before))
     }
 
     async fn purge_expired(&self) -> Result<u64> {
@@ -294,34 +567,48 @@ where
 
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {
         crate::store::check_scan_limit(limit)?;
-        let text = cursor.map_or(NEW_PHASE, ScanCursor::as_str);
-        if let Some(inner) = text.strip_prefix(NEW_PHASE) {
-            let inner = (!inner.is_empty()).then(|| ScanCursor::new(inner));
-            let page = self.new.scan(inner.as_ref(), limit).await?;
-            let next = Some(ScanCursor::new(match page.next {
-                Some(next) => format!("{NEW_PHASE}{next}"),
-                None => OLD_PHASE.to_owned(),
-            }));
-            return Ok(ScanPage {
-                sessions: page.sessions,
-                next,
-            });
+        if self.phase == MigrationPhase::Finish {
+            return self.new.scan(cursor, limit).await;
         }
+        // The old store first: a session copied forward during the walk is still in the old
+        // store (copies keep the old one), so it is met there; the new store's walk then skips
+        // what the old store holds.
+        let text = cursor.map_or(OLD_PHASE, ScanCursor::as_str);
         if let Some(inner) = text.strip_prefix(OLD_PHASE) {
             let inner = (!inner.is_empty()).then(|| ScanCursor::new(inner));
             let page = self.old.scan(inner.as_ref(), limit).await?;
+            let next = Some(ScanCursor::new(match page.next {
+                Some(next) => format!("{OLD_PHASE}{next}"),
+                None => NEW_PHASE.to_owned(),
+            }));
             return Ok(ScanPage {
-                sessions: self.only_in_old(page.sessions).await?,
+                sessions: self.old_page(page.sessions).await?,
+                next,
+            });
+        }
+        if let Some(inner) = text.strip_prefix(NEW_PHASE) {
+            let inner = (!inner.is_empty()).then(|| ScanCursor::new(inner));
+            let page = self.new.scan(inner.as_ref(), limit).await?;
+            let in_old = Self::handles_in(&*self.old, &page.sessions).await?;
+            return Ok(ScanPage {
+                sessions: page
+                    .sessions
+                    .into_iter()
+                    .filter(|s| !in_old.contains(&s.handle))
+                    .collect(),
                 next: page
                     .next
-                    .map(|next| ScanCursor::new(format!("{OLD_PHASE}{next}"))),
+                    .map(|next| ScanCursor::new(format!("{NEW_PHASE}{next}"))),
             });
         }
         Err(crate::store::bad_scan_cursor(&ScanCursor::new(text)))
     }
 
     async fn import(&self, session: &UserSession) -> Result<Imported> {
-        self.new.import(session).await
+        match self.phase {
+            MigrationPhase::Prepare => self.old.import(session).await,
+            MigrationPhase::Copy | MigrationPhase::Finish => self.new.import(session).await,
+        }
     }
 
     async fn health(&self) -> Result<()> {

@@ -220,6 +220,69 @@ impl std::fmt::Debug for PgSessionStore {
 }
 
 impl PgSessionStore {
+    /// One attempt of `update`: the compare-and-set statement, and on a miss, a read that says
+    /// why.
+    async fn update_once(&self, session: &UserSession) -> Result<Updated> {
+        // A change of `is_root` also moves the row to a new handle, in the same statement: the
+        // CASE reads the row's old `is_root`.
+        let new_token = SessionToken::generate()?;
+        let sql = format!(
+            "UPDATE user_sessions SET company_name = $3, email = $4, is_root = $5, attributes = $6,
+                 version = version + 1, handle = CASE WHEN is_root <> $5 THEN $9 ELSE handle END
+             WHERE handle = $1 AND version = $2 AND user_id = $7 AND idle_expires_at > {}
+             RETURNING {}",
+            at(8),
+            columns("")
+        );
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let updated: Vec<Row> = diesel::sql_query(sql)
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
+            .bind::<Text, _>(&session.company_name)
+            .bind::<Text, _>(&session.email)
+            .bind::<Bool, _>(session.is_root)
+            .bind::<Text, _>(session.attributes_json()?)
+            .bind::<Text, _>(&session.user_id)
+            .bind::<BigInt, _>(now)
+            .bind::<Text, _>(new_token.handle().as_str())
+            .prepared()
+            .load(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if let Some(row) = updated.into_iter().next() {
+            let stored = row.into_session()?;
+            return Ok(if stored.handle == session.handle {
+                Updated::kept(stored)
+            } else {
+                Updated::moved_to(stored, new_token)
+            });
+        }
+        // Nothing matched: a second statement, on the failure path only, says why.
+        let sql = format!(
+            "SELECT user_id, version FROM user_sessions WHERE handle = $1 AND idle_expires_at > {}",
+            at(2)
+        );
+        let stored: Vec<Stored> = diesel::sql_query(sql)
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(now)
+            .prepared()
+            .load(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        match stored.into_iter().next() {
+            None => Err(SessionError::NotFound),
+            Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
+                "user_id",
+                "cannot change; sign the other user in with a new session",
+            )),
+            Some(s) => Err(SessionError::Conflict {
+                expected: session.version,
+                actual: u64::try_from(s.version).unwrap_or(0),
+            }),
+        }
+    }
+
     /// Connects, applies pending migrations (see [`PgSessionStore::migrate`]) and returns the store.
     ///
     /// # Errors
@@ -383,63 +446,14 @@ impl UserSessionStore for PgSessionStore {
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
         session.validate(&self.policy)?;
-        // A change of `is_root` also moves the row to a new handle, in the same statement: the
-        // CASE reads the row's old `is_root`.
-        let new_token = SessionToken::generate()?;
-        let sql = format!(
-            "UPDATE user_sessions SET company_name = $3, email = $4, is_root = $5, attributes = $6,
-                 version = version + 1, handle = CASE WHEN is_root <> $5 THEN $9 ELSE handle END
-             WHERE handle = $1 AND version = $2 AND user_id = $7 AND idle_expires_at > {}
-             RETURNING {}",
-            at(8),
-            columns("")
-        );
-        let now = self.now();
-        let mut conn = self.conn().await?;
-        let updated: Vec<Row> = diesel::sql_query(sql)
-            .bind::<Text, _>(session.handle.as_str())
-            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
-            .bind::<Text, _>(&session.company_name)
-            .bind::<Text, _>(&session.email)
-            .bind::<Bool, _>(session.is_root)
-            .bind::<Text, _>(session.attributes_json()?)
-            .bind::<Text, _>(&session.user_id)
-            .bind::<BigInt, _>(now)
-            .bind::<Text, _>(new_token.handle().as_str())
-            .prepared()
-            .load(&mut *conn)
-            .await
-            .map_err(|e| self.fail(e))?;
-        if let Some(row) = updated.into_iter().next() {
-            let stored = row.into_session()?;
-            return Ok(if stored.handle == session.handle {
-                Updated::kept(stored)
-            } else {
-                Updated::moved_to(stored, new_token)
-            });
-        }
-        // Nothing matched: a second statement, on the failure path only, says why.
-        let sql = format!(
-            "SELECT user_id, version FROM user_sessions WHERE handle = $1 AND idle_expires_at > {}",
-            at(2)
-        );
-        let stored: Vec<Stored> = diesel::sql_query(sql)
-            .bind::<Text, _>(session.handle.as_str())
-            .bind::<BigInt, _>(now)
-            .prepared()
-            .load(&mut *conn)
-            .await
-            .map_err(|e| self.fail(e))?;
-        match stored.into_iter().next() {
-            None => Err(SessionError::NotFound),
-            Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
-                "user_id",
-                "cannot change; sign the other user in with a new session",
-            )),
-            Some(s) => Err(SessionError::Conflict {
-                expected: session.version,
-                actual: u64::try_from(s.version).unwrap_or(0),
-            }),
+        match self.update_once(session).await {
+            // The failure path's read found the version the update asked for: the row appeared
+            // between the two statements (an `import` of this handle, as a migration copies it
+            // forward). Asked again, the update finds it.
+            Err(SessionError::Conflict { expected, actual }) if expected == actual => {
+                self.update_once(session).await
+            }
+            other => other,
         }
     }
 

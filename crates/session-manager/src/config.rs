@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use session_core::{PoolConfig, Result, RetryPolicy, SessionError, SessionPolicy};
+use session_core::{MigrationPhase, PoolConfig, Result, RetryPolicy, SessionError, SessionPolicy};
 
 /// Settings of a SQL user-session store: PostgreSQL's (`[postgres_store]` in TOML), MySQL's
 /// (`[mysql_store]`) and SQLite's (`[sqlite_store]`).
@@ -58,6 +58,11 @@ pub struct SessionConfig {
     /// ADR 0026) while `sessionctl migrate` copies the rest; remove it once the copy is checked.
     /// Same URL forms as `store_url`, and the same backend settings. Default: none.
     pub migrate_from_url: Option<String>,
+    /// The phase of the move (`prepare`, `copy` or `finish`; ADR 0028): a fleet rolls through
+    /// them one rollout at a time, so that instances of neighbouring phases serving side by side
+    /// never undo each other's endings (docs/operations.md). Only with `migrate_from_url`.
+    /// Default: `copy`.
+    pub migrate_phase: Option<MigrationPhase>,
     /// The application database: `sqlite://path`, `sqlite::memory:`, `postgres://…`, `mysql://…`,
     /// or `none`
     /// (sessions only). Default `sqlite::memory:` with the `sqlite` feature, else `none`.
@@ -102,6 +107,7 @@ impl std::fmt::Debug for SessionConfig {
                 "migrate_from_url",
                 &self.migrate_from_url.as_deref().map(redacted_url),
             )
+            .field("migrate_phase", &self.migrate_phase)
             .field("database_url", &redacted_url(&self.database_url))
             .field(
                 "database_replicas",
@@ -158,6 +164,7 @@ impl Default for SessionConfig {
         Self {
             store_url: "memory://".to_owned(),
             migrate_from_url: None,
+            migrate_phase: None,
             database_url: if cfg!(feature = "sqlite") {
                 "sqlite::memory:"
             } else {
@@ -187,6 +194,7 @@ impl Default for SessionConfig {
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("SESSION_STORE_URL", "store_url"),
     ("SESSION_MIGRATE_FROM_URL", "migrate_from_url"),
+    ("SESSION_MIGRATE_PHASE", "migrate_phase"),
     ("DATABASE_URL", "database_url"),
     ("DATABASE_REPLICA_URLS", "database_replicas"),
     ("DATABASE_REPLICA_MAX_LAG", "database_replica_max_lag"),
@@ -396,6 +404,16 @@ impl SessionConfig {
             "SESSION_MIGRATE_FROM_URL" => {
                 c.migrate_from_url = (!v.trim().is_empty()).then(|| v.trim().to_owned());
             }
+            "SESSION_MIGRATE_PHASE" => {
+                c.migrate_phase = if v.trim().is_empty() {
+                    None
+                } else {
+                    Some(
+                        v.parse()
+                            .map_err(|reason: String| SessionError::config(var, reason))?,
+                    )
+                };
+            }
             "DATABASE_URL" => v.clone_into(&mut c.database_url),
             "DATABASE_REPLICA_URLS" => {
                 c.database_replicas = v
@@ -541,6 +559,15 @@ impl SessionConfig {
                     "names the store_url itself; it is the store sessions move from",
                 ));
             }
+        }
+        if let (Some(phase), None) = (self.migrate_phase, &self.migrate_from_url) {
+            return Err(SessionError::config(
+                "migrate_phase",
+                format!(
+                    "is {phase} but migrate_from_url is not set; a phase belongs to a move \
+                     between stores (remove both once it is over)"
+                ),
+            ));
         }
         let db = crate::backend::DbKind::of(&self.database_url)?;
         if !self.database_replicas.is_empty() {

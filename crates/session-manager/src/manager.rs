@@ -295,7 +295,11 @@ impl SessionManager {
                     old_config.redis.near_cache = None;
                 }
                 let old = Self::store_at(&old_config, old_url, "migrate_from_url").await?;
-                builder.store(MigratingStore::new(old, store))
+                builder.store(MigratingStore::with_phase(
+                    old,
+                    store,
+                    config.migrate_phase.unwrap_or_default(),
+                ))
             }
             None => builder.store(store),
         })

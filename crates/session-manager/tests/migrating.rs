@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use session_core::{MigratingStore, NewUserSession, PoolConfig, SessionPolicy, UserSessionStore};
+use session_core::{
+    MigratingStore, MigrationPhase, NewUserSession, PoolConfig, SessionPolicy, UserSessionStore,
+};
 use session_manager::session_diesel::PgSessionStore;
 use session_manager::session_redis::{RedisConfig, RedisStore};
 use session_manager::{SessionConfig, SessionManager};
@@ -46,6 +48,48 @@ mod redis_to_postgres {
         let (new, schema) = postgres(policy).await;
         Opened::with_cleanup(
             Arc::new(MigratingStore::new(Arc::new(old), Arc::new(new))),
+            move || {
+                clean_redis();
+                drop(schema);
+            },
+        )
+    });
+}
+
+/// The prepare phase: sessions are created in the old store, and read from both.
+mod redis_to_postgres_prepare {
+    use super::*;
+
+    session_testkit::conformance_tests!(|policy: SessionPolicy| async move {
+        let (old, clean_redis) = redis(policy.clone()).await;
+        let (new, schema) = postgres(policy).await;
+        Opened::with_cleanup(
+            Arc::new(MigratingStore::with_phase(
+                Arc::new(old),
+                Arc::new(new),
+                MigrationPhase::Prepare,
+            )),
+            move || {
+                clean_redis();
+                drop(schema);
+            },
+        )
+    });
+}
+
+/// The finish phase: reads only the new store, ends sessions in both.
+mod postgres_to_redis_finish {
+    use super::*;
+
+    session_testkit::conformance_tests!(|policy: SessionPolicy| async move {
+        let (old, schema) = postgres(policy.clone()).await;
+        let (new, clean_redis) = redis(policy).await;
+        Opened::with_cleanup(
+            Arc::new(MigratingStore::with_phase(
+                Arc::new(old),
+                Arc::new(new),
+                MigrationPhase::Finish,
+            )),
             move || {
                 clean_redis();
                 drop(schema);
@@ -356,5 +400,360 @@ async fn the_manager_builds_a_migrating_store_from_migrate_from_url() {
         ),
         "{bad:?}"
     );
+    for (vars, key) in [
+        (
+            vec![("SESSION_MIGRATE_PHASE", "copy")],
+            "SESSION_MIGRATE_PHASE",
+        ),
+        (
+            vec![
+                ("SESSION_MIGRATE_FROM_URL", "redis://127.0.0.1:6379/0"),
+                ("SESSION_MIGRATE_PHASE", "halfway"),
+            ],
+            "SESSION_MIGRATE_PHASE",
+        ),
+    ] {
+        let err =
+            SessionConfig::from_vars(vars.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+        assert!(
+            matches!(&err, Err(session_core::SessionError::Config { key: got, .. }) if got == key),
+            "{err:?}"
+        );
+    }
+
+    // The phase names the manager's migrating store: a prepare-phase instance creates in the old
+    // store and serves sessions from both.
+    let prepare = SessionConfig::from_toml_str(&format!(
+        "store_url = \"{}\"\nmigrate_from_url = \"{url}\"\nmigrate_phase = \"prepare\"\n\
+         database_url = \"none\"\n[redis]\nkey_prefix = \"{prefix}\"\n",
+        schema.url()
+    ))
+    .unwrap();
+    let manager = SessionManager::build(prepare).await.unwrap();
+    assert_eq!(manager.sessions().backend(), "redis");
+    let created = manager
+        .sessions()
+        .create(NewUserSession::new("prep"))
+        .await
+        .unwrap();
+    assert!(old.get(&created.token).await.unwrap().is_some());
+    assert!(new.get(&created.token).await.unwrap().is_none());
+    assert!(
+        manager
+            .sessions()
+            .get(&issued.token)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    manager.shutdown().await;
     redis_delete_prefix(&url, &prefix);
+}
+
+/// How an instance of the fleet is configured during a move from Redis to PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Role {
+    OldOnly,
+    Phase(MigrationPhase),
+    NewOnly,
+}
+
+fn instance(p: &Pair, role: Role) -> Arc<dyn UserSessionStore> {
+    match role {
+        Role::OldOnly => p.old.clone(),
+        Role::NewOnly => p.new.clone(),
+        Role::Phase(phase) => Arc::new(MigratingStore::with_phase(
+            p.old.clone(),
+            p.new.clone(),
+            phase,
+        )),
+    }
+}
+
+/// Where a session is when a rollout meets it.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// Not yet moved.
+    Old,
+    /// Copied forward, the old copy kept.
+    Both,
+    /// Created in the new store.
+    New,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Delete,
+    DeleteByHandle,
+    DeleteByUser,
+    Rotate,
+    UpdateRoot,
+}
+
+const ENDINGS: [Ending; 5] = [
+    Ending::Delete,
+    Ending::DeleteByHandle,
+    Ending::DeleteByUser,
+    Ending::Rotate,
+    Ending::UpdateRoot,
+];
+
+async fn start_session(p: &Pair, start: Start, user: &str) -> session_core::IssuedSession {
+    let new = NewUserSession::new(user).email("fleet@acme.test");
+    match start {
+        Start::Old => p.old.create(new).await.unwrap(),
+        Start::Both => {
+            let issued = p.old.create(new).await.unwrap();
+            assert_eq!(
+                p.new.import(&issued.session).await.unwrap(),
+                session_core::Imported::Stored
+            );
+            issued
+        }
+        Start::New => p.new.create(new).await.unwrap(),
+    }
+}
+
+/// Ends the session `issued` on `ender`; the rotated token, if the ending rotates.
+async fn end_session(
+    ender: &dyn UserSessionStore,
+    ending: Ending,
+    issued: &session_core::IssuedSession,
+) -> Option<session_core::SessionToken> {
+    let what = format!("{ending:?} on {}", ender.backend());
+    match ending {
+        Ending::Delete => assert!(ender.delete(&issued.token).await.unwrap(), "{what}"),
+        Ending::DeleteByHandle => assert!(
+            ender
+                .delete_by_handle(&issued.session.handle)
+                .await
+                .unwrap(),
+            "{what}"
+        ),
+        Ending::DeleteByUser => assert_eq!(
+            ender
+                .delete_by_user(&issued.session.user_id, None)
+                .await
+                .unwrap(),
+            1,
+            "{what}"
+        ),
+        Ending::Rotate => return Some(ender.rotate(&issued.token).await.unwrap().unwrap().token),
+        Ending::UpdateRoot => {
+            let mut session = ender.get(&issued.token).await.unwrap().unwrap();
+            session.is_root = true;
+            return Some(ender.update(&session).await.unwrap().rotated.unwrap());
+        }
+    }
+    None
+}
+
+/// During each rollout of the runbook two neighbouring configurations serve side by side. For
+/// every place a session can be in, every kind of ending and either side ending it: before the
+/// ending both sides serve the session (nobody is signed out), after it neither side ever serves
+/// the ended token again (no ending undone by the other side's copy), and a rotated token works
+/// on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rollout_of_the_runbook_keeps_sessions_and_endings_on_both_sides() {
+    let p = pair().await;
+    let rollouts = [
+        (
+            Role::OldOnly,
+            Role::Phase(MigrationPhase::Prepare),
+            &[Start::Old][..],
+        ),
+        (
+            Role::Phase(MigrationPhase::Prepare),
+            Role::Phase(MigrationPhase::Copy),
+            &[Start::Old, Start::Both, Start::New][..],
+        ),
+        (
+            Role::Phase(MigrationPhase::Copy),
+            Role::Phase(MigrationPhase::Finish),
+            &[Start::Both, Start::New][..],
+        ),
+        (
+            Role::Phase(MigrationPhase::Finish),
+            Role::NewOnly,
+            &[Start::Both, Start::New][..],
+        ),
+    ];
+    let mut n = 0;
+    for (earlier, later, starts) in rollouts {
+        let (a, b) = (instance(&p, earlier), instance(&p, later));
+        for &start in starts {
+            for ending in ENDINGS {
+                for ender_is_a in [true, false] {
+                    n += 1;
+                    let user = format!("fleet-{n}");
+                    let case = format!(
+                        "{earlier:?} beside {later:?}, session {start:?}, {ending:?} on {}",
+                        if ender_is_a {
+                            "the first"
+                        } else {
+                            "the second"
+                        }
+                    );
+                    let issued = start_session(&p, start, &user).await;
+                    for side in [&a, &b, &a, &b] {
+                        assert!(side.get(&issued.token).await.unwrap().is_some(), "{case}");
+                        assert!(side.touch(&issued.token).await.unwrap().is_some(), "{case}");
+                    }
+                    let ender = if ender_is_a { &a } else { &b };
+                    let rotated = end_session(ender.as_ref(), ending, &issued).await;
+                    for side in [&a, &b, &a, &b] {
+                        assert_eq!(side.get(&issued.token).await.unwrap(), None, "{case}");
+                        assert_eq!(side.touch(&issued.token).await.unwrap(), None, "{case}");
+                        let listed = side.list_by_user(&user).await.unwrap();
+                        assert!(
+                            listed.iter().all(|s| s.handle != issued.session.handle),
+                            "{case}: the ended handle is listed"
+                        );
+                        if let Some(token) = &rotated {
+                            assert!(side.get(token).await.unwrap().is_some(), "{case}: rotated");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(n, 80);
+}
+
+/// Why the runbook has a prepare and a finish phase: a copying instance beside one that reaches
+/// only one store brings back a session the other signed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_prepare_and_finish_phases_a_copy_undoes_a_sign_out() {
+    let p = pair().await;
+    let copying = instance(&p, Role::Phase(MigrationPhase::Copy));
+    for (other, start) in [(Role::OldOnly, Start::Old), (Role::NewOnly, Start::Both)] {
+        let other = instance(&p, other);
+        let issued = start_session(&p, start, "gap").await;
+        assert!(copying.get(&issued.token).await.unwrap().is_some());
+        assert!(other.delete(&issued.token).await.unwrap());
+        assert!(
+            copying.get(&issued.token).await.unwrap().is_some(),
+            "the signed-out session is served again by the copying instance"
+        );
+        copying.delete(&issued.token).await.unwrap();
+    }
+}
+
+/// An update made on a prepare-phase instance while copying instances move the same session:
+/// whichever way they interleave, both sides then serve the update (no stale copy hides it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_in_the_prepare_phase_racing_copies_is_never_hidden_by_a_stale_copy() {
+    let p = Arc::new(pair().await);
+    let preparing = instance(&p, Role::Phase(MigrationPhase::Prepare));
+    let copying = instance(&p, Role::Phase(MigrationPhase::Copy));
+    for round in 0..100 {
+        let issued = p.old.create(ada(round)).await.unwrap();
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (copying, token) = (copying.clone(), issued.token.clone());
+                tokio::spawn(async move { copying.get(&token).await.unwrap() })
+            })
+            .collect();
+        let mut edited = issued.session.clone();
+        edited.set_attribute("edited", round);
+        let updated = preparing.update(&edited).await.unwrap();
+        for reader in readers {
+            assert!(reader.await.unwrap().is_some(), "round {round}: signed out");
+        }
+        for side in [&preparing, &copying] {
+            let read = side.get(&issued.token).await.unwrap().unwrap();
+            assert_eq!(read.version, updated.session.version, "round {round}");
+            assert_eq!(
+                read.get::<usize>("edited").unwrap(),
+                Some(round),
+                "round {round}"
+            );
+        }
+    }
+}
+
+/// A rotation whose old-store step fails. In the copy phase the new store rotates first: the new
+/// token is handed out (not lost), and it works. In the finish phase the old copy goes first: the
+/// rotation fails and changes nothing, and succeeds once the old store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_old_store_fails_loses_no_token() {
+    use std::time::Duration;
+    let server = session_testkit::servers::RedisServer::start();
+    let proxy = session_testkit::servers::FaultProxy::start(server.port()).await;
+    let old = Arc::new(
+        RedisStore::connect(
+            RedisConfig::new(format!("redis://127.0.0.1:{}/0", proxy.port()))
+                .checkout_timeout(Duration::from_millis(200))
+                .response_timeout(Duration::from_millis(200)),
+            SessionPolicy::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let (new, _schema) = postgres(SessionPolicy::default()).await;
+    let new = Arc::new(new);
+    for phase in [MigrationPhase::Copy, MigrationPhase::Finish] {
+        let store = MigratingStore::with_phase(old.clone(), new.clone(), phase);
+        let user = format!("rot-{phase}");
+        let start = || async {
+            let issued = old
+                .create(NewUserSession::new(user.as_str()))
+                .await
+                .unwrap();
+            assert_eq!(
+                new.import(&issued.session).await.unwrap(),
+                session_core::Imported::Stored
+            );
+            issued
+        };
+        let by_rotate = start().await;
+        let by_update = start().await;
+        let mut root = new.get(&by_update.token).await.unwrap().unwrap();
+        root.is_root = true;
+        proxy.stall(true);
+        let rotated = store.rotate(&by_rotate.token).await;
+        let updated = store.update(&root).await;
+        if phase == MigrationPhase::Copy {
+            let rotated = rotated.unwrap().expect("rotated").token;
+            let updated = updated.unwrap().rotated.expect("rotated");
+            for token in [rotated, updated] {
+                assert!(store.get(&token).await.unwrap().is_some(), "{phase}");
+                assert!(new.get(&token).await.unwrap().is_some(), "{phase}");
+            }
+            proxy.stall(false);
+        } else {
+            assert!(rotated.is_err(), "{phase}");
+            assert!(updated.is_err(), "{phase}");
+            proxy.stall(false);
+            let mut in_new: Vec<_> = new
+                .list_by_user(&user)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.handle)
+                .collect();
+            in_new.sort();
+            let mut before = vec![
+                by_rotate.session.handle.clone(),
+                by_update.session.handle.clone(),
+            ];
+            before.sort();
+            assert_eq!(in_new, before, "{phase}: nothing rotated");
+            let rotated = store.rotate(&by_rotate.token).await.unwrap().unwrap();
+            assert!(
+                store.get(&rotated.token).await.unwrap().is_some(),
+                "{phase}"
+            );
+        }
+        for issued in [&by_rotate, &by_update] {
+            // Once the old store answers, the old tokens are ended everywhere (the copy phase's
+            // logged handles revoked as the log says).
+            store
+                .delete_by_handle(&issued.session.handle)
+                .await
+                .unwrap();
+            assert_eq!(store.get(&issued.token).await.unwrap(), None, "{phase}");
+            assert_eq!(old.get(&issued.token).await.unwrap(), None, "{phase}");
+        }
+    }
 }

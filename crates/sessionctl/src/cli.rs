@@ -18,7 +18,7 @@ pub(crate) struct Cli {
     /// The session store's URL, over the configuration's `store_url`.
     #[arg(long, global = true, value_name = "URL")]
     pub(crate) store: Option<String>,
-    /// Machine-readable output: one JSON document (or JSON lines for `list`).
+    /// Machine-readable output: one JSON document (an array for `list`).
     #[arg(long, global = true)]
     pub(crate) json: bool,
     /// What to do.

@@ -31,7 +31,13 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Migrate(args) => migrate(&cli, args).await,
         command => {
-            let manager = open(&cli, cli.store.as_deref()).await?;
+            // Endings and a user's list act as the application does: during a move (the
+            // application's `migrate_from_url`), on both stores.
+            let as_application = matches!(
+                command,
+                Command::Revoke(_) | Command::List { .. } | Command::Inspect { .. }
+            );
+            let manager = open(&cli, cli.store.as_deref(), as_application).await?;
             let store = manager.sessions().clone();
             let outcome = match command {
                 Command::Stats => stats(&store, json).await,
@@ -60,7 +66,24 @@ fn unreachable_command() -> Outcome {
 
 /// The manager for the configured store with `url` over `store_url`: no application database,
 /// no background purge.
-async fn open(cli: &Cli, url: Option<&str>) -> std::result::Result<SessionManager, Failure> {
+///
+/// With `as_application`, the configuration's move between stores (`migrate_from_url`,
+/// `migrate_phase`) is kept, so that the command sees and ends sessions as the application's
+/// instances do; else the tool works on the one store named.
+async fn open(
+    cli: &Cli,
+    url: Option<&str>,
+    as_application: bool,
+) -> std::result::Result<SessionManager, Failure> {
+    Ok(SessionManager::build(configured(cli, url, as_application)?).await?)
+}
+
+/// The configuration [`open`] builds, checked as far as it can be without connecting.
+fn configured(
+    cli: &Cli,
+    url: Option<&str>,
+    as_application: bool,
+) -> std::result::Result<SessionConfig, Failure> {
     let file: Option<PathBuf> = cli.config.clone().or_else(|| {
         std::env::var_os(CONFIG_FILE_VAR)
             .filter(|path| !path.is_empty())
@@ -90,13 +113,18 @@ async fn open(cli: &Cli, url: Option<&str>) -> std::result::Result<SessionManage
                 .into(),
         ));
     }
-    // The tool works on one store at a time: the application's migrating setting would make a
-    // target also answer from the old store, and its checks pass without the copy.
-    config.migrate_from_url = None;
+    // Walks, copies and imports work on one store at a time: the application's migrating
+    // setting would make a target also answer from the old store, and its checks pass without
+    // the copy. A store that is itself the old one of the move is named on its own.
+    if !as_application || config.migrate_from_url.as_deref() == Some(config.store_url.as_str()) {
+        config.migrate_from_url = None;
+        config.migrate_phase = None;
+    }
     NO_DATABASE.clone_into(&mut config.database_url);
     config.database_replicas.clear();
     config.purge_interval = Duration::ZERO;
-    Ok(SessionManager::build(config).await?)
+    config.validate()?;
+    Ok(config)
 }
 
 /// Calls `each` with every page of a walk over the store's live sessions.
@@ -464,10 +492,17 @@ impl Tally {
     }
 
     fn human(&self) -> String {
-        format!(
+        let mut text = format!(
             "{} stored, {} already present, {} expired, {} refused",
             self.stored, self.already_present, self.expired, self.refused
-        )
+        );
+        if self.ended_during_copy > 0 {
+            text.push_str(&format!(
+                ", {} ended during the copy (removed again)",
+                self.ended_during_copy
+            ));
+        }
+        text
     }
 }
 
@@ -565,6 +600,10 @@ struct MigrationState {
     tally: Tally,
     /// Seconds spent copying, over every run.
     seconds: f64,
+    /// The page being copied, saved before its first import: a run killed between an import
+    /// and its check leaves copies unchecked, and the next run checks these first.
+    #[serde(default)]
+    pending: Vec<UserSession>,
 }
 
 fn load_state(path: &Path, from: &str, to: &str) -> std::result::Result<MigrationState, Failure> {
@@ -621,19 +660,29 @@ async fn migrate(cli: &Cli, args: &Migrate) -> Outcome {
     if args.from == args.to {
         return Err(Failure::Usage("--from and --to name the same store".into()));
     }
-    let source_manager = open(cli, Some(&args.from)).await?;
-    let target_manager = open(cli, Some(&args.to)).await?;
+    let source_manager = open(cli, Some(&args.from), false).await?;
+    if args.dry_run {
+        // A dry run reads the source only: the target is checked as configuration, never
+        // opened (opening a SQL store runs its migrations).
+        configured(cli, Some(&args.to), false)?;
+        let source = source_manager.sessions().clone();
+        let outcome = copy_and_check(&source, None, args, &from, &to, cli.json).await;
+        source_manager.shutdown().await;
+        return outcome;
+    }
+    let target_manager = open(cli, Some(&args.to), false).await?;
     let source = source_manager.sessions().clone();
     let target = target_manager.sessions().clone();
-    let outcome = copy_and_check(&source, &target, args, &from, &to, cli.json).await;
+    let outcome = copy_and_check(&source, Some(&target), args, &from, &to, cli.json).await;
     source_manager.shutdown().await;
     target_manager.shutdown().await;
     outcome
 }
 
+/// The copy and its check; `target` is `None` on a dry run.
 async fn copy_and_check(
     source: &Arc<dyn UserSessionStore>,
-    target: &Arc<dyn UserSessionStore>,
+    target: Option<&Arc<dyn UserSessionStore>>,
     args: &Migrate,
     from: &str,
     to: &str,
@@ -656,8 +705,19 @@ async fn copy_and_check(
     // Seconds spent by earlier runs of a resumed copy.
     let earlier_seconds = state.seconds;
     let mut cursor = state.cursor.clone().map(ScanCursor::new);
+    if let Some(target) = target {
+        // A run killed inside a page: its copies are checked now, then the page is walked again.
+        let pending = std::mem::take(&mut state.pending);
+        let pending: Vec<&UserSession> = pending.iter().collect();
+        state.tally.ended_during_copy += undo_ended_copies(source, target, &pending).await?;
+    }
     loop {
         let page = source.scan(cursor.as_ref(), limit).await?;
+        if let (Some(path), Some(_)) = (&args.state, target) {
+            state.pending.clone_from(&page.sessions);
+            state.seconds = earlier_seconds + started.elapsed().as_secs_f64();
+            save_state(path, &state)?;
+        }
         let mut stored: Vec<&UserSession> = Vec::new();
         for session in &page.sessions {
             sample.insert(Sampled {
@@ -668,10 +728,10 @@ async fn copy_and_check(
             if sample.len() > args.sample {
                 sample.pop_last();
             }
-            if args.dry_run {
+            let Some(target) = target else {
                 state.tally.stored += 1;
                 continue;
-            }
+            };
             match target.import(session).await {
                 Ok(Imported::Stored) => {
                     state.tally.stored += 1;
@@ -691,7 +751,10 @@ async fn copy_and_check(
         // A session ended in the source while it was being copied (an application serving
         // through the migrating store revokes it there, then sweeps the target) must not live on
         // in the target: each copy this page stored checks the source again (ADR 0026).
-        state.tally.ended_during_copy += undo_ended_copies(source, target, &stored).await?;
+        if let Some(target) = target {
+            state.tally.ended_during_copy += undo_ended_copies(source, target, &stored).await?;
+        }
+        state.pending.clear();
         state.walked += page.sessions.len() as u64;
         progress.inc(page.sessions.len() as u64);
         cursor = page.next;
@@ -715,9 +778,7 @@ async fn copy_and_check(
     // The check: counts on both sides, and every sampled session in the target (or gone from
     // the source since, as live traffic signs people out).
     let mut missing = Vec::new();
-    let (source_live, target_live) = if args.dry_run {
-        (state.walked, 0)
-    } else {
+    let (source_live, target_live) = if let Some(target) = target {
         // An ending in progress (new store first, then the old one) looks for a moment like a
         // copy missing from the target; a candidate is looked at again, a little later, and only
         // one still in the source and still not in the target counts.
@@ -753,6 +814,8 @@ async fn copy_and_check(
             walk(source, &quiet, drop).await?,
             walk(target, &quiet, drop).await?,
         )
+    } else {
+        (state.walked, 0)
     };
     if let (Some(path), false) = (&args.state, args.dry_run) {
         // The copy is complete: a later run starts over rather than resuming nothing.
@@ -815,7 +878,8 @@ async fn copy_and_check(
 }
 
 /// Of the sessions just stored in `target`, deletes those the source no longer holds (by their
-/// users' lists); returns how many.
+/// users' lists); returns how many it removed. A session whose source copy merely expired is
+/// kept: the application touches only the target's copy, which may be live.
 async fn undo_ended_copies(
     source: &Arc<dyn UserSessionStore>,
     target: &Arc<dyn UserSessionStore>,
@@ -824,6 +888,7 @@ async fn undo_ended_copies(
     let mut users: Vec<&str> = stored.iter().map(|s| s.user_id.as_str()).collect();
     users.sort_unstable();
     users.dedup();
+    let policy = source.policy();
     let mut undone = 0;
     for user in users {
         let still: std::collections::HashSet<SessionHandle> = source
@@ -833,8 +898,10 @@ async fn undo_ended_copies(
             .map(|s| s.handle)
             .collect();
         for session in stored.iter().filter(|s| s.user_id == user) {
-            if !still.contains(&session.handle) {
-                target.delete_by_handle(&session.handle).await?;
+            if !still.contains(&session.handle)
+                && !policy.is_expired(session, policy.now())
+                && target.delete_by_handle(&session.handle).await?
+            {
                 undone += 1;
             }
         }

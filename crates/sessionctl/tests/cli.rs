@@ -55,11 +55,22 @@ async fn pg_store(schema: &PgSchema) -> PgSessionStore {
 /// Runs the binary with `args`, the Redis key prefix `prefix` (if any), none of the caller's own
 /// `SESSION_*` variables, and `stdin` as its input.
 fn run(args: &[&str], prefix: Option<&Prefix>, stdin: Option<&str>) -> Output {
+    run_env(args, prefix, stdin, &[])
+}
+
+/// [`run`] with the variables `vars` set.
+fn run_env(
+    args: &[&str],
+    prefix: Option<&Prefix>,
+    stdin: Option<&str>,
+    vars: &[(&str, &str)],
+) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sessionctl"));
     command.args(args);
     for (name, _) in session_manager::ENV_VARS {
         command.env_remove(name);
     }
+    command.envs(vars.iter().copied());
     command.env_remove(session_manager::CONFIG_FILE_VAR);
     if let Some(prefix) = prefix {
         command.env("SESSION_KEY_PREFIX", &prefix.0);
@@ -413,10 +424,19 @@ async fn migrate_copies_postgres_to_redis_and_back_and_resumes_after_a_kill() {
         .stderr(Stdio::null());
     let mut child = command.spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !state.exists() {
+    // The state is saved before a page's first import (its sessions pending) and after its
+    // check: a state with pages walked is progress.
+    let walked = |state: &std::path::Path| -> u64 {
+        std::fs::read_to_string(state)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|saved| saved["walked"].as_u64())
+            .unwrap_or(0)
+    };
+    while walked(&state) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "no state file within a minute"
+            "no progress in the state file within a minute"
         );
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -554,5 +574,155 @@ async fn works_on_a_sqlite_file_and_copies_it_to_redis() {
         2,
     );
     sqlite.close().await;
+    redis.close().await;
+}
+
+/// A run killed between an import and its check left copies unchecked: the next run checks the
+/// saved page first and removes the copy of a session that ended in the source meanwhile (and
+/// keeps the others). A dry run never opens the target (an SQLite file is not even created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_checks_a_killed_runs_pending_copies_and_a_dry_run_opens_no_target() {
+    let prefix = Prefix::new("ctlp");
+    let url = redis_url();
+    let redis = redis_store(&prefix).await;
+    let live = populate(&redis, 2, 1).await;
+    let schema = PgSchema::create("ctlp");
+    let pg = pg_store(&schema).await;
+    // The killed run's copies: one of a session still in the source, one of a session the
+    // application ended after the copy was made (gone from the source, left in the target).
+    assert_eq!(
+        pg.import(&live[0].1).await.unwrap(),
+        session_core::Imported::Stored
+    );
+    let ended = pg
+        .create(NewUserSession::new("user-0").email("user-0@acme.test"))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique_prefix("sessionctl-pending").replace(':', ""));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.json");
+    let to = schema.url();
+    std::fs::write(
+        &state,
+        serde_json::json!({
+            "from": session_manager::redacted_url(&url),
+            "to": session_manager::redacted_url(&to),
+            "cursor": null,
+            "walked": 0,
+            "tally": {"stored": 0, "already_present": 0, "expired": 0, "refused": 0},
+            "seconds": 0.0,
+            "pending": [&live[0].1, &ended.session],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "migrate",
+            "--from",
+            &url,
+            "--to",
+            &to,
+            "--state",
+            state.to_str().unwrap(),
+            "--json",
+        ],
+        Some(&prefix),
+        None,
+    );
+    expect(&out, 0);
+    let summary = json(&out);
+    assert_eq!(summary["ended_during_copy"], 1, "{summary}");
+    assert_eq!(summary["target_live"], 2, "{summary}");
+    assert_eq!(pg.get(&ended.token).await.unwrap(), None);
+    for (token, session) in &live {
+        assert_eq!(pg.get(token).await.unwrap().as_ref(), Some(session));
+    }
+
+    let never = dir.join("never.db");
+    let never_url = format!("sqlite://{}", never.display());
+    let dry = run(
+        &[
+            "migrate",
+            "--from",
+            &url,
+            "--to",
+            &never_url,
+            "--dry-run",
+            "--json",
+        ],
+        Some(&prefix),
+        None,
+    );
+    expect(&dry, 0);
+    assert_eq!(json(&dry)["walked"], 2);
+    assert!(!never.exists(), "a dry run opened its target");
+    expect(
+        &run(
+            &[
+                "migrate",
+                "--from",
+                &url,
+                "--to",
+                "ftp://nowhere",
+                "--dry-run",
+            ],
+            Some(&prefix),
+            None,
+        ),
+        2,
+    );
+    pg.close().await;
+    redis.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With the application's migrating configuration, `revoke` and `list` act as the application
+/// does: a session in both stores (or only the old one) is listed and revoked in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_and_list_during_a_move_reach_both_stores() {
+    let prefix = Prefix::new("ctlr");
+    let url = redis_url();
+    let redis = redis_store(&prefix).await;
+    let schema = PgSchema::create("ctlr");
+    let pg = pg_store(&schema).await;
+    let both = populate(&redis, 1, 2).await;
+    assert_eq!(
+        pg.import(&both[0].1).await.unwrap(),
+        session_core::Imported::Stored
+    );
+    let to = schema.url();
+    let vars = [
+        ("SESSION_STORE_URL", to.as_str()),
+        ("SESSION_MIGRATE_FROM_URL", url.as_str()),
+    ];
+    let listed = run_env(
+        &["list", "--user", "user-0", "--json"],
+        Some(&prefix),
+        None,
+        &vars,
+    );
+    expect(&listed, 0);
+    assert_eq!(
+        json(&listed).as_array().unwrap().len(),
+        2,
+        "both stores listed"
+    );
+    for (token, session) in &both {
+        let revoked = run_env(
+            &["revoke", "--handle", session.handle.as_str(), "--json"],
+            Some(&prefix),
+            None,
+            &vars,
+        );
+        expect(&revoked, 0);
+        assert_eq!(
+            redis.get(token).await.unwrap(),
+            None,
+            "left in the old store"
+        );
+        assert_eq!(pg.get(token).await.unwrap(), None, "left in the new store");
+    }
+    pg.close().await;
     redis.close().await;
 }
