@@ -853,8 +853,13 @@ const TRIM_SAMPLE: usize = 32;
 /// How many times a create under a cap on a Cluster reads the members before giving up.
 const CREATE_ATTEMPTS: u64 = 32;
 
-/// The `COUNT` hint of the SCAN calls of `scan`.
+/// The largest `COUNT` hint of the SCAN calls of `scan` (a page asks for about its limit, within
+/// this): a page cut inside a batch keeps the batch's unread keys in its cursor, so a batch
+/// bounds the cursor's size.
 const SCAN_COUNT_PAGE: usize = 250;
+
+/// The smallest `COUNT` hint of `scan`: below it a SCAN call's round trip outweighs its keys.
+const SCAN_COUNT_MIN: usize = 10;
 
 /// The `COUNT` hint of every other SCAN.
 const SCAN_COUNT_MAX: usize = 1000;
@@ -864,77 +869,128 @@ const SCAN_COUNT_MAX: usize = 1000;
 const SCAN_CALLS_PER_PAGE: usize = 64;
 
 /// The version of the `scan` cursor's format.
-const CURSOR_PREFIX: &str = "r1:";
+const CURSOR_PREFIX: &str = "r2:";
 
-/// Where a walk of `scan` stands: the node (the index among the Cluster's masters sorted by
-/// address; 0 on one node), the SCAN cursor on it, and within that cursor's batch the last key
-/// already looked at, when a page ended inside the batch.
+/// Where a walk of `scan` stands: the node (its address among the Cluster's masters, sorted by
+/// address; `-` on one node), the SCAN cursor to ask it next, and the keys of the last batch
+/// that page did not reach, read before asking. Re-asking a SCAN cursor is not repeatable (a
+/// rehash between two calls gives another batch), so a page never asks the same cursor twice: it
+/// keeps what the batch had.
 #[derive(Clone, Debug, Default)]
 struct WalkPosition {
     node: usize,
     cursor: u64,
-    after: Option<String>,
+    unread: Vec<String>,
 }
 
 impl WalkPosition {
-    /// Parses `r1:<n|c>:<node>:<cursor>:<after>`, `n` on one node and `c` on a Cluster, `after`
-    /// empty or the last key looked at without the store's prefix.
-    fn parse(cursor: &ScanCursor, cluster: bool, nodes: usize, prefix: &str) -> Result<Self> {
+    /// Parses `r2:<n|c>|<node>|<cursor>|<unread>`: `n` on one node and `c` on a Cluster; `node`
+    /// a master's `host:port`, `-` on one node, or `end` after the last; `unread` keys without
+    /// the store's prefix, comma separated. A master no longer among `nodes` (a fail-over since
+    /// the page) starts the walk again from the first: sessions may repeat, none is skipped for it.
+    fn parse(
+        cursor: &ScanCursor,
+        cluster: bool,
+        nodes: &[Option<(String, u16)>],
+        prefix: &str,
+    ) -> Result<Self> {
         let bad = || session_core::bad_scan_cursor(cursor);
         let rest = cursor
             .as_str()
             .strip_prefix(CURSOR_PREFIX)
             .ok_or_else(bad)?;
-        let mut parts = rest.splitn(4, ':');
-        let mode = parts.next().ok_or_else(bad)?;
+        let mut parts = rest.split('|');
+        let (Some(mode), Some(node), Some(scan), Some(unread), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad());
+        };
         if mode != if cluster { "c" } else { "n" } {
             return Err(bad());
         }
-        let node: usize = parts.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
-        let scan: u64 = parts.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
-        let after = parts.next().ok_or_else(bad)?;
-        if node >= nodes || (!after.is_empty() && handle_of_key(after).is_none()) {
-            return Err(bad());
-        }
+        let scan: u64 = scan.parse().map_err(|_| bad())?;
+        let unread: Vec<String> = if unread.is_empty() {
+            Vec::new()
+        } else {
+            unread
+                .split(',')
+                .map(|key| {
+                    handle_of_key(key)
+                        .map(|_| format!("{prefix}{key}"))
+                        .ok_or_else(bad)
+                })
+                .collect::<Result<_>>()?
+        };
+        let node = match node {
+            "end" => nodes.len(),
+            "-" if !cluster => 0,
+            address if cluster => {
+                let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+                let port: u16 = port.parse().map_err(|_| bad())?;
+                match nodes
+                    .iter()
+                    .position(|n| n.as_ref().is_some_and(|(h, p)| h == host && *p == port))
+                {
+                    Some(index) => index,
+                    None => {
+                        return Ok(Self {
+                            unread,
+                            ..Self::default()
+                        });
+                    }
+                }
+            }
+            _ => return Err(bad()),
+        };
         Ok(Self {
             node,
             cursor: scan,
-            after: (!after.is_empty()).then(|| format!("{prefix}{after}")),
+            unread,
         })
     }
 
-    /// The position after a SCAN call answered `next`: the next batch, or the next node.
-    fn advanced(&self, next: u64) -> Self {
+    /// The position after a SCAN call answered `next` with the batch's keys not yet read: the
+    /// next batch, or the next node.
+    fn advanced(&self, next: u64, unread: Vec<String>) -> Self {
         if next == 0 {
             Self {
                 node: self.node + 1,
                 cursor: 0,
-                after: None,
+                unread,
             }
         } else {
             Self {
                 node: self.node,
                 cursor: next,
-                after: None,
+                unread,
             }
         }
     }
 
-    /// The cursor resuming here, or `None` past the last of `nodes`; `after` is kept without
-    /// `prefix` (the store's own).
-    fn to_cursor(&self, cluster: bool, nodes: usize, prefix: &str) -> Option<ScanCursor> {
-        if self.node >= nodes {
-            return None;
-        }
-        let after = self
-            .after
-            .as_deref()
-            .map_or("", |key| key.strip_prefix(prefix).unwrap_or(key));
+    /// The cursor resuming here, or `None` past the last of `nodes` with nothing unread; keys are
+    /// kept without `prefix` (the store's own).
+    fn to_cursor(&self, nodes: &[Option<(String, u16)>], prefix: &str) -> Option<ScanCursor> {
+        let cluster = nodes.iter().any(Option::is_some);
+        let node = match nodes.get(self.node) {
+            Some(Some((host, port))) => format!("{host}:{port}"),
+            Some(None) => "-".to_owned(),
+            None if self.unread.is_empty() => return None,
+            None => "end".to_owned(),
+        };
+        let unread: Vec<&str> = self
+            .unread
+            .iter()
+            .map(|key| key.strip_prefix(prefix).unwrap_or(key))
+            .collect();
         Some(ScanCursor::new(format!(
-            "{CURSOR_PREFIX}{}:{}:{}:{after}",
+            "{CURSOR_PREFIX}{}|{node}|{}|{}",
             if cluster { "c" } else { "n" },
-            self.node,
-            self.cursor
+            self.cursor,
+            unread.join(",")
         )))
     }
 }
@@ -1398,20 +1454,31 @@ impl UserSessionStore for RedisStore {
         };
         let cluster = matches!(shared.inner, Conn::Cluster(_));
         let mut at = match cursor {
-            Some(cursor) => {
-                WalkPosition::parse(cursor, cluster, nodes.len(), &self.config.key_prefix)?
-            }
+            Some(cursor) => WalkPosition::parse(cursor, cluster, &nodes, &self.config.key_prefix)?,
             None => WalkPosition::default(),
         };
         // Exactly a tag's four characters between the braces: a user's index key whose user id
         // holds `}:s:` must not match (it is no session, and a read of it would fail).
         let pattern = format!("{}{{????}}:s:*", glob_escape(&self.config.key_prefix));
-        // One COUNT for every page, whatever its limit: a page cut inside a batch resumes by
-        // asking the same cursor again, which must give the same batch (a larger COUNT would add
-        // buckets whose keys may sort before the last key looked at, and they would be skipped).
-        let count = SCAN_COUNT_PAGE;
+        let count = limit.clamp(SCAN_COUNT_MIN, SCAN_COUNT_PAGE);
         let mut sessions = Vec::new();
         for _ in 0..SCAN_CALLS_PER_PAGE {
+            // The keys a batch had that the last page did not reach come first (a Cluster routes
+            // each read by its key, so they are read whichever node is next).
+            if !at.unread.is_empty() {
+                let room = limit - sessions.len();
+                let rest = at.unread.split_off(room.min(at.unread.len()));
+                let chunk = std::mem::replace(&mut at.unread, rest);
+                self.read_scanned(&mut shared, &chunk, &mut sessions)
+                    .await?;
+                if sessions.len() == limit {
+                    return Ok(ScanPage {
+                        sessions,
+                        next: at.to_cursor(&nodes, &self.config.key_prefix),
+                    });
+                }
+                continue;
+            }
             let Some(node) = nodes.get(at.node) else {
                 return Ok(ScanPage {
                     sessions,
@@ -1422,41 +1489,14 @@ impl UserSessionStore for RedisStore {
                 scan_page(&mut shared.inner, node.as_ref(), at.cursor, &pattern, count)
                     .await
                     .map_err(|e| self.fail(&shared, e, None))?;
-            // Sorted, so that a page cut inside this batch resumes after the last key it looked
-            // at when the same SCAN cursor is asked again.
             keys.sort_unstable();
             keys.dedup();
-            if let Some(after) = &at.after {
-                keys.retain(|key| key.as_str() > after.as_str());
-            }
-            let mut keys = keys.as_slice();
-            while !keys.is_empty() {
-                let room = limit - sessions.len();
-                let (chunk, rest) = keys.split_at(room.min(keys.len()));
-                keys = rest;
-                self.read_scanned(&mut shared, chunk, &mut sessions).await?;
-                if sessions.len() == limit {
-                    let last = chunk.last().cloned();
-                    let resume = if keys.is_empty() {
-                        at.advanced(next)
-                    } else {
-                        WalkPosition {
-                            after: last,
-                            ..at.clone()
-                        }
-                    };
-                    return Ok(ScanPage {
-                        sessions,
-                        next: resume.to_cursor(cluster, nodes.len(), &self.config.key_prefix),
-                    });
-                }
-            }
-            at = at.advanced(next);
+            at = at.advanced(next, keys);
         }
         // A stretch of keys with no live session: the page ends short, the walk goes on.
         Ok(ScanPage {
             sessions,
-            next: at.to_cursor(cluster, nodes.len(), &self.config.key_prefix),
+            next: at.to_cursor(&nodes, &self.config.key_prefix),
         })
     }
 

@@ -318,7 +318,6 @@ async fn a_silent_seed_does_not_keep_the_store_from_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_node_url_at_a_cluster_node_says_to_use_the_cluster_url() {
     let cluster = RedisCluster::shared();
-    let master = cluster.masters()[0];
     let prefix = unique_prefix("moved");
     let store = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{master}/0")).key_prefix(prefix.clone()),
@@ -429,4 +428,54 @@ async fn a_slot_caught_half_way_through_a_migration_is_waited_out() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     cluster.delete_prefix(&prefix);
+}
+
+/// A walk's cursor names a master by its address: a cursor whose master is no longer one (a
+/// fail-over since the page was read) starts the walk again rather than walk another master from
+/// that master's SCAN cursor, so every session is still returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_cursor_of_a_master_that_is_gone_walks_again_and_skips_nothing() {
+    let cluster = RedisCluster::shared();
+    let prefix = unique_prefix("walkaddr");
+    let store = store_on(cluster, &prefix).await;
+    let mut handles = std::collections::HashSet::new();
+    for i in 0..30 {
+        let issued = store
+            .create(NewUserSession::new(format!("user-{i}")))
+            .await
+            .unwrap();
+        handles.insert(issued.session.handle);
+    }
+    let page = store.scan(None, 4).await.unwrap();
+    let next = page.next.expect("30 sessions: the walk goes on");
+    let text = next.as_str();
+    assert!(
+        cluster
+            .masters()
+            .iter()
+            .any(|port| text.contains(&format!(":{port}|"))),
+        "the cursor names a master's address: {text}"
+    );
+    // The same position on a master that is gone (port 1 serves no Redis).
+    let gone = text.replacen(
+        &text.split('|').nth(1).unwrap().to_owned(),
+        "127.0.0.1:1",
+        1,
+    );
+    assert_ne!(gone, text);
+    let mut seen: std::collections::HashSet<_> =
+        page.sessions.into_iter().map(|s| s.handle).collect();
+    let mut cursor = Some(session_core::ScanCursor::new(gone));
+    while let Some(at) = cursor {
+        let page = store.scan(Some(&at), 4).await.unwrap();
+        seen.extend(page.sessions.into_iter().map(|s| s.handle));
+        cursor = page.next;
+    }
+    assert!(handles.is_subset(&seen), "a session was skipped");
+    for i in 0..30 {
+        store
+            .delete_by_user(&format!("user-{i}"), None)
+            .await
+            .unwrap();
+    }
 }

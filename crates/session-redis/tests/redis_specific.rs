@@ -1107,13 +1107,16 @@ async fn an_imported_handle_without_the_users_tag_is_found_through_an_alias() {
         "nothing written"
     );
 
-    // Cursors are this topology's: one node's read `r1:n:`, a Cluster's cursor is refused here.
+    // Cursors are this topology's: one node's read `r2:n|`, a Cluster's cursor is refused here.
     let page = store.scan(None, 1).await.unwrap();
     let next = page.next.expect("two sessions: the walk goes on");
-    assert!(next.as_str().starts_with("r1:n:0:"), "{next}");
+    assert!(next.as_str().starts_with("r2:n|"), "{next}");
     assert!(matches!(
         store
-            .scan(Some(&session_core::ScanCursor::new("r1:c:0:0:")), 1)
+            .scan(
+                Some(&session_core::ScanCursor::new("r2:c|127.0.0.1:7000|0|")),
+                1
+            )
             .await,
         Err(SessionError::InvalidInput {
             field: "cursor",
@@ -1156,4 +1159,66 @@ fn store_free_session() -> session_core::UserSession {
     alice()
         .into_session(&token, &SessionPolicy::default())
         .unwrap()
+}
+
+/// A walk in small pages while the keyspace around it grows and shrinks by thousands of keys
+/// between pages (the server rehashes its table, so a SCAN cursor asked again would give another
+/// batch): every session live for the whole walk is returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_while_the_keyspace_is_rehashed_skips_no_session() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(
+        RedisConfig::new(server.url()).key_prefix("walk:"),
+        SessionPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let mut handles = std::collections::HashSet::new();
+    for i in 0..400 {
+        let issued = store
+            .create(session_core::NewUserSession::new(format!(
+                "user-{}",
+                i % 40
+            )))
+            .await
+            .unwrap();
+        handles.insert(issued.session.handle);
+    }
+    let mut conn = server.connection();
+    let churn = |conn: &mut redis::Connection, round: usize| {
+        let keys: Vec<String> = (0..4000).map(|k| format!("junk:{k}")).collect();
+        if round % 2 == 0 {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("SET").arg(key).arg(1).ignore();
+            }
+            pipe.query::<()>(conn).unwrap();
+        } else {
+            redis::cmd("DEL").arg(&keys).query::<()>(conn).unwrap();
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = None;
+    let mut round = 0;
+    loop {
+        let page = store.scan(cursor.as_ref(), 7).await.unwrap();
+        assert!(page.sessions.len() <= 7);
+        seen.extend(page.sessions.into_iter().map(|s| s.handle));
+        churn(&mut conn, round);
+        round += 1;
+        if round % 8 == 0 {
+            // Time for the server's cron to resize the table it grew or emptied.
+            tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let missed: Vec<_> = handles.difference(&seen).collect();
+    assert!(
+        missed.is_empty(),
+        "{} of 400 skipped after {round} pages",
+        missed.len()
+    );
 }
