@@ -427,7 +427,9 @@ where
                 MigrationPhase::Copy => {}
             }
         }
-        Ok(None)
+        // Copies kept being swept (several first reads racing a write in the prepare phase):
+        // the old store's copy is live, so it is served, and a later read copies it.
+        self.old.get(token).await
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
@@ -442,7 +444,9 @@ where
                 MigrationPhase::Copy => {}
             }
         }
-        Ok(None)
+        // Copies kept being swept (several first reads racing a write in the prepare phase):
+        // the old store's copy is live, so it is served, and a later read copies it.
+        self.old.touch(token).await
     }
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
@@ -458,11 +462,46 @@ where
                 }
                 Err(SessionError::NotFound) => {
                     let updated = self.old.update(session).await?;
+                    if updated.rotated.is_some() {
+                        // A copy of the handle this rotation ended goes, whatever it holds.
+                        self.retire(Retired::CopyOf(handle)).await;
+                        return Ok(updated);
+                    }
                     // A copy a copying instance made meanwhile holds the version before this
-                    // write (or the handle this rotation ended): swept, so that reads find the
-                    // old store's copy, and the next copy is the current one.
-                    self.retire(Retired::CopyOf(handle)).await;
-                    Ok(updated)
+                    // write: swept, so that reads find the old store's copy and the next copy is
+                    // the current one. A copy already written past that version was updated in
+                    // the new store from the same version: it stands, and this write is told
+                    // as the conflict it lost.
+                    let copy = self
+                        .new
+                        .list_by_user(&session.user_id)
+                        .await?
+                        .into_iter()
+                        .find(|s| &s.handle == handle);
+                    let ours = &updated.session;
+                    match copy {
+                        // Copied after this write: it is this write.
+                        Some(copy)
+                            if copy.version == ours.version
+                                && copy.attributes == ours.attributes
+                                && copy.company_name == ours.company_name
+                                && copy.email == ours.email
+                                && copy.is_root == ours.is_root =>
+                        {
+                            Ok(updated)
+                        }
+                        Some(copy) if copy.version > session.version => {
+                            Err(SessionError::Conflict {
+                                expected: session.version,
+                                actual: copy.version,
+                            })
+                        }
+                        Some(_) => {
+                            self.retire(Retired::CopyOf(handle)).await;
+                            Ok(updated)
+                        }
+                        None => Ok(updated),
+                    }
                 }
                 Err(err) => Err(err),
             },
@@ -504,10 +543,16 @@ where
             }
             MigrationPhase::Prepare | MigrationPhase::Copy => {
                 let mut rotated = self.new.rotate(token).await?;
-                if rotated.is_none()
-                    && self.phase == MigrationPhase::Copy
-                    && self.forward(token).await?
-                {
+                if rotated.is_none() && self.phase == MigrationPhase::Prepare {
+                    // The copy went (another instance swept it) since the look above: the
+                    // session may still be in the old store.
+                    let rotated = self.old.rotate(token).await?;
+                    if rotated.is_some() {
+                        self.retire(Retired::CopyOf(token.handle())).await;
+                    }
+                    return Ok(rotated);
+                }
+                if rotated.is_none() && self.forward(token).await? {
                     rotated = self.new.rotate(token).await?;
                 }
                 if rotated.is_some() {

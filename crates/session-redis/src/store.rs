@@ -1489,6 +1489,9 @@ impl UserSessionStore for RedisStore {
                 scan_page(&mut shared.inner, node.as_ref(), at.cursor, &pattern, count)
                     .await
                     .map_err(|e| self.fail(&shared, e, None))?;
+            // Only session keys are kept: a foreign key matching the pattern (or one with a `,`
+            // or `|`) would make the cursor unreadable, and a read would skip it anyway.
+            keys.retain(|key| handle_of_key(key).is_some() && !key.contains([',', '|']));
             keys.sort_unstable();
             keys.dedup();
             at = at.advanced(next, keys);

@@ -318,6 +318,7 @@ async fn a_silent_seed_does_not_keep_the_store_from_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_node_url_at_a_cluster_node_says_to_use_the_cluster_url() {
     let cluster = RedisCluster::shared();
+    let master = cluster.masters()[0];
     let prefix = unique_prefix("moved");
     let store = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{master}/0")).key_prefix(prefix.clone()),
