@@ -170,6 +170,14 @@ enum Retired<'a> {
     CopyOf(&'a SessionHandle),
 }
 
+/// How a copy forward names its session: by token (`get`, `touch`, `rotate`), or by handle and
+/// user (`update`).
+#[derive(Clone, Copy)]
+enum Named<'a> {
+    Token(&'a SessionToken),
+    Handle(&'a SessionHandle, &'a str),
+}
+
 /// What [`MigratingStore::check_copy`] decided.
 enum Check {
     Keep,
@@ -190,54 +198,52 @@ where
     /// Copies the session `token` names from the old store to the new one, if it is live there
     /// and not in the new one. True if the new store holds it afterwards.
     async fn forward(&self, token: &SessionToken) -> Result<bool> {
-        for attempt in 1..=READ_ATTEMPTS {
-            let Some(session) = self.old.get(token).await? else {
-                return Ok(false);
-            };
-            let checked = self.new.import(&session).await?;
-            if checked != Imported::Stored {
-                return Ok(checked == Imported::AlreadyPresent);
-            }
-            match self.check_copy(&session, self.old.get(token).await, attempt) {
-                Check::Keep => return Ok(true),
-                Check::Remove(err) => {
-                    // Unchecked or ended: the copy must not outlive the old one's ending.
-                    let removed = self.new.delete(token).await;
-                    return match err {
-                        Some(err) => Err(err),
-                        None => removed.map(|_| false),
-                    };
-                }
-                Check::Again => {
-                    self.new.delete(token).await?;
-                }
-            }
-        }
-        Ok(false)
+        self.forward_as(Named::Token(token)).await
     }
 
     /// [`MigratingStore::forward`] by handle, for `update`, which has no token: the old store's
     /// copy is found in its user's list.
     async fn forward_handle(&self, handle: &SessionHandle, user_id: &str) -> Result<bool> {
+        self.forward_as(Named::Handle(handle, user_id)).await
+    }
+
+    /// The old store's copy of the session `named` names.
+    async fn old_copy(&self, named: Named<'_>) -> Result<Option<UserSession>> {
+        match named {
+            Named::Token(token) => self.old.get(token).await,
+            Named::Handle(handle, user_id) => self.old_session(handle, user_id).await,
+        }
+    }
+
+    /// Removes the new store's copy of the session `named` names.
+    async fn remove_copy(&self, named: Named<'_>) -> Result<bool> {
+        match named {
+            Named::Token(token) => self.new.delete(token).await,
+            Named::Handle(handle, _) => self.new.delete_by_handle(handle).await,
+        }
+    }
+
+    async fn forward_as(&self, named: Named<'_>) -> Result<bool> {
         for attempt in 1..=READ_ATTEMPTS {
-            let Some(session) = self.old_session(handle, user_id).await? else {
+            let Some(session) = self.old_copy(named).await? else {
                 return Ok(false);
             };
             let checked = self.new.import(&session).await?;
             if checked != Imported::Stored {
                 return Ok(checked == Imported::AlreadyPresent);
             }
-            match self.check_copy(&session, self.old_session(handle, user_id).await, attempt) {
+            match self.check_copy(&session, self.old_copy(named).await, attempt) {
                 Check::Keep => return Ok(true),
                 Check::Remove(err) => {
-                    let removed = self.new.delete_by_handle(handle).await;
+                    // Unchecked or ended: the copy must not outlive the old one's ending.
+                    let removed = self.remove_copy(named).await;
                     return match err {
                         Some(err) => Err(err),
                         None => removed.map(|_| false),
                     };
                 }
                 Check::Again => {
-                    self.new.delete_by_handle(handle).await?;
+                    self.remove_copy(named).await?;
                 }
             }
         }
