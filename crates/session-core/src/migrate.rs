@@ -605,7 +605,23 @@ where
         // The stores' counts add a session once per store it was removed from, and a session
         // copied forward while this runs can be removed from both: the sum is capped by the
         // distinct sessions there were (a session signed in meanwhile may go uncounted).
-        let before = self.handles_of_user(user_id, except).await?.len() as u64;
+        let before = if self.phase == MigrationPhase::Finish {
+            // Only the new store's sessions are served now: an old copy left by an instance
+            // that no longer reaches the old store is removed, not counted.
+            let mut handles: HashSet<SessionHandle> = self
+                .new
+                .list_by_user(user_id)
+                .await?
+                .into_iter()
+                .map(|s| s.handle)
+                .collect();
+            if let Some(except) = except {
+                handles.remove(except);
+            }
+            handles.len() as u64
+        } else {
+            self.handles_of_user(user_id, except).await?.len() as u64
+        };
         let new = self.new.delete_by_user(user_id, except).await?;
         let old = self.old.delete_by_user(user_id, except).await?;
         let swept = self.new.delete_by_user(user_id, except).await?;
