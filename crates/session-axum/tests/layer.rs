@@ -92,6 +92,14 @@ impl UserSessionStore for Counted {
         self.tick();
         self.inner.import(session).await
     }
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: std::time::SystemTime,
+    ) -> Result<bool> {
+        self.tick();
+        self.inner.delete_with_tombstone(handle, until).await
+    }
     async fn health(&self) -> Result<()> {
         self.tick();
         self.inner.health().await

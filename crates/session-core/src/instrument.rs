@@ -15,7 +15,7 @@
 //! - `session_operation_duration_seconds{backend, op}`: a histogram.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use tracing::Instrument as _;
@@ -48,6 +48,7 @@ enum Op {
     PurgeExpired,
     Scan,
     Import,
+    DeleteWithTombstone,
     Health,
 }
 
@@ -69,6 +70,7 @@ impl Op {
             Op::PurgeExpired => "purge_expired",
             Op::Scan => "scan",
             Op::Import => "import",
+            Op::DeleteWithTombstone => "delete_with_tombstone",
             Op::Health => "health",
         }
     }
@@ -444,6 +446,33 @@ impl<S: UserSessionStore> UserSessionStore for Instrumented<S> {
             backend,
             Op::Import,
             outcome(&result, |imported| *imported == Imported::Stored),
+            start,
+        );
+        result
+    }
+
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        let (backend, start) = (self.backend(), Instant::now());
+        let result = self
+            .inner
+            .delete_with_tombstone(handle, until)
+            .instrument(span!(self, "delete_with_tombstone"))
+            .await;
+        match &result {
+            Ok(removed) => {
+                tracing::info!(target: "session", backend, op = "delete_with_tombstone", handle = %handle,
+                removed, latency_us = micros(start), "session.revoked")
+            }
+            Err(e) => failed(backend, "delete_with_tombstone", Some(handle), start, e),
+        }
+        self.metrics.record(
+            backend,
+            Op::DeleteWithTombstone,
+            outcome(&result, |removed| *removed),
             start,
         );
         result

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -22,9 +23,9 @@ use crate::token::{SessionHandle, SessionToken};
 /// | phase | creates in | reads | copies forward | endings |
 /// |---|---|---|---|---|
 /// | (before) old store only | old | old | - | old |
-/// | [`Prepare`](Self::Prepare) | old | new, then old | no | new, old, new |
-/// | [`Copy`](Self::Copy) | new | new, then old | yes | new, old, new |
-/// | [`Finish`](Self::Finish) | new | new | - | new, old, new |
+/// | [`Prepare`](Self::Prepare) | old | new, then old | no | old, then new (tombstone) |
+/// | [`Copy`](Self::Copy) | new | new, then old | yes | old, then new (tombstone) |
+/// | [`Finish`](Self::Finish) | new | new | - | old, then new (tombstone) |
 /// | (after) new store only | new | new | - | new |
 ///
 /// An instance that still reaches only the old store never meets a copy (nothing copies until
@@ -77,6 +78,18 @@ impl std::fmt::Display for MigrationPhase {
     }
 }
 
+/// How long a tombstone must stand: a copy read from the old store before the ending carries
+/// an idle expiry no later than its last touch there plus the longest idle timeout (capped by
+/// the longest absolute lifetime), and an import refuses a copy that has expired; a minute more
+/// covers clocks of instances and `sessionctl` that differ a little.
+fn tombstone_lifetime(policy: &SessionPolicy) -> std::time::Duration {
+    let idle = policy.idle_timeout.max(policy.remember_me_idle_timeout);
+    let absolute = policy
+        .absolute_timeout
+        .max(policy.remember_me_absolute_timeout);
+    idle.min(absolute) + std::time::Duration::from_secs(60)
+}
+
 /// A store moving from `old` to `new` while both serve, in one [`MigrationPhase`].
 ///
 /// In the copy phase (the default):
@@ -84,17 +97,20 @@ impl std::fmt::Display for MigrationPhase {
 ///   in the old one is copied forward (`import`) and served from the new one.
 /// - **Writes** go to the new store (`create`, `import`, `update`, `rotate`, after copying the
 ///   session forward if it is not there yet).
-/// - **Endings** (`delete`, `delete_by_handle`, `delete_by_user`) apply to the new store, then
-///   the old one, then the new one again: a copy another request made between the first two
-///   steps is swept by the third.
+/// - **Endings** (`delete`, `delete_by_handle`, `delete_by_user`) apply to the old store, then
+///   the new one. A session the old store held is ended in the new one with
+///   [`UserSessionStore::delete_with_tombstone`]: a copy of it read from the old store just
+///   before (by `sessionctl migrate`, or another instance's first read) is removed if it landed
+///   first and refused if it lands after, so an ended session is never served again, not even
+///   for a moment (ADR 0029). If the old store fails, nothing has changed. A new store without
+///   tombstones gets a plain removal, and a copy's own check (below) removes a late copy.
 /// - **A copy checks itself**: a copy that stored the session (`Imported::Stored`) reads the old
 ///   store again, and if the session has gone from it meanwhile (an ending in progress), deletes
-///   the copy. An ending removes the old copy before its last sweep, so any copy is either swept or
-///   sees the old copy gone: no ending is undone by a concurrent copy, and no copy is removed
-///   while its session lives. `sessionctl migrate` copies the rest with the same check.
+///   the copy; no copy is removed while its session lives. `sessionctl migrate` copies the rest,
+///   with the same check behind the tombstones.
 /// - **A rotation** (`rotate`, an `update` that changes `is_root`) rotates in the new store
-///   (after copying forward), then ends the old handle in the old store and sweeps the new one,
-///   as an ending does. Once the new store has rotated, the new token is handed out whatever the
+///   (after copying forward), then ends the old handle in the old store and then in the new one,
+///   with its tombstone, as an ending does. Once the new store has rotated, the new token is handed out whatever the
 ///   old store answers: a failed clean-up is tried again, then logged with the handle
 ///   (`session.migrate retire failed`), and until that handle is revoked or expires a copying
 ///   instance can serve it from the old store. (Removing the old copy first would look, to a
@@ -166,8 +182,11 @@ enum Retired<'a> {
     Token(&'a SessionToken),
     /// A handle rotated away: the same.
     Handle(&'a SessionHandle),
-    /// A handle whose old-store copy was just written: only a new-store copy is swept.
+    /// A handle an old-store rotation ended: a new-store copy is ended, with a tombstone.
     CopyOf(&'a SessionHandle),
+    /// A handle whose old-store copy was just written: a new-store copy holding the version
+    /// before is swept, without a tombstone, so that the next copy is the current one.
+    StaleCopyOf(&'a SessionHandle),
 }
 
 /// How a copy forward names its session: by token (`get`, `touch`, `rotate`), or by handle and
@@ -274,8 +293,8 @@ where
     }
 
     /// After a rotation the new store has made (or an old-store write a stale copy may shadow):
-    /// removes the old handle from the old store and sweeps the new one of any copy of it made
-    /// meanwhile. The rotation has happened, so its new token is handed out whatever this meets:
+    /// removes the old handle from the old store, then ends any copy of it in the new one (with a
+    /// tombstone, unless the copy is a stale one of a session that lives on). The rotation has happened, so its new token is handed out whatever this meets:
     /// a failure is tried again a few times, then logged with the handle, which then lives on in
     /// the old store until it expires or is revoked (`sessionctl revoke --handle`).
     async fn retire(&self, retired: Retired<'_>) {
@@ -284,7 +303,8 @@ where
             let ended = match retired {
                 Retired::Token(token) => self.end_token(token).await,
                 Retired::Handle(handle) => self.end_handle(handle).await,
-                Retired::CopyOf(handle) => self.new.delete_by_handle(handle).await,
+                Retired::CopyOf(handle) => self.end_in_new(handle, true).await,
+                Retired::StaleCopyOf(handle) => self.new.delete_by_handle(handle).await,
             };
             match ended {
                 Ok(_) => return,
@@ -296,7 +316,9 @@ where
                 Err(err) => {
                     let handle = match retired {
                         Retired::Token(token) => token.handle().to_string(),
-                        Retired::Handle(handle) | Retired::CopyOf(handle) => handle.to_string(),
+                        Retired::Handle(handle)
+                        | Retired::CopyOf(handle)
+                        | Retired::StaleCopyOf(handle) => handle.to_string(),
                     };
                     tracing::error!(target: "session", handle, error = %crate::ErrorChain(&err), "session.migrate retire failed: the old handle may still be served from the old store");
                 }
@@ -317,18 +339,37 @@ where
             .find(|s| &s.handle == handle))
     }
 
-    /// Ends `token`'s session in the old store, then sweeps the new one of any copy made since.
+    /// Ends `handle` in the new store once the old store's ending has run. If the old store held
+    /// it live, a copy read from there just before may still be on its way (`sessionctl migrate`,
+    /// another instance's first read), so the new store ends it with a tombstone that refuses
+    /// such a copy (ADR 0029); otherwise there is nothing to copy and a plain removal does. A new
+    /// store without tombstones (`Unsupported`) gets the plain removal in either case.
+    async fn end_in_new(&self, handle: &SessionHandle, old_held: bool) -> Result<bool> {
+        if !old_held {
+            return self.new.delete_by_handle(handle).await;
+        }
+        let policy = self.policy();
+        match self
+            .new
+            .delete_with_tombstone(handle, policy.now() + tombstone_lifetime(policy))
+            .await
+        {
+            Err(SessionError::Unsupported { .. }) => self.new.delete_by_handle(handle).await,
+            other => other,
+        }
+    }
+
+    /// Ends `token`'s session in both stores: the old one first, then the new one (with a
+    /// tombstone if the old one held it). If the old store fails, nothing has changed.
     async fn end_token(&self, token: &SessionToken) -> Result<bool> {
         let old = self.old.delete(token).await?;
-        let swept = self.new.delete(token).await?;
-        Ok(old || swept)
+        Ok(self.end_in_new(token.handle(), old).await? || old)
     }
 
     /// [`MigratingStore::end_token`] by handle.
     async fn end_handle(&self, handle: &SessionHandle) -> Result<bool> {
         let old = self.old.delete_by_handle(handle).await?;
-        let swept = self.new.delete_by_handle(handle).await?;
-        Ok(old || swept)
+        Ok(self.end_in_new(handle, old).await? || old)
     }
 
     /// The handles of `sessions`' users that `store` holds (by the users' lists).
@@ -367,32 +408,6 @@ where
             .into_iter()
             .map(|s| in_new.remove(&s.handle).unwrap_or(s))
             .collect())
-    }
-
-    /// The live sessions of `user_id` in both stores, less `except`: each handle once.
-    async fn handles_of_user(
-        &self,
-        user_id: &str,
-        except: Option<&SessionHandle>,
-    ) -> Result<HashSet<SessionHandle>> {
-        let mut handles: HashSet<SessionHandle> = self
-            .new
-            .list_by_user(user_id)
-            .await?
-            .into_iter()
-            .map(|s| s.handle)
-            .collect();
-        handles.extend(
-            self.old
-                .list_by_user(user_id)
-                .await?
-                .into_iter()
-                .map(|s| s.handle),
-        );
-        if let Some(except) = except {
-            handles.remove(except);
-        }
-        Ok(handles)
     }
 }
 
@@ -503,7 +518,7 @@ where
                             })
                         }
                         Some(_) => {
-                            self.retire(Retired::CopyOf(handle)).await;
+                            self.retire(Retired::StaleCopyOf(handle)).await;
                             Ok(updated)
                         }
                         None => Ok(updated),
@@ -531,8 +546,14 @@ where
                 // Every session is in the new store, so copying instances reach the old one only
                 // for a handle the new store lacks: its old copy goes first, before a rotation
                 // can leave it behind, and if that fails nothing has changed.
-                self.old.delete_by_handle(handle).await?;
-                self.new.update(session).await
+                let old_held = self.old.delete_by_handle(handle).await?;
+                let updated = self.new.update(session).await?;
+                if old_held && updated.rotated.is_some() {
+                    // A copying instance's copy of the old handle, read before the old copy
+                    // went, must not land after the rotation.
+                    self.retire(Retired::CopyOf(handle)).await;
+                }
+                Ok(updated)
             }
         }
     }
@@ -568,20 +589,22 @@ where
             }
             MigrationPhase::Finish => {
                 // As in `update`: the old copy first, so that a failure changes nothing.
-                self.old.delete(token).await?;
-                self.new.rotate(token).await
+                let old_held = self.old.delete(token).await?;
+                let rotated = self.new.rotate(token).await?;
+                if old_held && rotated.is_some() {
+                    self.retire(Retired::CopyOf(token.handle())).await;
+                }
+                Ok(rotated)
             }
         }
     }
 
     async fn delete(&self, token: &SessionToken) -> Result<bool> {
-        let new = self.new.delete(token).await?;
-        Ok(self.end_token(token).await? || new)
+        self.end_token(token).await
     }
 
     async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
-        let new = self.new.delete_by_handle(handle).await?;
-        Ok(self.end_handle(handle).await? || new)
+        self.end_handle(handle).await
     }
 
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
@@ -605,27 +628,33 @@ where
         // The stores' counts add a session once per store it was removed from, and a session
         // copied forward while this runs can be removed from both: the sum is capped by the
         // distinct sessions there were (a session signed in meanwhile may go uncounted).
+        let others = |sessions: Vec<UserSession>| -> HashSet<SessionHandle> {
+            sessions
+                .into_iter()
+                .map(|s| s.handle)
+                .filter(|h| Some(h) != except)
+                .collect()
+        };
+        let in_new = others(self.new.list_by_user(user_id).await?);
+        let in_old = others(self.old.list_by_user(user_id).await?);
         let before = if self.phase == MigrationPhase::Finish {
             // Only the new store's sessions are served now: an old copy left by an instance
             // that no longer reaches the old store is removed, not counted.
-            let mut handles: HashSet<SessionHandle> = self
-                .new
-                .list_by_user(user_id)
-                .await?
-                .into_iter()
-                .map(|s| s.handle)
-                .collect();
-            if let Some(except) = except {
-                handles.remove(except);
-            }
-            handles.len() as u64
+            in_new.len()
         } else {
-            self.handles_of_user(user_id, except).await?.len() as u64
-        };
-        let new = self.new.delete_by_user(user_id, except).await?;
-        let old = self.old.delete_by_user(user_id, except).await?;
-        let swept = self.new.delete_by_user(user_id, except).await?;
-        Ok((new + old + swept).min(before))
+            in_new.union(&in_old).count()
+        } as u64;
+        // The old store first; then each session it held is ended in the new store with its
+        // tombstone, so that a copy of it read before (`sessionctl migrate`, another instance's
+        // first read) cannot land after this.
+        let mut removed = self.old.delete_by_user(user_id, except).await?;
+        for handle in &in_old {
+            removed += u64::from(self.end_in_new(handle, true).await?);
+        }
+        // The rest: sessions of the new store alone, and (without tombstones, or signed in to
+        // the old store while this ran) a copy made meanwhile.
+        removed += self.new.delete_by_user(user_id, except).await?;
+        Ok(removed.min(before))
     }
 
     async fn purge_expired(&self) -> Result<u64> {
@@ -676,6 +705,25 @@ where
             MigrationPhase::Prepare => self.old.import(session).await,
             MigrationPhase::Copy | MigrationPhase::Finish => self.new.import(session).await,
         }
+    }
+
+    /// The tombstone where imports go (the old store in the prepare phase, else the new one),
+    /// and the session removed from both.
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        Ok(match self.phase {
+            MigrationPhase::Prepare => {
+                let ended = self.old.delete_with_tombstone(handle, until).await?;
+                self.new.delete_by_handle(handle).await? || ended
+            }
+            MigrationPhase::Copy | MigrationPhase::Finish => {
+                let ended = self.new.delete_with_tombstone(handle, until).await?;
+                self.old.delete_by_handle(handle).await? || ended
+            }
+        })
     }
 
     async fn health(&self) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The retry layer: temporary errors on idempotent operations are retried with backoff.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
@@ -196,6 +196,14 @@ impl<S: UserSessionStore> UserSessionStore for Retrying<S> {
         // Not retried: a repeat after a lost reply would answer `AlreadyPresent` for the copy the
         // first attempt stored, and the caller's counts would be wrong.
         self.inner.import(session).await
+    }
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        // Not retried, as `delete_by_handle`: a repeat after a lost reply would answer false.
+        self.inner.delete_with_tombstone(handle, until).await
     }
     async fn health(&self) -> Result<()> {
         self.retry("health", || self.inner.health()).await

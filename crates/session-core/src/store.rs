@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -127,6 +127,33 @@ pub trait UserSessionStore: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Ends the session under `handle` as [`UserSessionStore::delete_by_handle`] does, and leaves
+    /// a tombstone: until `until`, [`UserSessionStore::import`] of that handle stores nothing and
+    /// answers [`Imported::Ended`]. True if a live session was removed.
+    ///
+    /// A migration's endings use it on the store sessions are copied into ([`crate::MigratingStore`],
+    /// ADR 0029): a copy read from the old store just before the session ended there can reach the
+    /// new store only after the ending, and it must not be served even for a moment. The removal
+    /// and the tombstone are one atomic step against an import of the same handle: an import that
+    /// wins is removed, one that loses is refused. `until` should be no earlier than the last
+    /// instant a copy of the session could still be live (its absolute expiry); a store forgets
+    /// the tombstone after it.
+    ///
+    /// # Errors
+    /// [`crate::SessionError::Unsupported`] from a store that cannot import (the default).
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        let _ = (handle, until);
+        Err(crate::SessionError::Unsupported {
+            backend: self.backend(),
+            operation: "delete_with_tombstone",
+            reason: "this store does not import sessions",
+        })
+    }
+
     /// Checks that the backend answers.
     async fn health(&self) -> Result<()>;
 
@@ -204,6 +231,9 @@ pub enum Imported {
     AlreadyPresent,
     /// The session had expired by the store's clock; nothing was stored.
     Expired,
+    /// The session was ended here with [`UserSessionStore::delete_with_tombstone`] and its
+    /// tombstone still stands: the copy would bring an ended session back, so nothing was stored.
+    Ended,
 }
 
 /// Checks the `limit` of a [`UserSessionStore::scan`] call, for backends.
@@ -408,6 +438,18 @@ impl<T: UserSessionStore + ?Sized> UserSessionStore for Arc<T> {
         Self: 'f,
     {
         (**self).import(session)
+    }
+    fn delete_with_tombstone<'s, 'h, 'f>(
+        &'s self,
+        handle: &'h SessionHandle,
+        until: SystemTime,
+    ) -> BoxFuture<'f, Result<bool>>
+    where
+        's: 'f,
+        'h: 'f,
+        Self: 'f,
+    {
+        (**self).delete_with_tombstone(handle, until)
     }
     fn health<'s, 'f>(&'s self) -> BoxFuture<'f, Result<()>>
     where

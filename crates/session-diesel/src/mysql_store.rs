@@ -8,6 +8,8 @@
 //! A capped `create` takes its user's turn row (`user_session_turns`) in a READ COMMITTED
 //! transaction, so concurrent sign-ins of one user evict and insert one after another (ADR 0023).
 
+use std::time::SystemTime;
+
 use async_trait::async_trait;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
@@ -70,6 +72,12 @@ fn deadlock_retry() -> RetryPolicy {
 struct Handle {
     #[diesel(sql_type = Text)]
     handle: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 #[derive(QueryableByName)]
@@ -614,6 +622,16 @@ impl UserSessionStore for MysqlSessionStore {
         let now = self.now();
         let batch = self.purge_batch;
         let options = ScopeOptions::new().isolation(IsolationLevel::ReadCommitted);
+        // Tombstones whose instant has passed (and imports' turn rows, at 0) refuse nothing;
+        // they are not sessions, so not counted.
+        in_step!(self, |conn| {
+            diesel::sql_query("DELETE FROM user_session_tombstones WHERE until_ms <= ?")
+                .bind::<BigInt, _>(now)
+                .prepared()
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.fail(e))
+        })?;
         let mut total = 0u64;
         loop {
             // Two purgers can still deadlock on InnoDB (a skipped row's secondary-index record
@@ -687,28 +705,103 @@ impl UserSessionStore for MysqlSessionStore {
             return Ok(Imported::Expired);
         }
         let attributes = session.attributes_json()?;
-        in_step!(self, |conn| {
-            // A row that has expired may be replaced; a live one never is. The insert then
-            // settles a race with another import (or an expired row's purge): one wins, the
-            // other finds the key taken.
-            diesel::sql_query(
-                "DELETE FROM user_sessions WHERE handle = ? AND idle_expires_at_ms <= ?",
-            )
-            .bind::<Text, _>(session.handle.as_str())
-            .bind::<BigInt, _>(ms(now))
-            .prepared()
-            .execute(&mut *conn)
+        let options = ScopeOptions::new().isolation(IsolationLevel::ReadCommitted);
+        self.db
+            .transaction_retrying(options, &deadlock_retry(), async |conn| {
+                // The handle's turn (see the tombstones' migration), then its tombstone.
+                diesel::sql_query(
+                    "INSERT INTO user_session_tombstones (handle, until_ms) VALUES (?, 0)
+                     ON DUPLICATE KEY UPDATE handle = handle",
+                )
+                .bind::<Text, _>(session.handle.as_str())
+                .prepared()
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel(BACKEND, e))?;
+                let standing: Vec<Count> = diesel::sql_query(
+                    "SELECT COUNT(*) AS n FROM user_session_tombstones
+                     WHERE handle = ? AND until_ms > ?",
+                )
+                .bind::<Text, _>(session.handle.as_str())
+                .bind::<BigInt, _>(ms(now))
+                .prepared()
+                .load(conn)
+                .await
+                .map_err(|e| from_diesel(BACKEND, e))?;
+                if standing.iter().any(|c| c.n > 0) {
+                    return Ok(Imported::Ended);
+                }
+                // A row that has expired may be replaced; a live one never is. The insert then
+                // settles a race with another import (or an expired row's purge): one wins, the
+                // other finds the key taken.
+                diesel::sql_query(
+                    "DELETE FROM user_sessions WHERE handle = ? AND idle_expires_at_ms <= ?",
+                )
+                .bind::<Text, _>(session.handle.as_str())
+                .bind::<BigInt, _>(ms(now))
+                .prepared()
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel(BACKEND, e))?;
+                match insert(session, &attributes).execute(conn).await {
+                    Ok(_) => Ok(Imported::Stored),
+                    Err(diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => Ok(Imported::AlreadyPresent),
+                    Err(e) => Err(from_diesel(BACKEND, e)),
+                }
+            })
             .await
-            .map_err(|e| self.fail(e))?;
-            match insert(session, &attributes).execute(&mut *conn).await {
-                Ok(_) => Ok(Imported::Stored),
-                Err(diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                )) => Ok(Imported::AlreadyPresent),
-                Err(e) => Err(self.fail(e)),
-            }
-        })
+            .inspect_err(|e| {
+                if matches!(e, SessionError::Unavailable { .. }) {
+                    self.db.suspect_connections();
+                }
+            })
+    }
+
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        let now = self.now();
+        let options = ScopeOptions::new().isolation(IsolationLevel::ReadCommitted);
+        self.db
+            .transaction_retrying(options, &deadlock_retry(), async |conn| {
+                diesel::sql_query(
+                    "INSERT INTO user_session_tombstones (handle, until_ms) VALUES (?, ?)
+                     ON DUPLICATE KEY UPDATE until_ms = GREATEST(until_ms, VALUES(until_ms))",
+                )
+                .bind::<Text, _>(handle.as_str())
+                .bind::<BigInt, _>(ms(until))
+                .prepared()
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel(BACKEND, e))?;
+                let live: Vec<Count> = diesel::sql_query(
+                    "SELECT COUNT(*) AS n FROM user_sessions WHERE handle = ? AND idle_expires_at_ms > ?",
+                )
+                .bind::<Text, _>(handle.as_str())
+                .bind::<BigInt, _>(now)
+                .prepared()
+                .load(conn)
+                .await
+                .map_err(|e| from_diesel(BACKEND, e))?;
+                diesel::sql_query("DELETE FROM user_sessions WHERE handle = ?")
+                    .bind::<Text, _>(handle.as_str())
+                    .prepared()
+                    .execute(conn)
+                    .await
+                    .map_err(|e| from_diesel(BACKEND, e))?;
+                Ok(live.iter().any(|c| c.n > 0))
+            })
+            .await
+            .inspect_err(|e| {
+                if matches!(e, SessionError::Unavailable { .. }) {
+                    self.db.suspect_connections();
+                }
+            })
     }
 
     async fn health(&self) -> Result<()> {
@@ -738,6 +831,8 @@ impl StorageDump for MysqlSessionStore {
                      'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version) AS `row`
                  FROM user_sessions",
                 "SELECT JSON_OBJECT('user_key', HEX(user_key)) AS `row` FROM user_session_turns",
+                "SELECT JSON_OBJECT('tombstone', CAST(handle AS CHAR), 'until_ms', until_ms) AS `row`
+                 FROM user_session_tombstones",
             ] {
                 let rows: Vec<Json> = diesel::sql_query(sql)
                     .load(&mut *conn)

@@ -7,6 +7,8 @@
 //! before it reads anything: concurrent sign-ins of one user (from any process on the file) run one
 //! after another, waiting for the lock up to the connection's busy time-out (ADR 0027).
 
+use std::time::SystemTime;
+
 use async_trait::async_trait;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
@@ -152,6 +154,14 @@ impl SqliteSessionStore {
 const INSERT: &str = "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root,
      remember_me, attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms,
      absolute_expires_at_ms, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// [`INSERT`] as a select that yields no row while the handle's tombstone stands: binds the
+/// session's twelve columns, then the handle and now. The `WHERE` also keeps an upsert after it
+/// unambiguous.
+const INSERT_UNLESS_ENDED: &str = "INSERT INTO user_sessions (handle, user_id, company_name, email,
+     is_root, remember_me, attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms,
+     absolute_expires_at_ms, version) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+     WHERE NOT EXISTS (SELECT 1 FROM user_session_tombstones WHERE handle = ? AND until_ms > ?)";
 
 /// Binds a session's twelve columns, in [`INSERT`]'s order, to `query`.
 macro_rules! bind_session {
@@ -379,6 +389,26 @@ impl UserSessionStore for SqliteSessionStore {
         Ok(gone.iter().any(|g| g.idle_expires_at_ms > now))
     }
 
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        // The tombstone first, then the removal (see the tombstones' migration).
+        diesel::sql_query(
+            "INSERT INTO user_session_tombstones (handle, until_ms) VALUES (?, ?)
+             ON CONFLICT (handle) DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
+        )
+        .bind::<Text, _>(handle.as_str())
+        .bind::<BigInt, _>(ms(until))
+        .execute(&mut *conn)
+        .await
+        .map_err(Self::fail)?;
+        drop(conn);
+        self.delete_by_handle(handle).await
+    }
+
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
         let mut conn = self.conn().await?;
         let found: Vec<Row> = diesel::sql_query(format!(
@@ -411,6 +441,15 @@ impl UserSessionStore for SqliteSessionStore {
     async fn purge_expired(&self) -> Result<u64> {
         let now = self.now();
         let mut removed = 0u64;
+        {
+            // Tombstones whose instant has passed refuse nothing; not sessions, so not counted.
+            let mut conn = self.conn().await?;
+            diesel::sql_query("DELETE FROM user_session_tombstones WHERE until_ms <= ?")
+                .bind::<BigInt, _>(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(Self::fail)?;
+        }
         loop {
             let mut conn = self.conn().await?;
             let n = diesel::sql_query(
@@ -455,10 +494,11 @@ impl UserSessionStore for SqliteSessionStore {
         }
         let attributes = session.attributes_json()?;
         let mut conn = self.conn().await?;
-        // One statement: inserted, or an expired row under the handle replaced; a live one stays.
+        // One statement: inserted, or an expired row under the handle replaced; a live one stays;
+        // nothing while the handle's tombstone stands.
         let written = bind_session!(
             diesel::sql_query(format!(
-                "{INSERT} ON CONFLICT (handle) DO UPDATE SET user_id = excluded.user_id,
+                "{INSERT_UNLESS_ENDED} ON CONFLICT (handle) DO UPDATE SET user_id = excluded.user_id,
                      company_name = excluded.company_name, email = excluded.email,
                      is_root = excluded.is_root, remember_me = excluded.remember_me,
                      attributes = excluded.attributes, created_at_ms = excluded.created_at_ms,
@@ -471,14 +511,28 @@ impl UserSessionStore for SqliteSessionStore {
             session,
             &attributes
         )
+        .bind::<Text, _>(session.handle.as_str())
+        .bind::<BigInt, _>(ms(now))
         .bind::<BigInt, _>(ms(now))
         .execute(&mut *conn)
         .await
         .map_err(Self::fail)?;
-        Ok(if written == 1 {
-            Imported::Stored
-        } else {
+        if written == 1 {
+            return Ok(Imported::Stored);
+        }
+        let standing: Vec<Expiry> = diesel::sql_query(
+            "SELECT until_ms AS idle_expires_at_ms FROM user_session_tombstones
+             WHERE handle = ? AND until_ms > ?",
+        )
+        .bind::<Text, _>(session.handle.as_str())
+        .bind::<BigInt, _>(ms(now))
+        .load(&mut *conn)
+        .await
+        .map_err(Self::fail)?;
+        Ok(if standing.is_empty() {
             Imported::AlreadyPresent
+        } else {
+            Imported::Ended
         })
     }
 
@@ -506,7 +560,10 @@ impl StorageDump for SqliteSessionStore {
                  'created_at_ms', created_at_ms, 'last_seen_at_ms', last_seen_at_ms,
                  'idle_expires_at_ms', idle_expires_at_ms,
                  'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version) AS row
-             FROM user_sessions",
+             FROM user_sessions
+             UNION ALL
+             SELECT json_object('tombstone', handle, 'until_ms', until_ms) AS row
+             FROM user_session_tombstones",
         )
         .load(&mut *conn)
         .await

@@ -7,7 +7,7 @@
 //! absolute one, a table constraint).
 
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use diesel::pg::Pg;
@@ -109,22 +109,23 @@ static CREATE_CAPPED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `import`: the insert of `create`, which may replace only a row that has expired by `$13`.
+/// `import`: refused while the handle's tombstone stands, else the insert of `create`, which may
+/// replace only a row that has expired by `$13`; taking turns with `delete_with_tombstone` of the
+/// handle (the function's migration says how). One round trip.
 static IMPORT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{insert}
-         ON CONFLICT (handle) DO UPDATE SET user_id = EXCLUDED.user_id,
-             company_name = EXCLUDED.company_name, email = EXCLUDED.email,
-             is_root = EXCLUDED.is_root, remember_me = EXCLUDED.remember_me,
-             attributes = EXCLUDED.attributes, created_at = EXCLUDED.created_at,
-             last_seen_at = EXCLUDED.last_seen_at, idle_expires_at = EXCLUDED.idle_expires_at,
-             absolute_expires_at = EXCLUDED.absolute_expires_at, version = EXCLUDED.version
-         WHERE user_sessions.idle_expires_at <= {now}
-         RETURNING TRUE AS live",
-        insert = CREATE.as_str(),
-        now = at(13),
+        "SELECT user_sessions_import($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12, {at}) AS outcome",
+        now = at(8),
+        seen = at(9),
+        idle = at(10),
+        absolute = at(11),
+        at = at(13),
     )
 });
+
+/// `delete_with_tombstone`: `$1` handle, `$2` until, `$3` now.
+static END: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT user_sessions_end($1, {}, {}) AS live", at(2), at(3)));
 
 /// The first page of `scan`: keyset pagination on the primary key, `$2` rows.
 static SCAN_FIRST: LazyLock<String> = LazyLock::new(|| {
@@ -178,6 +179,12 @@ fn at(n: u8) -> String {
 struct Liveness {
     #[diesel(sql_type = Bool)]
     live: bool,
+}
+
+#[derive(QueryableByName)]
+struct Outcome {
+    #[diesel(sql_type = Text)]
+    outcome: String,
 }
 
 #[derive(QueryableByName)]
@@ -507,6 +514,23 @@ impl UserSessionStore for PgSessionStore {
         Ok(deleted.iter().any(|d| d.live))
     }
 
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let ended: Liveness = diesel::sql_query(END.as_str())
+            .bind::<Text, _>(handle.as_str())
+            .bind::<BigInt, _>(ms(until))
+            .bind::<BigInt, _>(self.now())
+            .prepared()
+            .get_result(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(ended.live)
+    }
+
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
         let sql = format!(
             "SELECT {} FROM user_sessions WHERE user_id = $1 AND idle_expires_at > {} ORDER BY created_at, handle",
@@ -558,6 +582,17 @@ impl UserSessionStore for PgSessionStore {
         );
         let now = self.now();
         let mut conn = self.conn().await?;
+        // Tombstones whose instant has passed refuse nothing any more; they are not sessions,
+        // so not counted.
+        diesel::sql_query(format!(
+            "DELETE FROM user_session_tombstones WHERE until <= {}",
+            at(1)
+        ))
+        .bind::<BigInt, _>(now)
+        .prepared()
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
         let mut total = 0u64;
         loop {
             let deleted = diesel::sql_query(&sql)
@@ -605,21 +640,26 @@ impl UserSessionStore for PgSessionStore {
         }
         let attributes = session.attributes_json()?;
         let mut conn = self.conn().await?;
-        let written: Vec<Liveness> = session_binds(
+        let answer: Outcome = session_binds(
             diesel::sql_query(IMPORT.as_str()).into_boxed(),
             session,
             &attributes,
         )
         .bind::<BigInt, _>(ms(now))
         .prepared()
-        .load(&mut *conn)
+        .get_result(&mut *conn)
         .await
         .map_err(|e| self.fail(e))?;
-        Ok(if written.is_empty() {
-            Imported::AlreadyPresent
-        } else {
-            Imported::Stored
-        })
+        match answer.outcome.as_str() {
+            "stored" => Ok(Imported::Stored),
+            "present" => Ok(Imported::AlreadyPresent),
+            "ended" => Ok(Imported::Ended),
+            other => Err(SessionError::Decode {
+                backend: BACKEND,
+                handle: Some(session.handle.clone()),
+                reason: format!("user_sessions_import answered {other:?}"),
+            }),
+        }
     }
 
     async fn health(&self) -> Result<()> {
@@ -639,12 +679,14 @@ impl UserSessionStore for PgSessionStore {
 impl StorageDump for PgSessionStore {
     async fn dump_raw(&self) -> Result<Vec<String>> {
         let mut conn = self.conn().await?;
-        let found: Vec<Json> =
-            diesel::sql_query("SELECT row_to_json(s)::TEXT AS row FROM user_sessions s")
-                .prepared()
-                .load(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))?;
+        let found: Vec<Json> = diesel::sql_query(
+            "SELECT row_to_json(s)::TEXT AS row FROM user_sessions s
+                 UNION ALL SELECT row_to_json(t)::TEXT AS row FROM user_session_tombstones t",
+        )
+        .prepared()
+        .load(&mut *conn)
+        .await
+        .map_err(|e| self.fail(e))?;
         Ok(found.into_iter().map(|j| j.row).collect())
     }
 }

@@ -43,6 +43,9 @@ struct Shard {
     /// (idle expiry, handle) of every session in `sessions`; the idle expiry is never after the
     /// absolute one, so it is the instant the session expires.
     by_expiry: BTreeSet<(SystemTime, SessionHandle)>,
+    /// Handles ended by `delete_with_tombstone`, with the instant until which an import of them
+    /// is refused; checked and written under this shard's lock, as the session is.
+    tombstones: HashMap<SessionHandle, SystemTime, HandleHasher>,
 }
 
 impl Shard {
@@ -57,6 +60,12 @@ impl Shard {
         self.by_expiry
             .remove(&(session.idle_expires_at, session.handle.clone()));
         Some(session)
+    }
+
+    fn tombstoned(&self, handle: &SessionHandle, now: SystemTime) -> bool {
+        self.tombstones
+            .get(handle)
+            .is_some_and(|until| *until > now)
     }
 
     fn live(
@@ -437,6 +446,26 @@ impl UserSessionStore for MemoryStore {
         Ok(!self.policy.is_expired(&removed, now))
     }
 
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        self.ensure_open()?;
+        let now = self.policy.now();
+        let removed = {
+            let mut shard = lock(self.shard(handle));
+            let kept = shard.tombstones.entry(handle.clone()).or_insert(until);
+            *kept = (*kept).max(until);
+            shard.remove(handle)
+        };
+        let Some(removed) = removed else {
+            return Ok(false);
+        };
+        self.unindex(&removed.user_id, handle);
+        Ok(!self.policy.is_expired(&removed, now))
+    }
+
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
         self.ensure_open()?;
         let now = self.policy.now();
@@ -482,6 +511,7 @@ impl UserSessionStore for MemoryStore {
         let mut count = 0;
         for shard in &*self.shards {
             let mut shard = lock(shard);
+            shard.tombstones.retain(|_, until| *until > now);
             while let Some((at, _)) = shard.by_expiry.first() {
                 if *at > now {
                     break;
@@ -534,6 +564,9 @@ impl UserSessionStore for MemoryStore {
             // the session lock).
             let stale = {
                 let mut shard = lock(self.shard(handle));
+                if shard.tombstoned(handle, now) {
+                    return Ok(Imported::Ended);
+                }
                 match shard.sessions.get(handle) {
                     Some(stored) if !self.policy.is_expired(stored, now) => {
                         return Ok(Imported::AlreadyPresent);
@@ -547,6 +580,9 @@ impl UserSessionStore for MemoryStore {
             }
             let mut users = lock(self.user_shard(&session.user_id));
             let mut shard = lock(self.shard(handle));
+            if shard.tombstoned(handle, now) {
+                return Ok(Imported::Ended);
+            }
             match shard.sessions.get(handle) {
                 Some(stored) if !self.policy.is_expired(stored, now) => {
                     return Ok(Imported::AlreadyPresent);

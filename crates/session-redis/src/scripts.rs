@@ -417,10 +417,11 @@ return trim(KEYS[1], members, keys, tonumber(ARGV[1]))
     )
 });
 
-/// KEYS: session, the user's index, [the index of another user whose expired session is at the
-/// key]. ARGV: now, member, idle_expires_at, base, strict ('Y': the index must be declared),
-/// user id, then field, value, ... Stores the session unless a session is at the key that has not
-/// expired (or cannot be judged: no idle expiry), returning `'stored'` or `'present'`; or
+/// KEYS: session, its tombstone, the user's index, [the index of another user whose expired
+/// session is at the key]. ARGV: now, member, idle_expires_at, base, strict ('Y': the index must
+/// be declared), user id, then field, value, ... Stores the session unless its tombstone stands
+/// (`'ended'`) or a session is at the key that has not expired (or cannot be judged: no idle
+/// expiry), returning `'stored'` or `'present'`; or
 /// `{'index', user_id}` (nothing written) when an expired session of another user is there and
 /// that user's index must be declared to remove its member. `HSET`, `PEXPIREAT`, `ZADD`, then
 /// the index's `PEXPIREAT … GT`, as a create writes them.
@@ -428,12 +429,13 @@ pub(crate) static IMPORT: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > now then return 'ended' end
 local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
 if f[1] or f[2] then
   local ie = tonumber(f[2])
   if not ie or not expired(now, ie, tonumber(f[3])) then return 'present' end
   if f[1] and f[1] ~= ARGV[6] then
-    local old = index_of(KEYS[3], ARGV[4], f[1], ARGV[5])
+    local old = index_of(KEYS[4], ARGV[4], f[1], ARGV[5])
     if not old then return {'index', f[1]} end
     redis.call('ZREM', old, ARGV[2])
   end
@@ -441,9 +443,66 @@ if f[1] or f[2] then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-extend_index(KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+extend_index(KEYS[3], ARGV[3])
 return 'stored'
+",
+    )
+});
+
+/// KEYS: session, its tombstone, [the user's index]. ARGV: now, base, member, strict ('Y': the
+/// index must be declared), until (epoch ms). Removes the session as `DELETE` does and leaves the
+/// tombstone that makes `IMPORT` answer `'ended'` until `until` (a later instant already there is
+/// kept); one step, so an import of the handle runs wholly before (and its copy is removed) or
+/// wholly after (and is refused). Returns 1 if a live session was removed, else 0, or
+/// `{'index', user_id}` (nothing written) when the index must be declared.
+pub(crate) static END: LazyLock<Script> = LazyLock::new(|| {
+    with_helpers(
+        r"
+local now = tonumber(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
+if f[1] and ARGV[2] ~= '' then
+  local idx = index_of(KEYS[3], ARGV[2], f[1], ARGV[4])
+  if not idx then return {'index', f[1]} end
+  redis.call('ZREM', idx, ARGV[3])
+end
+local u = tonumber(ARGV[5])
+if u > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], ARGV[5], 'PXAT', ARGV[5])
+end
+if not (f[1] or f[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+if not f[1] or expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
+return 1
+",
+    )
+});
+
+/// KEYS: the alias of a handle without this store's tag, the handle's tombstone beside it (both
+/// in the slot of the handle's hash). ARGV: now, the user's tag, until (epoch ms). Written before
+/// an import stores the session under its user's tag: `'ended'` if the tombstone stands (nothing
+/// written), else the alias is set and `'ok'`.
+pub(crate) static CLAIM_ALIAS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if tonumber(redis.call('GET', KEYS[2]) or '0') > tonumber(ARGV[1]) then return 'ended' end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+return 'ok'
+",
+    )
+});
+
+/// KEYS: as `CLAIM_ALIAS`. ARGV: until (epoch ms). Leaves the handle's tombstone (a later instant
+/// already there is kept) and returns the alias's tag, or nil: an import that claimed the alias
+/// first is then ended under its user's tag, and one that comes after is refused here.
+pub(crate) static END_ALIAS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local u = tonumber(ARGV[1])
+if u > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[1])
+end
+return redis.call('GET', KEYS[1])
 ",
     )
 });

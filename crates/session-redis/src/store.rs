@@ -2,6 +2,7 @@
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -386,6 +387,51 @@ impl RedisStore {
             &hash[..TAG_LEN.min(hash.len())],
             handle.as_str()
         )
+    }
+
+    /// The key of the tombstone beside the session at `location` (ADR 0029).
+    fn tombstone_key(location: &Location) -> String {
+        format!("{}t:{}", location.base, location.member)
+    }
+
+    /// The tombstone of a handle without this store's tag, beside its alias.
+    fn alias_tombstone_key(&self, handle: &SessionHandle) -> String {
+        let hash = handle.hash();
+        format!(
+            "{}{{{}}}:t:{}",
+            self.config.key_prefix,
+            &hash[..TAG_LEN.min(hash.len())],
+            handle.as_str()
+        )
+    }
+
+    /// Ends the session at `location` and leaves its tombstone, in one script.
+    async fn end_at(
+        &self,
+        location: &Location,
+        handle: &SessionHandle,
+        until: u64,
+    ) -> Result<bool> {
+        let now = self.now_ms();
+        let tombstone = Self::tombstone_key(location);
+        let reply = self
+            .invoke_naming_index(&location.base, handle, |index| {
+                let mut invocation = scripts::END.prepare_invoke();
+                invocation.key(&location.key).key(&tombstone);
+                if let Some(index) = index {
+                    invocation.key(index);
+                }
+                invocation
+                    .arg(now)
+                    .arg(&location.base)
+                    .arg(&location.member)
+                    .arg(flag(self.declare_all_keys))
+                    .arg(until);
+                invocation
+            })
+            .await;
+        self.forget(&location.key);
+        Ok(matches!(reply?, Value::Int(1)))
     }
 
     /// The location of the session a handle names in the standard layout, or `None` if no
@@ -1289,6 +1335,37 @@ impl UserSessionStore for RedisStore {
         }
     }
 
+    async fn delete_with_tombstone(
+        &self,
+        handle: &SessionHandle,
+        until: SystemTime,
+    ) -> Result<bool> {
+        self.unsupported_in_compat("delete_with_tombstone")?;
+        let until = millis_since_epoch(until);
+        if let Some(location) = self.locate_native(handle) {
+            return self.end_at(&location, handle, until).await;
+        }
+        // A handle without this store's tag: its tombstone goes beside its alias first, which an
+        // import claims before it stores the session. An import that claimed it earlier is
+        // found by the alias and ended under its user's tag; a later one is refused.
+        let mut invocation = scripts::END_ALIAS.prepare_invoke();
+        invocation
+            .key(self.alias_key(handle))
+            .key(self.alias_tombstone_key(handle))
+            .arg(until);
+        let tag: Option<String> = match self.invoke(&invocation, Some(handle)).await? {
+            Value::Nil => None,
+            other => bytes(&other).map(|b| String::from_utf8_lossy(b).into_owned()),
+        };
+        match tag.filter(|tag| tag.len() == TAG_LEN) {
+            Some(tag) => {
+                self.end_at(&self.located_alias(&tag, handle), handle, until)
+                    .await
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
         self.unsupported_in_compat("list_by_user")?;
         let tag = Self::user_tag(user_id);
@@ -1537,16 +1614,31 @@ impl UserSessionStore for RedisStore {
                     }
                     self.delete_at(&previous, handle).await?;
                 }
+                // The alias first, unless the handle's tombstone stands (see
+                // `delete_with_tombstone`); an import cut off before the session is written
+                // leaves an alias to nothing, which a lookup reads as no session, and running
+                // it again writes both. It lives as long as the session can.
+                let mut claim = scripts::CLAIM_ALIAS.prepare_invoke();
+                claim
+                    .key(self.alias_key(handle))
+                    .key(self.alias_tombstone_key(handle))
+                    .arg(self.now_ms())
+                    .arg(&tag)
+                    .arg(millis_since_epoch(session.absolute_expires_at));
+                if bytes(&self.invoke(&claim, Some(handle)).await?) == Some(b"ended") {
+                    return Ok(Imported::Ended);
+                }
                 self.located_alias(&tag, handle)
             }
         };
+        let tombstone = Self::tombstone_key(&location);
         let index = index_at(&location.base, &session.user_id);
         let mut other_index = None;
         let mut answer = None;
         // A session's user never changes, so a second request means a corrupt row.
         for _ in 0..2 {
             let mut invocation = scripts::IMPORT.prepare_invoke();
-            invocation.key(&location.key).key(&index);
+            invocation.key(&location.key).key(&tombstone).key(&index);
             if let Some(other) = &other_index {
                 invocation.key(other);
             }
@@ -1572,6 +1664,7 @@ impl UserSessionStore for RedisStore {
         let imported = match answer.as_ref().and_then(bytes) {
             Some(b"stored") => Imported::Stored,
             Some(b"present") => Imported::AlreadyPresent,
+            Some(b"ended") => Imported::Ended,
             _ => {
                 return Err(decode(
                     handle,
@@ -1579,20 +1672,6 @@ impl UserSessionStore for RedisStore {
                 ));
             }
         };
-        if location.member.starts_with('.') {
-            // Written after the session (in another slot on a Cluster), and again when the
-            // session was already there: an import cut off between the two writes is mended
-            // when it runs again. It lives as long as the session can.
-            let alias = self.alias_key(handle);
-            let until = millis_since_epoch(session.absolute_expires_at);
-            run!(self, Some(handle), |conn| redis::cmd("SET")
-                .arg(&alias)
-                .arg(&tag)
-                .arg("PXAT")
-                .arg(until)
-                .query_async::<()>(conn)
-                .await)?;
-        }
         Ok(imported)
     }
 

@@ -1172,3 +1172,130 @@ pub async fn import_keeps_the_session_and_never_overwrites(factory: &dyn StoreFa
         2
     );
 }
+
+/// `delete_with_tombstone` ends a session as `delete_by_handle` does and keeps copies of it out
+/// until the instant given: an import answers `Ended` and stores nothing, whatever the handle's
+/// shape and whether a session was there; an import racing it never leaves the session behind;
+/// a purge keeps a tombstone that stands; after its instant a copy is stored again.
+pub async fn tombstone_ends_a_session_and_refuses_its_copies(factory: &dyn StoreFactory) {
+    let source = Fixture::open(factory, |_| {}).await;
+    let target = source.open_beside(factory).await;
+    let hour = 60 * MINUTE;
+    let issued = source.store().create(alice()).await.unwrap();
+    let original = source.store().get(&issued.token).await.unwrap().unwrap();
+    let (untagged, untagged_token) = under_new_token(&original, false);
+    let (tagged, tagged_token) = under_new_token(&original, true);
+    for (session, token) in [
+        (&original, &issued.token),
+        (&untagged, &untagged_token),
+        (&tagged, &tagged_token),
+    ] {
+        assert_eq!(
+            target.store().import(session).await.unwrap(),
+            Imported::Stored
+        );
+        let until = target.store().policy().now() + hour;
+        assert!(
+            target
+                .store()
+                .delete_with_tombstone(&session.handle, until)
+                .await
+                .unwrap(),
+            "a live session was removed"
+        );
+        assert_eq!(target.store().get(token).await.unwrap(), None);
+        assert_eq!(
+            target.store().import(session).await.unwrap(),
+            Imported::Ended,
+            "the copy of an ended session is refused"
+        );
+        assert_eq!(target.store().get(token).await.unwrap(), None);
+        assert!(
+            !target
+                .store()
+                .delete_with_tombstone(&session.handle, until)
+                .await
+                .unwrap(),
+            "nothing live is left to remove"
+        );
+    }
+    assert_eq!(target.store().list_by_user("alice").await.unwrap(), vec![]);
+
+    // A handle never stored here is refused as well: its copy may arrive after the ending.
+    let (never, never_token) = under_new_token(&original, false);
+    let until = target.store().policy().now() + hour;
+    assert!(
+        !target
+            .store()
+            .delete_with_tombstone(&never.handle, until)
+            .await
+            .unwrap()
+    );
+    target.store().purge_expired().await.unwrap();
+    assert_eq!(
+        target.store().import(&never).await.unwrap(),
+        Imported::Ended,
+        "a purge keeps a tombstone that stands"
+    );
+    assert_eq!(target.store().get(&never_token).await.unwrap(), None);
+
+    // An import racing the ending: whichever runs first, the session is gone afterwards.
+    let target_store = target.store();
+    for round in 0..40 {
+        let (copy, token) = under_new_token(&original, round % 2 == 0);
+        let until = target_store.policy().now() + hour;
+        let (imported, ended) = tokio::join!(
+            target_store.import(&copy),
+            target_store.delete_with_tombstone(&copy.handle, until),
+        );
+        let imported = imported.unwrap();
+        let ended = ended.unwrap();
+        assert!(
+            matches!(imported, Imported::Stored | Imported::Ended),
+            "round {round}: {imported:?}"
+        );
+        assert_eq!(
+            ended,
+            imported == Imported::Stored,
+            "round {round}: the ending removed the copy exactly when the copy came first"
+        );
+        assert_eq!(
+            target_store.get(&token).await.unwrap(),
+            None,
+            "round {round}: an ended session is never served"
+        );
+        assert_eq!(
+            target_store.import(&copy).await.unwrap(),
+            Imported::Ended,
+            "round {round}"
+        );
+    }
+    assert_eq!(target.store().list_by_user("alice").await.unwrap(), vec![]);
+
+    // After its instant the tombstone is gone: a live copy is stored.
+    let (short, short_token) = under_new_token(&original, true);
+    let until = target.store().policy().now() + 10 * MINUTE;
+    target
+        .store()
+        .delete_with_tombstone(&short.handle, until)
+        .await
+        .unwrap();
+    target.clock.advance(11 * MINUTE);
+    target.store().purge_expired().await.unwrap();
+    let mut renewed = short.clone();
+    let now = target.store().policy().now();
+    renewed.created_at = now;
+    renewed.last_seen_at = now;
+    renewed.idle_expires_at = now + MINUTE;
+    renewed.absolute_expires_at = now + hour;
+    assert_eq!(
+        target.store().import(&renewed).await.unwrap(),
+        Imported::Stored
+    );
+    assert_eq!(
+        target.store().get(&short_token).await.unwrap().as_ref(),
+        Some(&renewed)
+    );
+    target.store().delete_by_user("alice", None).await.unwrap();
+    source.store().delete_by_user("alice", None).await.unwrap();
+}

@@ -192,6 +192,7 @@ macro_rules! conformance_tests {
             per_user_cap_holds_under_concurrent_creates,
             scan_walks_every_live_session_in_bounded_pages,
             import_keeps_the_session_and_never_overwrites,
+            tombstone_ends_a_session_and_refuses_its_copies,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

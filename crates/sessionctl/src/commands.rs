@@ -477,7 +477,8 @@ struct Tally {
     expired: u64,
     /// Lines or sessions refused (not JSON, or not a valid session).
     refused: u64,
-    /// Copies removed again because their session ended in the source meanwhile (`migrate`).
+    /// Sessions that ended during the copy: refused by the target's tombstone, or (on a target
+    /// without tombstones, or ended only in the source) removed again after their import.
     #[serde(default)]
     ended_during_copy: u64,
 }
@@ -488,6 +489,8 @@ impl Tally {
             Imported::Stored => self.stored += 1,
             Imported::AlreadyPresent => self.already_present += 1,
             Imported::Expired => self.expired += 1,
+            // The session was ended in the target during the copy and left its tombstone there.
+            Imported::Ended => self.ended_during_copy += 1,
         }
     }
 
@@ -498,7 +501,7 @@ impl Tally {
         );
         if self.ended_during_copy > 0 {
             text.push_str(&format!(
-                ", {} ended during the copy (removed again)",
+                ", {} ended during the copy (refused or removed again)",
                 self.ended_during_copy
             ));
         }
@@ -748,9 +751,11 @@ async fn copy_and_check(
                 Err(err) => return Err(err.into()),
             }
         }
-        // A session ended in the source while it was being copied (an application serving
-        // through the migrating store revokes it there, then sweeps the target) must not live on
-        // in the target: each copy this page stored checks the source again (ADR 0026).
+        // A session ended in the source while it was being copied must not live on in the
+        // target. An application serving through the migrating store ends it in the target
+        // first, with a tombstone that refuses the copy (ADR 0029); an ending that reached only
+        // the source (a target without tombstones, an instance outside the migration) is caught
+        // here: each copy this page stored checks the source again (ADR 0026).
         if let Some(target) = target {
             state.tally.ended_during_copy += undo_ended_copies(source, target, &stored).await?;
         }
