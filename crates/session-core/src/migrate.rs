@@ -299,10 +299,16 @@ where
     /// the old store until it expires or is revoked (`sessionctl revoke --handle`).
     async fn retire(&self, retired: Retired<'_>) {
         let mut pause = RETIRE_FIRST_PAUSE;
+        // Kept across attempts: an attempt that ended the old copy and then failed in the new
+        // store leaves the next one finding nothing in the old store, and the tombstone is due.
+        let mut old_held = false;
         for attempt in 1..=RETIRE_ATTEMPTS {
             let ended = match retired {
-                Retired::Token(token) => self.end_token(token).await,
-                Retired::Handle(handle) => self.end_handle(handle).await,
+                Retired::Token(token) => {
+                    self.end_in_both(token.handle(), Some(token), &mut old_held)
+                        .await
+                }
+                Retired::Handle(handle) => self.end_in_both(handle, None, &mut old_held).await,
                 Retired::CopyOf(handle) => self.end_in_new(handle, true).await,
                 Retired::StaleCopyOf(handle) => self.new.delete_by_handle(handle).await,
             };
@@ -342,34 +348,43 @@ where
     /// Ends `handle` in the new store once the old store's ending has run. If the old store held
     /// it live, a copy read from there just before may still be on its way (`sessionctl migrate`,
     /// another instance's first read), so the new store ends it with a tombstone that refuses
-    /// such a copy (ADR 0029); otherwise there is nothing to copy and a plain removal does. A new
-    /// store without tombstones (`Unsupported`) gets the plain removal in either case.
+    /// such a copy (ADR 0029). If the old store no longer held it but the new store did (an
+    /// ending tried again after its first attempt ended the old copy, then failed here), the
+    /// tombstone follows the removal. A handle neither store held leaves nothing behind. A new
+    /// store without tombstones (`Unsupported`) gets the plain removal.
     async fn end_in_new(&self, handle: &SessionHandle, old_held: bool) -> Result<bool> {
-        if !old_held {
-            return self.new.delete_by_handle(handle).await;
+        let until = self.policy().now() + tombstone_lifetime(self.policy());
+        if old_held {
+            return match self.new.delete_with_tombstone(handle, until).await {
+                Err(SessionError::Unsupported { .. }) => self.new.delete_by_handle(handle).await,
+                other => other,
+            };
         }
-        let policy = self.policy();
-        match self
-            .new
-            .delete_with_tombstone(handle, policy.now() + tombstone_lifetime(policy))
-            .await
-        {
-            Err(SessionError::Unsupported { .. }) => self.new.delete_by_handle(handle).await,
-            other => other,
+        let removed = self.new.delete_by_handle(handle).await?;
+        if removed {
+            match self.new.delete_with_tombstone(handle, until).await {
+                Ok(_) | Err(SessionError::Unsupported { .. }) => {}
+                Err(err) => return Err(err),
+            }
         }
+        Ok(removed)
     }
 
-    /// Ends `token`'s session in both stores: the old one first, then the new one (with a
-    /// tombstone if the old one held it). If the old store fails, nothing has changed.
-    async fn end_token(&self, token: &SessionToken) -> Result<bool> {
-        let old = self.old.delete(token).await?;
-        Ok(self.end_in_new(token.handle(), old).await? || old)
-    }
-
-    /// [`MigratingStore::end_token`] by handle.
-    async fn end_handle(&self, handle: &SessionHandle) -> Result<bool> {
-        let old = self.old.delete_by_handle(handle).await?;
-        Ok(self.end_in_new(handle, old).await? || old)
+    /// Ends the session in both stores: the old one first, then the new one (with a tombstone
+    /// if the old one held it, in this attempt or in an earlier one recorded in `old_held`). If
+    /// the old store fails, nothing has changed.
+    async fn end_in_both(
+        &self,
+        handle: &SessionHandle,
+        token: Option<&SessionToken>,
+        old_held: &mut bool,
+    ) -> Result<bool> {
+        let old = match token {
+            Some(token) => self.old.delete(token).await?,
+            None => self.old.delete_by_handle(handle).await?,
+        };
+        *old_held |= old;
+        Ok(self.end_in_new(handle, *old_held).await? || old)
     }
 
     /// The handles of `sessions`' users that `store` holds (by the users' lists).
@@ -547,13 +562,18 @@ where
                 // for a handle the new store lacks: its old copy goes first, before a rotation
                 // can leave it behind, and if that fails nothing has changed.
                 let old_held = self.old.delete_by_handle(handle).await?;
-                let updated = self.new.update(session).await?;
-                if old_held && updated.rotated.is_some() {
-                    // A copying instance's copy of the old handle, read before the old copy
-                    // went, must not land after the rotation.
+                let updated = self.new.update(session).await;
+                // A copying instance's copy of the old handle, read before the old copy went,
+                // must not land after the rotation (or after the old copy of a session the new
+                // store lacked went).
+                let handle_gone = match &updated {
+                    Ok(updated) => updated.rotated.is_some(),
+                    Err(err) => matches!(err, SessionError::NotFound),
+                };
+                if old_held && handle_gone {
                     self.retire(Retired::CopyOf(handle)).await;
                 }
-                Ok(updated)
+                updated
             }
         }
     }
@@ -591,7 +611,8 @@ where
                 // As in `update`: the old copy first, so that a failure changes nothing.
                 let old_held = self.old.delete(token).await?;
                 let rotated = self.new.rotate(token).await?;
-                if old_held && rotated.is_some() {
+                if old_held {
+                    // Rotated away, or (the new store lacked it) ended with its old copy.
                     self.retire(Retired::CopyOf(token.handle())).await;
                 }
                 Ok(rotated)
@@ -600,11 +621,12 @@ where
     }
 
     async fn delete(&self, token: &SessionToken) -> Result<bool> {
-        self.end_token(token).await
+        self.end_in_both(token.handle(), Some(token), &mut false)
+            .await
     }
 
     async fn delete_by_handle(&self, handle: &SessionHandle) -> Result<bool> {
-        self.end_handle(handle).await
+        self.end_in_both(handle, None, &mut false).await
     }
 
     async fn list_by_user(&self, user_id: &str) -> Result<Vec<UserSession>> {
@@ -707,23 +729,22 @@ where
         }
     }
 
-    /// The tombstone where imports go (the old store in the prepare phase, else the new one),
-    /// and the session removed from both.
+    /// A tombstone in both stores (either may receive imports from a neighbouring phase of an
+    /// outer move), the old one first; a store without tombstones gets a plain removal.
     async fn delete_with_tombstone(
         &self,
         handle: &SessionHandle,
         until: SystemTime,
     ) -> Result<bool> {
-        Ok(match self.phase {
-            MigrationPhase::Prepare => {
-                let ended = self.old.delete_with_tombstone(handle, until).await?;
-                self.new.delete_by_handle(handle).await? || ended
-            }
-            MigrationPhase::Copy | MigrationPhase::Finish => {
-                let ended = self.new.delete_with_tombstone(handle, until).await?;
-                self.old.delete_by_handle(handle).await? || ended
-            }
-        })
+        let old = match self.old.delete_with_tombstone(handle, until).await {
+            Err(SessionError::Unsupported { .. }) => self.old.delete_by_handle(handle).await?,
+            other => other?,
+        };
+        let new = match self.new.delete_with_tombstone(handle, until).await {
+            Err(SessionError::Unsupported { .. }) => self.new.delete_by_handle(handle).await?,
+            other => other?,
+        };
+        Ok(old || new)
     }
 
     async fn health(&self) -> Result<()> {

@@ -624,14 +624,20 @@ impl UserSessionStore for MysqlSessionStore {
         let options = ScopeOptions::new().isolation(IsolationLevel::ReadCommitted);
         // Tombstones whose instant has passed (and imports' turn rows, at 0) refuse nothing;
         // they are not sessions, so not counted.
-        in_step!(self, |conn| {
-            diesel::sql_query("DELETE FROM user_session_tombstones WHERE until_ms <= ?")
-                .bind::<BigInt, _>(now)
-                .prepared()
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))
-        })?;
+        loop {
+            let deleted = in_step!(self, |conn| {
+                diesel::sql_query("DELETE FROM user_session_tombstones WHERE until_ms <= ? LIMIT ?")
+                    .bind::<BigInt, _>(now)
+                    .bind::<BigInt, _>(batch)
+                    .prepared()
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.fail(e))
+            })?;
+            if (deleted as i64) < batch {
+                break;
+            }
+        }
         let mut total = 0u64;
         loop {
             // Two purgers can still deadlock on InnoDB (a skipped row's secondary-index record
@@ -743,14 +749,25 @@ impl UserSessionStore for MysqlSessionStore {
                 .execute(conn)
                 .await
                 .map_err(|e| from_diesel(BACKEND, e))?;
-                match insert(session, &attributes).execute(conn).await {
-                    Ok(_) => Ok(Imported::Stored),
+                let imported = match insert(session, &attributes).execute(conn).await {
+                    Ok(_) => Imported::Stored,
                     Err(diesel::result::Error::DatabaseError(
                         diesel::result::DatabaseErrorKind::UniqueViolation,
                         _,
-                    )) => Ok(Imported::AlreadyPresent),
-                    Err(e) => Err(from_diesel(BACKEND, e)),
-                }
+                    )) => Imported::AlreadyPresent,
+                    Err(e) => return Err(from_diesel(BACKEND, e)),
+                };
+                // The turn row goes with the commit (its lock is held until then), so a copy of
+                // many sessions leaves no row per session behind.
+                diesel::sql_query(
+                    "DELETE FROM user_session_tombstones WHERE handle = ? AND until_ms = 0",
+                )
+                .bind::<Text, _>(session.handle.as_str())
+                .prepared()
+                .execute(conn)
+                .await
+                .map_err(|e| from_diesel(BACKEND, e))?;
+                Ok(imported)
             })
             .await
             .inspect_err(|e| {
@@ -779,13 +796,14 @@ impl UserSessionStore for MysqlSessionStore {
                 .execute(conn)
                 .await
                 .map_err(|e| from_diesel(BACKEND, e))?;
-                let live: Vec<Count> = diesel::sql_query(
-                    "SELECT COUNT(*) AS n FROM user_sessions WHERE handle = ? AND idle_expires_at_ms > ?",
+                // The live row's removal is the answer; an expired leftover goes too.
+                let live = diesel::sql_query(
+                    "DELETE FROM user_sessions WHERE handle = ? AND idle_expires_at_ms > ?",
                 )
                 .bind::<Text, _>(handle.as_str())
                 .bind::<BigInt, _>(now)
                 .prepared()
-                .load(conn)
+                .execute(conn)
                 .await
                 .map_err(|e| from_diesel(BACKEND, e))?;
                 diesel::sql_query("DELETE FROM user_sessions WHERE handle = ?")
@@ -794,7 +812,7 @@ impl UserSessionStore for MysqlSessionStore {
                     .execute(conn)
                     .await
                     .map_err(|e| from_diesel(BACKEND, e))?;
-                Ok(live.iter().any(|c| c.n > 0))
+                Ok(live > 0)
             })
             .await
             .inspect_err(|e| {

@@ -444,11 +444,20 @@ impl UserSessionStore for SqliteSessionStore {
         {
             // Tombstones whose instant has passed refuse nothing; not sessions, so not counted.
             let mut conn = self.conn().await?;
-            diesel::sql_query("DELETE FROM user_session_tombstones WHERE until_ms <= ?")
+            loop {
+                let n = diesel::sql_query(
+                    "DELETE FROM user_session_tombstones WHERE handle IN (
+                         SELECT handle FROM user_session_tombstones WHERE until_ms <= ? LIMIT ?)",
+                )
                 .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(self.purge_batch)
                 .execute(&mut *conn)
                 .await
                 .map_err(Self::fail)?;
+                if i64::try_from(n).unwrap_or(i64::MAX) < self.purge_batch {
+                    break;
+                }
+            }
         }
         loop {
             let mut conn = self.conn().await?;

@@ -584,15 +584,24 @@ impl UserSessionStore for PgSessionStore {
         let mut conn = self.conn().await?;
         // Tombstones whose instant has passed refuse nothing any more; they are not sessions,
         // so not counted.
-        diesel::sql_query(format!(
-            "DELETE FROM user_session_tombstones WHERE until <= {}",
+        let tombstones = format!(
+            "DELETE FROM user_session_tombstones WHERE handle IN (
+                SELECT handle FROM user_session_tombstones WHERE until <= {}
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
             at(1)
-        ))
-        .bind::<BigInt, _>(now)
-        .prepared()
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| self.fail(e))?;
+        );
+        loop {
+            let deleted = diesel::sql_query(&tombstones)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(self.purge_batch)
+                .prepared()
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            if (deleted as i64) < self.purge_batch {
+                break;
+            }
+        }
         let mut total = 0u64;
         loop {
             let deleted = diesel::sql_query(&sql)

@@ -757,3 +757,58 @@ async fn a_rotation_whose_old_store_fails_loses_no_token() {
         }
     }
 }
+
+/// The interleaving issue 12's live test met (ADR 0029): a copier (`sessionctl migrate`, or
+/// another instance's first read) reads a session from the old store, the session is ended
+/// through a migrating instance, and only then does the copy reach the new store. For every
+/// ending and every phase that ends in both stores, the late copy is refused (`Ended`) and the
+/// ended token is served by nobody, not even before any check runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_read_before_an_ending_and_imported_after_it_is_refused() {
+    let p = pair().await;
+    for phase in [
+        MigrationPhase::Prepare,
+        MigrationPhase::Copy,
+        MigrationPhase::Finish,
+    ] {
+        let ender = instance(&p, Role::Phase(phase));
+        for ending in ENDINGS {
+            for start in [Start::Old, Start::Both] {
+                if matches!(phase, MigrationPhase::Finish) && matches!(start, Start::Old) {
+                    // The finish phase serves only what the new store holds: every session has
+                    // been copied by then.
+                    continue;
+                }
+                let what = format!("{ending:?} in the {phase:?} phase of a session in {start:?}");
+                let issued = start_session(&p, start, "late").await;
+                let read_before = p.old.get(&issued.token).await.unwrap().unwrap();
+                end_session(&*ender, ending, &issued).await;
+                assert_eq!(
+                    p.new.import(&read_before).await.unwrap(),
+                    session_core::Imported::Ended,
+                    "{what}: the late copy is refused"
+                );
+                for side in [
+                    instance(&p, Role::Phase(MigrationPhase::Copy)),
+                    instance(&p, Role::NewOnly),
+                ] {
+                    assert_eq!(
+                        side.get(&issued.token).await.unwrap(),
+                        None,
+                        "{what}: the ended token is served by nobody"
+                    );
+                }
+                p.store.delete_by_user("late", None).await.unwrap();
+            }
+        }
+    }
+    // A token nobody issued leaves no tombstone: nothing can be copied for it.
+    let invented = session_core::SessionToken::generate().unwrap();
+    let copying = instance(&p, Role::Phase(MigrationPhase::Copy));
+    assert!(!copying.delete(&invented).await.unwrap());
+    let dump = session_core::StorageDump::dump_raw(&*p.new)
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(!dump.contains(invented.handle().as_str()));
+}

@@ -3,7 +3,9 @@
 -- advisory lock keyed by the schema and the handle, and each statement of these VOLATILE
 -- functions reads a fresh snapshot (at READ COMMITTED): the later one sees the earlier one's
 -- write, so an import either lands before the ending (and is removed by it) or is refused.
--- Without the lock, each could miss the other's uncommitted row and the copy would stay.
+-- Without the lock, each could miss the other's uncommitted row and the copy would stay. Under
+-- SERIALIZABLE the snapshot predates the lock, and it is PostgreSQL's serialization check that
+-- keeps the two apart: one of them fails with 40001 and can be run again.
 CREATE TABLE user_session_tombstones (
     handle TEXT        PRIMARY KEY,
     until  TIMESTAMPTZ NOT NULL
