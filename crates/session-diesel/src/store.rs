@@ -348,6 +348,30 @@ impl PgSessionStore {
         ms(self.policy.now())
     }
 
+    /// Runs `sql` (a `DELETE` of at most `$2` rows due by `$1`) until a batch comes back short;
+    /// how many rows went.
+    async fn delete_in_batches(
+        &self,
+        conn: &mut AsyncPgConnection,
+        sql: &str,
+        now: i64,
+    ) -> Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let deleted = diesel::sql_query(sql)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(self.purge_batch)
+                .prepared()
+                .execute(conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            total += deleted as u64;
+            if (deleted as i64) < self.purge_batch {
+                return Ok(total);
+            }
+        }
+    }
+
     async fn conn(&self) -> Result<crate::PooledConnection<AsyncPgConnection>> {
         self.db.connection().await
     }
@@ -590,32 +614,8 @@ impl UserSessionStore for PgSessionStore {
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             at(1)
         );
-        loop {
-            let deleted = diesel::sql_query(&tombstones)
-                .bind::<BigInt, _>(now)
-                .bind::<BigInt, _>(self.purge_batch)
-                .prepared()
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))?;
-            if (deleted as i64) < self.purge_batch {
-                break;
-            }
-        }
-        let mut total = 0u64;
-        loop {
-            let deleted = diesel::sql_query(&sql)
-                .bind::<BigInt, _>(now)
-                .bind::<BigInt, _>(self.purge_batch)
-                .prepared()
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.fail(e))?;
-            total += deleted as u64;
-            if (deleted as i64) < self.purge_batch {
-                return Ok(total);
-            }
-        }
+        self.delete_in_batches(&mut conn, &tombstones, now).await?;
+        self.delete_in_batches(&mut conn, &sql, now).await
     }
 
     async fn scan(&self, cursor: Option<&ScanCursor>, limit: usize) -> Result<ScanPage> {

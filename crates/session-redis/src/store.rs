@@ -380,9 +380,14 @@ impl RedisStore {
     /// The alias key of a handle without this store's tag: in the slot of the handle's hash, so
     /// a lookup needs nothing but the handle; its value is the user's tag.
     fn alias_key(&self, handle: &SessionHandle) -> String {
+        self.handle_slot_key("a", handle)
+    }
+
+    /// Key `kind` of `handle` in the slot of the handle's hash.
+    fn handle_slot_key(&self, kind: &str, handle: &SessionHandle) -> String {
         let hash = handle.hash();
         format!(
-            "{}{{{}}}:a:{}",
+            "{}{{{}}}:{kind}:{}",
             self.config.key_prefix,
             &hash[..TAG_LEN.min(hash.len())],
             handle.as_str()
@@ -396,13 +401,7 @@ impl RedisStore {
 
     /// The tombstone of a handle without this store's tag, beside its alias.
     fn alias_tombstone_key(&self, handle: &SessionHandle) -> String {
-        let hash = handle.hash();
-        format!(
-            "{}{{{}}}:t:{}",
-            self.config.key_prefix,
-            &hash[..TAG_LEN.min(hash.len())],
-            handle.as_str()
-        )
+        self.handle_slot_key("t", handle)
     }
 
     /// Ends the session at `location` and leaves its tombstone, in one script.
