@@ -241,6 +241,82 @@ impl MysqlSessionStore {
         row.map(|r| r.decode(BACKEND)).transpose()
     }
 
+    /// One attempt of `update`: the compare-and-set statement, and on a miss, a read that says
+    /// why.
+    async fn update_once(&self, session: &UserSession) -> Result<Updated> {
+        let new_token = SessionToken::generate()?;
+        let now = self.now();
+        in_step!(self, |conn| {
+            // MySQL assigns left to right, each assignment seeing the ones before it: the handle is
+            // decided first, from the row's old `is_root`. A change of `is_root` moves the row to a
+            // new handle in the same statement.
+            let changed = diesel::sql_query(
+                "UPDATE user_sessions SET handle = IF(is_root <> ?, ?, handle), company_name = ?,
+                     email = ?, is_root = ?, attributes = ?, version = version + 1
+                 WHERE handle = ? AND version = ? AND user_id = ? AND idle_expires_at_ms > ?",
+            )
+            .bind::<Bool, _>(session.is_root)
+            .bind::<Text, _>(new_token.handle().as_str())
+            .bind::<Text, _>(&session.company_name)
+            .bind::<Text, _>(&session.email)
+            .bind::<Bool, _>(session.is_root)
+            .bind::<Text, _>(session.attributes_json()?)
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
+            .bind::<Text, _>(&session.user_id)
+            .bind::<BigInt, _>(now)
+            .prepared()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+            if changed == 1 {
+                // The row as stored (its instants may have moved since the caller read it). Gone
+                // already means a delete came right after this update: the session is over.
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM user_sessions WHERE handle IN (?, ?) AND idle_expires_at_ms > ?"
+                );
+                let row: Option<Row> = diesel::sql_query(sql)
+                    .bind::<Text, _>(session.handle.as_str())
+                    .bind::<Text, _>(new_token.handle().as_str())
+                    .bind::<BigInt, _>(now)
+                    .prepared()
+                    .get_result(&mut *conn)
+                    .await
+                    .optional()
+                    .map_err(|e| self.fail(e))?;
+                let stored = row.ok_or(SessionError::NotFound)?.decode(BACKEND)?;
+                return Ok(if stored.handle == session.handle {
+                    Updated::kept(stored)
+                } else {
+                    Updated::moved_to(stored, new_token)
+                });
+            }
+            // Nothing matched: a second statement, on the failure path only, says why.
+            let stored: Option<Stored> = diesel::sql_query(
+                "SELECT CAST(user_id AS CHAR) AS user_id, version FROM user_sessions
+                 WHERE handle = ? AND idle_expires_at_ms > ?",
+            )
+            .bind::<Text, _>(session.handle.as_str())
+            .bind::<BigInt, _>(now)
+            .prepared()
+            .get_result(&mut *conn)
+            .await
+            .optional()
+            .map_err(|e| self.fail(e))?;
+            match stored {
+                None => Err(SessionError::NotFound),
+                Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
+                    "user_id",
+                    "cannot change; sign the other user in with a new session",
+                )),
+                Some(s) => Err(SessionError::Conflict {
+                    expected: session.version,
+                    actual: u64::try_from(s.version).unwrap_or(0),
+                }),
+            }
+        })
+    }
+
     /// `create` under a per-user cap of `cap`: in one READ COMMITTED transaction, take the user's
     /// turn, evict the live sessions beyond the newest `cap - 1`, insert.
     async fn create_capped(&self, session: &UserSession, attributes: &str, cap: i64) -> Result<()> {
@@ -441,77 +517,15 @@ impl UserSessionStore for MysqlSessionStore {
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
         session.validate(&self.policy)?;
-        let new_token = SessionToken::generate()?;
-        let now = self.now();
-        in_step!(self, |conn| {
-            // MySQL assigns left to right, each assignment seeing the ones before it: the handle is
-            // decided first, from the row's old `is_root`. A change of `is_root` moves the row to a
-            // new handle in the same statement.
-            let changed = diesel::sql_query(
-                "UPDATE user_sessions SET handle = IF(is_root <> ?, ?, handle), company_name = ?,
-                     email = ?, is_root = ?, attributes = ?, version = version + 1
-                 WHERE handle = ? AND version = ? AND user_id = ? AND idle_expires_at_ms > ?",
-            )
-            .bind::<Bool, _>(session.is_root)
-            .bind::<Text, _>(new_token.handle().as_str())
-            .bind::<Text, _>(&session.company_name)
-            .bind::<Text, _>(&session.email)
-            .bind::<Bool, _>(session.is_root)
-            .bind::<Text, _>(session.attributes_json()?)
-            .bind::<Text, _>(session.handle.as_str())
-            .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
-            .bind::<Text, _>(&session.user_id)
-            .bind::<BigInt, _>(now)
-            .prepared()
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| self.fail(e))?;
-            if changed == 1 {
-                // The row as stored (its instants may have moved since the caller read it). Gone
-                // already means a delete came right after this update: the session is over.
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM user_sessions WHERE handle IN (?, ?) AND idle_expires_at_ms > ?"
-                );
-                let row: Option<Row> = diesel::sql_query(sql)
-                    .bind::<Text, _>(session.handle.as_str())
-                    .bind::<Text, _>(new_token.handle().as_str())
-                    .bind::<BigInt, _>(now)
-                    .prepared()
-                    .get_result(&mut *conn)
-                    .await
-                    .optional()
-                    .map_err(|e| self.fail(e))?;
-                let stored = row.ok_or(SessionError::NotFound)?.decode(BACKEND)?;
-                return Ok(if stored.handle == session.handle {
-                    Updated::kept(stored)
-                } else {
-                    Updated::moved_to(stored, new_token)
-                });
+        match self.update_once(session).await {
+            // The failure path's read found the version the update asked for: the row appeared
+            // between the two statements (an `import` of this handle, as a migration copies it
+            // forward). Asked again, the update finds it.
+            Err(SessionError::Conflict { expected, actual }) if expected == actual => {
+                self.update_once(session).await
             }
-            // Nothing matched: a second statement, on the failure path only, says why.
-            let stored: Option<Stored> = diesel::sql_query(
-                "SELECT CAST(user_id AS CHAR) AS user_id, version FROM user_sessions
-                 WHERE handle = ? AND idle_expires_at_ms > ?",
-            )
-            .bind::<Text, _>(session.handle.as_str())
-            .bind::<BigInt, _>(now)
-            .prepared()
-            .get_result(&mut *conn)
-            .await
-            .optional()
-            .map_err(|e| self.fail(e))?;
-            match stored {
-                None => Err(SessionError::NotFound),
-                Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
-                    "user_id",
-                    "cannot change; sign the other user in with a new session",
-                )),
-                Some(s) => Err(SessionError::Conflict {
-                    expected: session.version,
-                    actual: u64::try_from(s.version).unwrap_or(0),
-                }),
-            }
-        })
+            other => other,
+        }
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
