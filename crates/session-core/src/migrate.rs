@@ -175,6 +175,13 @@ const NEW_PHASE: &str = "mg2:n:";
 const RETIRE_ATTEMPTS: u32 = 3;
 const RETIRE_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Which read [`MigratingStore::read`] makes.
+#[derive(Clone, Copy)]
+enum Read {
+    Get,
+    Touch,
+}
+
 /// What a rotation (or an old-store write) left behind, for [`MigratingStore::retire`].
 #[derive(Clone, Copy)]
 enum Retired<'a> {
@@ -332,6 +339,36 @@ where
         }
     }
 
+    /// `get` or `touch` (`read`) through both stores: the new store first; in the copy phase a
+    /// session found only in the old one is copied forward and read again from the new one.
+    async fn read(&self, token: &SessionToken, read: Read) -> Result<Option<UserSession>> {
+        for _ in 0..READ_ATTEMPTS {
+            let found = match read {
+                Read::Get => self.new.get(token).await?,
+                Read::Touch => self.new.touch(token).await?,
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+            match self.phase {
+                MigrationPhase::Prepare => return self.read_old(token, read).await,
+                MigrationPhase::Finish => return Ok(None),
+                MigrationPhase::Copy if !self.forward(token).await? => return Ok(None),
+                MigrationPhase::Copy => {}
+            }
+        }
+        // Copies kept being swept (several first reads racing a write in the prepare phase):
+        // the old store's copy is live, so it is served, and a later read copies it.
+        self.read_old(token, read).await
+    }
+
+    async fn read_old(&self, token: &SessionToken, read: Read) -> Result<Option<UserSession>> {
+        match read {
+            Read::Get => self.old.get(token).await,
+            Read::Touch => self.old.touch(token).await,
+        }
+    }
+
     async fn old_session(
         &self,
         handle: &SessionHandle,
@@ -452,37 +489,11 @@ where
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        for _ in 0..READ_ATTEMPTS {
-            if let Some(session) = self.new.get(token).await? {
-                return Ok(Some(session));
-            }
-            match self.phase {
-                MigrationPhase::Prepare => return self.old.get(token).await,
-                MigrationPhase::Finish => return Ok(None),
-                MigrationPhase::Copy if !self.forward(token).await? => return Ok(None),
-                MigrationPhase::Copy => {}
-            }
-        }
-        // Copies kept being swept (several first reads racing a write in the prepare phase):
-        // the old store's copy is live, so it is served, and a later read copies it.
-        self.old.get(token).await
+        self.read(token, Read::Get).await
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        for _ in 0..READ_ATTEMPTS {
-            if let Some(session) = self.new.touch(token).await? {
-                return Ok(Some(session));
-            }
-            match self.phase {
-                MigrationPhase::Prepare => return self.old.touch(token).await,
-                MigrationPhase::Finish => return Ok(None),
-                MigrationPhase::Copy if !self.forward(token).await? => return Ok(None),
-                MigrationPhase::Copy => {}
-            }
-        }
-        // Copies kept being swept (several first reads racing a write in the prepare phase):
-        // the old store's copy is live, so it is served, and a later read copies it.
-        self.old.touch(token).await
+        self.read(token, Read::Touch).await
     }
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
