@@ -29,7 +29,9 @@ use crate::error::from_diesel;
 use crate::mysql::MysqlProvider;
 use crate::prepared::KeepPrepared;
 use crate::provider::{CheckoutCheck, ProviderConnection};
-use crate::row::{Row, keyset_page, parse_keyset_cursor};
+use crate::row::{
+    Row, Stored, keyset_page, parse_keyset_cursor, update_looking_twice, update_missed,
+};
 
 /// The schema of the MySQL store, applied by [`MysqlSessionStore::connect`] (and
 /// [`MysqlSessionStore::migrate`]).
@@ -78,14 +80,6 @@ struct Handle {
 struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
-}
-
-#[derive(QueryableByName)]
-struct Stored {
-    #[diesel(sql_type = Text)]
-    user_id: String,
-    #[diesel(sql_type = BigInt)]
-    version: i64,
 }
 
 #[derive(QueryableByName)]
@@ -303,17 +297,8 @@ impl MysqlSessionStore {
             .await
             .optional()
             .map_err(|e| self.fail(e))?;
-            match stored {
-                None => Err(SessionError::NotFound),
-                Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
-                    "user_id",
-                    "cannot change; sign the other user in with a new session",
-                )),
-                Some(s) => Err(SessionError::Conflict {
-                    expected: session.version,
-                    actual: u64::try_from(s.version).unwrap_or(0),
-                }),
-            }
+            let live = stored.as_ref().map(|s| (s.user_id.as_str(), s.version));
+            Err(update_missed(session, live))
         })
     }
 
@@ -517,15 +502,7 @@ impl UserSessionStore for MysqlSessionStore {
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
         session.validate(&self.policy)?;
-        match self.update_once(session).await {
-            // The failure path's read found the version the update asked for: the row appeared
-            // between the two statements (an `import` of this handle, as a migration copies it
-            // forward). Asked again, the update finds it.
-            Err(SessionError::Conflict { expected, actual }) if expected == actual => {
-                self.update_once(session).await
-            }
-            other => other,
-        }
+        update_looking_twice(|| self.update_once(session)).await
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {
@@ -728,8 +705,11 @@ impl UserSessionStore for MysqlSessionStore {
         let options = ScopeOptions::new().isolation(IsolationLevel::ReadCommitted);
         self.db
             .transaction_retrying(options, &deadlock_retry(), async |conn| {
-                // The handle's turn (see the tombstones' migration), then its tombstone.
-                diesel::sql_query(
+                // The handle's turn (see the tombstones' migration), then its tombstone. No
+                // affected row: the row was there already, and no turn row of this import needs
+                // removing below (a client asking for found rows counts it too, and the removal
+                // then finds no row at 0).
+                let created = diesel::sql_query(
                     "INSERT INTO user_session_tombstones (handle, until_ms) VALUES (?, 0)
                      ON DUPLICATE KEY UPDATE handle = handle",
                 )
@@ -771,16 +751,18 @@ impl UserSessionStore for MysqlSessionStore {
                     )) => Imported::AlreadyPresent,
                     Err(e) => return Err(from_diesel(BACKEND, e)),
                 };
-                // The turn row goes with the commit (its lock is held until then), so a copy of
-                // many sessions leaves no row per session behind.
-                diesel::sql_query(
-                    "DELETE FROM user_session_tombstones WHERE handle = ? AND until_ms = 0",
-                )
-                .bind::<Text, _>(session.handle.as_str())
-                .prepared()
-                .execute(conn)
-                .await
-                .map_err(|e| from_diesel(BACKEND, e))?;
+                // A turn row created here goes with the commit (its lock is held until then), so
+                // a copy of many sessions leaves no row per session behind.
+                if created == 1 {
+                    diesel::sql_query(
+                        "DELETE FROM user_session_tombstones WHERE handle = ? AND until_ms = 0",
+                    )
+                    .bind::<Text, _>(session.handle.as_str())
+                    .prepared()
+                    .execute(conn)
+                    .await
+                    .map_err(|e| from_diesel(BACKEND, e))?;
+                }
                 Ok(imported)
             })
             .await
@@ -820,12 +802,14 @@ impl UserSessionStore for MysqlSessionStore {
                 .execute(conn)
                 .await
                 .map_err(|e| from_diesel(BACKEND, e))?;
-                diesel::sql_query("DELETE FROM user_sessions WHERE handle = ?")
-                    .bind::<Text, _>(handle.as_str())
-                    .prepared()
-                    .execute(conn)
-                    .await
-                    .map_err(|e| from_diesel(BACKEND, e))?;
+                if live == 0 {
+                    diesel::sql_query("DELETE FROM user_sessions WHERE handle = ?")
+                        .bind::<Text, _>(handle.as_str())
+                        .prepared()
+                        .execute(conn)
+                        .await
+                        .map_err(|e| from_diesel(BACKEND, e))?;
+                }
                 Ok(live > 0)
             })
             .await

@@ -113,3 +113,45 @@ pub(crate) fn keyset_page(prefix: &str, mut sessions: Vec<UserSession>, limit: u
     });
     ScanPage { sessions, next }
 }
+
+/// The `user_id` and `version` of the live row under a handle, read after a compare-and-set
+/// `update` matched nothing, to say why.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[derive(QueryableByName)]
+pub(crate) struct Stored {
+    #[diesel(sql_type = Text)]
+    pub(crate) user_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) version: i64,
+}
+
+/// Why a compare-and-set `update` of `session` matched no row, given the live row (`user_id`,
+/// `version`) found under its handle afterwards, if any.
+pub(crate) fn update_missed(session: &UserSession, live: Option<(&str, i64)>) -> SessionError {
+    match live {
+        None => SessionError::NotFound,
+        Some((user_id, _)) if user_id != session.user_id => SessionError::invalid_input(
+            "user_id",
+            "cannot change; sign the other user in with a new session",
+        ),
+        Some((_, version)) => SessionError::Conflict {
+            expected: session.version,
+            actual: u64::try_from(version).unwrap_or(0),
+        },
+    }
+}
+
+/// `update` as two statements (`once`: the compare-and-set, then on a miss the read that says
+/// why), asked once more when the read found the version the update asked for: the row appeared
+/// between the two statements (an `import` of this handle, as a migration copies it forward).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) async fn update_looking_twice<F, Fut>(once: F) -> Result<session_core::Updated>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<session_core::Updated>>,
+{
+    match once().await {
+        Err(SessionError::Conflict { expected, actual }) if expected == actual => once().await,
+        other => other,
+    }
+}

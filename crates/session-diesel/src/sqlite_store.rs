@@ -23,7 +23,7 @@ use session_core::{
 };
 
 use crate::error::from_diesel;
-use crate::row::{Row, keyset_page, parse_keyset_cursor};
+use crate::row::{Row, keyset_page, parse_keyset_cursor, update_missed};
 use crate::sqlite::{SqliteConn, SqliteProvider};
 
 /// The schema of the SQLite store, applied by [`SqliteSessionStore::open`].
@@ -151,17 +151,28 @@ impl SqliteSessionStore {
 }
 
 /// The insert of a new session.
-const INSERT: &str = "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root,
-     remember_me, attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms,
-     absolute_expires_at_ms, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// The head of every insert of a session: its twelve columns, in `bind_session!`'s order.
+macro_rules! insert_into_sessions {
+    () => {
+        "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me,
+         attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms,
+         version)"
+    };
+}
+
+const INSERT: &str = concat!(
+    insert_into_sessions!(),
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
 
 /// [`INSERT`] as a select that yields no row while the handle's tombstone stands: binds the
 /// session's twelve columns, then the handle and now. The `WHERE` also keeps an upsert after it
 /// unambiguous.
-const INSERT_UNLESS_ENDED: &str = "INSERT INTO user_sessions (handle, user_id, company_name, email,
-     is_root, remember_me, attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms,
-     absolute_expires_at_ms, version) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-     WHERE NOT EXISTS (SELECT 1 FROM user_session_tombstones WHERE handle = ? AND until_ms > ?)";
+const INSERT_UNLESS_ENDED: &str = concat!(
+    insert_into_sessions!(),
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+     WHERE NOT EXISTS (SELECT 1 FROM user_session_tombstones WHERE handle = ? AND until_ms > ?)"
+);
 
 /// Binds a session's twelve columns, in [`INSERT`]'s order, to `query`.
 macro_rules! bind_session {
@@ -331,22 +342,11 @@ impl UserSessionStore for SqliteSessionStore {
         .await
         .optional()
         .map_err(Self::fail)?;
-        match found {
-            Some(stored) if stored.idle_expires_at_ms > now => {
-                if stored.user_id != session.user_id {
-                    Err(SessionError::invalid_input(
-                        "user_id",
-                        "cannot change; sign the other user in with a new session",
-                    ))
-                } else {
-                    Err(SessionError::Conflict {
-                        expected: session.version,
-                        actual: u64::try_from(stored.version).unwrap_or(0),
-                    })
-                }
-            }
-            _ => Err(SessionError::NotFound),
-        }
+        let live = found
+            .as_ref()
+            .filter(|s| s.idle_expires_at_ms > now)
+            .map(|s| (s.user_id.as_str(), s.version));
+        Err(update_missed(session, live))
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {

@@ -27,7 +27,9 @@ use crate::error::from_diesel;
 use crate::pg::PgProvider;
 use crate::prepared::KeepPrepared;
 use crate::provider::CheckoutCheck;
-use crate::row::{Row, keyset_page, parse_keyset_cursor};
+use crate::row::{
+    Row, Stored, keyset_page, parse_keyset_cursor, update_looking_twice, update_missed,
+};
 
 /// The schema, applied by [`PgSessionStore::connect`] (and [`PgSessionStore::migrate`]).
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -188,14 +190,6 @@ struct Outcome {
 }
 
 #[derive(QueryableByName)]
-struct Stored {
-    #[diesel(sql_type = Text)]
-    user_id: String,
-    #[diesel(sql_type = BigInt)]
-    version: i64,
-}
-
-#[derive(QueryableByName)]
 struct Json {
     #[diesel(sql_type = Text)]
     row: String,
@@ -277,17 +271,8 @@ impl PgSessionStore {
             .load(&mut *conn)
             .await
             .map_err(|e| self.fail(e))?;
-        match stored.into_iter().next() {
-            None => Err(SessionError::NotFound),
-            Some(s) if s.user_id != session.user_id => Err(SessionError::invalid_input(
-                "user_id",
-                "cannot change; sign the other user in with a new session",
-            )),
-            Some(s) => Err(SessionError::Conflict {
-                expected: session.version,
-                actual: u64::try_from(s.version).unwrap_or(0),
-            }),
-        }
+        let live = <[Stored]>::first(&stored).map(|s| (s.user_id.as_str(), s.version));
+        Err(update_missed(session, live))
     }
 
     /// Connects, applies pending migrations (see [`PgSessionStore::migrate`]) and returns the store.
@@ -477,15 +462,7 @@ impl UserSessionStore for PgSessionStore {
 
     async fn update(&self, session: &UserSession) -> Result<Updated> {
         session.validate(&self.policy)?;
-        match self.update_once(session).await {
-            // The failure path's read found the version the update asked for: the row appeared
-            // between the two statements (an `import` of this handle, as a migration copies it
-            // forward). Asked again, the update finds it.
-            Err(SessionError::Conflict { expected, actual }) if expected == actual => {
-                self.update_once(session).await
-            }
-            other => other,
-        }
+        update_looking_twice(|| self.update_once(session)).await
     }
 
     async fn rotate(&self, token: &SessionToken) -> Result<Option<IssuedSession>> {

@@ -318,24 +318,31 @@ return {h, pttl}
     )
 });
 
-/// KEYS: session, [the user's index]. ARGV: now, base, hash, strict ('Y': the index must be
-/// declared). Returns 1 if a live session was removed, else 0, or `{'index', user_id}` (nothing
-/// written) when the index must be declared. `HMGET`, `ZREM`, `DEL`.
+/// KEYS: session, its tombstone, [the user's index]. ARGV: now, base, hash, strict ('Y': the index
+/// must be declared), until (epoch ms; `0`: no tombstone). Returns 1 if a live session was
+/// removed, else 0, or `{'index', user_id}` (nothing written) when the index must be declared.
+/// `HMGET`, `ZREM`, `DEL`. With `until`, it also leaves the tombstone that makes `IMPORT` answer
+/// `'ended'` until then (a later instant already there is kept): one step, so an import of the
+/// handle runs wholly before (and its copy is removed) or wholly after (and is refused).
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
-if not f[1] then return 0 end
 -- The index first, as in touch and rotate. It keeps its TTL: at most until this session would
 -- have expired (ADR 0020).
-if ARGV[2] ~= '' then
-  local idx = index_of(KEYS[2], ARGV[2], f[1], ARGV[4])
+if f[1] and ARGV[2] ~= '' then
+  local idx = index_of(KEYS[3], ARGV[2], f[1], ARGV[4])
   if not idx then return {'index', f[1]} end
   redis.call('ZREM', idx, ARGV[3])
 end
+local u = tonumber(ARGV[5])
+if u > 0 and u > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], ARGV[5], 'PXAT', ARGV[5])
+end
+if not (f[1] or f[2]) then return 0 end
 redis.call('DEL', KEYS[1])
-if expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
+if not f[1] or expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
 return 1
 ",
     )
@@ -446,34 +453,6 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 extend_index(KEYS[3], ARGV[3])
 return 'stored'
-",
-    )
-});
-
-/// KEYS: session, its tombstone, [the user's index]. ARGV: now, base, member, strict ('Y': the
-/// index must be declared), until (epoch ms). Removes the session as `DELETE` does and leaves the
-/// tombstone that makes `IMPORT` answer `'ended'` until `until` (a later instant already there is
-/// kept); one step, so an import of the handle runs wholly before (and its copy is removed) or
-/// wholly after (and is refused). Returns 1 if a live session was removed, else 0, or
-/// `{'index', user_id}` (nothing written) when the index must be declared.
-pub(crate) static END: LazyLock<Script> = LazyLock::new(|| {
-    with_helpers(
-        r"
-local now = tonumber(ARGV[1])
-local f = redis.call('HMGET', KEYS[1], 'user_id', 'idle_expires_at', 'absolute_expires_at')
-if f[1] and ARGV[2] ~= '' then
-  local idx = index_of(KEYS[3], ARGV[2], f[1], ARGV[4])
-  if not idx then return {'index', f[1]} end
-  redis.call('ZREM', idx, ARGV[3])
-end
-local u = tonumber(ARGV[5])
-if u > tonumber(redis.call('GET', KEYS[2]) or '0') then
-  redis.call('SET', KEYS[2], ARGV[5], 'PXAT', ARGV[5])
-end
-if not (f[1] or f[2]) then return 0 end
-redis.call('DEL', KEYS[1])
-if not f[1] or expired(now, tonumber(f[2]), tonumber(f[3])) then return 0 end
-return 1
 ",
     )
 });

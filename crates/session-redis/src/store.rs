@@ -404,35 +404,6 @@ impl RedisStore {
         self.handle_slot_key("t", handle)
     }
 
-    /// Ends the session at `location` and leaves its tombstone, in one script.
-    async fn end_at(
-        &self,
-        location: &Location,
-        handle: &SessionHandle,
-        until: u64,
-    ) -> Result<bool> {
-        let now = self.now_ms();
-        let tombstone = Self::tombstone_key(location);
-        let reply = self
-            .invoke_naming_index(&location.base, handle, |index| {
-                let mut invocation = scripts::END.prepare_invoke();
-                invocation.key(&location.key).key(&tombstone);
-                if let Some(index) = index {
-                    invocation.key(index);
-                }
-                invocation
-                    .arg(now)
-                    .arg(&location.base)
-                    .arg(&location.member)
-                    .arg(flag(self.declare_all_keys))
-                    .arg(until);
-                invocation
-            })
-            .await;
-        self.forget(&location.key);
-        Ok(matches!(reply?, Value::Int(1)))
-    }
-
     /// The location of the session a handle names in the standard layout, or `None` if no
     /// session of this store has that handle. A handle without this store's tag costs one `GET`
     /// of its alias.
@@ -685,11 +656,23 @@ impl RedisStore {
 
     /// Deletes the session at `location`; true if it was live.
     async fn delete_at(&self, location: &Location, handle: &SessionHandle) -> Result<bool> {
+        self.end_at(location, handle, 0).await
+    }
+
+    /// Deletes the session at `location` and, unless `until` is 0, leaves its tombstone until
+    /// then (epoch ms), in one script; true if it was live.
+    async fn end_at(
+        &self,
+        location: &Location,
+        handle: &SessionHandle,
+        until: u64,
+    ) -> Result<bool> {
         let now = self.now_ms();
+        let tombstone = Self::tombstone_key(location);
         let reply = self
             .invoke_naming_index(&location.base, handle, |index| {
                 let mut invocation = scripts::DELETE.prepare_invoke();
-                invocation.key(&location.key);
+                invocation.key(&location.key).key(&tombstone);
                 if let Some(index) = index {
                     invocation.key(index);
                 }
@@ -697,7 +680,8 @@ impl RedisStore {
                     .arg(now)
                     .arg(&location.base)
                     .arg(&location.member)
-                    .arg(flag(self.declare_all_keys));
+                    .arg(flag(self.declare_all_keys))
+                    .arg(until);
                 invocation
             })
             .await;

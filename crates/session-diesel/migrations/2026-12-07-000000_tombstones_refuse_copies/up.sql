@@ -14,6 +14,19 @@ CREATE TABLE user_session_tombstones (
 -- purge_expired removes tombstones whose instant has passed.
 CREATE INDEX user_session_tombstones_until_idx ON user_session_tombstones (until);
 
+-- The handle's turn: the advisory lock, held until the calling transaction ends.
+CREATE FUNCTION user_sessions_take_handle_turn(p_handle TEXT) RETURNS VOID LANGUAGE plpgsql
+VOLATILE AS $$
+BEGIN
+    -- Under REPEATABLE READ the snapshot predates the lock, and taking turns would protect nothing.
+    IF current_setting('transaction_isolation') = 'repeatable read' THEN
+        RAISE EXCEPTION 'importing or ending a session with a tombstone needs READ COMMITTED or SERIALIZABLE';
+    END IF;
+    PERFORM pg_advisory_xact_lock(
+        hashtextextended('user_sessions.handle:' || current_schema() || ':' || p_handle, 0));
+END;
+$$;
+
 -- `import`: 'ended' if the handle's tombstone stands, else the insert of `create`, which may
 -- replace only a row that has expired by `p_now`: 'stored' or 'present'.
 CREATE FUNCTION user_sessions_import(
@@ -23,12 +36,7 @@ CREATE FUNCTION user_sessions_import(
     p_version BIGINT, p_now TIMESTAMPTZ
 ) RETURNS TEXT LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    -- Under REPEATABLE READ the snapshot predates the lock, and taking turns would protect nothing.
-    IF current_setting('transaction_isolation') = 'repeatable read' THEN
-        RAISE EXCEPTION 'user_sessions_import needs READ COMMITTED or SERIALIZABLE';
-    END IF;
-    PERFORM pg_advisory_xact_lock(
-        hashtextextended('user_sessions.handle:' || current_schema() || ':' || p_handle, 0));
+    PERFORM user_sessions_take_handle_turn(p_handle);
     IF EXISTS (SELECT 1 FROM user_session_tombstones WHERE handle = p_handle AND until > p_now) THEN
         RETURN 'ended';
     END IF;
@@ -57,11 +65,7 @@ RETURNS BOOLEAN LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     live BOOLEAN;
 BEGIN
-    IF current_setting('transaction_isolation') = 'repeatable read' THEN
-        RAISE EXCEPTION 'user_sessions_end needs READ COMMITTED or SERIALIZABLE';
-    END IF;
-    PERFORM pg_advisory_xact_lock(
-        hashtextextended('user_sessions.handle:' || current_schema() || ':' || p_handle, 0));
+    PERFORM user_sessions_take_handle_turn(p_handle);
     INSERT INTO user_session_tombstones (handle, until) VALUES (p_handle, p_until)
     ON CONFLICT (handle) DO UPDATE SET until = GREATEST(user_session_tombstones.until, EXCLUDED.until);
     DELETE FROM user_sessions WHERE handle = p_handle RETURNING idle_expires_at > p_now INTO live;
