@@ -32,6 +32,7 @@ services:
     redis-cli -h 127.0.0.1 ping || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
     pg_isready -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start
     mysql -h 127.0.0.1 -u root -e 'SELECT 1' || service mariadb start
+    command -v chromedriver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 # Everything CI runs.
 ci:

@@ -1,9 +1,11 @@
 //! The PostgreSQL row decoder (session-diesel): a `user_sessions` row, instants as epoch
 //! milliseconds, to a `UserSession`, or a `Decode` error. Input: `handle`, `user_id`,
-//! `company_name`, `email` and `attributes` on one line each, a NUL byte, then a flags byte
-//! (`is_root`, `remember_me`) and five little-endian i64 (four instants, the version; a negative
-//! one is a `Decode` error).
+//! `company_name`, `email`, `attributes`, `device` and `address` (no line: `NULL`) on one line
+//! each, a NUL byte, then a flags byte (`is_root`, `remember_me`) and six little-endian i64 (four
+//! instants, the version, `authenticated_at`; a negative one is a `Decode` error).
 #![no_main]
+
+use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use session_core::clock::from_millis_since_epoch;
@@ -23,10 +25,11 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(text);
     let mut fields = text.split('\n').map(str::to_owned);
     let mut field = || fields.next().unwrap_or_default();
-    let (handle, user_id, company_name, email, attributes) =
-        (field(), field(), field(), field(), field());
+    let (handle, user_id, company_name, email, attributes, device) =
+        (field(), field(), field(), field(), field(), field());
+    let address = fields.next();
     let flags = binary.first().copied().unwrap_or(0);
-    let mut numbers = [0i64; 5];
+    let mut numbers = [0i64; 6];
     for (n, chunk) in numbers
         .iter_mut()
         .zip(binary.get(1..).unwrap_or_default().chunks(8))
@@ -48,9 +51,13 @@ fuzz_target!(|data: &[u8]| {
         idle_expires_at_ms: numbers[2],
         absolute_expires_at_ms: numbers[3],
         version: numbers[4],
+        authenticated_at_ms: numbers[5],
+        device: device.clone(),
+        address: address.clone(),
     };
     let parsed_handle = SessionHandle::parse(&handle);
     let parsed_attributes = serde_json::from_str::<Attributes>(&attributes);
+    let parsed_address = address.as_deref().map(str::parse::<IpAddr>).transpose();
     match row.into_session() {
         Ok(session) => {
             assert_eq!(Some(&session.handle), parsed_handle.as_ref().ok());
@@ -68,6 +75,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(session.idle_expires_at, instant(numbers[2]));
             assert_eq!(session.absolute_expires_at, instant(numbers[3]));
             assert_eq!(Ok(session.version), u64::try_from(numbers[4]));
+            assert_eq!(session.authenticated_at, instant(numbers[5]));
+            assert_eq!(session.device, device);
+            assert_eq!(Ok(session.address), parsed_address);
         }
         Err(SessionError::Decode {
             backend: "postgres",
@@ -82,8 +92,13 @@ fuzz_target!(|data: &[u8]| {
             ..
         }) => {
             assert_eq!(Some(&h), parsed_handle.as_ref().ok());
-            // Bad attributes, or a negative instant or version: a damaged row, never 1970 or 0.
-            assert!(parsed_attributes.is_err() || numbers.iter().any(|n| *n < 0));
+            // Bad attributes or address, or a negative instant or version: a damaged row, never
+            // 1970 or 0.
+            assert!(
+                parsed_attributes.is_err()
+                    || parsed_address.is_err()
+                    || numbers.iter().any(|n| *n < 0)
+            );
         }
         Err(other) => panic!("untyped error {other:?}"),
     }

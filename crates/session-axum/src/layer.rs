@@ -11,6 +11,7 @@ use session_core::UserSessionStore;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::client::{ClientSeen, TrustedProxies, peer_of};
 use crate::cookie::SessionCookies;
 use crate::session::Session;
 
@@ -35,6 +36,8 @@ use crate::session::Session;
 pub struct SessionLayer {
     store: Arc<dyn UserSessionStore>,
     cookies: Arc<SessionCookies>,
+    proxies: Arc<TrustedProxies>,
+    recent_auth: std::time::Duration,
 }
 
 impl SessionLayer {
@@ -44,7 +47,25 @@ impl SessionLayer {
         Self {
             store,
             cookies: Arc::new(SessionCookies::default()),
+            proxies: Arc::new(TrustedProxies::none()),
+            recent_auth: crate::recent::DEFAULT_RECENT_AUTH,
         }
+    }
+
+    /// How recently the password must have been entered for [`crate::RecentAuth`] to accept a
+    /// session. Default 10 minutes.
+    #[must_use]
+    pub fn with_recent_auth(mut self, max_age: std::time::Duration) -> Self {
+        self.recent_auth = max_age;
+        self
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies when it works out the client's address
+    /// ([`crate::ClientInfo`], recorded at sign-in). Default: none.
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = Arc::new(proxies);
+        self
     }
 
     /// Writes and reads the cookie as `cookies` says.
@@ -97,10 +118,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let client = ClientSeen::of(&self.layer.proxies, peer_of(&request), request.headers());
         let session = Session::from_headers(
             request.headers(),
             self.layer.store.clone(),
             self.layer.cookies.clone(),
+            client,
+            self.layer.recent_auth,
         );
         request.extensions_mut().insert(session.clone());
         // The clone that was polled ready serves this request; the fresh clone waits for the next.

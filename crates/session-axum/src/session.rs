@@ -11,6 +11,7 @@ use session_core::{
     UserSessionStore, UserSessionStoreExt,
 };
 
+use crate::client::{ClientInfo, ClientSeen};
 use crate::cookie::SessionCookies;
 
 /// How a request presented its session token.
@@ -51,6 +52,8 @@ struct State {
 struct Inner {
     store: Arc<dyn UserSessionStore>,
     cookies: Arc<SessionCookies>,
+    client: ClientSeen,
+    recent_auth: std::time::Duration,
     transport: Option<Transport>,
     state: tokio::sync::Mutex<State>,
 }
@@ -74,6 +77,14 @@ impl std::fmt::Debug for Session {
             .field("transport", &self.inner.transport)
             .finish_non_exhaustive()
     }
+}
+
+/// The CSRF token [`crate::CsrfLayer`] expects with `token`'s session: a secret derived from it
+/// ([`SessionToken::derive`]). For a response that hands a new token to a script (a sign-in or a
+/// rotation answered with JSON); pages use [`Session::csrf_token`].
+#[must_use]
+pub fn csrf_token_for(token: &SessionToken) -> String {
+    token.derive("csrf")
 }
 
 /// Most cookie values of the session's name a request may present that are tried.
@@ -115,6 +126,8 @@ impl Session {
         headers: &HeaderMap,
         store: Arc<dyn UserSessionStore>,
         cookies: Arc<SessionCookies>,
+        client: ClientSeen,
+        recent_auth: std::time::Duration,
     ) -> Self {
         let found = presented(headers, &cookies.cookie_name());
         let transport = found.as_ref().map(|(_, via)| *via);
@@ -133,6 +146,8 @@ impl Session {
             inner: Arc::new(Inner {
                 store,
                 cookies,
+                client,
+                recent_auth,
                 transport,
                 state: tokio::sync::Mutex::new(State {
                     token,
@@ -161,6 +176,49 @@ impl Session {
     #[must_use]
     pub fn store(&self) -> &Arc<dyn UserSessionStore> {
         &self.inner.store
+    }
+
+    /// The requesting client: its address (through the layer's trusted proxies) and device label.
+    #[must_use]
+    pub fn client(&self) -> ClientInfo {
+        self.inner.client.info()
+    }
+
+    /// How recently the password must have been entered for [`crate::RecentAuth`]
+    /// ([`crate::SessionLayer::with_recent_auth`]).
+    #[must_use]
+    pub fn recent_auth_bound(&self) -> std::time::Duration {
+        self.inner.recent_auth
+    }
+
+    /// The CSRF token of the live session, for a form's hidden field or a fetch request's
+    /// header ([`crate::CsrfLayer`] checks it on unsafe methods). Derived from the session's
+    /// token, so nothing is stored and it changes whenever the token does (sign-in, rotation,
+    /// re-authentication). `None` without a live session.
+    ///
+    /// # Errors
+    /// As [`Session::current`].
+    pub async fn csrf_token(&self) -> Result<Option<String>, SessionError> {
+        Ok(self
+            .current_with_token()
+            .await?
+            .map(|(_, token)| csrf_token_for(&token)))
+    }
+
+    /// Records that the user has just proved who they are again (re-entered the password): sets
+    /// the session's `authenticated_at` to now, which moves it to a new token in the same store
+    /// step, and sends the new cookie. What [`crate::RecentAuth`] then accepts.
+    ///
+    /// # Errors
+    /// `NotFound` without a live session; the store's errors.
+    pub async fn reauthenticate(&self) -> Result<Updated, SessionError> {
+        let policy = self.inner.store.policy().clone();
+        self.update_with(|s| {
+            *s = s.clone().reauthenticated(&policy);
+            Ok(())
+        })
+        .await
+        .map(|((), updated)| updated)
     }
 
     /// The live session, touched (sliding its idle expiry, throttled by the policy); `None` when
@@ -334,7 +392,17 @@ impl Session {
     ///
     /// # Errors
     /// `InvalidInput`/`PayloadTooLarge` for bad fields; the store's errors. Nothing changes then.
-    pub async fn sign_in(&self, new: NewUserSession) -> Result<IssuedSession, SessionError> {
+    ///
+    /// The session records the client's device label and address ([`Session::client`]) where
+    /// `new` leaves them empty.
+    pub async fn sign_in(&self, mut new: NewUserSession) -> Result<IssuedSession, SessionError> {
+        let client = self.client();
+        if new.device.is_empty() {
+            new.device = client.device;
+        }
+        if new.address.is_none() {
+            new.address = client.address;
+        }
         let mut state = self.inner.state.lock().await;
         self.settle(&mut state).await?;
         let issued = self.inner.store.create(new).await?;

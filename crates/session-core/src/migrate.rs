@@ -108,7 +108,7 @@ fn tombstone_lifetime(policy: &SessionPolicy) -> std::time::Duration {
 ///   store again, and if the session has gone from it meanwhile (an ending in progress), deletes
 ///   the copy; no copy is removed while its session lives. `sessionctl migrate` copies the rest,
 ///   with the same check behind the tombstones.
-/// - **A rotation** (`rotate`, an `update` that changes `is_root`) rotates in the new store
+/// - **A rotation** (`rotate`, an `update` that changes `is_root` or `authenticated_at`) rotates in the new store
 ///   (after copying forward), then ends the old handle in the old store and then in the new one,
 ///   with its tombstone, as an ending does. Once the new store has rotated, the new token is handed out whatever the
 ///   old store answers: a failed clean-up is tried again, then logged with the handle
@@ -533,7 +533,10 @@ where
                                 && copy.attributes == ours.attributes
                                 && copy.company_name == ours.company_name
                                 && copy.email == ours.email
-                                && copy.is_root == ours.is_root =>
+                                && copy.is_root == ours.is_root
+                                && copy.authenticated_at == ours.authenticated_at
+                                && copy.device == ours.device
+                                && copy.address == ours.address =>
                         {
                             Ok(updated)
                         }

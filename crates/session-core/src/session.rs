@@ -1,6 +1,7 @@
 //! The user session and what a caller supplies to create one.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
@@ -16,7 +17,11 @@ pub type Attributes = BTreeMap<String, serde_json::Value>;
 /// Who signed in, as whom, until when. Returned by every read; it never contains the token.
 ///
 /// Exhaustive on purpose: backends in other crates rebuild it from what they stored.
+///
+/// Read back from JSON written before `authenticated_at`, `device` and `address` existed (an old
+/// `sessionctl export`), it takes `created_at` as the authentication time and no device metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SessionWire")]
 pub struct UserSession {
     /// The session's public name (a hash of its token). Use it to list and revoke.
     pub handle: SessionHandle,
@@ -46,6 +51,67 @@ pub struct UserSession {
     pub absolute_expires_at: SystemTime,
     /// Bumped by every successful `update`; the compare-and-set token.
     pub version: u64,
+    /// When the user last proved who they are: the sign-in, or a later re-authentication (see
+    /// [`UserSession::reauthenticated`]). Never before `created_at`. An `update` that changes it
+    /// also rotates the token, as a change of `is_root` does: a fresh proof must not extend to a
+    /// token that may have leaked before it.
+    #[serde(with = "humantime_serde")]
+    pub authenticated_at: SystemTime,
+    /// A short label of the client that signed in, e.g. "Firefox on Linux" (empty: unknown).
+    /// Editable like `email`, limited by [`SessionPolicy::max_field_bytes`].
+    pub device: String,
+    /// The client's IP address as the service saw it at sign-in (behind a proxy, the address the
+    /// trusted proxy reported), if known. Editable.
+    pub address: Option<IpAddr>,
+}
+
+/// [`UserSession`] as JSON may carry it: the metadata fields added later are optional.
+#[derive(Deserialize)]
+struct SessionWire {
+    handle: SessionHandle,
+    user_id: String,
+    company_name: String,
+    email: String,
+    is_root: bool,
+    remember_me: bool,
+    attributes: Attributes,
+    #[serde(with = "humantime_serde")]
+    created_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    last_seen_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    idle_expires_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    absolute_expires_at: SystemTime,
+    version: u64,
+    #[serde(default, with = "humantime_serde")]
+    authenticated_at: Option<SystemTime>,
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    address: Option<IpAddr>,
+}
+
+impl From<SessionWire> for UserSession {
+    fn from(wire: SessionWire) -> Self {
+        Self {
+            handle: wire.handle,
+            user_id: wire.user_id,
+            company_name: wire.company_name,
+            email: wire.email,
+            is_root: wire.is_root,
+            remember_me: wire.remember_me,
+            attributes: wire.attributes,
+            created_at: wire.created_at,
+            last_seen_at: wire.last_seen_at,
+            idle_expires_at: wire.idle_expires_at,
+            absolute_expires_at: wire.absolute_expires_at,
+            version: wire.version,
+            authenticated_at: wire.authenticated_at.unwrap_or(wire.created_at),
+            device: wire.device,
+            address: wire.address,
+        }
+    }
 }
 
 /// What a caller supplies to sign a user in.
@@ -65,6 +131,12 @@ pub struct NewUserSession {
     pub remember_me: bool,
     /// Initial application data.
     pub attributes: Attributes,
+    /// A short label of the client signing in ("Firefox on Linux"); `session-axum` fills it from
+    /// the `User-Agent` header when left empty.
+    pub device: String,
+    /// The client's address; `session-axum` fills it (trusting `X-Forwarded-For` only from the
+    /// proxies it is told to) when left `None`.
+    pub address: Option<IpAddr>,
 }
 
 impl NewUserSession {
@@ -104,6 +176,20 @@ impl NewUserSession {
         self
     }
 
+    /// Sets the device label (e.g. "Firefox on Linux").
+    #[must_use]
+    pub fn device(mut self, device: impl Into<String>) -> Self {
+        self.device = device.into();
+        self
+    }
+
+    /// Sets the client's address.
+    #[must_use]
+    pub fn address(mut self, address: Option<IpAddr>) -> Self {
+        self.address = address;
+        self
+    }
+
     /// Adds one attribute.
     #[must_use]
     pub fn attribute(
@@ -120,7 +206,13 @@ impl NewUserSession {
     /// # Errors
     /// [`SessionError::InvalidInput`] or [`SessionError::PayloadTooLarge`].
     pub fn into_session(self, token: &SessionToken, policy: &SessionPolicy) -> Result<UserSession> {
-        validate_fields(&self.user_id, &self.company_name, &self.email, policy)?;
+        validate_fields(
+            &self.user_id,
+            &self.company_name,
+            &self.email,
+            &self.device,
+            policy,
+        )?;
         validate_attributes(&self.attributes, policy)?;
         let now = policy.now();
         let expiry = policy.initial_expiry(now, self.remember_me);
@@ -137,6 +229,9 @@ impl NewUserSession {
             idle_expires_at: expiry.idle_expires_at,
             absolute_expires_at: expiry.absolute_expires_at,
             version: 1,
+            authenticated_at: now,
+            device: self.device,
+            address: self.address,
         })
     }
 }
@@ -146,9 +241,59 @@ impl UserSession {
     ///
     /// # Errors
     /// [`SessionError::InvalidInput`] or [`SessionError::PayloadTooLarge`].
+    /// `authenticated_at` must lie between `created_at` and the policy clock's now (a proof from
+    /// the future would pass any freshness check).
     pub fn validate(&self, policy: &SessionPolicy) -> Result<()> {
-        validate_fields(&self.user_id, &self.company_name, &self.email, policy)?;
+        self.validate_editable(policy)?;
+        self.validate_authenticated_at()?;
+        if self.authenticated_at > policy.now() {
+            return Err(SessionError::invalid_input(
+                "authenticated_at",
+                "is in the future",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_editable(&self, policy: &SessionPolicy) -> Result<()> {
+        validate_fields(
+            &self.user_id,
+            &self.company_name,
+            &self.email,
+            &self.device,
+            policy,
+        )?;
         validate_attributes(&self.attributes, policy)
+    }
+
+    fn validate_authenticated_at(&self) -> Result<()> {
+        whole_millis("authenticated_at", self.authenticated_at)?;
+        if self.authenticated_at < self.created_at {
+            return Err(SessionError::invalid_input(
+                "authenticated_at",
+                "is before created_at",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The session with `authenticated_at` set to the policy clock's now, for an `update` after
+    /// the user proved who they are again (re-entered the password): the store rotates the token
+    /// in the same step ([`Updated::rotated`]).
+    #[must_use]
+    pub fn reauthenticated(mut self, policy: &SessionPolicy) -> Self {
+        self.authenticated_at = policy.now().max(self.created_at);
+        self
+    }
+
+    /// How long ago the user last proved who they are, by the policy clock (zero if
+    /// `authenticated_at` is ahead of it).
+    #[must_use]
+    pub fn authentication_age(&self, policy: &SessionPolicy) -> std::time::Duration {
+        policy
+            .now()
+            .duration_since(self.authenticated_at)
+            .unwrap_or_default()
     }
 
     /// Validates a session read from another store before [`crate::UserSessionStore::import`]
@@ -160,7 +305,9 @@ impl UserSession {
     /// # Errors
     /// [`SessionError::InvalidInput`] naming the field, or [`SessionError::PayloadTooLarge`].
     pub fn validate_import(&self, policy: &SessionPolicy) -> Result<()> {
-        self.validate(policy)?;
+        // Not `validate`: a copy's `authenticated_at` was dated by the source store's clock, which
+        // may run a little ahead of this one.
+        self.validate_editable(policy)?;
         if self.version == 0 {
             return Err(SessionError::invalid_input("version", "must be at least 1"));
         }
@@ -173,19 +320,9 @@ impl UserSession {
             ("idle_expires_at", self.idle_expires_at),
             ("absolute_expires_at", self.absolute_expires_at),
         ] {
-            let Ok(since) = instant.duration_since(std::time::UNIX_EPOCH) else {
-                return Err(SessionError::invalid_input(field, "is before 1970"));
-            };
-            if since.subsec_nanos() % 1_000_000 != 0 {
-                return Err(SessionError::invalid_input(
-                    field,
-                    "is not in whole milliseconds",
-                ));
-            }
-            if i64::try_from(since.as_millis()).is_err() {
-                return Err(SessionError::invalid_input(field, "is too far ahead"));
-            }
+            whole_millis(field, instant)?;
         }
+        self.validate_authenticated_at()?;
         let order = [
             ("last_seen_at", self.created_at <= self.last_seen_at),
             ("idle_expires_at", self.created_at <= self.idle_expires_at),
@@ -264,7 +401,7 @@ impl UserSession {
 /// What [`crate::UserSessionStore::update`] stored.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-#[must_use = "a change of is_root moves the session to a new token: send `rotated` to the client"]
+#[must_use = "a change of is_root or authenticated_at moves the session to a new token: send `rotated` to the client"]
 pub struct Updated {
     /// The session as stored, at `version + 1`.
     pub session: UserSession,
@@ -292,6 +429,24 @@ impl Updated {
     }
 }
 
+/// Refuses an instant no backend stores exactly: before 1970, past `i64` milliseconds, or finer
+/// than a millisecond.
+fn whole_millis(field: &'static str, instant: SystemTime) -> Result<()> {
+    let Ok(since) = instant.duration_since(std::time::UNIX_EPOCH) else {
+        return Err(SessionError::invalid_input(field, "is before 1970"));
+    };
+    if since.subsec_nanos() % 1_000_000 != 0 {
+        return Err(SessionError::invalid_input(
+            field,
+            "is not in whole milliseconds",
+        ));
+    }
+    if i64::try_from(since.as_millis()).is_err() {
+        return Err(SessionError::invalid_input(field, "is too far ahead"));
+    }
+    Ok(())
+}
+
 /// Encodes attributes as JSON.
 ///
 /// # Errors
@@ -305,6 +460,7 @@ fn validate_fields(
     user_id: &str,
     company_name: &str,
     email: &str,
+    device: &str,
     policy: &SessionPolicy,
 ) -> Result<()> {
     if user_id.is_empty() {
@@ -314,6 +470,7 @@ fn validate_fields(
         ("user_id", user_id),
         ("company_name", company_name),
         ("email", email),
+        ("device", device),
     ] {
         if value.len() > policy.max_field_bytes {
             return Err(SessionError::PayloadTooLarge {

@@ -47,13 +47,15 @@ pub trait UserSessionStore: Send + Sync + fmt::Debug {
     /// `version`, so a touch never makes a concurrent `update` conflict.
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>>;
 
-    /// Writes `session`'s editable fields (`company_name`, `email`, `is_root`, `attributes`) if the
-    /// stored version still equals `session.version` (compare-and-set), and returns the stored session
-    /// with `version + 1`. Expiry is not extended.
+    /// Writes `session`'s editable fields (`company_name`, `email`, `is_root`, `attributes`,
+    /// `authenticated_at`, `device`, `address`) if the stored version still equals
+    /// `session.version` (compare-and-set), and returns the stored session with `version + 1`.
+    /// Expiry is not extended.
     ///
-    /// When the write changes `is_root`, the session is also rotated in the same atomic step: it
-    /// moves to a new token and handle (returned in [`Updated::rotated`]) and the old token finds
-    /// nothing from then on, so no caller can keep a pre-privilege-change token by skipping a step.
+    /// When the write changes `is_root` or `authenticated_at`, the session is also rotated in the
+    /// same atomic step: it moves to a new token and handle (returned in [`Updated::rotated`]) and
+    /// the old token finds nothing from then on, so no caller can keep a token from before a
+    /// privilege change or a re-authentication by skipping a step.
     ///
     /// # Errors
     /// [`crate::SessionError::Conflict`] if the stored version differs (no write happens);

@@ -140,6 +140,21 @@ impl SessionToken {
     pub fn routing_tag(&self) -> Option<&str> {
         self.handle.routing_tag()
     }
+
+    /// A secret derived from this token for one `purpose` (e.g. `"csrf"`): base64url of
+    /// SHA-256 over a fixed label, `purpose`, a separator and the token. Only a holder of the
+    /// token can compute it; it reveals nothing of the token, differs from the handle (which
+    /// hashes the token alone) and from every other purpose's secret, and changes whenever the
+    /// session moves to a new token. Nothing is stored.
+    #[must_use]
+    pub fn derive(&self, purpose: &str) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"session-core derived secret\0");
+        hasher.update(purpose.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.secret.as_bytes());
+        URL_SAFE_NO_PAD.encode(hasher.finalize())
+    }
 }
 
 impl fmt::Debug for SessionToken {
@@ -240,6 +255,18 @@ impl From<SessionHandle> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_secrets_differ_by_purpose_from_the_handle_and_across_tokens() {
+        let token = SessionToken::generate().unwrap();
+        let csrf = token.derive("csrf");
+        assert_eq!(csrf, token.derive("csrf"), "deterministic");
+        assert_ne!(csrf, token.derive("other"));
+        assert_ne!(csrf, token.handle().hash());
+        assert!(!csrf.contains(token.expose_secret()));
+        assert_ne!(csrf, SessionToken::generate().unwrap().derive("csrf"));
+        assert_eq!(csrf.len(), 43, "base64url of 32 bytes");
+    }
 
     #[test]
     fn generated_tokens_are_long_unique_and_parse_back() {

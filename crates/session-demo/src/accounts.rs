@@ -763,9 +763,11 @@ impl AddressLimiter {
     }
 }
 
-/// The client's address, from the connection (`session_axum::serve` and axum's
-/// `into_make_service_with_connect_info` record it). `None` when the server did not record it:
-/// then the per-address limit does not apply. Proxies' `X-Forwarded-For` is not read.
+/// The client's address, as the session layer works it out (`session_axum::ClientInfo`: the
+/// connection's peer, which `session_axum::serve` and axum's `into_make_service_with_connect_info`
+/// record, or behind the layer's trusted proxies the address they report); the peer itself on a
+/// router without the layer. `None` when the server did not record it: then the per-address
+/// limit does not apply.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
@@ -773,6 +775,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(session) = parts.extensions.get::<session_axum::Session>() {
+            return Ok(Self(session.client().address));
+        }
         Ok(Self(
             parts
                 .extensions
@@ -805,6 +810,25 @@ pub async fn authenticate(
             Ok(account)
         }
         Checked::Failed | Checked::NoAccount => Err(AccountError::InvalidCredentials),
+    }
+}
+
+/// Checks account `id`'s password again (a re-authentication before a sensitive action). The
+/// attempt counts toward the account's limit, as a sign-in does, so a stolen session cannot
+/// guess it freely.
+///
+/// # Errors
+/// `WrongPassword` (a wrong password or a locked account), `NoAccount`, or the database's error.
+pub async fn confirm_password(
+    db: &Db,
+    limits: &SignInLimits,
+    id: i64,
+    password: &str,
+) -> Result<(), AccountError> {
+    match check_password(db, Lookup::Id(id), password, limits).await? {
+        Checked::Passed(_) => Ok(()),
+        Checked::Failed => Err(AccountError::WrongPassword),
+        Checked::NoAccount => Err(AccountError::NoAccount),
     }
 }
 

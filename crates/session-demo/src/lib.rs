@@ -3,7 +3,21 @@
 //!
 //! Every route sits behind [`SessionLayer`], which owns the cookie: no handler writes one.
 //!
-//! Routes:
+//! Pages (server-rendered HTML, forms only, no JavaScript):
+//! - `GET /sign-in`, `POST /sign-in` (a form: `email`, `password`, `remember_me`);
+//! - `GET /account/sessions`, "Your sessions": this device marked, every other session with its
+//!   device label, address, sign-in time and last activity, a "Sign out" button on each
+//!   (`POST /account/sessions/revoke`, the caller's own sessions only) and "Sign out everywhere
+//!   else" (`POST /account/sessions/revoke-others`). Both need the password entered within the
+//!   recent-authentication bound, else they send the browser to `GET /account/confirm`, whose
+//!   form (`POST /account/confirm`) checks the password and moves the session to a new token;
+//! - `POST /sign-out`; `GET /` sends the browser to one page or the other.
+//!
+//! Every unsafe request passes [`CsrfLayer`]: from this origin only, and with the session's CSRF
+//! token when it authenticates with the cookie (forms carry it in a hidden field; API scripts
+//! send the `csrf_token` their sign-in returned in `X-CSRF-Token`). Bearer calls are exempt.
+//!
+//! JSON routes:
 //! - `POST /sessions` sign in (`email`, `password`, `remember_me`): the password is checked against
 //!   the account's argon2id hash (see [`accounts`]) and the session is built from the account's
 //!   row, root flag included; the layer sets the cookie; the body returns the session id (the
@@ -25,6 +39,7 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+mod pages;
 
 use std::sync::{Arc, OnceLock};
 
@@ -36,7 +51,8 @@ use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use session_axum::{
-    ApiError, CurrentSession, JsonBody, JsonPath, Session, SessionCookies, SessionLayer,
+    ApiError, CsrfLayer, CurrentSession, JsonBody, JsonPath, Session, SessionCookies, SessionLayer,
+    TrustedProxies, csrf_token_for,
 };
 use session_core::{
     ErrorChain, IssuedSession, NewUserSession, ScopeOptions, SessionError, UserSession,
@@ -154,15 +170,70 @@ pub async fn app_with(
     cookies: SessionCookies,
     limits: SignInLimits,
 ) -> Result<Router, SessionError> {
+    app_with_options(
+        manager,
+        Options {
+            cookies,
+            limits,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// How the demo's router is set up.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// How the session cookie is written.
+    pub cookies: SessionCookies,
+    /// Failed sign-in limits.
+    pub limits: SignInLimits,
+    /// Proxies whose `X-Forwarded-For` is believed for the client's address (`DEMO_TRUSTED_PROXIES`).
+    pub trusted_proxies: TrustedProxies,
+    /// How recently the password must have been entered to sign out other sessions
+    /// (`DEMO_RECENT_AUTH`); `None`: the library's default, 10 minutes.
+    pub recent_auth: Option<std::time::Duration>,
+}
+
+/// [`app`] with every option.
+///
+/// # Errors
+/// If the database refuses the migration.
+pub async fn app_with_options(
+    manager: Arc<SessionManager>,
+    options: Options,
+) -> Result<Router, SessionError> {
     migrate(&manager).await?;
     accounts::warm_up().await?;
-    let sessions = SessionLayer::new(manager.sessions().clone()).with_cookies(cookies);
+    let mut sessions = SessionLayer::new(manager.sessions().clone())
+        .with_cookies(options.cookies)
+        .with_trusted_proxies(options.trusted_proxies);
+    if let Some(bound) = options.recent_auth {
+        sessions = sessions.with_recent_auth(bound);
+    }
     let state = AppState {
         manager,
         metrics: prometheus(),
-        limiter: Arc::new(AddressLimiter::new(limits)),
+        limiter: Arc::new(AddressLimiter::new(options.limits)),
     };
     Ok(Router::new()
+        .route("/", get(pages::home))
+        .route(
+            pages::SIGN_IN,
+            get(pages::sign_in_form).post(pages::sign_in),
+        )
+        .route("/sign-out", post(pages::sign_out))
+        .route(pages::SESSIONS, get(pages::sessions_page))
+        .route("/account/sessions/revoke", post(pages::revoke))
+        .route(
+            "/account/sessions/revoke-others",
+            post(pages::revoke_others),
+        )
+        .route(
+            pages::CONFIRM,
+            get(pages::confirm_form).post(pages::confirm),
+        )
         .route("/sessions", post(sign_in))
         .route("/sessions/me", get(me).delete(sign_out))
         .route("/sessions/me/rotate", post(rotate))
@@ -181,6 +252,8 @@ pub async fn app_with(
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // Inside the session layer: it reads the request's session to find its CSRF token.
+        .layer(CsrfLayer::default())
         .layer(sessions)
         .with_state(state))
 }
@@ -194,18 +267,28 @@ struct SignIn {
     remember_me: bool,
 }
 
+/// A new token, for API clients, and the CSRF token a script sends with it in `X-CSRF-Token` when
+/// it authenticates with the cookie instead.
 #[derive(Serialize)]
 struct Issued {
     session_id: String,
+    csrf_token: String,
     session: UserSession,
+}
+
+impl Issued {
+    fn new(token: &session_core::SessionToken, session: UserSession) -> Self {
+        Self {
+            session_id: token.expose_secret().to_owned(),
+            csrf_token: csrf_token_for(token),
+            session,
+        }
+    }
 }
 
 impl From<IssuedSession> for Issued {
     fn from(issued: IssuedSession) -> Self {
-        Self {
-            session_id: issued.token.expose_secret().to_owned(),
-            session: issued.session,
-        }
+        Self::new(&issued.token, issued.session)
     }
 }
 
@@ -246,6 +329,7 @@ struct PasswordChange {
 #[derive(Serialize)]
 struct PasswordChanged {
     session_id: String,
+    csrf_token: String,
     session: UserSession,
     /// The account's other sessions, now signed out.
     signed_out: u64,
@@ -281,6 +365,7 @@ async fn change_password(
         .ok_or_else(ApiError::unauthenticated)?;
     Ok(axum::Json(PasswordChanged {
         session_id: issued.token.expose_secret().to_owned(),
+        csrf_token: csrf_token_for(&issued.token),
         session: issued.session,
         signed_out,
     }))
@@ -337,10 +422,7 @@ async fn step_down(
             "this session has no root rights to give up",
         )
     })?;
-    Ok(axum::Json(Issued {
-        session_id: token.expose_secret().to_owned(),
-        session: updated.session,
-    }))
+    Ok(axum::Json(Issued::new(&token, updated.session)))
 }
 
 /// Typed session data: kept in the session's attributes under `preferences`.

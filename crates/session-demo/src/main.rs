@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use session_axum::{ServerLimits, SessionCookies, shutdown_signal};
+use session_axum::{ServerLimits, SessionCookies, TrustedProxies, shutdown_signal};
 use session_manager::{SessionConfig, SessionManager};
 
 #[tokio::main]
@@ -56,8 +56,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let embedded = config.database_url == SessionConfig::default().database_url
         && config.database_url.contains(":memory:");
     let manager = Arc::new(SessionManager::build(config).await?);
-    let router =
-        session_demo::app(manager.clone(), SessionCookies::default().secure(secure)).await?;
+    let trusted_proxies = match std::env::var("DEMO_TRUSTED_PROXIES") {
+        Ok(list) => {
+            TrustedProxies::parse(&list).map_err(|e| format!("DEMO_TRUSTED_PROXIES: {e}"))?
+        }
+        Err(_) => TrustedProxies::none(),
+    };
+    let mut options = session_demo::Options::default();
+    options.cookies = SessionCookies::default().secure(secure);
+    options.trusted_proxies = trusted_proxies;
+    options.recent_auth = Some(duration_var(
+        "DEMO_RECENT_AUTH",
+        session_axum::DEFAULT_RECENT_AUTH,
+    )?);
+    let router = session_demo::app_with_options(manager.clone(), options).await?;
     // An in-memory database starts empty: give it two accounts to sign in with.
     let seeded = if embedded {
         session_demo::seed(&manager).await?
@@ -104,6 +116,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "account: {email} password: {password}{root} (in memory: new passwords on every start)"
         );
     }
+    println!("or open http://{local}/ in a browser: sign in, then \"Your sessions\"");
     session_axum::serve(listener, router, limits, shutdown_signal()).await?;
     manager.shutdown().await;
     println!("session-demo stopped");

@@ -103,15 +103,74 @@ impl Demo {
     }
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap()
+/// A client with a cookie jar that sends, as a page's script would, the CSRF token of the
+/// session its cookie names with every unsafe request (the demo's `CsrfLayer` refuses
+/// cookie-authenticated ones without it).
+#[derive(Clone)]
+struct Browser {
+    client: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+}
+
+impl Browser {
+    fn get(&self, url: String) -> reqwest::RequestBuilder {
+        self.client.get(url)
+    }
+
+    fn post(&self, url: String) -> reqwest::RequestBuilder {
+        self.unsafe_request(reqwest::Method::POST, url)
+    }
+
+    fn put(&self, url: String) -> reqwest::RequestBuilder {
+        self.unsafe_request(reqwest::Method::PUT, url)
+    }
+
+    fn delete(&self, url: String) -> reqwest::RequestBuilder {
+        self.unsafe_request(reqwest::Method::DELETE, url)
+    }
+
+    fn patch(&self, url: String) -> reqwest::RequestBuilder {
+        self.unsafe_request(reqwest::Method::PATCH, url)
+    }
+
+    fn unsafe_request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let csrf = self.csrf_token(&url);
+        let request = self.client.request(method, url);
+        match csrf {
+            Some(token) => request.header("x-csrf-token", token),
+            None => request,
+        }
+    }
+
+    /// The CSRF token of the session the jar's cookie names, as the demo's pages would show it.
+    fn csrf_token(&self, url: &str) -> Option<String> {
+        use reqwest::cookie::CookieStore as _;
+        let cookies = self.jar.cookies(&reqwest::Url::parse(url).ok()?)?;
+        let token = cookies
+            .to_str()
+            .ok()?
+            .split(';')
+            .find_map(|pair| pair.trim().strip_prefix("session="))?
+            .to_owned();
+        SessionToken::parse(&token)
+            .ok()
+            .map(|t| session_axum::csrf_token_for(&t))
+    }
+}
+
+fn browser() -> Browser {
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    Browser {
+        client: reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .build()
+            .unwrap(),
+        jar,
+    }
 }
 
 /// Signs `client` in to account `user` (added as root or not on first use) with its password.
-async fn sign_in(demo: &Demo, client: &reqwest::Client, user: &str, root: bool) -> String {
+async fn sign_in(demo: &Demo, client: &Browser, user: &str, root: bool) -> String {
     let id = demo.account(user, root).await;
     let response = client
         .post(demo.url("/sessions"))
@@ -370,7 +429,7 @@ async fn scenario(demo: &Demo) {
 }
 
 /// The token `client`'s cookie jar holds for the demo, read from the session list.
-async fn carol_token(demo: &Demo, client: &reqwest::Client) -> String {
+async fn carol_token(demo: &Demo, client: &Browser) -> String {
     let rotated: Value = json(client.post(demo.url("/sessions/me/rotate"))).await;
     rotated["session_id"].as_str().unwrap().to_owned()
 }

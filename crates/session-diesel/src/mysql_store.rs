@@ -15,7 +15,7 @@ use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::mysql::Mysql;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use session_core::clock::millis_since_epoch;
@@ -46,14 +46,18 @@ const MIGRATION_LOCK: &str = "session_diesel.migrations";
 /// How long an instance waits for another's migrations before giving up.
 const MIGRATION_LOCK_WAIT_SECONDS: u32 = 60;
 
-/// The session columns, in [`Row`]'s order.
+/// The session columns, in [`Row`]'s order. A row the previous release wrote has no
+/// `authenticated_at_ms` (authenticated at sign-in) and no `device` (the column is nullable, see
+/// its migration).
 const COLUMNS: &str = "CAST(handle AS CHAR) AS handle, CAST(user_id AS CHAR) AS user_id, company_name, email, \
      is_root, remember_me, attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, \
-     absolute_expires_at_ms, version";
+     absolute_expires_at_ms, version, COALESCE(authenticated_at_ms, created_at_ms) AS authenticated_at_ms, \
+     COALESCE(device, '') AS device, address";
 
 const INSERT: &str = "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me,
-         attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+         attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version,
+         authenticated_at_ms, device, address)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Takes the user's turn: the row is created on the first capped sign-in and locked (until the
 /// transaction ends) by every one, the first included.
@@ -242,19 +246,26 @@ impl MysqlSessionStore {
         let now = self.now();
         in_step!(self, |conn| {
             // MySQL assigns left to right, each assignment seeing the ones before it: the handle is
-            // decided first, from the row's old `is_root`. A change of `is_root` moves the row to a
-            // new handle in the same statement.
+            // decided first, from the row's old `is_root` and `authenticated_at_ms`. A change of
+            // either (a privilege change, a re-authentication) moves the row to a new handle in
+            // the same statement.
             let changed = diesel::sql_query(
-                "UPDATE user_sessions SET handle = IF(is_root <> ?, ?, handle), company_name = ?,
-                     email = ?, is_root = ?, attributes = ?, version = version + 1
+                "UPDATE user_sessions SET handle = IF(is_root <> ?
+                     OR COALESCE(authenticated_at_ms, created_at_ms) <> ?, ?, handle),
+                     company_name = ?, email = ?, is_root = ?, attributes = ?,
+                     authenticated_at_ms = ?, device = ?, address = ?, version = version + 1
                  WHERE handle = ? AND version = ? AND user_id = ? AND idle_expires_at_ms > ?",
             )
             .bind::<Bool, _>(session.is_root)
+            .bind::<BigInt, _>(ms(session.authenticated_at))
             .bind::<Text, _>(new_token.handle().as_str())
             .bind::<Text, _>(&session.company_name)
             .bind::<Text, _>(&session.email)
             .bind::<Bool, _>(session.is_root)
             .bind::<Text, _>(session.attributes_json()?)
+            .bind::<BigInt, _>(ms(session.authenticated_at))
+            .bind::<Text, _>(&session.device)
+            .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
             .bind::<Text, _>(session.handle.as_str())
             .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
             .bind::<Text, _>(&session.user_id)
@@ -398,6 +409,9 @@ fn insert<'a>(
         .bind::<BigInt, _>(ms(session.idle_expires_at))
         .bind::<BigInt, _>(ms(session.absolute_expires_at))
         .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(1))
+        .bind::<BigInt, _>(ms(session.authenticated_at))
+        .bind::<Text, _>(&session.device)
+        .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
         .prepared()
 }
 
@@ -844,7 +858,9 @@ impl StorageDump for MysqlSessionStore {
                      'remember_me', remember_me, 'attributes', attributes,
                      'created_at_ms', created_at_ms, 'last_seen_at_ms', last_seen_at_ms,
                      'idle_expires_at_ms', idle_expires_at_ms,
-                     'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version) AS `row`
+                     'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version,
+                     'authenticated_at_ms', authenticated_at_ms, 'device', device,
+                     'address', address) AS `row`
                  FROM user_sessions",
                 "SELECT JSON_OBJECT('user_key', HEX(user_key)) AS `row` FROM user_session_turns",
                 "SELECT JSON_OBJECT('tombstone', CAST(handle AS CHAR), 'until_ms', until_ms) AS `row`

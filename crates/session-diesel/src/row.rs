@@ -1,13 +1,15 @@
 //! A `user_sessions` row as the SQL stores read it, and its decoding into a [`UserSession`].
 
+use std::net::IpAddr;
+
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use session_core::clock::from_millis_since_epoch;
 use session_core::{Result, ScanCursor, ScanPage, SessionError, SessionHandle, UserSession};
 
 /// A row of `user_sessions` as the SQL stores select it (instants as epoch milliseconds): the
-/// PostgreSQL and the MySQL store read the same columns. Public, hidden, only for the fuzz targets
-/// and property tests (`fuzzing::PgRow`).
+/// PostgreSQL, MySQL and SQLite stores read the same columns. Public, hidden, only for the fuzz
+/// targets and property tests (`fuzzing::PgRow`).
 #[doc(hidden)]
 #[derive(QueryableByName)]
 pub struct Row {
@@ -35,17 +37,26 @@ pub struct Row {
     pub absolute_expires_at_ms: i64,
     #[diesel(sql_type = BigInt)]
     pub version: i64,
+    /// Selected as `COALESCE(authenticated_at, created_at)`: a row written before the column
+    /// existed (by the previous release, during a rolling deploy) was authenticated at sign-in.
+    #[diesel(sql_type = BigInt)]
+    pub authenticated_at_ms: i64,
+    #[diesel(sql_type = Text)]
+    pub device: String,
+    /// The address's text form (`IpAddr`'s `Display`), `NULL` when unknown.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub address: Option<String>,
 }
 
 impl Row {
     /// The session this row holds, as the PostgreSQL store reads it; `Decode` for a malformed
-    /// handle or attributes.
+    /// handle, attributes or address.
     pub fn into_session(self) -> Result<UserSession> {
         self.decode("postgres")
     }
 
-    /// The session this row holds; `Decode` (naming `backend`) for a malformed handle or
-    /// attributes, or a negative instant or version.
+    /// The session this row holds; `Decode` (naming `backend`) for a malformed handle,
+    /// attributes or address, or a negative instant or version.
     pub(crate) fn decode(self, backend: &'static str) -> Result<UserSession> {
         let handle = SessionHandle::parse(&self.handle).map_err(|_| SessionError::Decode {
             backend,
@@ -70,7 +81,21 @@ impl Row {
                 .map(from_millis_since_epoch)
                 .map_err(|_| negative(field))
         };
+        // Only the store writes the column, from an `IpAddr`: anything else is a damaged row.
+        let address = self
+            .address
+            .as_deref()
+            .map(str::parse::<IpAddr>)
+            .transpose()
+            .map_err(|_| SessionError::Decode {
+                backend,
+                handle: Some(handle.clone()),
+                reason: "`address` is not an IP address".to_owned(),
+            })?;
         Ok(UserSession {
+            authenticated_at: at("authenticated_at", self.authenticated_at_ms)?,
+            device: self.device,
+            address,
             created_at: at("created_at", self.created_at_ms)?,
             last_seen_at: at("last_seen_at", self.last_seen_at_ms)?,
             idle_expires_at: at("idle_expires_at", self.idle_expires_at_ms)?,

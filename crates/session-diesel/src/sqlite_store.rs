@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use session_core::clock::millis_since_epoch;
@@ -31,9 +31,11 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations-
 
 const BACKEND: &str = "sqlite";
 
-/// The session columns, in [`Row`]'s order.
+/// The session columns, in [`Row`]'s order. A row the previous release wrote has no
+/// `authenticated_at_ms`: authenticated at sign-in.
 const COLUMNS: &str = "handle, user_id, company_name, email, is_root, remember_me, attributes, \
-     created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version";
+     created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version, \
+     COALESCE(authenticated_at_ms, created_at_ms) AS authenticated_at_ms, device, address";
 
 /// `sq1:<handle of the last session of the page before>`.
 const CURSOR_PREFIX: &str = "sq1:";
@@ -151,30 +153,30 @@ impl SqliteSessionStore {
 }
 
 /// The insert of a new session.
-/// The head of every insert of a session: its twelve columns, in `bind_session!`'s order.
+/// The head of every insert of a session: its fifteen columns, in `bind_session!`'s order.
 macro_rules! insert_into_sessions {
     () => {
         "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me,
          attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms,
-         version)"
+         version, authenticated_at_ms, device, address)"
     };
 }
 
 const INSERT: &str = concat!(
     insert_into_sessions!(),
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 /// [`INSERT`] as a select that yields no row while the handle's tombstone stands: binds the
-/// session's twelve columns, then the handle and now. The `WHERE` also keeps an upsert after it
+/// session's fifteen columns, then the handle and now. The `WHERE` also keeps an upsert after it
 /// unambiguous.
 const INSERT_UNLESS_ENDED: &str = concat!(
     insert_into_sessions!(),
-    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
      WHERE NOT EXISTS (SELECT 1 FROM user_session_tombstones WHERE handle = ? AND until_ms > ?)"
 );
 
-/// Binds a session's twelve columns, in [`INSERT`]'s order, to `query`.
+/// Binds a session's fifteen columns, in [`INSERT`]'s order, to `query`.
 macro_rules! bind_session {
     ($query:expr, $session:expr, $attributes:expr) => {
         $query
@@ -190,6 +192,9 @@ macro_rules! bind_session {
             .bind::<BigInt, _>(ms($session.idle_expires_at))
             .bind::<BigInt, _>(ms($session.absolute_expires_at))
             .bind::<BigInt, _>(i64::try_from($session.version).unwrap_or(i64::MAX))
+            .bind::<BigInt, _>(ms($session.authenticated_at))
+            .bind::<Text, _>(&$session.device)
+            .bind::<Nullable<Text>, _>($session.address.map(|a| a.to_string()))
     };
 }
 
@@ -299,24 +304,31 @@ impl UserSessionStore for SqliteSessionStore {
         session.validate(&self.policy)?;
         let attributes = session.attributes_json()?;
         let now = self.now();
-        // The token the session moves to if this write changes `is_root`: one statement decides,
-        // atomically, by comparing with the stored flag.
+        // The token the session moves to if this write changes `is_root` or `authenticated_at`
+        // (a re-authentication): one statement decides, atomically, by comparing with the
+        // stored values (SQLite's SET expressions all read the row as it was).
         let new_token = SessionToken::generate()?;
         let expected = i64::try_from(session.version).unwrap_or(i64::MAX);
         let mut conn = self.conn().await?;
         let written: Option<Row> = diesel::sql_query(format!(
             "UPDATE user_sessions SET
-                 handle = CASE WHEN is_root <> ? THEN ? ELSE handle END,
-                 company_name = ?, email = ?, is_root = ?, attributes = ?, version = version + 1
+                 handle = CASE WHEN is_root <> ?
+                     OR COALESCE(authenticated_at_ms, created_at_ms) <> ? THEN ? ELSE handle END,
+                 company_name = ?, email = ?, is_root = ?, attributes = ?,
+                 authenticated_at_ms = ?, device = ?, address = ?, version = version + 1
              WHERE handle = ? AND version = ? AND user_id = ? AND idle_expires_at_ms > ?
              RETURNING {COLUMNS}"
         ))
         .bind::<Bool, _>(session.is_root)
+        .bind::<BigInt, _>(ms(session.authenticated_at))
         .bind::<Text, _>(new_token.handle().as_str())
         .bind::<Text, _>(&session.company_name)
         .bind::<Text, _>(&session.email)
         .bind::<Bool, _>(session.is_root)
         .bind::<Text, _>(&attributes)
+        .bind::<BigInt, _>(ms(session.authenticated_at))
+        .bind::<Text, _>(&session.device)
+        .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
         .bind::<Text, _>(session.handle.as_str())
         .bind::<BigInt, _>(expected)
         .bind::<Text, _>(&session.user_id)
@@ -514,7 +526,8 @@ impl UserSessionStore for SqliteSessionStore {
                      last_seen_at_ms = excluded.last_seen_at_ms,
                      idle_expires_at_ms = excluded.idle_expires_at_ms,
                      absolute_expires_at_ms = excluded.absolute_expires_at_ms,
-                     version = excluded.version
+                     version = excluded.version, authenticated_at_ms = excluded.authenticated_at_ms,
+                     device = excluded.device, address = excluded.address
                  WHERE user_sessions.idle_expires_at_ms <= ?"
             )),
             session,
@@ -568,7 +581,9 @@ impl StorageDump for SqliteSessionStore {
                  'remember_me', remember_me, 'attributes', attributes,
                  'created_at_ms', created_at_ms, 'last_seen_at_ms', last_seen_at_ms,
                  'idle_expires_at_ms', idle_expires_at_ms,
-                 'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version) AS row
+                 'absolute_expires_at_ms', absolute_expires_at_ms, 'version', version,
+                 'authenticated_at_ms', authenticated_at_ms, 'device', device,
+                 'address', address) AS row
              FROM user_sessions
              UNION ALL
              SELECT json_object('tombstone', handle, 'until_ms', until_ms) AS row

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
@@ -42,8 +42,11 @@ const MIGRATION_LOCK: i64 = 0x5e55_1057;
 /// The session columns, instants as epoch milliseconds. `$p` is a table alias prefix.
 fn columns(p: &str) -> String {
     let ms = |c: &str| format!("(EXTRACT(EPOCH FROM {p}{c}) * 1000)::BIGINT AS {c}_ms");
+    // A row the previous release wrote has no `authenticated_at`: authenticated at sign-in.
     format!(
-        "{p}handle, {p}user_id, {p}company_name, {p}email, {p}is_root, {p}remember_me, {p}attributes, {}, {}, {}, {}, {p}version",
+        "{p}handle, {p}user_id, {p}company_name, {p}email, {p}is_root, {p}remember_me, {p}attributes, {}, {}, {}, {}, {p}version,
+         (EXTRACT(EPOCH FROM COALESCE({p}authenticated_at, {p}created_at)) * 1000)::BIGINT AS authenticated_at_ms,
+         {p}device, {p}address",
         ms("created_at"),
         ms("last_seen_at"),
         ms("idle_expires_at"),
@@ -89,39 +92,45 @@ static TOUCH: LazyLock<String> = LazyLock::new(|| {
 static CREATE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me, attributes,
-             created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12)",
+             created_at, last_seen_at, idle_expires_at, absolute_expires_at, version,
+             authenticated_at, device, address)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12, {auth}, $14, $15)",
         now = at(8),
         seen = at(9),
         idle = at(10),
         absolute = at(11),
+        auth = at(13),
     )
 });
 
-/// `create` with a per-user cap (`$13`): the user's newest `cap - 1` live sessions stay, older
+/// `create` with a per-user cap (`$16`): the user's newest `cap - 1` live sessions stay, older
 /// live ones go, and the new one is inserted, with concurrent creates of one user taking turns
 /// (the function's migration says how). One round trip, like the uncapped insert.
 static CREATE_CAPPED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT user_sessions_create_capped($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12, $13)",
+        "SELECT user_sessions_create_capped($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12, $16,
+             {auth}, $14, $15)",
         now = at(8),
         seen = at(9),
         idle = at(10),
         absolute = at(11),
+        auth = at(13),
     )
 });
 
 /// `import`: refused while the handle's tombstone stands, else the insert of `create`, which may
-/// replace only a row that has expired by `$13`; taking turns with `delete_with_tombstone` of the
+/// replace only a row that has expired by `$16`; taking turns with `delete_with_tombstone` of the
 /// handle (the function's migration says how). One round trip.
 static IMPORT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT user_sessions_import($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12, {at}) AS outcome",
+        "SELECT user_sessions_import($1, $2, $3, $4, $5, $6, $7, {now}, {seen}, {idle}, {absolute}, $12, {at},
+             {auth}, $14, $15) AS outcome",
         now = at(8),
         seen = at(9),
         idle = at(10),
         absolute = at(11),
-        at = at(13),
+        at = at(16),
+        auth = at(13),
     )
 });
 
@@ -148,11 +157,13 @@ static SCAN_AFTER: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Binds `$1`–`$12` of [`CREATE`], [`CREATE_CAPPED`] and [`IMPORT`]: the session's fields.
+/// Binds `$1`–`$15` of [`CREATE`], [`CREATE_CAPPED`] and [`IMPORT`]: the session's fields
+/// (`address` is the session's address as text).
 fn session_binds<'a>(
     query: BoxedSqlQuery<'a, Pg, SqlQuery>,
     session: &'a UserSession,
     attributes: &'a str,
+    address: Option<&'a str>,
 ) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
     query
         .bind::<Text, _>(session.handle.as_str())
@@ -167,6 +178,9 @@ fn session_binds<'a>(
         .bind::<BigInt, _>(ms(session.idle_expires_at))
         .bind::<BigInt, _>(ms(session.absolute_expires_at))
         .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(i64::MAX))
+        .bind::<BigInt, _>(ms(session.authenticated_at))
+        .bind::<Text, _>(&session.device)
+        .bind::<Nullable<Text>, _>(address)
 }
 
 /// `pg1:<handle of the last session of the page before>`.
@@ -224,16 +238,19 @@ impl PgSessionStore {
     /// One attempt of `update`: the compare-and-set statement, and on a miss, a read that says
     /// why.
     async fn update_once(&self, session: &UserSession) -> Result<Updated> {
-        // A change of `is_root` also moves the row to a new handle, in the same statement: the
-        // CASE reads the row's old `is_root`.
+        // A change of `is_root` or of `authenticated_at` (a re-authentication) also moves the row
+        // to a new handle, in the same statement: the CASE reads the row's old values.
         let new_token = SessionToken::generate()?;
         let sql = format!(
             "UPDATE user_sessions SET company_name = $3, email = $4, is_root = $5, attributes = $6,
-                 version = version + 1, handle = CASE WHEN is_root <> $5 THEN $9 ELSE handle END
-             WHERE handle = $1 AND version = $2 AND user_id = $7 AND idle_expires_at > {}
-             RETURNING {}",
-            at(8),
-            columns("")
+                 authenticated_at = {auth}, device = $11, address = $12, version = version + 1,
+                 handle = CASE WHEN is_root <> $5
+                     OR COALESCE(authenticated_at, created_at) <> {auth} THEN $9 ELSE handle END
+             WHERE handle = $1 AND version = $2 AND user_id = $7 AND idle_expires_at > {now}
+             RETURNING {columns}",
+            auth = at(10),
+            now = at(8),
+            columns = columns("")
         );
         let now = self.now();
         let mut conn = self.conn().await?;
@@ -247,6 +264,9 @@ impl PgSessionStore {
             .bind::<Text, _>(&session.user_id)
             .bind::<BigInt, _>(now)
             .bind::<Text, _>(new_token.handle().as_str())
+            .bind::<BigInt, _>(ms(session.authenticated_at))
+            .bind::<Text, _>(&session.device)
+            .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
             .prepared()
             .load(&mut *conn)
             .await
@@ -393,8 +413,14 @@ impl UserSessionStore for PgSessionStore {
         let cap = self.policy.max_sessions_per_user.map_or(0, i64::from);
         let sql: &str = if cap > 0 { &CREATE_CAPPED } else { &CREATE };
         let attributes = session.attributes_json()?;
+        let address = session.address.map(|a| a.to_string());
         let mut conn = self.conn().await?;
-        let insert = session_binds(diesel::sql_query(sql).into_boxed(), &session, &attributes);
+        let insert = session_binds(
+            diesel::sql_query(sql).into_boxed(),
+            &session,
+            &attributes,
+            address.as_deref(),
+        );
         let insert = if cap > 0 {
             insert.bind::<BigInt, _>(cap)
         } else {
@@ -625,11 +651,13 @@ impl UserSessionStore for PgSessionStore {
             return Ok(Imported::Expired);
         }
         let attributes = session.attributes_json()?;
+        let address = session.address.map(|a| a.to_string());
         let mut conn = self.conn().await?;
         let answer: Outcome = session_binds(
             diesel::sql_query(IMPORT.as_str()).into_boxed(),
             session,
             &attributes,
+            address.as_deref(),
         )
         .bind::<BigInt, _>(ms(now))
         .prepared()

@@ -17,7 +17,8 @@ session_testkit::conformance_tests!(|policy| async move {
 });
 
 /// MySQL-store behaviour beyond the conformance suite: concurrent purging, concurrent migrations,
-/// corrupt rows, the throttled and the raced touch. Each test works in a database of its own.
+/// corrupt rows, rows of the previous release, the throttled and the raced touch. Each test works
+/// in a database of its own.
 mod specific {
     #![allow(clippy::unwrap_used)] // a panic is the failure report
 
@@ -44,6 +45,10 @@ mod specific {
         )
     }
 
+    /// The columns the release before client metadata wrote (its inserts name only these).
+    const OLD_COLUMNS: &str = "handle, user_id, company_name, email, is_root, remember_me, attributes, \
+         created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version";
+
     /// One SQL command in `database`, through the `mysql` client.
     fn sql(database: &MysqlDatabase, statements: &str) -> String {
         mysql(&format!("USE {}; {statements}", database.name()))
@@ -66,14 +71,16 @@ mod specific {
             .unwrap()
             .with_purge_batch(500);
         // Expired rows in bulk, an hour in the past by the store's clock (digits cross-joined:
-        // SQL that MySQL and MariaDB both run).
+        // SQL that MySQL and MariaDB both run). The columns are named: MySQL wants a value for
+        // every column of an insert that names none.
         let past = session_core::clock::millis_since_epoch(clock.now()) - 3_600_000;
         let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
              UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9)";
         sql(
             &database,
             &format!(
-                "INSERT INTO user_sessions SELECT CONCAT('expired-', g.n), CONCAT('u', g.n % 500), '', '',
+                "INSERT INTO user_sessions ({OLD_COLUMNS})
+                 SELECT CONCAT('expired-', g.n), CONCAT('u', g.n % 500), '', '',
                      false, false, '{{}}', {past}, {past}, {past}, {past} + 3600000, 1
                  FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * d.d + 10000 * e.d AS n
                        FROM {digits} a, {digits} b, {digits} c, {digits} d, {digits} e) g
@@ -324,6 +331,67 @@ mod specific {
         for which in issued.iter() {
             let session = store.get(&which.token).await.unwrap().unwrap();
             assert_eq!(session.handle, which.session.handle);
+        }
+    }
+
+    /// A row the previous release wrote (its insert names only the columns it knew) reads back as
+    /// authenticated at sign-in with no device metadata, an update that keeps that instant keeps
+    /// the token, and an `address` that is no IP address is a `Decode` error naming the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_written_without_client_metadata_reads_as_authenticated_at_sign_in() {
+        let database = MysqlDatabase::create("old_row");
+        let clock = ManualClock::starting_now();
+        let store = store(&database, &clock).await;
+        let token = session_core::SessionToken::generate().unwrap();
+        let created = session_core::clock::millis_since_epoch(clock.now()) - 60_000;
+        sql(
+            &database,
+            &format!(
+                "INSERT INTO user_sessions ({OLD_COLUMNS}) VALUES ('{}', 'alice', 'Acme',
+                     'alice@example.com', false, false, '{{}}', {created}, {created},
+                     {created} + 1800000, {created} + 43200000, 1)",
+                token.handle()
+            ),
+        );
+        let read = store.get(&token).await.unwrap().unwrap();
+        let signed_in = session_core::clock::from_millis_since_epoch(created);
+        assert_eq!(
+            (read.created_at, read.authenticated_at),
+            (signed_in, signed_in)
+        );
+        assert_eq!((read.device.as_str(), read.address), ("", None));
+        assert_eq!(
+            store.list_by_user("alice").await.unwrap(),
+            vec![read.clone()]
+        );
+
+        let mut edited = read.clone();
+        edited.device = "Firefox on Linux".into();
+        edited.address = Some("192.0.2.1".parse().unwrap());
+        let updated = store.update(&edited).await.unwrap();
+        assert!(
+            updated.rotated.is_none(),
+            "the sign-in instant is unchanged"
+        );
+        assert_eq!(store.get(&token).await.unwrap().unwrap(), updated.session);
+
+        sql(
+            &database,
+            &format!(
+                "UPDATE user_sessions SET address = 'not-an-ip' WHERE handle = '{}'",
+                token.handle()
+            ),
+        );
+        match store.get(&token).await {
+            Err(SessionError::Decode {
+                backend: "mysql",
+                handle: Some(h),
+                reason,
+            }) => {
+                assert_eq!(&h, token.handle());
+                assert!(reason.contains("address"), "{reason}");
+            }
+            other => panic!("expected Decode naming the address, got {other:?}"),
         }
     }
 }

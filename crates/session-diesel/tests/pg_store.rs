@@ -1,13 +1,14 @@
 //! PostgreSQL-store behaviour beyond the conformance suite: concurrent purging, the purge task,
-//! concurrent migrations, corrupt rows, lost connections. Each test works in a schema of its own.
+//! concurrent migrations, corrupt rows, rows of the previous release, lost connections. Each test
+//! works in a schema of its own.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use session_core::{
-    Clock, DbSessionProvider, ManualClock, NewUserSession, PoolConfig, SessionError, SessionPolicy,
-    UserSessionStore,
+    Clock, DbSessionProvider, ManualClock, NewUserSession, PoolConfig, SessionError, SessionHandle,
+    SessionPolicy, SessionToken, UserSessionStore,
 };
 use session_diesel::PgSessionStore;
 use session_testkit::servers::{PgSchema, eventually, psql};
@@ -301,5 +302,87 @@ async fn a_touch_that_loses_the_race_to_write_answers_the_row_as_it_now_stands()
         session_core::clock::millis_since_epoch(touched.idle_expires_at),
         now_ms + 1_000_000,
         "the answer is the row the other writer left"
+    );
+}
+
+/// Rows the previous release wrote, through its plain insert (naming only the columns it knew)
+/// and through the old overloads of `user_sessions_create_capped` and `user_sessions_import`
+/// (kept for it during a rolling deploy), read back as authenticated at sign-in with no device
+/// metadata; an update that keeps that instant keeps the token. An `address` that is no IP
+/// address is a `Decode` error naming the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_without_client_metadata_read_as_authenticated_at_sign_in() {
+    let schema = PgSchema::create("old_rows");
+    let clock = ManualClock::starting_now();
+    let store = PgSessionStore::connect(&schema.url(), PoolConfig::default(), policy(&clock))
+        .await
+        .unwrap();
+    let created = session_core::clock::millis_since_epoch(clock.now()) - 60_000;
+    let t = format!("(TIMESTAMPTZ 'epoch' + {created} * INTERVAL '1 millisecond')");
+    let old_fields = |handle: &SessionHandle| {
+        format!(
+            "'{handle}', 'alice', 'Acme', 'alice@example.com', false, false, '{{}}', {t}, {t},
+             {t} + INTERVAL '30 minutes', {t} + INTERVAL '12 hours', 1"
+        )
+    };
+    let tokens: Vec<SessionToken> = (0..3).map(|_| SessionToken::generate().unwrap()).collect();
+    psql(
+        &schema.url(),
+        &format!(
+            "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me,
+                 attributes, created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
+             VALUES ({});
+             SELECT user_sessions_create_capped({}, 10);
+             SELECT user_sessions_import({}, {t});",
+            old_fields(tokens[0].handle()),
+            old_fields(tokens[1].handle()),
+            old_fields(tokens[2].handle()),
+        ),
+    );
+    let signed_in = session_core::clock::from_millis_since_epoch(created);
+    for token in &tokens {
+        let read = store.get(token).await.unwrap().unwrap();
+        assert_eq!(
+            (read.created_at, read.authenticated_at),
+            (signed_in, signed_in)
+        );
+        assert_eq!((read.device.as_str(), read.address), ("", None));
+    }
+    assert_eq!(store.list_by_user("alice").await.unwrap().len(), 3);
+
+    let mut edited = store.get(&tokens[0]).await.unwrap().unwrap();
+    edited.device = "Firefox on Linux".into();
+    edited.address = Some("2001:db8::1".parse().unwrap());
+    let updated = store.update(&edited).await.unwrap();
+    assert!(
+        updated.rotated.is_none(),
+        "the sign-in instant is unchanged"
+    );
+    assert_eq!(
+        store.get(&tokens[0]).await.unwrap().unwrap(),
+        updated.session
+    );
+
+    psql(
+        &schema.url(),
+        &format!(
+            "UPDATE user_sessions SET address = 'not-an-ip' WHERE handle = '{}'",
+            tokens[0].handle()
+        ),
+    );
+    match store.get(&tokens[0]).await {
+        Err(SessionError::Decode {
+            backend: "postgres",
+            handle: Some(h),
+            reason,
+        }) => {
+            assert_eq!(&h, tokens[0].handle());
+            assert!(reason.contains("address"), "{reason}");
+        }
+        other => panic!("expected Decode naming the address, got {other:?}"),
+    }
+    assert!(
+        store.get(&tokens[1]).await.unwrap().is_some(),
+        "the other rows are unaffected"
     );
 }

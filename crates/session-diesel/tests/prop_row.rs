@@ -2,6 +2,8 @@
 //! milliseconds, to a `UserSession`), the same the `pg_row` fuzz target checks (fuzz/), run on
 //! stable in every test run without a server.
 
+use std::net::IpAddr;
+
 use proptest::prelude::*;
 use session_core::clock::from_millis_since_epoch;
 use session_core::{Attributes, SessionError, SessionHandle, SessionToken};
@@ -44,6 +46,9 @@ struct Fields {
     idle_expires_at_ms: i64,
     absolute_expires_at_ms: i64,
     version: i64,
+    authenticated_at_ms: i64,
+    device: String,
+    address: Option<String>,
 }
 
 impl Fields {
@@ -61,6 +66,9 @@ impl Fields {
             idle_expires_at_ms: self.idle_expires_at_ms,
             absolute_expires_at_ms: self.absolute_expires_at_ms,
             version: self.version,
+            authenticated_at_ms: self.authenticated_at_ms,
+            device: self.device,
+            address: self.address,
         }
     }
 }
@@ -74,8 +82,10 @@ prop_compose! {
         is_root in any::<bool>(),
         remember_me in any::<bool>(),
         attributes in attributes(),
-        times in [millis(), millis(), millis(), millis()],
+        times in [millis(), millis(), millis(), millis(), millis()],
         version in prop_oneof![0..1000i64, 0..=i64::MAX],
+        device in any::<String>(),
+        address in proptest::option::of(any::<IpAddr>()),
     ) -> (Fields, Attributes) {
         let row = Fields {
             handle,
@@ -90,6 +100,9 @@ prop_compose! {
             idle_expires_at_ms: times[2],
             absolute_expires_at_ms: times[3],
             version,
+            authenticated_at_ms: times[4],
+            device,
+            address: address.map(|a| a.to_string()),
         };
         (row, attributes)
     }
@@ -120,6 +133,7 @@ proptest! {
             (row.is_root, row.remember_me),
             [row.created_at_ms, row.last_seen_at_ms, row.idle_expires_at_ms, row.absolute_expires_at_ms],
             row.version,
+            (row.authenticated_at_ms, row.device.clone(), row.address.clone()),
         );
         let session = row.into_row().into_session().expect("decodes");
         prop_assert_eq!(session.handle, SessionHandle::parse(&expected.0).expect("handle"));
@@ -134,6 +148,26 @@ proptest! {
         prop_assert_eq!(session.idle_expires_at, at(idle));
         prop_assert_eq!(session.absolute_expires_at, at(absolute));
         prop_assert_eq!(Some(session.version), u64::try_from(expected.6).ok());
+        let (authenticated, device, address) = expected.7;
+        prop_assert_eq!(session.authenticated_at, at(authenticated));
+        prop_assert_eq!(session.device, device);
+        prop_assert_eq!(session.address.map(|a| a.to_string()), address);
+    }
+
+    #[test]
+    fn an_address_that_is_no_ip_address_is_a_decode_error_naming_the_session(
+        (mut row, _) in row(),
+        text in prop_oneof![Just(String::new()), Just("203.0.113.7:80".to_owned()), Just("[::1]".to_owned()), any::<String>()],
+    ) {
+        prop_assume!(text.parse::<IpAddr>().is_err());
+        let handle = SessionHandle::parse(&row.handle).expect("handle");
+        row.address = Some(text);
+        let result = row.into_row().into_session();
+        prop_assert!(
+            matches!(&result, Err(SessionError::Decode { handle: Some(h), reason, .. })
+                if *h == handle && reason.contains("address")),
+            "{result:?}"
+        );
     }
 
     #[test]
@@ -172,7 +206,9 @@ proptest! {
         text in prop::collection::vec(any::<String>(), 3),
         flags in any::<(bool, bool)>(),
         attributes in prop_oneof![Just("{}".to_owned()), any::<String>()],
-        numbers in any::<[i64; 5]>(),
+        numbers in any::<[i64; 6]>(),
+        device in any::<String>(),
+        address in proptest::option::of(any::<String>()),
     ) {
         let [user_id, company_name, email] = <[String; 3]>::try_from(text).expect("three");
         let row = Fields {
@@ -188,6 +224,9 @@ proptest! {
             idle_expires_at_ms: numbers[2],
             absolute_expires_at_ms: numbers[3],
             version: numbers[4],
+            authenticated_at_ms: numbers[5],
+            device,
+            address,
         };
         let result = row.into_row().into_session();
         prop_assert!(result.is_ok() || is_decode_error(&result), "{result:?}");
@@ -198,7 +237,11 @@ proptest! {
 /// (as the Redis store answers), not a session from 1970 or at version 0.
 #[test]
 fn negative_instants_and_versions_are_decode_errors() {
-    for (field, version, created_at_ms) in [("version", -1, 1_000), ("created_at", 1, -5)] {
+    for (field, version, created_at_ms, authenticated_at_ms) in [
+        ("version", -1, 1_000, 1_000),
+        ("created_at", 1, -5, 1_000),
+        ("authenticated_at", 1, 1_000, -5),
+    ] {
         let row = Fields {
             handle: SessionToken::generate()
                 .unwrap()
@@ -216,6 +259,9 @@ fn negative_instants_and_versions_are_decode_errors() {
             idle_expires_at_ms: 2_000,
             absolute_expires_at_ms: 3_000,
             version,
+            authenticated_at_ms,
+            device: String::new(),
+            address: None,
         };
         match row.into_row().into_session() {
             Err(SessionError::Decode { reason, handle, .. }) => {

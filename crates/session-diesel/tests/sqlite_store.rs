@@ -1,6 +1,6 @@
 //! The SQLite user-session store: every conformance case on a database file of its own, and
 //! what is particular to SQLite (a file shared by two stores, as by the demo and `sessionctl`;
-//! the in-memory URL).
+//! the in-memory URL; rows of the previous release).
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::sync::Arc;
@@ -74,4 +74,75 @@ async fn an_in_memory_store_keeps_its_sessions_while_it_lives() {
     .await
     .unwrap();
     assert!(other.get(&issued.token).await.unwrap().is_none(), "private");
+}
+
+/// A row the previous release wrote (its insert names only the columns it knew) reads back as
+/// authenticated at sign-in with no device metadata, an update that keeps that instant keeps the
+/// token, and an `address` that is no IP address is a `Decode` error naming the session.
+#[tokio::test]
+async fn a_row_written_without_client_metadata_reads_as_authenticated_at_sign_in() {
+    use diesel_async::SimpleAsyncConnection;
+    use session_core::{Clock, DbSessionProvider, ManualClock, SessionError, SessionToken};
+    let file = SqliteFile::new("old_row");
+    let clock = ManualClock::starting_now();
+    let store = SqliteSessionStore::open(
+        &file.url(),
+        PoolConfig::default(),
+        SessionPolicy::default().with_clock(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let raw = async |sql: String| {
+        let mut conn = store.provider().connection().await.unwrap();
+        conn.batch_execute(&sql).await.unwrap();
+    };
+    let token = SessionToken::generate().unwrap();
+    let created = session_core::clock::millis_since_epoch(clock.now()) - 60_000;
+    raw(format!(
+        "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me,
+             attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms,
+             absolute_expires_at_ms, version)
+         VALUES ('{}', 'alice', 'Acme', 'alice@example.com', false, false, '{{}}', {created},
+             {created}, {created} + 1800000, {created} + 43200000, 1)",
+        token.handle()
+    ))
+    .await;
+    let read = store.get(&token).await.unwrap().unwrap();
+    let signed_in = session_core::clock::from_millis_since_epoch(created);
+    assert_eq!(
+        (read.created_at, read.authenticated_at),
+        (signed_in, signed_in)
+    );
+    assert_eq!((read.device.as_str(), read.address), ("", None));
+    assert_eq!(
+        store.list_by_user("alice").await.unwrap(),
+        vec![read.clone()]
+    );
+
+    let mut edited = read.clone();
+    edited.device = "Firefox on Linux".into();
+    edited.address = Some("192.0.2.1".parse().unwrap());
+    let updated = store.update(&edited).await.unwrap();
+    assert!(
+        updated.rotated.is_none(),
+        "the sign-in instant is unchanged"
+    );
+    assert_eq!(store.get(&token).await.unwrap().unwrap(), updated.session);
+
+    raw(format!(
+        "UPDATE user_sessions SET address = 'not-an-ip' WHERE handle = '{}'",
+        token.handle()
+    ))
+    .await;
+    match store.get(&token).await {
+        Err(SessionError::Decode {
+            backend: "sqlite",
+            handle: Some(h),
+            reason,
+        }) => {
+            assert_eq!(&h, token.handle());
+            assert!(reason.contains("address"), "{reason}");
+        }
+        other => panic!("expected Decode naming the address, got {other:?}"),
+    }
 }

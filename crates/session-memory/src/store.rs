@@ -366,19 +366,23 @@ impl UserSessionStore for MemoryStore {
                     actual: stored.version,
                 });
             }
-            Ok(stored.is_root != session.is_root)
+            Ok(stored.is_root != session.is_root
+                || stored.authenticated_at != session.authenticated_at)
         };
         let apply = |stored: &mut UserSession| {
             stored.company_name.clone_from(&session.company_name);
             stored.email.clone_from(&session.email);
             stored.is_root = session.is_root;
             stored.attributes.clone_from(&session.attributes);
+            stored.authenticated_at = session.authenticated_at;
+            stored.device.clone_from(&session.device);
+            stored.address = session.address;
             stored.version += 1;
         };
         {
             let mut shard = lock(self.shard(&session.handle));
-            let root_changes = check(shard.sessions.get(&session.handle))?;
-            if !root_changes {
+            let moves = check(shard.sessions.get(&session.handle))?;
+            if !moves {
                 let stored = shard
                     .sessions
                     .get_mut(&session.handle)
@@ -387,7 +391,7 @@ impl UserSessionStore for MemoryStore {
                 return Ok(Updated::kept(stored.clone()));
             }
         }
-        // A root change moves the session to a new token. Lock order is user then session, so
+        // A root change or a re-authentication moves the session to a new token. Lock order is user then session, so
         // take the user's index first and check again under both locks.
         let new_token = SessionToken::generate()?;
         let mut users = lock(self.user_shard(&session.user_id));

@@ -5,7 +5,7 @@
 //! milliseconds; `attributes` is JSON.
 //!
 //! Sessions are read positionally (`HMGET key <FIELDS>`, and scripts return the same array), not
-//! with `HGETALL`: the reply carries 11 values instead of 22 names and values, and decoding indexes
+//! with `HGETALL`: the reply carries 14 values instead of 28 names and values, and decoding indexes
 //! an array instead of building a map. Profiling the 32-task `get` showed the client's RESP parsing
 //! and per-value allocations as its largest cost (docs/adr/0009).
 
@@ -20,7 +20,11 @@ use crate::error::decode;
 
 /// Every field of a session hash, in the order `get` asks for them (`HMGET key <FIELDS>`) and the
 /// scripts return them. Another service reading sessions can ask for the same list.
-pub const FIELDS: [&str; 11] = [
+///
+/// The last three (`authenticated_at`, `device`, `address`) came later: a session written before
+/// them reads as authenticated at its creation, with no device metadata (an `HMGET` of a field a
+/// hash lacks answers nil), so no stored session needs rewriting.
+pub const FIELDS: [&str; 14] = [
     "user_id",
     "company_name",
     "email",
@@ -32,6 +36,9 @@ pub const FIELDS: [&str; 11] = [
     "idle_expires_at",
     "absolute_expires_at",
     "version",
+    "authenticated_at",
+    "device",
+    "address",
 ];
 
 /// The position of `name` in [`FIELDS`]; a compile error for an unknown name.
@@ -72,6 +79,9 @@ const LAST_SEEN_AT: usize = at("last_seen_at");
 const IDLE_EXPIRES_AT: usize = at("idle_expires_at");
 const ABSOLUTE_EXPIRES_AT: usize = at("absolute_expires_at");
 const VERSION: usize = at("version");
+const AUTHENTICATED_AT: usize = at("authenticated_at");
+const DEVICE: usize = at("device");
+const ADDRESS: usize = at("address");
 
 /// Lua declarations of [`FIELDS`] and of each field's (1-based) position, for the scripts.
 pub(crate) fn lua_fields() -> String {
@@ -100,7 +110,13 @@ pub(crate) fn push_editable_fields(
         .arg(FIELDS[IS_ROOT])
         .arg(flag(session.is_root))
         .arg(FIELDS[ATTRIBUTES])
-        .arg(session.attributes_json()?);
+        .arg(session.attributes_json()?)
+        .arg(FIELDS[AUTHENTICATED_AT])
+        .arg(millis_since_epoch(session.authenticated_at))
+        .arg(FIELDS[DEVICE])
+        .arg(&session.device)
+        .arg(FIELDS[ADDRESS])
+        .arg(session.address.map(|a| a.to_string()).unwrap_or_default());
     Ok(())
 }
 
@@ -275,6 +291,20 @@ pub(crate) fn decode_session(
     };
     let company_name = text(COMPANY_NAME)?;
     let email = text(EMAIL)?;
+    // Fields added after the first layout: absent from sessions written before them, in either
+    // layout.
+    let authenticated_at = match row.str(handle, AUTHENTICATED_AT)? {
+        Some(v) => instant(handle, AUTHENTICATED_AT, v)?,
+        None => created_at,
+    };
+    let address = match row.str(handle, ADDRESS)? {
+        None | Some("") => None,
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| decode(handle, "`address` is not an IP address"))?,
+        ),
+    };
+    let device = row.take_string(handle, DEVICE)?.unwrap_or_default();
     let user_id = row
         .take_string(handle, USER_ID)?
         .ok_or_else(|| missing(handle, USER_ID))?;
@@ -291,6 +321,9 @@ pub(crate) fn decode_session(
         idle_expires_at,
         absolute_expires_at,
         version,
+        authenticated_at,
+        device,
+        address,
     })
 }
 

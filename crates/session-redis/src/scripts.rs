@@ -251,30 +251,33 @@ return {h, -3}
 });
 
 /// KEYS: session, the session's key under a new token (same slot), the user's index.
-/// ARGV: now, expected version, user_id, new hash, old hash, new is_root flag, field, value, ...
+/// ARGV: now, expected version, user_id, new hash, old hash, new is_root flag, new
+/// authenticated_at, field, value, ...
 /// Returns `{tag, last_seen_at, idle_expires_at, absolute_expires_at, created_at, remember_me}`
 /// (what the caller's copy may lack) where `tag` is `'ok'`, or `'rotated'` when the write changed
-/// `is_root` and the session moved to the new key in the same step; else `{'missing'}`,
-/// `{'user'}` or `{'conflict', version}`.
+/// `is_root` or `authenticated_at` (a re-authentication) and the session moved to the new key in
+/// the same step; else `{'missing'}`, `{'user'}` or `{'conflict', version}`.
 pub(crate) static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
 local now = tonumber(ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'user_id', 'version', 'idle_expires_at',
-  'absolute_expires_at', 'last_seen_at', 'created_at', 'remember_me', 'is_root')
+  'absolute_expires_at', 'last_seen_at', 'created_at', 'remember_me', 'is_root',
+  'authenticated_at')
 if not f[1] then return {'missing'} end
 if expired(now, tonumber(f[3]), tonumber(f[4])) then return {'missing'} end
 if f[1] ~= ARGV[3] then return {'user'} end
 local v = tonumber(f[2]) or 0
 if v ~= tonumber(ARGV[2]) then return {'conflict', tostring(v)} end
-local moves = f[8] ~= ARGV[6]
+-- A session stored before `authenticated_at` existed was authenticated at its creation.
+local moves = f[8] ~= ARGV[6] or (f[9] or f[6]) ~= ARGV[7]
 local ie = tonumber(f[3])
 -- Refused before any write: a move needs the idle expiry to score the index member with.
 if moves and not ie then return redis.error_reply('ERR corrupt session: idle_expires_at') end
-redis.call('HSET', KEYS[1], 'version', v + 1, unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'version', v + 1, unpack(ARGV, 8))
 local tag = 'ok'
 if moves then
-  -- A privilege change: the session moves to the new token's key (RENAME keeps the TTL), and
+  -- A privilege change or a re-authentication: the session moves to the new token's key (RENAME keeps the TTL), and
   -- the index follows, scored by the unchanged idle expiry (the new member before the old one
   -- goes; an index made here gets a TTL).
   redis.call('ZADD', KEYS[3], ie, ARGV[4])

@@ -1213,7 +1213,8 @@ impl UserSessionStore for RedisStore {
             .locate_handle(&session.handle)
             .await?
             .ok_or(SessionError::NotFound)?;
-        // The token the session moves to if this write changes `is_root` (the script decides,
+        // The token the session moves to if this write changes `is_root` or `authenticated_at`
+        // (the script decides,
         // atomically); the user's routing tag, so the new key is in the same slot.
         let new_token = SessionToken::generate_tagged(Some(&location.tag))?;
         let new = self.locate_new(&new_token)?;
@@ -1227,7 +1228,8 @@ impl UserSessionStore for RedisStore {
             .arg(&session.user_id)
             .arg(&new.member)
             .arg(&location.member)
-            .arg(flag(session.is_root));
+            .arg(flag(session.is_root))
+            .arg(millis_since_epoch(session.authenticated_at));
         push_editable_fields(&mut invocation, session)?;
         let reply = self.invoke(&invocation, Some(&session.handle)).await;
         // This instance reads its own write at once; the others' caches hear from Redis.

@@ -47,8 +47,10 @@ prop_compose! {
         is_root in any::<bool>(),
         remember_me in any::<bool>(),
         attributes in attributes(),
-        times in [millis(), millis(), millis(), millis()],
+        times in [millis(), millis(), millis(), millis(), millis()],
         version in prop_oneof![0..1000u64, any::<u64>(), Just(u64::MAX)],
+        device in any::<String>(),
+        address in proptest::option::of(any::<std::net::IpAddr>()),
     ) -> UserSession {
         UserSession {
             handle: handle(),
@@ -63,6 +65,9 @@ prop_compose! {
             idle_expires_at: from_millis_since_epoch(times[2]),
             absolute_expires_at: from_millis_since_epoch(times[3]),
             version,
+            authenticated_at: from_millis_since_epoch(times[4]),
+            device,
+            address,
         }
     }
 }
@@ -92,7 +97,7 @@ fn encode(text: String, kind: Kind) -> Value {
 }
 
 /// The session's hash as `HMGET key <SESSION_FIELDS>` returns it.
-fn row(session: &UserSession, kinds: &[Kind; 11]) -> Vec<Value> {
+fn row(session: &UserSession, kinds: &[Kind; FIELD_COUNT]) -> Vec<Value> {
     let flag = |b: bool| if b { "Y" } else { "N" }.to_owned();
     SESSION_FIELDS
         .iter()
@@ -110,11 +115,14 @@ fn row(session: &UserSession, kinds: &[Kind; 11]) -> Vec<Value> {
                 "idle_expires_at" => ms(session.idle_expires_at).to_string(),
                 "absolute_expires_at" => ms(session.absolute_expires_at).to_string(),
                 "version" => session.version.to_string(),
+                "authenticated_at" => ms(session.authenticated_at).to_string(),
+                "device" => session.device.clone(),
+                "address" => session.address.map(|a| a.to_string()).unwrap_or_default(),
                 other => panic!("a field this test does not know: {other}"),
             };
             // Text fields stay bulk strings: a status reply cannot carry every byte.
             match *field {
-                "user_id" | "company_name" | "email" | "attributes" => {
+                "user_id" | "company_name" | "email" | "attributes" | "device" => {
                     Value::BulkString(text.into_bytes())
                 }
                 _ => encode(text, *kind),
@@ -123,21 +131,16 @@ fn row(session: &UserSession, kinds: &[Kind; 11]) -> Vec<Value> {
         .collect()
 }
 
-fn kinds() -> impl Strategy<Value = [Kind; 11]> {
+/// How many fields a session hash has.
+const FIELD_COUNT: usize = SESSION_FIELDS.len();
+
+/// The fields of the first layout: every one of them is required in the standard layout. Those
+/// after them came later and may be missing from a session written before them.
+const FIRST_LAYOUT_FIELDS: usize = 11;
+
+fn kinds() -> impl Strategy<Value = [Kind; FIELD_COUNT]> {
     let kind = prop_oneof![Just(Kind::Bulk), Just(Kind::Simple), Just(Kind::Int)];
-    [
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind.clone(),
-        kind,
-    ]
+    prop::array::uniform14(kind)
 }
 
 fn decode(
@@ -173,7 +176,7 @@ fn reply_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(2, 24, 12, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..12).prop_map(Value::Array),
-            prop::collection::vec(inner.clone(), 11..=11).prop_map(Value::Array),
+            prop::collection::vec(inner.clone(), FIELD_COUNT..=FIELD_COUNT).prop_map(Value::Array),
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Set),
             prop::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
         ]
@@ -220,7 +223,7 @@ proptest! {
 
     #[test]
     fn an_absent_key_is_none(pttl in proptest::option::of(any::<i64>()), all_nil in any::<bool>()) {
-        let reply = if all_nil { Value::Array(vec![Value::Nil; 11]) } else { Value::Nil };
+        let reply = if all_nil { Value::Array(vec![Value::Nil; FIELD_COUNT]) } else { Value::Nil };
         for layout in [Layout::Standard, Layout::Compatible] {
             prop_assert_eq!(decode(reply.clone(), pttl, layout).expect("absent"), None);
         }
@@ -241,7 +244,7 @@ proptest! {
     fn the_standard_layout_requires_every_field(
         session in session(),
         kinds in kinds(),
-        missing in 0..11usize,
+        missing in 0..FIRST_LAYOUT_FIELDS,
     ) {
         let mut fields = row(&session, &kinds);
         fields[missing] = Value::Nil;
@@ -255,7 +258,7 @@ proptest! {
     fn the_compatible_layout_needs_only_the_user_id_and_dates_the_rest_from_now(
         session in session(),
         kinds in kinds(),
-        present in prop::collection::vec(any::<bool>(), 11),
+        present in prop::collection::vec(any::<bool>(), FIELD_COUNT),
         pttl in proptest::option::of(any::<i64>()),
     ) {
         let mut fields = row(&session, &kinds);
@@ -288,13 +291,32 @@ proptest! {
         prop_assert_eq!(decoded.remember_me, has("remember_me") && session.remember_me);
         let email = if has("email") { session.email.clone() } else { String::new() };
         prop_assert_eq!(decoded.email, email);
+        prop_assert_eq!(decoded.authenticated_at, if has("authenticated_at") { session.authenticated_at } else { created });
+    }
+
+    #[test]
+    fn a_session_written_before_the_metadata_fields_reads_as_authenticated_at_creation(
+        session in session(),
+        kinds in kinds(),
+        compatible in any::<bool>(),
+    ) {
+        let mut fields = row(&session, &kinds);
+        for field in &mut fields[FIRST_LAYOUT_FIELDS..] {
+            *field = Value::Nil;
+        }
+        let layout = if compatible { Layout::Compatible } else { Layout::Standard };
+        let decoded = decode(Value::Array(fields), None, layout).expect("decodes").expect("present");
+        prop_assert_eq!(decoded.authenticated_at, session.created_at);
+        prop_assert_eq!(decoded.device, "");
+        prop_assert_eq!(decoded.address, None);
+        prop_assert_eq!(decoded.attributes, session.attributes);
     }
 
     #[test]
     fn a_malformed_field_is_a_decode_error(
         session in session(),
         kinds in kinds(),
-        field in prop_oneof![Just("is_root"), Just("remember_me"), Just("attributes"), Just("created_at"), Just("idle_expires_at"), Just("version")],
+        field in prop_oneof![Just("is_root"), Just("remember_me"), Just("attributes"), Just("created_at"), Just("idle_expires_at"), Just("version"), Just("authenticated_at"), Just("address")],
         text in prop_oneof![Just("-1".to_owned()), Just("y".to_owned()), Just("[]".to_owned()), Just("18446744073709551616".to_owned()), "[^0-9]{1,8}"],
         compatible in any::<bool>(),
     ) {
@@ -304,6 +326,7 @@ proptest! {
         let valid = match field {
             "is_root" | "remember_me" => text == "Y" || text == "N",
             "attributes" => serde_json::from_str::<Attributes>(&text).is_ok(),
+            "address" => text.parse::<std::net::IpAddr>().is_ok(),
             _ => text.parse::<u64>().is_ok(),
         };
         let layout = if compatible { Layout::Compatible } else { Layout::Standard };
@@ -436,6 +459,9 @@ fn an_update_of_a_session_at_the_largest_version_is_a_decode_error_not_an_overfl
         idle_expires_at: now(),
         absolute_expires_at: now(),
         version: u64::MAX,
+        authenticated_at: now(),
+        device: String::new(),
+        address: None,
     };
     let ms = Value::BulkString(NOW_MS.to_string().into_bytes());
     let reply = [

@@ -1101,6 +1101,7 @@ pub async fn import_keeps_the_session_and_never_overwrites(factory: &dyn StoreFa
     let (mut short, short_token) = under_new_token(&original, true);
     short.idle_expires_at = now + MS * 50;
     short.created_at = now - MINUTE;
+    short.authenticated_at = short.created_at;
     short.last_seen_at = now - MINUTE;
     assert_eq!(
         target.store().import(&short).await.unwrap(),
@@ -1285,6 +1286,7 @@ pub async fn tombstone_ends_a_session_and_refuses_its_copies(factory: &dyn Store
     let mut renewed = short.clone();
     let now = target.store().policy().now();
     renewed.created_at = now;
+    renewed.authenticated_at = now;
     renewed.last_seen_at = now;
     renewed.idle_expires_at = now + MINUTE;
     renewed.absolute_expires_at = now + hour;
@@ -1298,4 +1300,178 @@ pub async fn tombstone_ends_a_session_and_refuses_its_copies(factory: &dyn Store
     );
     target.store().delete_by_user("alice", None).await.unwrap();
     source.store().delete_by_user("alice", None).await.unwrap();
+}
+
+/// The client metadata (device label, address, `authenticated_at`) is stored on create and kept
+/// by every read, list, touch, rotation, scan and import; an `update` edits the device and
+/// address in place, while a re-authentication (a new `authenticated_at`) rotates the token in the
+/// same step, as a root change does. Bad metadata is a typed error that changes nothing.
+pub async fn client_metadata_is_kept_and_reauthentication_rotates(factory: &dyn StoreFactory) {
+    let fx = Fixture::open(factory, |_| {}).await;
+    let v4: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    let v6: std::net::IpAddr = "2001:db8::42".parse().unwrap();
+    let signed_in = fx.store().policy().now();
+    let issued = fx
+        .store()
+        .create(alice().device("Firefox on Linux").address(Some(v4)))
+        .await
+        .unwrap();
+    let s = &issued.session;
+    assert_eq!(
+        (s.device.as_str(), s.address, s.authenticated_at),
+        ("Firefox on Linux", Some(v4), signed_in)
+    );
+    assert_eq!(&fx.store().get(&issued.token).await.unwrap().unwrap(), s);
+    fx.clock.advance(MS);
+    let other = fx
+        .store()
+        .create(
+            NewUserSession::new("alice")
+                .device("Chrome on Android")
+                .address(Some(v6)),
+        )
+        .await
+        .unwrap();
+    let listed = fx.store().list_by_user("alice").await.unwrap();
+    assert_eq!(listed, vec![s.clone(), other.session.clone()]);
+    let unknown = fx
+        .store()
+        .create(NewUserSession::new("carol"))
+        .await
+        .unwrap();
+    let read = fx.store().get(&unknown.token).await.unwrap().unwrap();
+    assert_eq!((read.device.as_str(), read.address), ("", None));
+
+    // A touch and a rotation keep it.
+    fx.clock.advance(10 * MINUTE);
+    let touched = fx.store().touch(&issued.token).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            touched.device.as_str(),
+            touched.address,
+            touched.authenticated_at
+        ),
+        ("Firefox on Linux", Some(v4), signed_in)
+    );
+    let rotated = fx.store().rotate(&issued.token).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            rotated.session.device.as_str(),
+            rotated.session.address,
+            rotated.session.authenticated_at
+        ),
+        ("Firefox on Linux", Some(v4), signed_in)
+    );
+
+    // Editing the device and address keeps the token.
+    let mut moved = rotated.session.clone();
+    moved.device = "Firefox on macOS".into();
+    moved.address = Some(v6);
+    let kept = fx.store().update(&moved).await.unwrap();
+    assert!(kept.rotated.is_none(), "a metadata edit keeps the token");
+    let now_stored = fx.store().get(&rotated.token).await.unwrap().unwrap();
+    assert_eq!(now_stored, kept.session);
+    assert_eq!(
+        (
+            now_stored.device.as_str(),
+            now_stored.address,
+            now_stored.version
+        ),
+        ("Firefox on macOS", Some(v6), 2)
+    );
+
+    // Bad metadata is refused, and the stored session stays as it was.
+    let policy = fx.store().policy().clone();
+    let mut future = now_stored.clone();
+    future.authenticated_at = policy.now() + MINUTE;
+    let mut before_sign_in = now_stored.clone();
+    before_sign_in.authenticated_at = now_stored.created_at - MS;
+    let mut long_label = now_stored.clone();
+    long_label.device = "x".repeat(policy.max_field_bytes + 1);
+    let mut control = now_stored.clone();
+    control.device = "Firefox\non Linux".into();
+    for (bad, field) in [
+        (future, "authenticated_at"),
+        (before_sign_in, "authenticated_at"),
+        (control, "device"),
+    ] {
+        match fx.store().update(&bad).await {
+            Err(SessionError::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected InvalidInput({field}), got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        fx.store().update(&long_label).await,
+        Err(SessionError::PayloadTooLarge { what: "device", .. })
+    ));
+    assert!(matches!(
+        fx.store()
+            .create(NewUserSession::new("dave").device("x".repeat(policy.max_field_bytes + 1)))
+            .await,
+        Err(SessionError::PayloadTooLarge { what: "device", .. })
+    ));
+    assert_eq!(
+        fx.store().get(&rotated.token).await.unwrap().unwrap(),
+        now_stored
+    );
+
+    // A re-authentication moves the session to a new token in the same step.
+    fx.clock.advance(5 * MINUTE);
+    let proved = policy.now();
+    let reauth = fx
+        .store()
+        .update(&now_stored.clone().reauthenticated(&policy))
+        .await
+        .unwrap();
+    let fresh = reauth
+        .rotated
+        .expect("a re-authentication issues a new token");
+    let s = reauth.session;
+    assert_eq!(&s.handle, fresh.handle());
+    assert_eq!((s.authenticated_at, s.version), (proved, 3));
+    assert_eq!(s.created_at, signed_in, "the sign-in time stays");
+    assert_eq!(s.authentication_age(&policy), Duration::ZERO);
+    assert_eq!(fx.store().get(&rotated.token).await.unwrap(), None);
+    assert_eq!(fx.store().get(&fresh).await.unwrap().unwrap(), s);
+    // The same instant again is no re-authentication: the token stays.
+    let mut same = s.clone();
+    same.set_attribute("locale", "fr-FR");
+    assert!(fx.store().update(&same).await.unwrap().rotated.is_none());
+    fx.clock.advance(MINUTE);
+    assert_eq!(
+        fx.store()
+            .get(&fresh)
+            .await
+            .unwrap()
+            .unwrap()
+            .authentication_age(&policy),
+        MINUTE
+    );
+
+    // A scan and an import into another store carry the metadata as it is.
+    let mut walked = Vec::new();
+    let mut cursor: Option<ScanCursor> = None;
+    loop {
+        let page = fx.store().scan(cursor.as_ref(), 100).await.unwrap();
+        walked.extend(page.sessions);
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let beside = fx.open_beside(factory).await;
+    {
+        let copy = walked
+            .into_iter()
+            .find(|c| c.handle == *fresh.handle())
+            .expect("the scan finds the live session");
+        assert_eq!(copy, fx.store().get(&fresh).await.unwrap().unwrap());
+        match beside.store().import(&copy).await {
+            Ok(Imported::Stored) => {
+                assert_eq!(beside.store().get(&fresh).await.unwrap().unwrap(), copy);
+            }
+            Err(SessionError::Unsupported { .. }) => {}
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
 }

@@ -193,6 +193,7 @@ macro_rules! conformance_tests {
             scan_walks_every_live_session_in_bounded_pages,
             import_keeps_the_session_and_never_overwrites,
             tombstone_ends_a_session_and_refuses_its_copies,
+            client_metadata_is_kept_and_reauthentication_rotates,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -104,6 +104,14 @@ impl Instance {
 
 /// A client of the load: its token while signed in; after a sign-out or revocation, the token
 /// that must stay refused.
+/// The CSRF token the demo's `CsrfLayer` wants with a cookie-authenticated unsafe request, as
+/// its pages would give it.
+fn csrf(token: &str) -> String {
+    session_core::SessionToken::parse(token)
+        .map(|t| session_axum::csrf_token_for(&t))
+        .unwrap_or_default()
+}
+
 enum Client {
     Active(String),
     /// The token, and how it ended (for the failure report).
@@ -143,6 +151,7 @@ impl Load {
         self.http
             .request(method, self.url(path))
             .header("cookie", format!("session={token}"))
+            .header("x-csrf-token", csrf(token))
     }
 
     fn error(&self, what: String) {
@@ -323,6 +332,7 @@ async fn churn(load: &Arc<Load>, churn: &Churn, emails: &[String]) -> u64 {
             .http
             .delete(&url)
             .header("cookie", format!("session={token}"))
+            .header("x-csrf-token", csrf(token))
             .send()
             .await
             .unwrap();
