@@ -102,10 +102,15 @@ impl Default for CsrfConfig {
 ///    or bookmarked); without it, an `Origin` header must be this host's own origin (the `Host`
 ///    header) or one of [`CsrfConfig::trusted_origins`]. This holds signed in or not, so a
 ///    sign-in form cannot be posted from another site either (login CSRF).
+///    A trusted origin passes whatever `Sec-Fetch-Site` says (a sibling arrives as `same-site`).
 /// 2. **The session's token.** A request that authenticates with the session cookie must carry
 ///    the session's CSRF token ([`Session::csrf_token`], a secret derived from the session's
 ///    token) in the [`CsrfConfig::header`] header (fetch) or the [`CsrfConfig::field`] field of
 ///    an `application/x-www-form-urlencoded` body (forms). Compared in constant time.
+///
+/// Only url-encoded forms are read for the field: a `multipart/form-data` form (a file upload)
+/// must send the header, so it needs a script; a body that cannot be read within the limit is
+/// answered 413.
 ///
 /// Requests that authenticate with `Authorization: Bearer` are exempt from both: a browser
 /// never adds that header by itself, so a forged request cannot carry it. Requests with neither a
@@ -175,13 +180,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Whether the request's origin is this service's: `Sec-Fetch-Site` first (every current
 /// browser sends it), then `Origin`. A request with neither is not from a browser's page.
 fn same_origin(parts: &axum::http::request::Parts, config: &CsrfConfig) -> bool {
+    let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    let trusted = origin.is_some_and(|o| config.trusted_origins.iter().any(|t| t == o));
     if let Some(site) = parts.headers.get("sec-fetch-site") {
-        return matches!(site.as_bytes(), b"same-origin" | b"none");
+        // A trusted sibling (`https://app.example.com` posting here) arrives as `same-site`.
+        return matches!(site.as_bytes(), b"same-origin" | b"none") || trusted;
     }
-    let Some(origin) = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = origin else {
         return true;
     };
-    if config.trusted_origins.iter().any(|o| o == origin) {
+    if trusted {
         return true;
     }
     // `scheme://host[:port]`: the authority must be the one the client addressed.
@@ -373,6 +381,20 @@ mod tests {
         trusting.trusted_origins.push("https://admin.test".into());
         assert!(same_origin(
             &parts(&[("origin", "https://admin.test"), ("host", "app.test")]),
+            &trusting
+        ));
+        assert!(same_origin(
+            &parts(&[
+                ("origin", "https://admin.test"),
+                ("sec-fetch-site", "same-site")
+            ]),
+            &trusting
+        ));
+        assert!(!same_origin(
+            &parts(&[
+                ("origin", "https://evil.test"),
+                ("sec-fetch-site", "cross-site")
+            ]),
             &trusting
         ));
     }

@@ -92,6 +92,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RecentAuth {
     }
 }
 
+/// `Option<RecentAuth>`: `None` for a signed-in session whose authentication is too old (so a
+/// handler can offer the password form); a request with no session at all is still refused
+/// (401), unlike `Option<CurrentSession>`.
 impl<S: Send + Sync> OptionalFromRequestParts<S> for RecentAuth {
     type Rejection = RecentAuthRejection;
 

@@ -398,7 +398,13 @@ impl Session {
     pub async fn sign_in(&self, mut new: NewUserSession) -> Result<IssuedSession, SessionError> {
         let client = self.client();
         if new.device.is_empty() {
-            new.device = client.device;
+            // Cut to the policy's field limit: a client's User-Agent alone must not fail a sign-in.
+            let limit = self.inner.store.policy().max_field_bytes;
+            let mut device = client.device;
+            while device.len() > limit {
+                device.pop();
+            }
+            new.device = device;
         }
         if new.address.is_none() {
             new.address = client.address;

@@ -44,7 +44,9 @@ pub use migrate::{MigratingStore, MigrationPhase};
 pub use policy::{Expiry, SessionPolicy};
 pub use pool::SuspectConnections;
 pub use retry::{RetryPolicy, Retrying};
-pub use session::{Attributes, IssuedSession, NewUserSession, Updated, UserSession};
+pub use session::{
+    Attributes, IssuedSession, MAX_CLOCK_SKEW, NewUserSession, Updated, UserSession,
+};
 pub use store::{
     Imported, MAX_SCAN_LIMIT, PurgeTask, ScanCursor, ScanPage, StorageDump, UserSessionStore,
     bad_scan_cursor, check_scan_limit,

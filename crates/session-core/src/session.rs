@@ -65,6 +65,10 @@ pub struct UserSession {
     pub address: Option<IpAddr>,
 }
 
+/// How far ahead of a store's clock [`UserSession::validate`] accepts `authenticated_at`: the
+/// clocks of the instances sharing a store may differ by this much.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// [`UserSession`] as JSON may carry it: the metadata fields added later are optional.
 #[derive(Deserialize)]
 struct SessionWire {
@@ -241,12 +245,14 @@ impl UserSession {
     ///
     /// # Errors
     /// [`SessionError::InvalidInput`] or [`SessionError::PayloadTooLarge`].
-    /// `authenticated_at` must lie between `created_at` and the policy clock's now (a proof from
-    /// the future would pass any freshness check).
+    /// `authenticated_at` must not be before `created_at`, nor more than [`MAX_CLOCK_SKEW`]
+    /// ahead of the policy clock (a proof from the future would pass freshness checks for
+    /// longer; the allowance keeps a session another instance dated with a clock slightly ahead
+    /// writable).
     pub fn validate(&self, policy: &SessionPolicy) -> Result<()> {
         self.validate_editable(policy)?;
         self.validate_authenticated_at()?;
-        if self.authenticated_at > policy.now() {
+        if self.authenticated_at > policy.now() + MAX_CLOCK_SKEW {
             return Err(SessionError::invalid_input(
                 "authenticated_at",
                 "is in the future",

@@ -30,7 +30,8 @@
 //! - `GET /sessions/me/preferences`, `PUT /sessions/me/preferences` (`locale`, `theme`): typed
 //!   session data;
 //! - `GET /users/{user_id}/sessions`, `DELETE /users/{user_id}/sessions` (the user, or a root
-//!   session; 403 otherwise). Deleting one's own sessions keeps the current one;
+//!   session; 403 otherwise; deleting needs the password within the recent-authentication bound,
+//!   else 403 `reauthentication_required`). Deleting one's own sessions keeps the current one;
 //! - `GET /db-items?limit=N` (the newest, default 100), `POST /db-items` (`name`, `quantity`),
 //!   each in a transaction scope; a POST
 //!   whose quantity fails validation after the insert rolls back;
@@ -51,8 +52,8 @@ use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use session_axum::{
-    ApiError, CsrfLayer, CurrentSession, JsonBody, JsonPath, Session, SessionCookies, SessionLayer,
-    TrustedProxies, csrf_token_for,
+    ApiError, CsrfLayer, CurrentSession, JsonBody, JsonPath, RecentAuth, Session, SessionCookies,
+    SessionLayer, TrustedProxies, csrf_token_for,
 };
 use session_core::{
     ErrorChain, IssuedSession, NewUserSession, ScopeOptions, SessionError, UserSession,
@@ -479,9 +480,12 @@ struct Revoked {
     revoked: u64,
 }
 
+/// Revoking is sensitive, as on the pages: it needs the password entered within the
+/// recent-authentication bound (403 `reauthentication_required` otherwise), so a stolen cookie
+/// or token cannot sign its owner out elsewhere.
 async fn revoke_user_sessions(
     State(state): State<AppState>,
-    current: CurrentSession,
+    RecentAuth(current): RecentAuth,
     JsonPath(user_id): JsonPath<String>,
 ) -> Result<axum::Json<Revoked>, ApiError> {
     may_manage(&current, &user_id)?;

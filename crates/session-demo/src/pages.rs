@@ -74,10 +74,16 @@ fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
-/// A path the pages may send the browser on to: local only (no `//host`, no scheme).
+/// A path the pages may send the browser on to: local only. Browsers read `\\` as `/` and drop
+/// tabs and line breaks from a URL, so `/\\evil.example` or `/<tab>/evil.example` would become
+/// `//evil.example`, another host: anything but a plain path of printable ASCII is refused.
 fn local_path(next: Option<&str>) -> &str {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
             path
         }
         _ => SESSIONS,
@@ -116,6 +122,31 @@ fn plural(n: u64, unit: &str) -> String {
 
 fn address(address: Option<IpAddr>) -> String {
     address.map_or_else(|| "unknown address".to_owned(), |a| a.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_local_paths_are_followed() {
+        for path in ["/account/sessions", "/a?b=c&d=%2F"] {
+            assert_eq!(local_path(Some(path)), path);
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /x",
+            "https://evil.example",
+            "evil",
+            "/caf\u{e9}",
+        ] {
+            assert_eq!(local_path(Some(bad)), SESSIONS, "{bad:?}");
+        }
+        assert_eq!(local_path(None), SESSIONS);
+    }
 }
 
 #[derive(Deserialize)]

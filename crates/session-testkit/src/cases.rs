@@ -1383,7 +1383,7 @@ pub async fn client_metadata_is_kept_and_reauthentication_rotates(factory: &dyn 
     // Bad metadata is refused, and the stored session stays as it was.
     let policy = fx.store().policy().clone();
     let mut future = now_stored.clone();
-    future.authenticated_at = policy.now() + MINUTE;
+    future.authenticated_at = policy.now() + session_core::MAX_CLOCK_SKEW + MINUTE;
     let mut before_sign_in = now_stored.clone();
     before_sign_in.authenticated_at = now_stored.created_at - MS;
     let mut long_label = now_stored.clone();
