@@ -301,15 +301,37 @@ async fn sign_in(
     session: Session,
     JsonBody(body): JsonBody<SignIn>,
 ) -> Result<(StatusCode, axum::Json<Issued>), AccountError> {
+    let issued = sign_in_with_password(
+        &state,
+        client,
+        &session,
+        &body.email,
+        &body.password,
+        body.remember_me,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(issued.into())))
+}
+
+/// Checks the password and signs the account in on `session` (the JSON route and the form share
+/// it). Everything in the session comes from the account's row; the client chooses only
+/// `remember_me`.
+pub(crate) async fn sign_in_with_password(
+    state: &AppState,
+    client: ClientAddr,
+    session: &Session,
+    email: &str,
+    password: &str,
+    remember_me: bool,
+) -> Result<IssuedSession, AccountError> {
     let db = database(&state.manager)?;
-    let account =
-        accounts::authenticate(db, &state.limiter, client, &body.email, &body.password).await?;
+    let account = accounts::authenticate(db, &state.limiter, client, email, password).await?;
     let stamp = account.stamp();
     let new = NewUserSession::new(account.id.to_string())
         .company_name(account.company_name)
         .email(account.email)
         .root(account.is_root)
-        .remember_me(body.remember_me);
+        .remember_me(remember_me);
     let issued = session.sign_in(new).await?;
     // A password change between the check and this session's creation signed out the account's
     // sessions before this one existed: this one must not outlive the old password either.
@@ -317,7 +339,7 @@ async fn sign_in(
         session.sign_out().await?;
         return Err(AccountError::InvalidCredentials);
     }
-    Ok((StatusCode::CREATED, axum::Json(issued.into())))
+    Ok(issued)
 }
 
 #[derive(Deserialize)]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use session_axum::{
     ApiError, CurrentSession, MaybeSession, RecentAuth, RecentAuthRejection, Session,
 };
-use session_core::{NewUserSession, SessionHandle, UserSession};
+use session_core::{SessionHandle, UserSession};
 
 use crate::AppState;
 use crate::accounts::{self, AccountError, ClientAddr};
@@ -212,61 +212,38 @@ pub(crate) async fn sign_in(
     session: Session,
     Form(form): Form<SignInForm>,
 ) -> Result<Response, ApiError> {
-    let db = match crate::database(&state.manager) {
-        Ok(db) => db,
-        Err(e) => return Ok(e.into_response()),
-    };
-    let refused = |status: StatusCode, message: &str, csrf: Option<String>| {
-        respond(
-            status,
-            sign_in_page(
-                Some(message),
-                form.next.as_deref(),
-                csrf.as_deref(),
-                &form.email,
-            ),
-        )
-    };
-    let account =
-        match accounts::authenticate(db, &state.limiter, client, &form.email, &form.password).await
-        {
-            Ok(account) => account,
-            Err(e) => {
-                let csrf = session.csrf_token().await?;
-                return Ok(match e {
-                    AccountError::InvalidCredentials => refused(
-                        StatusCode::UNAUTHORIZED,
-                        "The email or the password is wrong.",
-                        csrf,
-                    ),
-                    AccountError::TooManyAttempts { .. } => refused(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "Too many failed attempts from this address. Try again later.",
-                        csrf,
-                    ),
-                    AccountError::Invalid { .. } => {
-                        refused(StatusCode::BAD_REQUEST, &e.to_string(), csrf)
-                    }
-                    other => other.into_response(),
-                });
-            }
-        };
-    let stamp = account.stamp();
-    let new = NewUserSession::new(account.id.to_string())
-        .company_name(account.company_name)
-        .email(account.email)
-        .root(account.is_root)
-        .remember_me(form.remember_me.is_some());
-    session.sign_in(new).await?;
-    if !accounts::still_current(db, &stamp).await? {
-        session.sign_out().await?;
-        return Ok(refused(
+    let signed_in = crate::sign_in_with_password(
+        &state,
+        client,
+        &session,
+        &form.email,
+        &form.password,
+        form.remember_me.is_some(),
+    )
+    .await;
+    let (status, message) = match signed_in {
+        Ok(_) => return Ok(see_other(local_path(form.next.as_deref()))),
+        Err(AccountError::InvalidCredentials) => (
             StatusCode::UNAUTHORIZED,
-            "The email or the password is wrong.",
-            None,
-        ));
-    }
-    Ok(see_other(local_path(form.next.as_deref())))
+            "The email or the password is wrong.".to_owned(),
+        ),
+        Err(AccountError::TooManyAttempts { .. }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed attempts from this address. Try again later.".to_owned(),
+        ),
+        Err(e @ AccountError::Invalid { .. }) => (StatusCode::BAD_REQUEST, e.to_string()),
+        Err(other) => return Ok(other.into_response()),
+    };
+    let csrf = session.csrf_token().await?;
+    Ok(respond(
+        status,
+        sign_in_page(
+            Some(&message),
+            form.next.as_deref(),
+            csrf.as_deref(),
+            &form.email,
+        ),
+    ))
 }
 
 #[derive(Deserialize)]

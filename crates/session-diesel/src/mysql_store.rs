@@ -265,7 +265,7 @@ impl MysqlSessionStore {
             .bind::<Text, _>(session.attributes_json()?)
             .bind::<BigInt, _>(ms(session.authenticated_at))
             .bind::<Text, _>(&session.device)
-            .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
+            .bind::<Nullable<Text>, _>(crate::row::address_text(session))
             .bind::<Text, _>(session.handle.as_str())
             .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(-1))
             .bind::<Text, _>(&session.user_id)
@@ -411,7 +411,7 @@ fn insert<'a>(
         .bind::<BigInt, _>(i64::try_from(session.version).unwrap_or(1))
         .bind::<BigInt, _>(ms(session.authenticated_at))
         .bind::<Text, _>(&session.device)
-        .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
+        .bind::<Nullable<Text>, _>(crate::row::address_text(session))
         .prepared()
 }
 

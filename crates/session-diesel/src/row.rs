@@ -112,6 +112,12 @@ impl Row {
     }
 }
 
+/// The `address` column's value for `session`: the address's text form, which [`Row::decode`]
+/// parses back; `NULL` when unknown.
+pub(crate) fn address_text(session: &UserSession) -> Option<String> {
+    session.address.map(|a| a.to_string())
+}
+
 /// Where a page of `scan` starts: `None` for the first one.
 pub(crate) fn parse_keyset_cursor(
     prefix: &str,

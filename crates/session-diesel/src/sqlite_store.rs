@@ -194,7 +194,7 @@ macro_rules! bind_session {
             .bind::<BigInt, _>(i64::try_from($session.version).unwrap_or(i64::MAX))
             .bind::<BigInt, _>(ms($session.authenticated_at))
             .bind::<Text, _>(&$session.device)
-            .bind::<Nullable<Text>, _>($session.address.map(|a| a.to_string()))
+            .bind::<Nullable<Text>, _>(crate::row::address_text(&$session))
     };
 }
 
@@ -328,7 +328,7 @@ impl UserSessionStore for SqliteSessionStore {
         .bind::<Text, _>(&attributes)
         .bind::<BigInt, _>(ms(session.authenticated_at))
         .bind::<Text, _>(&session.device)
-        .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
+        .bind::<Nullable<Text>, _>(crate::row::address_text(session))
         .bind::<Text, _>(session.handle.as_str())
         .bind::<BigInt, _>(expected)
         .bind::<Text, _>(&session.user_id)

@@ -266,7 +266,7 @@ impl PgSessionStore {
             .bind::<Text, _>(new_token.handle().as_str())
             .bind::<BigInt, _>(ms(session.authenticated_at))
             .bind::<Text, _>(&session.device)
-            .bind::<Nullable<Text>, _>(session.address.map(|a| a.to_string()))
+            .bind::<Nullable<Text>, _>(crate::row::address_text(session))
             .prepared()
             .load(&mut *conn)
             .await
@@ -413,7 +413,7 @@ impl UserSessionStore for PgSessionStore {
         let cap = self.policy.max_sessions_per_user.map_or(0, i64::from);
         let sql: &str = if cap > 0 { &CREATE_CAPPED } else { &CREATE };
         let attributes = session.attributes_json()?;
-        let address = session.address.map(|a| a.to_string());
+        let address = crate::row::address_text(&session);
         let mut conn = self.conn().await?;
         let insert = session_binds(
             diesel::sql_query(sql).into_boxed(),
@@ -651,7 +651,7 @@ impl UserSessionStore for PgSessionStore {
             return Ok(Imported::Expired);
         }
         let attributes = session.attributes_json()?;
-        let address = session.address.map(|a| a.to_string());
+        let address = crate::row::address_text(session);
         let mut conn = self.conn().await?;
         let answer: Outcome = session_binds(
             diesel::sql_query(IMPORT.as_str()).into_boxed(),

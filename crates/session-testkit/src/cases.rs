@@ -1449,16 +1449,7 @@ pub async fn client_metadata_is_kept_and_reauthentication_rotates(factory: &dyn 
     );
 
     // A scan and an import into another store carry the metadata as it is.
-    let mut walked = Vec::new();
-    let mut cursor: Option<ScanCursor> = None;
-    loop {
-        let page = fx.store().scan(cursor.as_ref(), 100).await.unwrap();
-        walked.extend(page.sessions);
-        cursor = page.next;
-        if cursor.is_none() {
-            break;
-        }
-    }
+    let walked = scan_all(fx.store(), 100).await;
     let beside = fx.open_beside(factory).await;
     {
         let copy = walked
