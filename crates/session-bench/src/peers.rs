@@ -113,16 +113,49 @@ async fn prefill_peer<S: SessionStore>(peer: &S) -> Arc<Vec<Id>> {
     Arc::new(ids)
 }
 
+/// Ours (`ours`: the default policy; `writing`: the same store with `touch_interval = 0`) against
+/// `peer`. `touch` gives two rows against the peer's `load` + `save`: `per-request`, each library
+/// as configured by default (ours writes once per 60 s interval, so almost every touch is a read),
+/// and `touch-writes`, ours writing on every touch (the same work as the peer's save).
 async fn compare<S: SessionStore + Clone>(
     name: &str,
     ours: &Arc<dyn UserSessionStore>,
+    writing: &Arc<dyn UserSessionStore>,
     peer: S,
     seconds: u64,
 ) {
     let tokens: Arc<Vec<SessionToken>> = prefill(ours).await;
     let ids = prefill_peer(&peer).await;
+    let writing_tokens = if Op::Touch.selected() {
+        prefill(writing).await
+    } else {
+        Arc::default()
+    };
     for op in OPS.into_iter().filter(|op| op.selected()) {
         for tasks in CONCURRENCY {
+            if op == Op::Touch {
+                let mine = run_store(ours, &tokens, op, tasks, seconds).await;
+                let theirs = run_peer(&peer, &ids, op, tasks, seconds).await;
+                row_named(
+                    name,
+                    "per-request",
+                    "ts load+save",
+                    tasks,
+                    &mine,
+                    Some(&theirs),
+                );
+                let mine = run_store(writing, &writing_tokens, op, tasks, seconds).await;
+                let theirs = run_peer(&peer, &ids, op, tasks, seconds).await;
+                row_named(
+                    name,
+                    "touch-writes",
+                    "ts load+save",
+                    tasks,
+                    &mine,
+                    Some(&theirs),
+                );
+                continue;
+            }
             let mine = run_store(ours, &tokens, op, tasks, seconds).await;
             let theirs = run_peer(&peer, &ids, op, tasks, seconds).await;
             row_named(
@@ -156,47 +189,48 @@ pub(crate) async fn bench_peers(seconds: u64, which: &[&str]) {
 }
 
 async fn memory_peers(seconds: u64) {
-    let policy = SessionPolicy::default;
+    let store = |policy: SessionPolicy| -> Arc<dyn UserSessionStore> {
+        Arc::new(session_memory::MemoryStore::new(policy).unwrap())
+    };
     // Ours against tower-sessions' MemoryStore and its moka store.
-    let ours: Arc<dyn UserSessionStore> =
-        Arc::new(session_memory::MemoryStore::new(policy()).unwrap());
     compare(
         "memory/ts-mem",
-        &ours,
+        &store(SessionPolicy::default()),
+        &store(writing_policy()),
         tower_sessions_memory_store::MemoryStore::default(),
         seconds,
     )
     .await;
-    let ours: Arc<dyn UserSessionStore> =
-        Arc::new(session_memory::MemoryStore::new(policy()).unwrap());
     compare(
         "memory/ts-moka",
-        &ours,
+        &store(SessionPolicy::default()),
+        &store(writing_policy()),
         tower_sessions_moka_store::MokaStore::new(None),
         seconds,
     )
     .await;
 }
 
-/// The policy of our store in the peer rows: the default (a touch writes once per 60 s), or with
-/// `BENCH_TOUCH_WRITES=1` a touch interval of 0, so that every touch writes, the work a peer's
-/// save does.
-fn peer_policy() -> SessionPolicy {
+/// The policy of our `touch-writes` rows: a touch interval of 0, so that every touch writes, the
+/// work a peer's save does.
+fn writing_policy() -> SessionPolicy {
     let mut policy = SessionPolicy::default();
-    if std::env::var("BENCH_TOUCH_WRITES").is_ok_and(|v| v == "1") {
-        policy.touch_interval = std::time::Duration::ZERO;
-    }
+    policy.touch_interval = std::time::Duration::ZERO;
     policy
 }
 
 async fn redis_peers(seconds: u64) {
-    let policy = peer_policy;
     // Both on a private redis-server (tower-sessions keys sessions by bare id), same pool size.
     let server = session_testkit::servers::RedisServer::start();
     let config = session_redis::RedisConfig::new(server.url());
     let size = config.pool_max_size as usize;
     let ours: Arc<dyn UserSessionStore> = Arc::new(
-        session_redis::RedisStore::connect(config, policy())
+        session_redis::RedisStore::connect(config.clone(), SessionPolicy::default())
+            .await
+            .unwrap(),
+    );
+    let writing: Arc<dyn UserSessionStore> = Arc::new(
+        session_redis::RedisStore::connect(config.key_prefix("w:"), writing_policy())
             .await
             .unwrap(),
     );
@@ -209,7 +243,7 @@ async fn redis_peers(seconds: u64) {
         .await
         .unwrap();
     let peer = tower_sessions_redis_store::RedisStore::new(pool);
-    compare("redis/ts-redis", &ours, peer.clone(), seconds).await;
+    compare("redis/ts-redis", &ours, &writing, peer.clone(), seconds).await;
     near_cache_rows(&server, peer, seconds).await;
     drop(server);
 }
@@ -266,19 +300,22 @@ async fn near_cache_rows<S: SessionStore + Clone>(
 }
 
 async fn postgres_peers(seconds: u64) {
-    let policy = peer_policy;
     // Each in a schema of its own on the shared server, same pool size.
     let ours_schema = session_testkit::servers::PgSchema::create("bench_peer_ours");
+    let writing_schema = session_testkit::servers::PgSchema::create("bench_peer_ours_w");
     let peer_schema = session_testkit::servers::PgSchema::create("bench_peer_ts");
-    let ours: Arc<dyn UserSessionStore> = Arc::new(
-        session_diesel::PgSessionStore::connect(
-            &ours_schema.url(),
+    let store = async |url: String, policy: SessionPolicy| -> Arc<dyn UserSessionStore> {
+        let store = session_diesel::PgSessionStore::connect(
+            &url,
             session_core::PoolConfig::default(),
-            policy(),
+            policy,
         )
         .await
-        .unwrap(),
-    );
+        .unwrap();
+        Arc::new(store) as Arc<dyn UserSessionStore>
+    };
+    let ours = store(ours_schema.url(), SessionPolicy::default()).await;
+    let writing = store(writing_schema.url(), writing_policy()).await;
     let pg = tower_sessions_sqlx_store::sqlx::postgres::PgPoolOptions::new()
         .max_connections(session_core::PoolConfig::default().max_size)
         .connect(&session_testkit::servers::database_url())
@@ -288,23 +325,26 @@ async fn postgres_peers(seconds: u64) {
         .with_schema_name(peer_schema.name())
         .unwrap();
     peer.migrate().await.unwrap();
-    compare("postgres/ts-sqlx", &ours, peer, seconds).await;
+    compare("postgres/ts-sqlx", &ours, &writing, peer, seconds).await;
 }
 
 async fn mysql_peers(seconds: u64) {
-    let policy = peer_policy;
     // Each in a database of its own on the shared MySQL/MariaDB server, same pool size.
     let ours_db = session_testkit::servers::MysqlDatabase::create("bench_peer_ours");
+    let writing_db = session_testkit::servers::MysqlDatabase::create("bench_peer_ours_w");
     let peer_db = session_testkit::servers::MysqlDatabase::create("bench_peer_ts");
-    let ours: Arc<dyn UserSessionStore> = Arc::new(
-        session_diesel::MysqlSessionStore::connect(
-            &ours_db.url(),
+    let store = async |url: String, policy: SessionPolicy| -> Arc<dyn UserSessionStore> {
+        let store = session_diesel::MysqlSessionStore::connect(
+            &url,
             session_core::PoolConfig::default(),
-            policy(),
+            policy,
         )
         .await
-        .unwrap(),
-    );
+        .unwrap();
+        Arc::new(store) as Arc<dyn UserSessionStore>
+    };
+    let ours = store(ours_db.url(), SessionPolicy::default()).await;
+    let writing = store(writing_db.url(), writing_policy()).await;
     let pool = tower_sessions_sqlx_store::sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(session_core::PoolConfig::default().max_size)
         .connect(&peer_db.url())
@@ -314,5 +354,5 @@ async fn mysql_peers(seconds: u64) {
         .with_schema_name(peer_db.name())
         .unwrap();
     peer.migrate().await.unwrap();
-    compare("mysql/ts-sqlx", &ours, peer, seconds).await;
+    compare("mysql/ts-sqlx", &ours, &writing, peer, seconds).await;
 }

@@ -18,13 +18,13 @@
 //!   by another service); `PTTL` then stands in for the idle expiry.
 //! - Sessions are read and returned as rows: `read(key)` is `HMGET key <FIELDS>`, the field list
 //!   and positions generated from `codec::FIELDS` (see `codec::lua_fields`).
-//! - The index (ADR 0020): a member's score is its session's idle expiry (create, touch and rotate
-//!   write it). This code reads a score only as a hint: a member whose score has passed is removed
-//!   only if its session is gone, else re-scored (`trim`), and `list_by_user` reads every
-//!   member's session. The index's own TTL is raised with `PEXPIREAT … GT` to every idle expiry a
-//!   create or touch writes, so it lives as long as its longest-lived session (after a delete, up
-//!   to the deleted session's expiry). Indexes written by the previous release read the same way,
-//!   and that release reads these (its trims take scores as exact, which they are).
+//! - The index (ADR 0020, 0031): a member's score is a lower bound of its session's idle expiry
+//!   (create, rotate and a trim write the expiry; a touch leaves it). This code reads a score only
+//!   as a hint: a member whose score has passed is removed only if its session is gone, else
+//!   re-scored (`trim`), and `list_by_user` reads every member's session. The index's own TTL is
+//!   raised with `PEXPIREAT … GT` to every idle expiry a create or touch writes, so it lives as
+//!   long as its longest-lived session (after a delete, up to the deleted session's expiry). The
+//!   previous release (ADR 0020) reads scores the same way, so it and this one share indexes.
 
 use std::sync::LazyLock;
 
@@ -191,8 +191,8 @@ return 1
 /// absolute ms, base, hash, strict ('Y': the index must be declared). Returns `{row, PTTL}` (PTTL
 /// -3 when not needed), nil when absent or expired, or `{'index', user_id}` when a write is due
 /// and the index, needed and not declared, must be. Writes
-/// only when the interval has passed since `last_seen_at`: `ZADD XX` and `PEXPIREAT … GT` of the
-/// index, then `HSET` and `PEXPIREAT` of the session, after the `HMGET`.
+/// only when the interval has passed since `last_seen_at`: `PEXPIREAT … GT` of the index (and a
+/// `ZSCORE` when that refuses), then `HSET` and `PEXPIREAT` of the session, after the `HMGET`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     with_helpers(
         r"
@@ -230,16 +230,15 @@ local nie = math.min(now + idle, ae)
 -- The index first: on one node, where it is found from the row, if Redis refuses it
 -- mid-migration of the slot, the script stops before writing the session.
 if idx then
-  -- The member's score follows the session's idle expiry, so that code reading scores as exact
-  -- (the previous release, during a rolling deploy or after a rollback) never drops a live
-  -- session from the index; the index lives as long as this session.
-  if redis.call('ZADD', idx, 'XX', 'CH', nie, ARGV[7]) == 0
+  -- The member's score is left as it is (a lower bound, ADR 0031); the index lives as long as
+  -- this session. GT refuses on an index that is absent or already lives longer (another of the
+  -- user's sessions expires later); only then is the member looked for.
+  if redis.call('PEXPIREAT', idx, nie, 'GT') == 0
     and not redis.call('ZSCORE', idx, ARGV[7]) then
     -- The session is not in its index here (mid-migration of the slot, the index has not
     -- arrived): no write, so the session's activity never outruns what revocation can find.
     return {h, pttl}
   end
-  redis.call('PEXPIREAT', idx, nie, 'GT')
 end
 redis.call('HSET', KEYS[1], 'last_seen_at', now, 'idle_expires_at', nie)
 redis.call('PEXPIREAT', KEYS[1], nie)

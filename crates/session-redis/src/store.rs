@@ -640,6 +640,15 @@ impl RedisStore {
     }
 
     /// Decodes a row (see [`Row`]) and applies the policy's expiry: `None` if absent or expired.
+    /// `HMGET` of a session's fields (the row `Row::from_reply` reads).
+    async fn read_row(conn: &mut Conn, key: &str) -> redis::RedisResult<Value> {
+        redis::cmd("HMGET")
+            .arg(key)
+            .arg(&FIELDS[..])
+            .query_async::<Value>(conn)
+            .await
+    }
+
     fn live(
         &self,
         handle: &SessionHandle,
@@ -1140,12 +1149,7 @@ impl UserSessionStore for RedisStore {
         // Begun before the read is sent: an invalidation from here on keeps its answer out.
         let ticket = near.and_then(|cache| cache.begin(key));
         let (row, pttl) = run!(self, Some(handle), |conn| match layout {
-            Layout::Standard => redis::cmd("HMGET")
-                .arg(key)
-                .arg(&FIELDS[..])
-                .query_async::<Value>(conn)
-                .await
-                .map(|row| (row, None)),
+            Layout::Standard => Self::read_row(conn, key).await.map(|row| (row, None)),
             Layout::Compatible => redis::pipe()
                 .cmd("HMGET")
                 .arg(key)
@@ -1178,6 +1182,25 @@ impl UserSessionStore for RedisStore {
             return Ok(self.unexpired(cache, key, cached));
         }
         let ticket = near.and_then(|cache| cache.begin(key));
+        // Read first (ADR 0031): most touches are not due to write, and a plain `HMGET` costs the
+        // server a fraction of the script. A due touch then runs the script, which reads again
+        // and decides atomically. With an interval of 0 every touch is due: straight to the
+        // script. The compatible layout's rows may need the script's first-sight writes.
+        if self.config.layout == Layout::Standard && !policy.touch_interval.is_zero() {
+            let handle = token.handle();
+            let row = run!(self, Some(handle), |conn| Self::read_row(conn, key).await)?;
+            let stored = reply_bytes(&row);
+            let read = self.live(handle, row, None)?;
+            let due = read
+                .as_ref()
+                .is_some_and(|session| policy.touch_due(session, policy.now()));
+            if !due {
+                if let (Some(cache), Some(ticket)) = (near, ticket) {
+                    cache.complete(key, ticket, read.as_ref().map(|s| (s, stored)));
+                }
+                return Ok(read);
+            }
+        }
         let now = self.now_ms();
         let reply = self
             .invoke_naming_index(&location.base, token.handle(), |index| {

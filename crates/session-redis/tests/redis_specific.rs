@@ -160,7 +160,7 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_operation_is_one_round_trip_with_the_documented_commands() {
+async fn every_operation_sends_the_documented_commands() {
     let server = RedisServer::start();
     let clock = ManualClock::starting_now();
     let policy = SessionPolicy::default().with_clock(clock.clone());
@@ -169,6 +169,8 @@ async fn every_operation_is_one_round_trip_with_the_documented_commands() {
         .unwrap();
     // Load every script once, so NOSCRIPT reloads do not show in the counts.
     let warm = store.create(alice()).await.unwrap();
+    // Due, so that it runs (and loads) the touch script.
+    clock.advance(Duration::from_secs(61));
     store.touch(&warm.token).await.unwrap();
     let _ = store.update(&warm.session).await.unwrap();
     let warm = store.rotate(&warm.token).await.unwrap().unwrap();
@@ -214,27 +216,49 @@ async fn every_operation_is_one_round_trip_with_the_documented_commands() {
     assert_eq!(client, vec!["hmget".to_owned()], "get");
     assert_eq!(all, counts(&[("hmget", 1)]), "get");
 
+    // A touch reads first (ADR 0031): inside the interval that read is all it sends.
     let (_, client, all) = measure(&mut monitor, &mut stats, store.touch(&issued.token)).await;
-    assert_eq!(client, one_evalsha, "touch inside the interval");
+    assert_eq!(
+        client,
+        vec!["hmget".to_owned()],
+        "touch inside the interval"
+    );
     assert_eq!(
         all,
-        counts(&[("evalsha", 1), ("hmget", 1)]),
+        counts(&[("hmget", 1)]),
         "a throttled touch writes nothing"
     );
 
+    // Due: the read, then the script, which reads again and writes; the member's score stays.
     clock.advance(Duration::from_secs(61));
     let (_, client, all) = measure(&mut monitor, &mut stats, store.touch(&issued.token)).await;
-    assert_eq!(client, one_evalsha, "touch when due");
+    assert_eq!(
+        client,
+        vec!["hmget".to_owned(), "evalsha".to_owned()],
+        "touch when due"
+    );
     assert_eq!(
         all,
-        counts(&[
-            ("evalsha", 1),
-            ("hmget", 1),
-            ("hset", 1),
-            ("pexpireat", 2),
-            ("zadd", 1)
-        ]),
+        counts(&[("evalsha", 1), ("hmget", 2), ("hset", 1), ("pexpireat", 2)]),
         "touch when due"
+    );
+
+    // With an interval of 0 every touch writes: the script alone, 4 commands inside it.
+    let mut writing = SessionPolicy::default().with_clock(clock.clone());
+    writing.touch_interval = Duration::ZERO;
+    let every_time = RedisStore::connect(RedisConfig::new(server.url()).pool_max_size(1), writing)
+        .await
+        .unwrap();
+    every_time.touch(&issued.token).await.unwrap().unwrap();
+    clock.advance(Duration::from_millis(1));
+    let (touched, client, all) =
+        measure(&mut monitor, &mut stats, every_time.touch(&issued.token)).await;
+    assert!(touched.unwrap().is_some());
+    assert_eq!(client, one_evalsha, "touch with an interval of 0");
+    assert_eq!(
+        all,
+        counts(&[("evalsha", 1), ("hmget", 1), ("hset", 1), ("pexpireat", 2)]),
+        "touch with an interval of 0"
     );
 
     let session = store.get(&issued.token).await.unwrap().unwrap();
@@ -974,31 +998,45 @@ async fn index_scores_are_lower_bounds_and_never_drop_a_live_session() {
     assert!(store.get(&kept.token).await.unwrap().is_none());
 }
 
-/// During a rolling deploy the previous release's scripts run beside these: its index upkeep
-/// (drop members whose score has passed, then set the index TTL to the latest score) must never
-/// drop a session this release keeps alive, so a touch keeps the member's score exact.
+/// A touch leaves its member's score at the expiry create wrote (ADR 0031) and raises the
+/// index's TTL with the session's; the trim that meets the passed score keeps the member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_previous_releases_index_upkeep_keeps_sessions_this_one_touched() {
+async fn a_touch_leaves_the_score_and_extends_the_index() {
     let clock = ManualClock::starting_now();
     let policy = SessionPolicy::default().with_clock(clock.clone());
     let (store, guard) = shared_store("rolling", policy).await;
     let kept = store.create(alice()).await.unwrap();
-    clock.advance(Duration::from_secs(20 * 60));
-    store.touch(&kept.token).await.unwrap().unwrap();
-    clock.advance(Duration::from_secs(20 * 60));
-    // The previous release's `retire_index`, run at the policy clock's now.
     let mut conn = redis_connection(&guard.url);
     let index = redis_keys(&mut conn, &format!("{}*:u:*", guard.prefix)).remove(0);
-    let now = session_core::clock::millis_since_epoch(session_core::Clock::now(&clock));
-    let () = redis::Script::new(
-        "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-         local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-         if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]) end",
-    )
-    .key(&index)
-    .arg(now)
-    .invoke(&mut conn)
+    let score = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("ZSCORE")
+            .arg(&index)
+            .arg(kept.session.handle.hash())
+            .query(conn)
+            .unwrap()
+    };
+    let created = score(&mut conn);
+    clock.advance(Duration::from_secs(20 * 60));
+    let touched = store.touch(&kept.token).await.unwrap().unwrap();
+    assert_eq!(
+        score(&mut conn),
+        created,
+        "the score is left as create wrote it"
+    );
+    let expiry = |key: &str, conn: &mut redis::Connection| -> i64 {
+        redis::cmd("PEXPIRETIME").arg(key).query(conn).unwrap()
+    };
+    let session_key = redis_keys(&mut conn, &format!("{}*:s:*", guard.prefix)).remove(0);
+    let idle = i64::try_from(session_core::clock::millis_since_epoch(
+        touched.idle_expires_at,
+    ))
     .unwrap();
+    assert_eq!(expiry(&session_key, &mut conn), idle);
+    assert_eq!(expiry(&index, &mut conn), idle, "the index lives as long");
+    // Past the score, the session alive: a trim re-scores it, listing and revoking find it.
+    clock.advance(Duration::from_secs(20 * 60));
+    assert_eq!(store.purge_expired().await.unwrap(), 0);
+    assert_eq!(score(&mut conn), idle, "re-scored by the trim");
     let listed = store.list_by_user("alice").await.unwrap();
     assert_eq!(listed.len(), 1, "the touched session left the index");
     assert_eq!(store.delete_by_user("alice", None).await.unwrap(), 1);
