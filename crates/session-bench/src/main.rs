@@ -642,6 +642,7 @@ async fn bench_redis(seconds: u64) {
     }
 }
 
+mod ceilings;
 mod db;
 mod footprint;
 mod http;
@@ -689,6 +690,7 @@ async fn main() {
             "footprint-pg" => footprint::bench_footprint_pg().await,
             "topologies" => topologies::bench_topologies(seconds).await,
             "writes" => writes::bench_writes(seconds).await,
+            "redis-ceilings" => ceilings::bench_redis_ceilings().await,
             "http" => http::bench_http(seconds).await,
             "peers" => peers::bench_peers(seconds, &[]).await,
             "peers-memory" => peers::bench_peers(seconds, &["memory"]).await,
@@ -696,12 +698,16 @@ async fn main() {
             "peers-postgres" => peers::bench_peers(seconds, &["postgres"]).await,
             "peers-mysql" => peers::bench_peers(seconds, &["mysql"]).await,
             other => panic!(
-                "unknown backend {other:?}; known: memory, redis, postgres, mysql, scope, footprint, footprint-redis, footprint-pg, topologies, writes, peers, peers-memory, peers-redis, peers-postgres, peers-mysql"
+                "unknown backend {other:?}; known: memory, redis, postgres, mysql, scope, footprint, footprint-redis, footprint-pg, topologies, writes, redis-ceilings, peers, peers-memory, peers-redis, peers-postgres, peers-mysql"
             ),
         }
     }
-    let _ = std::fs::create_dir_all("bench-results");
-    let json = serde_json::to_string_pretty(&*RESULTS.lock().unwrap()).unwrap();
-    std::fs::write("bench-results/results.json", json).unwrap();
-    println!("\nresults: bench-results/results.json");
+    // Sections without rows (`redis-ceilings`, `footprint`) leave an earlier run's file alone.
+    let results = RESULTS.lock().unwrap();
+    if !results.is_empty() {
+        let _ = std::fs::create_dir_all("bench-results");
+        let json = serde_json::to_string_pretty(&*results).unwrap();
+        std::fs::write("bench-results/results.json", json).unwrap();
+        println!("\nresults: bench-results/results.json");
+    }
 }
