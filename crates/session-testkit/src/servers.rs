@@ -268,8 +268,26 @@ impl RedisServer {
         Self::spawn(true)
     }
 
+    /// Starts one on a port from [`free_port`]. That port was free a moment ago; another process
+    /// can take it before the server binds, and the server then exits, so an exit at start is
+    /// retried on another port (as the topologies do) instead of waiting 10 s for the wrong
+    /// listener.
     fn spawn(tls: bool) -> Self {
-        let port = free_port();
+        for attempt in 1..=5 {
+            let port = free_port();
+            if let Some(server) = Self::spawn_on(tls, port) {
+                return server;
+            }
+            assert!(
+                attempt < 5,
+                "private redis-server exited at start on five ports"
+            );
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// One try of [`RedisServer::spawn`]: `None` if the server exited before it answered.
+    fn spawn_on(tls: bool, port: u16) -> Option<Self> {
         let dir =
             std::env::temp_dir().join(format!("session-test-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -323,7 +341,7 @@ impl RedisServer {
                     "cannot run redis-server ({e}); install it with: apt-get install redis-server"
                 )
             });
-        let server = Self {
+        let mut server = Self {
             child,
             port,
             dir,
@@ -341,13 +359,16 @@ impl RedisServer {
             }
         };
         while !ready(&server) {
+            if server.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             assert!(
                 Instant::now() < deadline,
                 "private redis-server on port {port} did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+        Some(server)
     }
 
     /// Its URL.
@@ -1875,14 +1896,14 @@ impl PgReplicaPair {
             .arg(&primary)
             .args(["-U", "postgres", "--auth=trust", "--no-sync"]);
         run(initdb, "initdb");
-        pair.spawn_server(as_postgres("postgres"), &primary, primary_port);
+        pair.primary_port = pair.spawn_server(|| as_postgres("postgres"), &primary, primary_port);
         let mut backup = as_postgres("pg_basebackup");
         backup
             .args([
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &primary_port.to_string(),
+                &pair.primary_port.to_string(),
                 "-U",
                 "postgres",
                 "-D",
@@ -1890,7 +1911,7 @@ impl PgReplicaPair {
             .arg(&standby)
             .args(["-R", "-X", "stream", "--no-sync"]);
         run(backup, "pg_basebackup");
-        pair.spawn_server(as_postgres("postgres"), &standby, standby_port);
+        pair.standby_port = pair.spawn_server(|| as_postgres("postgres"), &standby, standby_port);
         wait_until(Duration::from_secs(30), "the standby streams", || {
             let streaming = psql_try(
                 &pair.primary_url(),
@@ -1905,37 +1926,68 @@ impl PgReplicaPair {
         pair
     }
 
-    fn spawn_server(&mut self, mut command: Command, data: &std::path::Path, port: u16) {
-        command
-            .arg("-D")
-            .arg(data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&self.dir)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "wal_receiver_status_interval=1",
-                "-c",
-                "max_connections=50",
-            ]);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start postgres: {e}"));
-        if let Some((_, stdin)) = &mut self.watchdog {
-            use std::io::Write;
-            let _ = writeln!(stdin, "node {} {port}", child.id());
+    /// Starts a postmaster on `data` and returns the port it answers on. The port came from
+    /// [`free_port`], which releases it before the server binds: another process can take it in
+    /// between (an outgoing connection's ephemeral port, another test's listener). The server then
+    /// exits, and whatever holds the port may accept and close connections, which psql reports as
+    /// "server closed the connection unexpectedly". So a postmaster that has exited is restarted
+    /// on a fresh port, up to three times, instead of polling someone else's listener for 30 s.
+    fn spawn_server(
+        &mut self,
+        command: impl Fn() -> Command,
+        data: &std::path::Path,
+        mut port: u16,
+    ) -> u16 {
+        for attempt in 1..=3 {
+            let mut command = command();
+            command
+                .arg("-D")
+                .arg(data)
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(&self.dir)
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "wal_receiver_status_interval=1",
+                    "-c",
+                    "max_connections=50",
+                ]);
+            let mut child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start postgres: {e}"));
+            if let Some((_, stdin)) = &mut self.watchdog {
+                use std::io::Write;
+                let _ = writeln!(stdin, "node {} {port}", child.id());
+            }
+            let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+            let answered = wait_until(Duration::from_secs(30), "postgres answers", || {
+                if let Some(status) = child.try_wait().ok().flatten() {
+                    return Ok(Err(status));
+                }
+                psql_try(&url, "SELECT 1").map(|_| Ok(()))
+            });
+            match answered {
+                Ok(()) => {
+                    self.children
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((port, child, false));
+                    return port;
+                }
+                Err(status) => {
+                    assert!(
+                        attempt < 3,
+                        "postgres on {} exited ({status}) three times: is the port range exhausted?",
+                        data.display()
+                    );
+                    port = free_port();
+                }
+            }
         }
-        self.children
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((port, child, false));
-        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        wait_until(Duration::from_secs(30), "postgres answers", || {
-            psql_try(&url, "SELECT 1").map(drop)
-        });
+        unreachable!("the loop returns or panics")
     }
 
     /// `postgres://postgres@127.0.0.1:<primary>/postgres`.
