@@ -437,16 +437,20 @@ pub(crate) fn row_named(
         "ops_per_sec": o.rate(),
         "p50_us": o.p50.as_secs_f64() * 1e6,
         "p99_us": o.p99.as_secs_f64() * 1e6,
-        "baseline": baseline.map(|b| serde_json::json!({"name": baseline_name, "ops_per_sec": b.rate(), "ratio": o.rate() / b.rate()})),
+        "baseline": baseline.map(|b| serde_json::json!({"name": baseline_name, "ops_per_sec": b.rate(), "p50_us": b.p50.as_secs_f64() * 1e6, "p99_us": b.p99.as_secs_f64() * 1e6, "ratio": o.rate() / b.rate()})),
     }));
-    let (base, ratio) = baseline.map_or((String::from("-"), String::from("-")), |b| {
-        (
-            format!("{:.0}", b.rate()),
-            format!("{:.2}", o.rate() / b.rate()),
-        )
-    });
+    let (base, base_p99, ratio) = baseline.map_or(
+        (String::from("-"), String::from("-"), String::from("-")),
+        |b| {
+            (
+                format!("{:.0}", b.rate()),
+                format!("{:.1}", b.p99.as_secs_f64() * 1e6),
+                format!("{:.2}", o.rate() / b.rate()),
+            )
+        },
+    );
     println!(
-        "{backend:<12} {op:<13} {tasks:>5} {:>11.0} {:>8.1} {:>9.1} {:>22} {:>6}",
+        "{backend:<12} {op:<13} {tasks:>5} {:>11.0} {:>8.1} {:>9.1} {:>22} {:>6} {base_p99:>9}",
         o.rate(),
         o.p50.as_secs_f64() * 1e6,
         o.p99.as_secs_f64() * 1e6,
@@ -671,8 +675,16 @@ async fn main() {
             .to_vec();
     }
     println!(
-        "{:<12} {:<13} {:>5} {:>11} {:>8} {:>9} {:>22} {:>6}",
-        "backend", "op", "tasks", "ops/s", "p50 µs", "p99 µs", "baseline ops/s", "ratio"
+        "{:<12} {:<13} {:>5} {:>11} {:>8} {:>9} {:>22} {:>6} {:>9}",
+        "backend",
+        "op",
+        "tasks",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "baseline ops/s",
+        "ratio",
+        "base p99"
     );
     // As in production: metrics go to a Prometheus recorder.
     let _ = metrics::set_global_recorder(

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use session_core::{SessionPolicy, SessionToken, UserSessionStore};
+use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSessionStore};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
 
@@ -244,8 +244,131 @@ async fn redis_peers(seconds: u64) {
         .unwrap();
     let peer = tower_sessions_redis_store::RedisStore::new(pool);
     compare("redis/ts-redis", &ours, &writing, peer.clone(), seconds).await;
+    if delete_selected() {
+        delete_rows("redis/ts-redis", &ours, &peer, seconds).await;
+    }
     near_cache_rows(&server, peer, seconds).await;
     drop(server);
+}
+
+/// Whether `BENCH_OPS` (unset: all) names `delete`, a row of the Redis comparison only.
+fn delete_selected() -> bool {
+    std::env::var("BENCH_OPS").map_or(true, |ops| ops.split(',').any(|op| op.trim() == "delete"))
+}
+
+/// Sessions each task may delete in one second of a `delete` row: above the fastest rate either
+/// side reached on this machine (fred's one-command `DEL`, about 17k/s at 1 task and 140k/s at 32),
+/// so a row never runs out; a task that does panics rather than time an empty step.
+fn delete_budget(tasks: usize) -> usize {
+    if tasks == 1 { 40_000 } else { 8_000 }
+}
+
+/// `delete` alone, ours against the peer's: each task deletes sessions made for it before the
+/// clock starts (a delete needs a live session, and a 2 s row needs more than the prefill holds).
+/// Ours is the delete script (the session and its index member); the peer's a `DEL`.
+async fn delete_rows<S: SessionStore + Clone>(
+    name: &str,
+    ours: &Arc<dyn UserSessionStore>,
+    peer: &S,
+    seconds: u64,
+) {
+    for tasks in CONCURRENCY {
+        let budget = delete_budget(tasks) * seconds as usize;
+        let mine = {
+            let batches = make_batches(tasks, budget, |task, i| {
+                let ours = ours.clone();
+                async move {
+                    ours.create(NewUserSession::new(format!(
+                        "del-user-{}",
+                        (task * budget + i) % USERS
+                    )))
+                    .await
+                    .unwrap()
+                    .token
+                }
+            })
+            .await;
+            let init = |task: usize| {
+                let (store, queue) = (ours.clone(), batches[task].clone());
+                async move { (store, queue) }
+            };
+            let step = |(store, queue): (
+                Arc<dyn UserSessionStore>,
+                Arc<std::sync::Mutex<Vec<SessionToken>>>,
+            )| async move {
+                let token = queue
+                    .lock()
+                    .unwrap()
+                    .pop()
+                    .expect("delete row ran out of sessions: raise delete_budget");
+                assert!(
+                    store.delete(&token).await.unwrap(),
+                    "a prefilled session was not there to delete"
+                );
+                (store, queue)
+            };
+            drive(tasks, seconds, init, step).await
+        };
+        let theirs = {
+            let batches = make_batches(tasks, budget, |task, i| {
+                let peer = peer.clone();
+                async move {
+                    let mut r = record(task * budget + i);
+                    peer.create(&mut r).await.unwrap();
+                    r.id
+                }
+            })
+            .await;
+            let init = |task: usize| {
+                let (store, queue) = (peer.clone(), batches[task].clone());
+                async move { (store, queue) }
+            };
+            let step = |(store, queue): (S, Arc<std::sync::Mutex<Vec<Id>>>)| async move {
+                let id = queue
+                    .lock()
+                    .unwrap()
+                    .pop()
+                    .expect("delete row ran out of records: raise delete_budget");
+                store.delete(&id).await.unwrap();
+                (store, queue)
+            };
+            drive(tasks, seconds, init, step).await
+        };
+        row_named(
+            name,
+            "delete",
+            "tower-sessions",
+            tasks,
+            &mine,
+            Some(&theirs),
+        );
+    }
+}
+
+/// `per_task` items for each of `tasks` tasks, made by `make(task, i)` 32 at a time.
+async fn make_batches<T, F, Fut>(
+    tasks: usize,
+    per_task: usize,
+    make: F,
+) -> Vec<Arc<std::sync::Mutex<Vec<T>>>>
+where
+    T: Send + 'static,
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut batches = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        let mut items = Vec::with_capacity(per_task);
+        for start in (0..per_task).step_by(32) {
+            let mut chunk = tokio::task::JoinSet::new();
+            for i in start..(start + 32).min(per_task) {
+                chunk.spawn(make(task, i));
+            }
+            items.extend(chunk.join_all().await);
+        }
+        batches.push(Arc::new(std::sync::Mutex::new(items)));
+    }
+    batches
 }
 
 /// Ours with the near cache (ADR 0021) against the peer's `load`: `get`, and a `touch` not yet
