@@ -72,10 +72,9 @@ impl Op {
         Op::CreateDelete,
     ];
 
-    /// Whether `BENCH_OPS` (a comma-separated list of op names; unset: all) selects this op.
+    /// Whether `BENCH_OPS` selects this op.
     pub(crate) fn selected(self) -> bool {
-        std::env::var("BENCH_OPS")
-            .map_or(true, |ops| ops.split(',').any(|o| o.trim() == self.name()))
+        bench_ops_select(self.name())
     }
 
     pub(crate) fn name(self) -> &'static str {
@@ -111,6 +110,11 @@ impl Op {
             Op::CreateDelete => "HSET+DEL",
         }
     }
+}
+
+/// Whether `BENCH_OPS` (a comma-separated list of op names; unset: all) names `name`.
+pub(crate) fn bench_ops_select(name: &str) -> bool {
+    std::env::var("BENCH_OPS").map_or(true, |ops| ops.split(',').any(|o| o.trim() == name))
 }
 
 pub(crate) struct Outcome {

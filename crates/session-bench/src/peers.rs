@@ -244,16 +244,11 @@ async fn redis_peers(seconds: u64) {
         .unwrap();
     let peer = tower_sessions_redis_store::RedisStore::new(pool);
     compare("redis/ts-redis", &ours, &writing, peer.clone(), seconds).await;
-    if delete_selected() {
+    if crate::bench_ops_select("delete") {
         delete_rows("redis/ts-redis", &ours, &peer, seconds).await;
     }
     near_cache_rows(&server, peer, seconds).await;
     drop(server);
-}
-
-/// Whether `BENCH_OPS` (unset: all) names `delete`, a row of the Redis comparison only.
-fn delete_selected() -> bool {
-    std::env::var("BENCH_OPS").map_or(true, |ops| ops.split(',').any(|op| op.trim() == "delete"))
 }
 
 /// Sessions each task may delete in one second of a `delete` row: above the fastest rate either
@@ -288,26 +283,19 @@ async fn delete_rows<S: SessionStore + Clone>(
                 }
             })
             .await;
-            let init = |task: usize| {
-                let (store, queue) = (ours.clone(), batches[task].clone());
-                async move { (store, queue) }
-            };
-            let step = |(store, queue): (
-                Arc<dyn UserSessionStore>,
-                Arc<std::sync::Mutex<Vec<SessionToken>>>,
-            )| async move {
-                let token = queue
-                    .lock()
-                    .unwrap()
-                    .pop()
-                    .expect("delete row ran out of sessions: raise delete_budget");
-                assert!(
-                    store.delete(&token).await.unwrap(),
-                    "a prefilled session was not there to delete"
-                );
-                (store, queue)
-            };
-            drive(tasks, seconds, init, step).await
+            drain(
+                tasks,
+                seconds,
+                ours.clone(),
+                batches,
+                async |store, token| {
+                    assert!(
+                        store.delete(&token).await.unwrap(),
+                        "a prefilled session was not there to delete"
+                    );
+                },
+            )
+            .await
         };
         let theirs = {
             let batches = make_batches(tasks, budget, |task, i| {
@@ -319,20 +307,16 @@ async fn delete_rows<S: SessionStore + Clone>(
                 }
             })
             .await;
-            let init = |task: usize| {
-                let (store, queue) = (peer.clone(), batches[task].clone());
-                async move { (store, queue) }
-            };
-            let step = |(store, queue): (S, Arc<std::sync::Mutex<Vec<Id>>>)| async move {
-                let id = queue
-                    .lock()
-                    .unwrap()
-                    .pop()
-                    .expect("delete row ran out of records: raise delete_budget");
-                store.delete(&id).await.unwrap();
-                (store, queue)
-            };
-            drive(tasks, seconds, init, step).await
+            drain(
+                tasks,
+                seconds,
+                peer.clone(),
+                batches,
+                |store, id| async move {
+                    store.delete(&id).await.unwrap();
+                },
+            )
+            .await
         };
         row_named(
             name,
@@ -343,6 +327,37 @@ async fn delete_rows<S: SessionStore + Clone>(
             Some(&theirs),
         );
     }
+}
+
+/// Runs `tasks` tasks for `seconds`, each taking the next item of its own batch and passing it
+/// to `step` with `store`. A task that runs out panics rather than time an empty step.
+async fn drain<C, T, F, Fut>(
+    tasks: usize,
+    seconds: u64,
+    store: C,
+    batches: Vec<Arc<std::sync::Mutex<Vec<T>>>>,
+    step: F,
+) -> Outcome
+where
+    C: Clone + Send + Sync + 'static,
+    T: Send + 'static,
+    F: Fn(C, T) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let init = |task: usize| {
+        let state = (store.clone(), batches[task].clone(), step.clone());
+        async move { state }
+    };
+    let next = |(store, queue, step): (C, Arc<std::sync::Mutex<Vec<T>>>, F)| async move {
+        let item = queue
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("a delete row ran out of prefilled items: raise delete_budget");
+        step(store.clone(), item).await;
+        (store, queue, step)
+    };
+    drive(tasks, seconds, init, next).await
 }
 
 /// `per_task` items for each of `tasks` tasks, made by `make(task, i)` 32 at a time.
