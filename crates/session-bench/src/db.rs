@@ -337,7 +337,7 @@ async fn capped_create(tokens: &Arc<Vec<session_core::SessionToken>>, seconds: u
                             "racy-{}",
                             NEXT_RAW.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                         ))
-                        .bind::<Text, _>(format!("new-user-{}", i % USERS))
+                        .bind::<Text, _>(crate::new_user(i))
                         .prepared()
                         .execute(&mut *conn)
                         .await
@@ -474,7 +474,7 @@ async fn raw_mysql_step(raw: &RawMysql, op: Op, task: usize, i: usize) {
         ))
         .bind::<Text, _>(handle.clone())
         .bind::<BigInt, _>(now),
-        Op::Create => mysql_insert(next_raw(), format!("new-user-{}", i % USERS), now),
+        Op::Create => mysql_insert(next_raw(), crate::new_user(i), now),
         Op::Update => query(
             "UPDATE user_sessions SET attributes = ?, version = version + 1
              WHERE handle = ? AND idle_expires_at_ms > ?"
@@ -494,7 +494,7 @@ async fn raw_mysql_step(raw: &RawMysql, op: Op, task: usize, i: usize) {
         .bind::<BigInt, _>(now),
         Op::CreateDelete => {
             let new = next_raw();
-            mysql_insert(new.clone(), format!("new-user-{}", i % USERS), now)
+            mysql_insert(new.clone(), crate::new_user(i), now)
                 .prepared()
                 .execute(&mut *conn)
                 .await

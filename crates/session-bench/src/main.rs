@@ -44,6 +44,16 @@ use session_redis::{RedisConfig, RedisStore};
 
 pub(crate) const PREFILL: usize = 10_000;
 pub(crate) const USERS: usize = 1_000;
+/// Sessions a user holds in the prefill, and at most about as many from the rows that create.
+pub(crate) const SESSIONS_PER_USER: usize = PREFILL / USERS;
+
+/// The user of the `i`-th session a row creates: a new one every [`SESSIONS_PER_USER`] creates,
+/// so a user's index holds about as many sessions as a prefilled user's (a few devices each),
+/// however long the row runs. Cycling through [`USERS`] instead gave each user hundreds of
+/// sessions over a run, an index no real user has, whose cost only our side pays.
+pub(crate) fn new_user(i: usize) -> String {
+    format!("new-user-{}", i / SESSIONS_PER_USER)
+}
 pub(crate) const CONCURRENCY: [usize; 2] = [1, 32];
 /// Alternating rounds of the layer-overhead comparison (each `--seconds` long per side).
 const LAYER_ROUNDS: usize = 6;
@@ -247,10 +257,7 @@ pub(crate) async fn run_store(
             // New users, so the listed users keep their 10 sessions each.
             Op::Create => drop(
                 t.store
-                    .create(
-                        NewUserSession::new(format!("new-user-{}", t.i % USERS))
-                            .email("bench@example.com"),
-                    )
+                    .create(NewUserSession::new(new_user(t.i)).email("bench@example.com"))
                     .await
                     .unwrap(),
             ),
@@ -272,10 +279,7 @@ pub(crate) async fn run_store(
             Op::CreateDelete => {
                 let issued = t
                     .store
-                    .create(
-                        NewUserSession::new(format!("new-user-{}", t.i % USERS))
-                            .email("bench@example.com"),
-                    )
+                    .create(NewUserSession::new(new_user(t.i)).email("bench@example.com"))
                     .await
                     .unwrap();
                 assert!(t.store.delete(&issued.token).await.unwrap());

@@ -13,7 +13,10 @@ use session_core::{NewUserSession, SessionPolicy, SessionToken, UserSessionStore
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
 
-use crate::{CONCURRENCY, Op, Outcome, PREFILL, USERS, drive, prefill, row_named, run_store};
+use crate::{
+    CONCURRENCY, Op, Outcome, PREFILL, SESSIONS_PER_USER, USERS, drive, prefill, row_named,
+    run_store,
+};
 
 const OPS: [Op; 6] = [
     Op::Get,
@@ -275,7 +278,7 @@ async fn delete_rows<S: SessionStore + Clone>(
                 async move {
                     ours.create(NewUserSession::new(format!(
                         "del-user-{}",
-                        (task * budget + i) % USERS
+                        (task * budget + i) / SESSIONS_PER_USER
                     )))
                     .await
                     .unwrap()
