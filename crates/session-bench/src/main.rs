@@ -4,6 +4,7 @@
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- [--seconds N] [memory] [redis] [postgres] [mysql] [scope]
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 peers-mysql     # vs tower-sessions' sqlx MySqlStore
 //! BENCH_OPS=get,touch cargo run --release --manifest-path crates/session-bench/Cargo.toml -- redis    # only those operations
+//! BENCH_TOP=1 cargo run --release --manifest-path crates/session-bench/Cargo.toml -- peers-memory  # per row, on stderr: time in operations over 50 µs, the slowest
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 topologies      # node vs Cluster vs Sentinel
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- footprint-redis footprint-pg  # bytes per session
 //! cargo run --release --manifest-path crates/session-bench/Cargo.toml -- --seconds 2 writes  # writes, server commands per op
@@ -205,6 +206,9 @@ where
     }
     let elapsed = start.elapsed();
     all.sort_unstable();
+    if std::env::var_os("BENCH_TOP").is_some() {
+        print_slowest(&all);
+    }
     let pick = |q: f64| {
         all.get(((all.len() as f64 - 1.0) * q) as usize)
             .copied()
@@ -216,6 +220,21 @@ where
         p50: pick(0.50),
         p99: pick(0.99),
     }
+}
+
+/// `BENCH_TOP=1`: how much of a row's time its slow operations take (over 50 µs: stalls, not
+/// work), and its eight slowest, on stderr; `sorted` are the row's latencies in ascending order.
+fn print_slowest(sorted: &[Duration]) {
+    let slow = Duration::from_micros(50);
+    let stalls: Vec<&Duration> = sorted.iter().filter(|d| **d > slow).collect();
+    eprintln!(
+        "# slowest: {} ops taking {:?} in all; {} over 50 µs taking {:?}; slowest {:?}",
+        sorted.len(),
+        sorted.iter().sum::<Duration>(),
+        stalls.len(),
+        stalls.into_iter().sum::<Duration>(),
+        &sorted[sorted.len().saturating_sub(8)..],
+    );
 }
 
 /// Per-task state for the store loops.
