@@ -237,6 +237,88 @@ fn print_slowest(sorted: &[Duration]) {
     );
 }
 
+/// What a layout storing a session as one packed value would buy the read path, on the client:
+/// plain redis-rs `GET` of a string as long as a session's `HMGET` reply (its 14 values, each
+/// behind a length), against that `HMGET` on the same connections, same run. No store, no
+/// decoding: the gap is the driver's cost of decoding 14 values instead of one (the server's is
+/// in `redis-ceilings`).
+async fn packed_read_rows(
+    muxed: &Arc<Vec<redis::aio::MultiplexedConnection>>,
+    session_keys: &Arc<Vec<String>>,
+    packed_prefix: String,
+    seconds: u64,
+) {
+    let mut conn = muxed[0].clone();
+    let row: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+        .arg(&session_keys[0])
+        .arg(&session_redis::SESSION_FIELDS[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let packed_len: usize = row.iter().flatten().map(|v| v.len() + 4).sum();
+    let packed_keys: Arc<Vec<String>> = Arc::new(
+        (0..session_keys.len())
+            .map(|i| format!("{packed_prefix}{i}"))
+            .collect(),
+    );
+    for chunk in packed_keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(vec![b'x'; packed_len])
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    println!(
+        "# redis/packed: GET of a {packed_len}-byte string (a session's HMGET reply packed) against HMGET of its 14 fields, plain redis-rs, same connections"
+    );
+    for tasks in CONCURRENCY {
+        let read = |packed: bool| {
+            let (keys, muxed) = if packed {
+                (packed_keys.clone(), muxed.clone())
+            } else {
+                (session_keys.clone(), muxed.clone())
+            };
+            let init = move |task: usize| {
+                let (conn, keys) = (muxed[task % muxed.len()].clone(), keys.clone());
+                async move { (conn, keys, task * 7919) }
+            };
+            let step = move |(mut conn, keys, i): (
+                redis::aio::MultiplexedConnection,
+                Arc<Vec<String>>,
+                usize,
+            )| async move {
+                let key = &keys[i % keys.len()];
+                let mut cmd = redis::cmd(if packed { "GET" } else { "HMGET" });
+                cmd.arg(key);
+                if !packed {
+                    cmd.arg(&session_redis::SESSION_FIELDS[..]);
+                }
+                let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+                (conn, keys, i + 1)
+            };
+            drive(tasks, seconds, init, step)
+        };
+        let packed = read(true).await;
+        let fields = read(false).await;
+        row_named(
+            "redis/packed",
+            "get",
+            "redis-rs HMGET",
+            tasks,
+            &packed,
+            Some(&fields),
+        );
+    }
+    let mut del = redis::pipe();
+    for key in packed_keys.iter() {
+        del.cmd("DEL").arg(key).ignore();
+    }
+    let () = del.query_async(&mut conn).await.unwrap();
+}
+
 /// Per-task state for the store loops.
 struct StoreTask {
     store: Arc<dyn UserSessionStore>,
@@ -625,6 +707,7 @@ async fn bench_redis(seconds: u64) {
                 Some(&limit),
             );
         }
+        packed_read_rows(&muxed, &keys.0, format!("{prefix}packed:"), seconds).await;
     }
     for tasks in CONCURRENCY.into_iter().filter(|_| Op::Get.selected()) {
         let base = run_baseline(&raw, &prefix, &keys, Op::Get, tasks, seconds).await;
