@@ -83,14 +83,31 @@ const AUTHENTICATED_AT: usize = at("authenticated_at");
 const DEVICE: usize = at("device");
 const ADDRESS: usize = at("address");
 
-/// Lua declarations of [`FIELDS`] and of each field's (1-based) position, for the scripts.
-pub(crate) fn lua_fields() -> String {
-    let names: Vec<String> = FIELDS.iter().map(|f| format!("'{f}'")).collect();
-    let mut lua = format!("local FIELDS = {{{}}}\n", names.join(", "));
+/// Lua declarations of [`FIELDS`] and of each field's (1-based) position, for a script whose
+/// text is `uses`: only the names it mentions, since every declaration runs on every call.
+pub(crate) fn lua_fields(uses: &str) -> String {
+    let mut lua = String::new();
+    if mentions(uses, "FIELDS") {
+        let names: Vec<String> = FIELDS.iter().map(|f| format!("'{f}'")).collect();
+        lua.push_str(&format!("local FIELDS = {{{}}}\n", names.join(", ")));
+    }
     for (i, name) in FIELDS.iter().enumerate() {
-        lua.push_str(&format!("local {} = {}\n", name.to_uppercase(), i + 1));
+        let constant = name.to_uppercase();
+        if mentions(uses, &constant) {
+            lua.push_str(&format!("local {constant} = {}\n", i + 1));
+        }
     }
     lua
+}
+
+/// Whether `text` holds `name` as a whole Lua identifier.
+pub(crate) fn mentions(text: &str, name: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
 }
 
 pub(crate) fn flag(b: bool) -> &'static str {

@@ -17,7 +17,8 @@
 //! - A session hash's bookkeeping fields may be absent in the compatible layout (a session written
 //!   by another service); `PTTL` then stands in for the idle expiry.
 //! - Sessions are read and returned as rows: `read(key)` is `HMGET key <FIELDS>`, the field list
-//!   and positions generated from `codec::FIELDS` (see `codec::lua_fields`).
+//!   and positions generated from `codec::FIELDS` (see `codec::lua_fields`); each script declares
+//!   only the fields and helpers it uses (`script_text`).
 //! - The index (ADR 0020, 0031): a member's score is a lower bound of its session's idle expiry
 //!   (create, rotate and a trim write the expiry; a touch leaves it). This code reads a score only
 //!   as a hint: a member whose score has passed is removed only if its session is gone, else
@@ -30,29 +31,45 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Shared Lua helpers, prepended to the scripts that need them.
-const HELPERS: &str = r"
-local function expired(now, ie, ae)
+/// Shared Lua helpers, each prepended to the scripts that call it (directly or through another
+/// helper), in this order: a definition runs on every call of the script, so a script carries
+/// only what it uses.
+const HELPERS: [(&str, &str); 7] = [
+    (
+        "expired",
+        r"local function expired(now, ie, ae)
   return (ie ~= nil and now >= ie) or (ae ~= nil and now >= ae)
-end
-local function read(key)
+end",
+    ),
+    (
+        "read",
+        r"local function read(key)
   return redis.call('HMGET', key, unpack(FIELDS))
-end
--- Whether a row read from a key holds no field at all (the key is absent).
+end",
+    ),
+    (
+        "absent",
+        r"-- Whether a row read from a key holds no field at all (the key is absent).
 local function absent(row)
   for i = 1, #FIELDS do
     if row[i] then return false end
   end
   return true
-end
--- Raises the index's TTL to `at` (never lowers it); a new index has no TTL, which GT treats as
+end",
+    ),
+    (
+        "extend_index",
+        r"-- Raises the index's TTL to `at` (never lowers it); a new index has no TTL, which GT treats as
 -- infinite, so it gets one with NX.
 local function extend_index(idx, at)
   if redis.call('PEXPIREAT', idx, at, 'GT') == 0 then
     redis.call('PEXPIREAT', idx, at, 'NX')
   end
-end
--- The user's index key: the one the caller declared, if it is the user's; else, when the caller
+end",
+    ),
+    (
+        "index_of",
+        r"-- The user's index key: the one the caller declared, if it is the user's; else, when the caller
 -- may not have the script touch undeclared keys (`strict`, on a Cluster), nil, for the script to
 -- ask for it; else derived from the base.
 local function index_of(declared, base, user, strict)
@@ -63,8 +80,11 @@ local function index_of(declared, base, user, strict)
   end
   if strict == 'Y' then return nil end
   return idx
-end
--- The members to look at, from ARGV[first]: a count, then that many members whose session keys
+end",
+    ),
+    (
+        "members_at",
+        r"-- The members to look at, from ARGV[first]: a count, then that many members whose session keys
 -- are KEYS[key0 + 1 ..] (named by the caller); a count of -1 means none were named, and
 -- `derive(base)` lists them here, their keys under `base`. Returns the members and a map from
 -- member to session key.
@@ -81,8 +101,11 @@ local function members_at(first, key0, base, derive)
     for _, m in ipairs(members) do keys[m] = base .. 's:' .. m end
   end
   return members, keys
-end
--- Of `members`, those still in the index with a score that has passed: removed if their session
+end",
+    ),
+    (
+        "trim",
+        r"-- Of `members`, those still in the index with a score that has passed: removed if their session
 -- is gone (expired, deleted, or unreadable), else re-scored with the session's idle expiry.
 -- Returns how many were removed.
 local function trim(idx, members, keys, now)
@@ -103,11 +126,54 @@ local function trim(idx, members, keys, now)
     end
   end
   return removed
-end
-";
+end",
+    ),
+];
 
+/// `body` behind the field declarations and helpers it uses (see [`HELPERS`]).
 fn with_helpers(body: &str) -> Script {
-    Script::new(&format!("{}{HELPERS}\n{body}", crate::codec::lua_fields()))
+    Script::new(&script_text(body))
+}
+
+fn script_text(body: &str) -> String {
+    // Names are looked for in code, not comments: "the caller read them" calls no `read`.
+    let calls = |text: &str, name: &str| crate::codec::mentions(&without_comments(text), name);
+    let mut used = [false; HELPERS.len()];
+    // A helper may call an earlier one (`trim` calls `expired`): repeat until nothing is added.
+    loop {
+        let mut added = false;
+        for (i, (name, _)) in HELPERS.iter().enumerate() {
+            let called = calls(body, name)
+                || HELPERS
+                    .iter()
+                    .zip(used)
+                    .any(|((_, code), on)| on && calls(code, name));
+            if called && !used[i] {
+                used[i] = true;
+                added = true;
+            }
+        }
+        if !added {
+            break;
+        }
+    }
+    let helpers: String = HELPERS
+        .iter()
+        .zip(used)
+        .filter(|(_, on)| *on)
+        .map(|((_, code), _)| format!("{code}\n"))
+        .collect();
+    let fields = crate::codec::lua_fields(&without_comments(&format!("{helpers}{body}")));
+    format!("{fields}{helpers}{body}")
+}
+
+/// `text` without its Lua line comments (`--` to the end of the line; the scripts' strings hold
+/// no `--`).
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .map(|line| line.split_once("--").map_or(line, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// KEYS: session, [index, then the session keys of the members named]. ARGV: now, hash,
@@ -487,3 +553,50 @@ return redis.call('GET', KEYS[1])
 ",
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::mentions;
+
+    #[test]
+    fn a_script_declares_only_the_helpers_and_fields_it_uses() {
+        let text = script_text("local idx = index_of(KEYS[3], ARGV[2], 'u', 'N')\nreturn idx");
+        assert!(text.contains("local function index_of("), "{text}");
+        assert!(!text.contains("local FIELDS"), "{text}");
+        assert!(!text.contains("local function read("), "{text}");
+        assert!(!text.contains("local USER_ID"), "{text}");
+    }
+
+    #[test]
+    fn a_helper_brings_the_helpers_it_calls_before_it() {
+        let text = script_text("return trim(KEYS[1], {}, {}, 0)");
+        let expired = text.find("local function expired(").expect(&text);
+        let trim = text.find("local function trim(").expect(&text);
+        assert!(expired < trim, "{text}");
+        assert!(!text.contains("local function members_at("), "{text}");
+    }
+
+    #[test]
+    fn field_positions_are_declared_when_named() {
+        let text = script_text("local h = read(KEYS[1])\nreturn h[IDLE_EXPIRES_AT]");
+        assert!(text.starts_with("local FIELDS = {'user_id', "), "{text}");
+        assert!(text.contains("local IDLE_EXPIRES_AT = 9\n"), "{text}");
+        assert!(!text.contains("local USER_ID"), "{text}");
+    }
+
+    #[test]
+    fn a_name_in_a_comment_brings_nothing() {
+        let text = script_text("-- the caller read them\nreturn 1");
+        assert!(!text.contains("local function read("), "{text}");
+        assert!(!text.contains("local FIELDS"), "{text}");
+    }
+
+    #[test]
+    fn mentions_matches_whole_identifiers_only() {
+        assert!(mentions("x = read(k)", "read"));
+        assert!(!mentions("the script reads them", "read"));
+        assert!(!mentions("h[USER_ID_X]", "USER_ID"));
+        assert!(mentions("h[USER_ID]", "USER_ID"));
+    }
+}
