@@ -33,7 +33,7 @@ use redis::Script;
 
 /// Shared Lua helpers, each prepended to the scripts that call it (directly or through another
 /// helper), in this order: a definition runs on every call of the script, so a script carries
-/// only what it uses.
+/// only what it uses. A helper may call only helpers before it.
 const HELPERS: [(&str, &str); 7] = [
     (
         "expired",
@@ -136,34 +136,24 @@ fn with_helpers(body: &str) -> Script {
 }
 
 fn script_text(body: &str) -> String {
-    // Names are looked for in code, not comments: "the caller read them" calls no `read`.
-    let calls = |text: &str, name: &str| crate::codec::mentions(&without_comments(text), name);
+    // Names are looked for in code, not comments: "the caller read them" calls no `read`. A
+    // helper calls only helpers defined before it, so one pass from the last finds them all: the
+    // code that needs a name is the body's and that of the helpers taken so far.
+    let mut code = without_comments(body);
     let mut used = [false; HELPERS.len()];
-    // A helper may call an earlier one (`trim` calls `expired`): repeat until nothing is added.
-    loop {
-        let mut added = false;
-        for (i, (name, _)) in HELPERS.iter().enumerate() {
-            let called = calls(body, name)
-                || HELPERS
-                    .iter()
-                    .zip(used)
-                    .any(|((_, code), on)| on && calls(code, name));
-            if called && !used[i] {
-                used[i] = true;
-                added = true;
-            }
-        }
-        if !added {
-            break;
+    for (i, (name, helper)) in HELPERS.iter().enumerate().rev() {
+        if crate::codec::mentions(&code, name) {
+            used[i] = true;
+            code.push_str(&without_comments(helper));
         }
     }
     let helpers: String = HELPERS
         .iter()
         .zip(used)
         .filter(|(_, on)| *on)
-        .map(|((_, code), _)| format!("{code}\n"))
+        .map(|((_, helper), _)| format!("{helper}\n"))
         .collect();
-    let fields = crate::codec::lua_fields(&without_comments(&format!("{helpers}{body}")));
+    let fields = crate::codec::lua_fields(&code);
     format!("{fields}{helpers}{body}")
 }
 
