@@ -237,6 +237,17 @@ fn print_slowest(sorted: &[Duration]) {
     );
 }
 
+/// One read over plain redis-rs, its reply decoded to `Value` and dropped: `HMGET` of a session's
+/// fields, or (`packed`) `GET` of one string.
+async fn plain_read(conn: &mut redis::aio::MultiplexedConnection, key: &str, packed: bool) {
+    let mut cmd = redis::cmd(if packed { "GET" } else { "HMGET" });
+    cmd.arg(key);
+    if !packed {
+        cmd.arg(&session_redis::SESSION_FIELDS[..]);
+    }
+    let _: redis::Value = cmd.query_async(conn).await.unwrap();
+}
+
 /// What a layout storing a session as one packed value would buy the read path, on the client:
 /// plain redis-rs `GET` of a string as long as a session's `HMGET` reply (its 14 values, each
 /// behind a length), against that `HMGET` on the same connections, same run. No store, no
@@ -276,11 +287,8 @@ async fn packed_read_rows(
     );
     for tasks in CONCURRENCY {
         let read = |packed: bool| {
-            let (keys, muxed) = if packed {
-                (packed_keys.clone(), muxed.clone())
-            } else {
-                (session_keys.clone(), muxed.clone())
-            };
+            let keys = if packed { &packed_keys } else { session_keys }.clone();
+            let muxed = muxed.clone();
             let init = move |task: usize| {
                 let (conn, keys) = (muxed[task % muxed.len()].clone(), keys.clone());
                 async move { (conn, keys, task * 7919) }
@@ -290,13 +298,7 @@ async fn packed_read_rows(
                 Arc<Vec<String>>,
                 usize,
             )| async move {
-                let key = &keys[i % keys.len()];
-                let mut cmd = redis::cmd(if packed { "GET" } else { "HMGET" });
-                cmd.arg(key);
-                if !packed {
-                    cmd.arg(&session_redis::SESSION_FIELDS[..]);
-                }
-                let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+                plain_read(&mut conn, &keys[i % keys.len()], packed).await;
                 (conn, keys, i + 1)
             };
             drive(tasks, seconds, init, step)
@@ -688,13 +690,7 @@ async fn bench_redis(seconds: u64) {
                 Arc<Vec<String>>,
                 usize,
             )| async move {
-                let key = &keys[i % keys.len()];
-                let _: redis::Value = redis::cmd("HMGET")
-                    .arg(key)
-                    .arg(&session_redis::SESSION_FIELDS[..])
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
+                plain_read(&mut conn, &keys[i % keys.len()], false).await;
                 (conn, keys, i + 1)
             };
             let limit = drive(tasks, seconds, init, step).await;
