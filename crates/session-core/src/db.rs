@@ -120,7 +120,8 @@ pub struct PoolState {
     pub waited: u64,
     /// Checkouts that timed out, since start.
     pub timed_out: u64,
-    /// Connections discarded as broken (failed ping, dropped mid-transaction), since start.
+    /// Connections discarded as broken (failed ping, dropped mid-transaction; on a Redis Cluster,
+    /// the cluster connection replaced because it stalled), since start.
     pub broken_closed: u64,
 }
 

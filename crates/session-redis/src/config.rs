@@ -51,6 +51,9 @@ pub struct RedisConfig {
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
     /// Longest wait for one reply before `Timeout`; the connection is then discarded. Default `1s`.
+    /// On a Cluster, where one connection serves every operation, it is replaced instead once it
+    /// has timed out every command, answering none, for two of these plus `checkout_timeout`
+    /// after a first time-out (ADR 0032).
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
     /// PING every connection as it is checked out. Default `false`: it costs one extra round trip

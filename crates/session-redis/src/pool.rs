@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bb8_redis::RedisConnectionManager;
 use bb8_redis::bb8::ManageConnection;
@@ -43,15 +43,81 @@ pub(crate) enum Conn {
     /// One node's multiplexed connection (a single Redis, or the master Sentinel named).
     Node(MultiplexedConnection),
     /// The cluster client's connection: routes each command by its first key's slot, follows
-    /// `MOVED`/`ASK`, waits out `TRYAGAIN`/`CLUSTERDOWN` and reconnects by itself.
-    Cluster(ClusterConnection),
+    /// `MOVED`/`ASK`, waits out `TRYAGAIN`/`CLUSTERDOWN` and reconnects by itself. Commands sent
+    /// through [`ConnectionLike`] report to its [`ClusterHealth`].
+    Cluster(ClusterConnection, Arc<ClusterHealth>),
+}
+
+/// What the commands sent on one cluster connection have seen, so that a connection which
+/// stopped answering is told apart from a node that is down or slow.
+///
+/// The cluster client answers every request from one task, and redis-rs 1.8 can leave that task
+/// waiting for ever in a slot refresh (one starts at every `MOVED`, so a live resharding under
+/// load starts hundreds): from then on every request times out while every node answers. A node
+/// that is down or slow times out only the requests for its slots, and the others keep being
+/// answered. So a connection on which every command has timed out for `stall_after`, none being
+/// answered in between, is marked stalled, and the store replaces it (ADR 0032).
+#[derive(Debug)]
+pub(crate) struct ClusterHealth {
+    /// Commands that got a reply or an error other than a time-out.
+    answered: AtomicU64,
+    /// `answered` at the first time-out since it last moved, and when that time-out came.
+    timing_out_since: Mutex<Option<(u64, Instant)>>,
+    stalled: AtomicBool,
+    stall_after: Duration,
+}
+
+impl ClusterHealth {
+    pub(crate) fn new(stall_after: Duration) -> Self {
+        Self {
+            answered: AtomicU64::new(0),
+            timing_out_since: Mutex::new(None),
+            stalled: AtomicBool::new(false),
+            stall_after,
+        }
+    }
+
+    /// Counts a command's outcome: a time-out with none answered for `stall_after` before it
+    /// marks the connection stalled.
+    pub(crate) fn observe<T>(&self, outcome: &redis::RedisResult<T>) {
+        if !matches!(outcome, Err(err) if err.is_timeout()) {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let answered = self.answered.load(Ordering::Relaxed);
+        let mut since = self
+            .timing_out_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *since {
+            Some((seen, first)) if seen == answered => {
+                if first.elapsed() >= self.stall_after {
+                    self.stalled.store(true, Ordering::Relaxed);
+                }
+            }
+            _ => *since = Some((answered, Instant::now())),
+        }
+    }
+
+    /// Whether the connection has answered nothing for `stall_after` while commands timed out.
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stall_after(&self) -> Duration {
+        self.stall_after
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Node(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn, health) => Box::pin(async move {
+                let outcome = conn.req_packed_command(cmd).await;
+                health.observe(&outcome);
+                outcome
+            }),
         }
     }
 
@@ -63,14 +129,18 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn, health) => Box::pin(async move {
+                let outcome = conn.req_packed_commands(pipeline, offset, count).await;
+                health.observe(&outcome);
+                outcome
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Node(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+            Self::Cluster(conn, _) => conn.get_db(),
         }
     }
 }

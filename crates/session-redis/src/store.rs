@@ -1,8 +1,8 @@
 //! The Redis store.
 
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -27,7 +27,8 @@ use crate::config::{Layout, RedisConfig, Topology};
 use crate::error::{BACKEND, decode, from_pool, from_redis};
 use crate::near_cache::{self, NearCache, NearCacheStats, Tracked};
 use crate::pool::{
-    AbortOnDrop, Conn, ConnectFailures, Manager, MasterWatch, Shared, breaks_connection,
+    AbortOnDrop, ClusterHealth, Conn, ConnectFailures, Manager, MasterWatch, Shared,
+    breaks_connection,
 };
 use crate::scripts;
 
@@ -47,10 +48,50 @@ enum Source {
 /// The cluster client and its connection, opened at the first operation.
 struct ClusterSource {
     client: redis::cluster::ClusterClient,
-    connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+    /// The connection in use; once it has stalled, the next checkout puts a new one in its place.
+    link: std::sync::Mutex<std::sync::Arc<ClusterLink>>,
+    /// Connections replaced because they stalled.
+    replaced: AtomicU64,
     /// The `broken` flag handed with every operation's connection; nothing reads it, since the
     /// cluster connection replaces a failed node's connection itself.
     unused_flag: std::sync::Arc<AtomicBool>,
+}
+
+/// One cluster connection, opened by the first checkout that needs it, and its health.
+struct ClusterLink {
+    connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+    health: std::sync::Arc<ClusterHealth>,
+}
+
+impl ClusterLink {
+    fn new(stall_after: Duration) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            connection: tokio::sync::OnceCell::new(),
+            health: std::sync::Arc::new(ClusterHealth::new(stall_after)),
+        })
+    }
+}
+
+impl ClusterSource {
+    /// The connection to use: the current one, or a new one in place of a stalled one (its
+    /// operations still running keep it until they end).
+    fn link(&self) -> std::sync::Arc<ClusterLink> {
+        let mut link = self
+            .link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if link.health.stalled() {
+            let stall_after = link.health.stall_after();
+            tracing::warn!(
+                backend = BACKEND,
+                ?stall_after,
+                "the Redis Cluster connection answered no command for the stall time while every command timed out; opening a new one"
+            );
+            *link = ClusterLink::new(stall_after);
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+        }
+        link.clone()
+    }
 }
 
 /// A [`UserSessionStore`] on Redis: one node or a Sentinel-watched master through a bb8 pool of
@@ -271,7 +312,8 @@ impl RedisStore {
                 );
                 let source = ClusterSource {
                     client,
-                    connection: tokio::sync::OnceCell::new(),
+                    link: std::sync::Mutex::new(ClusterLink::new(cluster_stall_after(&config))),
+                    replaced: AtomicU64::new(0),
                     unused_flag: std::sync::Arc::default(),
                 };
                 return Ok(Self {
@@ -322,7 +364,12 @@ impl RedisStore {
         let pool = match self.pool() {
             Ok(Source::Pool(pool)) => pool,
             Ok(Source::Cluster(cluster)) => {
-                out.connections = u32::from(cluster.connection.initialized());
+                let link = cluster
+                    .link
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                out.connections = u32::from(link.connection.initialized());
+                out.broken_closed = cluster.replaced.load(Ordering::Relaxed);
                 return out;
             }
             Err(_) => return out,
@@ -474,12 +521,13 @@ impl RedisStore {
         let pool = match self.pool()? {
             Source::Pool(pool) => pool,
             Source::Cluster(cluster) => {
-                let connection = match cluster.connection.get() {
+                let link = cluster.link();
+                let connection = match link.connection.get() {
                     Some(connection) => connection.clone(),
-                    None => self.connect_cluster(&cluster).await?,
+                    None => self.connect_cluster(&cluster, &link).await?,
                 };
                 return Ok(Shared {
-                    inner: Conn::Cluster(connection),
+                    inner: Conn::Cluster(connection, link.health.clone()),
                     broken: cluster.unused_flag.clone(),
                 });
             }
@@ -531,11 +579,11 @@ impl RedisStore {
     async fn connect_cluster(
         &self,
         cluster: &std::sync::Arc<ClusterSource>,
+        link: &std::sync::Arc<ClusterLink>,
     ) -> Result<redis::cluster_async::ClusterConnection> {
-        let source = cluster.clone();
+        let (source, link) = (cluster.clone(), link.clone());
         let opening = tokio::spawn(async move {
-            source
-                .connection
+            link.connection
                 .get_or_try_init(|| source.client.get_async_connection())
                 .await
                 .cloned()
@@ -561,7 +609,7 @@ impl RedisStore {
         let mut shared = self.checkout().await?;
         let nodes = match &mut shared.inner {
             Conn::Node(_) => vec![None],
-            Conn::Cluster(cluster) => masters(cluster)
+            Conn::Cluster(cluster, _) => masters(cluster)
                 .await
                 .map_err(|e| from_redis(e, None, self.config.response_timeout))?
                 .into_iter()
@@ -782,7 +830,7 @@ impl RedisStore {
     ) -> Result<()> {
         let rows: redis::RedisResult<Vec<Value>> = match &shared.inner {
             // A Cluster pipeline must stay in one slot: one read per key, all at once.
-            Conn::Cluster(cluster) => {
+            Conn::Cluster(cluster, _) => {
                 futures_util::future::try_join_all(keys.iter().map(|key| {
                     let mut cluster = cluster.clone();
                     async move {
@@ -884,6 +932,16 @@ fn samples_index(member: &str) -> bool {
 
 /// The cluster client's shortest wait before retrying a request, in ms.
 const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 10;
+
+/// How long a cluster connection may time out every command, answering none, after a first
+/// time-out before it is replaced. Longer than a healthy client holds every request: a slot
+/// refresh that finds a node silent waits for its `PING` (a response time-out), reconnects to it
+/// (the connect time-out, half the checkout time-out), and may first have asked it for the slots
+/// (another response time-out). A node that is down or slow times out only its own slots'
+/// commands otherwise, so neither trips it (ADR 0032).
+fn cluster_stall_after(config: &RedisConfig) -> Duration {
+    config.response_timeout * 2 + config.checkout_timeout
+}
 
 /// How many due members a sampled trim looks at.
 const TRIM_SAMPLE: usize = 32;
@@ -1529,7 +1587,7 @@ impl UserSessionStore for RedisStore {
         let mut shared = self.checkout().await?;
         let nodes = match &mut shared.inner {
             Conn::Node(_) => vec![None],
-            Conn::Cluster(cluster) => {
+            Conn::Cluster(cluster, _) => {
                 let mut masters = masters(cluster)
                     .await
                     .map_err(|e| from_redis(e, None, self.config.response_timeout))?;
@@ -1537,7 +1595,7 @@ impl UserSessionStore for RedisStore {
                 masters.into_iter().map(Some).collect()
             }
         };
-        let cluster = matches!(shared.inner, Conn::Cluster(_));
+        let cluster = matches!(shared.inner, Conn::Cluster(..));
         let mut at = match cursor {
             Some(cursor) => WalkPosition::parse(cursor, cluster, &nodes, &self.config.key_prefix)?,
             None => WalkPosition::default(),
@@ -1690,7 +1748,7 @@ impl UserSessionStore for RedisStore {
         }
         run!(self, None, |conn| match conn {
             // Every master answers, so every slot can be served.
-            Conn::Cluster(cluster) => cluster
+            Conn::Cluster(cluster, _) => cluster
                 .route_command(
                     redis::cmd("PING"),
                     RoutingInfo::MultiNode((
@@ -1788,7 +1846,7 @@ async fn scan_page(
         .arg("COUNT")
         .arg(count);
     match (conn, node) {
-        (Conn::Cluster(cluster), Some((host, port))) => {
+        (Conn::Cluster(cluster, _), Some((host, port))) => {
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                 host: host.clone(),
                 port: *port,

@@ -98,7 +98,11 @@ async fn a_killed_master_fails_over_under_load() {
         },
     )
     .await;
-    println!("{}", report.line("cluster, master killed (SIGKILL)"));
+    println!(
+        "{} ({} stalled connections replaced)",
+        report.line("cluster, master killed (SIGKILL)"),
+        store.pool_state().broken_closed
+    );
     // Replication to the replica is asynchronous: only a write acknowledged just before the
     // kill can be missing from it.
     report.assert_failover_kept_its_bounds(store.config(), -1000..=0);
@@ -138,11 +142,112 @@ async fn a_manual_failover_under_load_loses_nothing() {
         },
     )
     .await;
-    println!("{}", report.line("cluster, manual CLUSTER FAILOVER"));
+    println!(
+        "{} ({} stalled connections replaced)",
+        report.line("cluster, manual CLUSTER FAILOVER"),
+        store.pool_state().broken_closed
+    );
     assert!(report.lost_ms.is_empty(), "{report:?}");
     assert_eq!(report.unlisted, 0, "{report:?}");
     assert_eq!(report.revoked_but_found, 0, "{report:?}");
     assert_eq!(report.failed_at_the_end, 0, "{report:?}");
+}
+
+/// Rounds of gets of `tokens`' sessions, all at once, for `span`: how many were answered, and
+/// how many failed with a temporary error (a time-out, or a new connection that could not open).
+async fn gets_for(
+    store: &RedisStore,
+    tokens: &[session_core::SessionToken],
+    span: Duration,
+) -> (usize, usize) {
+    let (mut answered, mut timed_out) = (0, 0);
+    let until = std::time::Instant::now() + span;
+    while std::time::Instant::now() < until {
+        let round = futures_util::future::join_all(tokens.iter().map(|t| store.get(t))).await;
+        for outcome in round {
+            match outcome {
+                Ok(_) => answered += 1,
+                Err(e) if e.is_temporary() => timed_out += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    }
+    (answered, timed_out)
+}
+
+/// A cluster connection that times out every command, answering none, for its stall time
+/// (`2 x response_timeout + checkout_timeout`) is replaced by a new one (redis-rs can leave one
+/// waiting for ever in a slot refresh: ADR 0032); a master that stops answering is no reason,
+/// as the other masters' commands are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_connection_that_answers_nothing_is_replaced_and_one_silent_master_is_no_reason()
+{
+    let cluster = RedisCluster::start();
+    let prefix = unique_prefix("stall");
+    // Replaced after 2 x 300 ms + 1 s of time-outs only (`cluster_stall_after`).
+    let config = RedisConfig::new(cluster.url())
+        .key_prefix(&prefix)
+        .response_timeout(Duration::from_millis(300))
+        .checkout_timeout(Duration::from_secs(1));
+    let store = RedisStore::connect(config, SessionPolicy::default())
+        .await
+        .expect("Redis Cluster store");
+    let mut tokens = Vec::new();
+    for user in 0..24 {
+        tokens.push(
+            store
+                .create(NewUserSession::new(format!("user-{user}")))
+                .await
+                .unwrap()
+                .token,
+        );
+    }
+    let pause = |ports: &[u16], span: Duration| {
+        for &port in ports {
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(u64::try_from(span.as_millis()).unwrap())
+                .arg("ALL")
+                .query(&mut cluster.node_connection(port))
+                .unwrap();
+        }
+    };
+    let masters = cluster.masters();
+    let span = Duration::from_secs(4);
+
+    pause(&masters[..1], span);
+    let (answered, timed_out) = gets_for(&store, &tokens, span).await;
+    assert!(
+        answered > 0 && timed_out > 0,
+        "one master silent: {answered} answered, {timed_out} timed out"
+    );
+    assert_eq!(
+        store.pool_state().broken_closed,
+        0,
+        "replaced while two masters answered"
+    );
+
+    pause(&masters, span);
+    let (answered, timed_out) = gets_for(&store, &tokens, span).await;
+    assert!(
+        timed_out > 0,
+        "every master silent: {answered} answered, {timed_out} timed out"
+    );
+    // Every master stayed silent for several stall times: a connection opened in place of the
+    // first may stall in its turn. Once the pause is over, the one in use answers.
+    for token in &tokens {
+        assert!(common::settled(|| store.get(token)).await.is_some());
+    }
+    let replaced = store.pool_state().broken_closed;
+    assert!(replaced >= 1, "not replaced, with every command timing out");
+    let (_, failed) = gets_for(&store, &tokens, span).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        store.pool_state().broken_closed,
+        replaced,
+        "replaced while answering"
+    );
+    cluster.delete_prefix(&prefix);
 }
 
 /// Slots that hold sessions move to another master while the load runs: first 256 slots in
@@ -187,8 +292,9 @@ async fn live_resharding_loses_nothing() {
     .await;
     let (whole, user_slots, one_by_one) = *moved.lock().unwrap();
     println!(
-        "{} (256 slots with {whole} keys moved in batches, then {user_slots} slots holding users' indexes with {one_by_one} keys one key at a time, from :{from} to :{to})",
-        report.line("cluster, live resharding")
+        "{} (256 slots with {whole} keys moved in batches, then {user_slots} slots holding users' indexes with {one_by_one} keys one key at a time, from :{from} to :{to}; {} stalled connections replaced)",
+        report.line("cluster, live resharding"),
+        store.pool_state().broken_closed
     );
     assert!(
         whole > 0 && one_by_one > user_slots,

@@ -1644,8 +1644,15 @@ impl RedisSentinel {
                 }
                 let mut sentinel = Probe::open(port)?;
                 let master = Self::reported_master(&mut sentinel)?;
-                if master == old_master_port || reported.is_some_and(|r| r != master) {
-                    return Err(format!("sentinel {port} reports master {master}"));
+                if master == old_master_port {
+                    return Err(format!(
+                        "sentinel {port} still reports the old master {master}"
+                    ));
+                }
+                if let Some(other) = reported.filter(|&r| r != master) {
+                    return Err(format!(
+                        "sentinel {port} reports master {master}, an earlier one {other}"
+                    ));
                 }
                 let state: std::collections::HashMap<String, String> =
                     sentinel.query(&["SENTINEL", "MASTER", SENTINEL_MASTER_NAME])?;
