@@ -155,12 +155,15 @@ pub(crate) async fn run_load(
     let event_at = Instant::now();
     tokio::task::spawn_blocking(event).await.unwrap();
     let event_ms = i64::try_from(event_at.elapsed().as_millis()).unwrap();
-    // At least 3 s after the event, so the last second (which must see no failure) comes after
-    // the topology has settled even when the event ran long.
+    // Long enough after the event that the last second (which must see no failure) comes after
+    // the topology has settled even when the event ran long: 3 s, plus on a Cluster the time a
+    // connection the event stalled takes to be replaced with the default time-outs (its first
+    // time-out 1 s, the stall time 4 s, the time-outs of commands already sent to it 1 s;
+    // ADR 0032).
     tokio::time::sleep(
         total
             .saturating_sub(started.elapsed())
-            .max(Duration::from_secs(3)),
+            .max(Duration::from_secs(9)),
     )
     .await;
     stop.store(true, Ordering::Relaxed);
