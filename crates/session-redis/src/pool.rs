@@ -63,26 +63,32 @@ pub(crate) struct ClusterHealth {
     answered: AtomicU64,
     /// `answered` at the first time-out since it last moved, and when that time-out came.
     timing_out_since: Mutex<Option<(u64, Instant)>>,
-    stalled: AtomicBool,
+    /// `answered` when the connection was marked stalled; [`NOT_STALLED`] until then. An answer
+    /// after the mark moves `answered` past it, which takes the mark back.
+    stalled_at: AtomicU64,
     stall_after: Duration,
 }
+
+const NOT_STALLED: u64 = u64::MAX;
 
 impl ClusterHealth {
     pub(crate) fn new(stall_after: Duration) -> Self {
         Self {
             answered: AtomicU64::new(0),
             timing_out_since: Mutex::new(None),
-            stalled: AtomicBool::new(false),
+            stalled_at: AtomicU64::new(NOT_STALLED),
             stall_after,
         }
     }
 
-    /// Counts a command's outcome: a time-out with none answered for `stall_after` before it
-    /// marks the connection stalled.
-    pub(crate) fn observe<T>(&self, outcome: &redis::RedisResult<T>) {
-        if !matches!(outcome, Err(err) if err.is_timeout()) {
+    /// Counts a command's outcome, and hands it back: a time-out with none answered for
+    /// `stall_after` before it marks the connection stalled. Time with no command sent counts
+    /// too: two time-outs that far apart with nothing answered between them mark it, which at
+    /// worst costs a connection that was idle one reconnect.
+    pub(crate) fn observed<T>(&self, outcome: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if !matches!(&outcome, Err(err) if err.is_timeout()) {
             self.answered.fetch_add(1, Ordering::Relaxed);
-            return;
+            return outcome;
         }
         let answered = self.answered.load(Ordering::Relaxed);
         let mut since = self
@@ -92,16 +98,18 @@ impl ClusterHealth {
         match *since {
             Some((seen, first)) if seen == answered => {
                 if first.elapsed() >= self.stall_after {
-                    self.stalled.store(true, Ordering::Relaxed);
+                    self.stalled_at.store(answered, Ordering::Relaxed);
                 }
             }
             _ => *since = Some((answered, Instant::now())),
         }
+        outcome
     }
 
-    /// Whether the connection has answered nothing for `stall_after` while commands timed out.
+    /// Whether the connection is marked stalled and has answered nothing since.
     pub(crate) fn stalled(&self) -> bool {
-        self.stalled.load(Ordering::Relaxed)
+        let at = self.stalled_at.load(Ordering::Relaxed);
+        at != NOT_STALLED && at == self.answered.load(Ordering::Relaxed)
     }
 
     pub(crate) fn stall_after(&self) -> Duration {
@@ -113,11 +121,9 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Node(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn, health) => Box::pin(async move {
-                let outcome = conn.req_packed_command(cmd).await;
-                health.observe(&outcome);
-                outcome
-            }),
+            Self::Cluster(conn, health) => {
+                Box::pin(async move { health.observed(conn.req_packed_command(cmd).await) })
+            }
         }
     }
 
@@ -130,9 +136,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
             Self::Cluster(conn, health) => Box::pin(async move {
-                let outcome = conn.req_packed_commands(pipeline, offset, count).await;
-                health.observe(&outcome);
-                outcome
+                health.observed(conn.req_packed_commands(pipeline, offset, count).await)
             }),
         }
     }

@@ -76,10 +76,7 @@ impl ClusterSource {
     /// The connection to use: the current one, or a new one in place of a stalled one (its
     /// operations still running keep it until they end).
     fn link(&self) -> std::sync::Arc<ClusterLink> {
-        let mut link = self
-            .link
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut link = self.current();
         if link.health.stalled() {
             let stall_after = link.health.stall_after();
             tracing::warn!(
@@ -91,6 +88,12 @@ impl ClusterSource {
             self.replaced.fetch_add(1, Ordering::Relaxed);
         }
         link.clone()
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, std::sync::Arc<ClusterLink>> {
+        self.link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -364,11 +367,7 @@ impl RedisStore {
         let pool = match self.pool() {
             Ok(Source::Pool(pool)) => pool,
             Ok(Source::Cluster(cluster)) => {
-                let link = cluster
-                    .link
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                out.connections = u32::from(link.connection.initialized());
+                out.connections = u32::from(cluster.current().connection.initialized());
                 out.broken_closed = cluster.replaced.load(Ordering::Relaxed);
                 return out;
             }
@@ -609,8 +608,8 @@ impl RedisStore {
         let mut shared = self.checkout().await?;
         let nodes = match &mut shared.inner {
             Conn::Node(_) => vec![None],
-            Conn::Cluster(cluster, _) => masters(cluster)
-                .await
+            Conn::Cluster(cluster, health) => health
+                .observed(masters(cluster).await)
                 .map_err(|e| from_redis(e, None, self.config.response_timeout))?
                 .into_iter()
                 .map(Some)
@@ -830,9 +829,9 @@ impl RedisStore {
     ) -> Result<()> {
         let rows: redis::RedisResult<Vec<Value>> = match &shared.inner {
             // A Cluster pipeline must stay in one slot: one read per key, all at once.
-            Conn::Cluster(cluster, _) => {
+            Conn::Cluster(..) => {
                 futures_util::future::try_join_all(keys.iter().map(|key| {
-                    let mut cluster = cluster.clone();
+                    let mut cluster = shared.inner.clone();
                     async move {
                         redis::cmd("HMGET")
                             .arg(key)
@@ -1587,9 +1586,9 @@ impl UserSessionStore for RedisStore {
         let mut shared = self.checkout().await?;
         let nodes = match &mut shared.inner {
             Conn::Node(_) => vec![None],
-            Conn::Cluster(cluster, _) => {
-                let mut masters = masters(cluster)
-                    .await
+            Conn::Cluster(cluster, health) => {
+                let mut masters = health
+                    .observed(masters(cluster).await)
                     .map_err(|e| from_redis(e, None, self.config.response_timeout))?;
                 masters.sort();
                 masters.into_iter().map(Some).collect()
@@ -1748,15 +1747,18 @@ impl UserSessionStore for RedisStore {
         }
         run!(self, None, |conn| match conn {
             // Every master answers, so every slot can be served.
-            Conn::Cluster(cluster, _) => cluster
-                .route_command(
-                    redis::cmd("PING"),
-                    RoutingInfo::MultiNode((
-                        MultipleNodeRoutingInfo::AllMasters,
-                        Some(ResponsePolicy::AllSucceeded),
-                    )),
+            Conn::Cluster(cluster, health) => health
+                .observed(
+                    cluster
+                        .route_command(
+                            redis::cmd("PING"),
+                            RoutingInfo::MultiNode((
+                                MultipleNodeRoutingInfo::AllMasters,
+                                Some(ResponsePolicy::AllSucceeded),
+                            )),
+                        )
+                        .await,
                 )
-                .await
                 .map(drop),
             Conn::Node(node) => redis::cmd("PING").query_async::<()>(node).await,
         })
@@ -1846,12 +1848,12 @@ async fn scan_page(
         .arg("COUNT")
         .arg(count);
     match (conn, node) {
-        (Conn::Cluster(cluster, _), Some((host, port))) => {
+        (Conn::Cluster(cluster, health), Some((host, port))) => {
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                 host: host.clone(),
                 port: *port,
             });
-            let reply = cluster.route_command(scan, routing).await?;
+            let reply = health.observed(cluster.route_command(scan, routing).await)?;
             redis::FromRedisValue::from_redis_value(reply).map_err(Into::into)
         }
         (conn, _) => scan.query_async(conn).await,
