@@ -531,3 +531,55 @@ pub(crate) fn breaks_connection(err: &RedisError) -> bool {
         || err.is_unrecoverable_error()
         || err.code() == Some("READONLY")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_millis(30);
+
+    fn timed_out() -> redis::RedisResult<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+    }
+
+    fn refused() -> redis::RedisResult<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
+    }
+
+    #[test]
+    fn time_outs_with_nothing_answered_for_the_stall_time_mark_it_stalled() {
+        let health = ClusterHealth::new(STALL);
+        let _ = health.observed(timed_out());
+        let _ = health.observed(timed_out());
+        assert!(!health.stalled(), "within the stall time");
+        std::thread::sleep(STALL);
+        let _ = health.observed(timed_out());
+        assert!(health.stalled());
+    }
+
+    #[test]
+    fn an_answer_between_the_time_outs_starts_the_count_again() {
+        for answer in [Ok(()), refused()] {
+            let health = ClusterHealth::new(STALL);
+            let _ = health.observed(timed_out());
+            std::thread::sleep(STALL);
+            let _ = health.observed(answer);
+            let _ = health.observed(timed_out());
+            assert!(!health.stalled(), "an answer came between");
+            std::thread::sleep(STALL);
+            let _ = health.observed(timed_out());
+            assert!(health.stalled(), "none since the time-out after it");
+        }
+    }
+
+    #[test]
+    fn an_answer_after_the_mark_takes_it_back() {
+        let health = ClusterHealth::new(STALL);
+        let _ = health.observed(timed_out());
+        std::thread::sleep(STALL);
+        let _ = health.observed(timed_out());
+        assert!(health.stalled());
+        assert!(health.observed(Ok(())).is_ok());
+        assert!(!health.stalled());
+    }
+}
