@@ -143,7 +143,9 @@ struct RawPg {
 /// Keys of rows the raw INSERT baseline creates, unique across runs.
 static NEXT_RAW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-const COLUMNS: &str = "handle, user_id, company_name, email, is_root, remember_me, attributes, created_at, last_seen_at, idle_expires_at, absolute_expires_at, version";
+/// Every column the store reads and writes, the client metadata (ADR 0030) included, so that the
+/// baseline moves rows as wide as the store's.
+const COLUMNS: &str = "handle, user_id, company_name, email, is_root, remember_me, attributes, created_at, last_seen_at, idle_expires_at, absolute_expires_at, version, authenticated_at, device, address";
 
 async fn raw_pg_step(raw: &RawPg, op: Op, task: usize, i: usize) {
     let mut conn = raw.pool.get().await.unwrap();
@@ -154,7 +156,7 @@ async fn raw_pg_step(raw: &RawPg, op: Op, task: usize, i: usize) {
             query(format!("SELECT {COLUMNS} FROM user_sessions WHERE handle = $1 AND idle_expires_at > now()")).bind::<Text, _>(handle.clone())
         }
         Op::Create => query(format!(
-            "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'u', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1)"
+            "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'u', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1, now(), '', NULL)"
         ))
         .bind::<Text, _>(format!("raw-{}", NEXT_RAW.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
         Op::Update => query("UPDATE user_sessions SET email = email, version = version + 1 WHERE handle = $1".to_owned()).bind::<Text, _>(format!("own-{task}")),
@@ -166,7 +168,7 @@ async fn raw_pg_step(raw: &RawPg, op: Op, task: usize, i: usize) {
         Op::CreateDelete => {
             let new = format!("raw-{}", NEXT_RAW.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
             query(format!(
-                "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'u', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1)"
+                "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'u', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1, now(), '', NULL)"
             ))
             .bind::<Text, _>(new.clone())
             .prepared()
@@ -207,7 +209,7 @@ pub(crate) async fn bench_postgres(seconds: u64) {
         for task in 0..32 {
             for name in [format!("own-{task}"), format!("own-{task}-0")] {
                 diesel::sql_query(format!(
-                    "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'own', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1)"
+                    "INSERT INTO user_sessions ({COLUMNS}) VALUES ($1, 'own', '', '', false, false, '{{}}', now(), now(), now() + interval '30 minutes', now() + interval '12 hours', 1, now(), '', NULL)"
                 ))
                 .bind::<Text, _>(name)
                 .execute(&mut *conn)
@@ -398,9 +400,10 @@ const CAPPED_ONE_STATEMENT: &str = "WITH evicted AS (
         SELECT handle FROM user_sessions WHERE user_id = $2 AND idle_expires_at > now()
         ORDER BY created_at DESC, handle DESC OFFSET 9))
     INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me, attributes,
-        created_at, last_seen_at, idle_expires_at, absolute_expires_at, version)
+        created_at, last_seen_at, idle_expires_at, absolute_expires_at, version, authenticated_at,
+        device, address)
     VALUES ($1, $2, '', '', false, false, '{}', now(), now(), now() + interval '30 minutes',
-        now() + interval '12 hours', 1)";
+        now() + interval '12 hours', 1, now(), '', NULL)";
 
 #[derive(Clone)]
 struct RawMysql {
@@ -411,12 +414,14 @@ struct RawMysql {
 /// The MySQL store's session columns as its reads select them (`mysql_store.rs`).
 const MYSQL_COLUMNS: &str = "CAST(handle AS CHAR) AS handle, CAST(user_id AS CHAR) AS user_id, company_name, email, \
      is_root, remember_me, attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, \
-     absolute_expires_at_ms, version";
+     absolute_expires_at_ms, version, COALESCE(authenticated_at_ms, created_at_ms) AS authenticated_at_ms, \
+     COALESCE(device, '') AS device, address";
 
-/// The MySQL store's insert (`mysql_store.rs`), twelve binds.
+/// The MySQL store's insert (`mysql_store.rs`), fifteen binds.
 const MYSQL_INSERT: &str = "INSERT INTO user_sessions (handle, user_id, company_name, email, is_root, remember_me,
-         attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+         attributes, created_at_ms, last_seen_at_ms, idle_expires_at_ms, absolute_expires_at_ms, version,
+         authenticated_at_ms, device, address)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Milliseconds since the epoch, the MySQL store's instants.
 fn now_ms() -> i64 {
@@ -454,6 +459,9 @@ fn mysql_insert(
         .bind::<BigInt, _>(now + 30 * 60 * 1000)
         .bind::<BigInt, _>(now + 12 * 3600 * 1000)
         .bind::<BigInt, _>(1)
+        .bind::<BigInt, _>(now)
+        .bind::<Text, _>("")
+        .bind::<diesel::sql_types::Nullable<Text>, _>(None::<String>)
 }
 
 /// One statement of the raw MySQL baseline (two for create+delete), kept prepared.
