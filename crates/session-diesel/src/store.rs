@@ -63,6 +63,15 @@ struct TouchRow {
     written: bool,
 }
 
+/// The live row under a handle: $1 handle, $2 now.
+static READ_LIVE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM user_sessions WHERE handle = $1 AND idle_expires_at > {}",
+        columns(""),
+        at(2)
+    )
+});
+
 /// `touch` in one statement: the live row (`cur`), the write when due (`upd`, whose WHERE re-checks
 /// the throttle after any row lock), and whichever of them is the row as it stands. $1 handle,
 /// $2 now, $3 and $4 the remember-me and plain idle timeouts (ms), $5 now minus the interval.
@@ -235,6 +244,20 @@ impl std::fmt::Debug for PgSessionStore {
 }
 
 impl PgSessionStore {
+    /// The session under `token` if it is live at `now_ms`: one keyed `SELECT`.
+    async fn read_live(&self, token: &SessionToken, now_ms: i64) -> Result<Option<UserSession>> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = diesel::sql_query(READ_LIVE.as_str())
+            .bind::<Text, _>(token.handle().as_str())
+            .bind::<BigInt, _>(now_ms)
+            .prepared()
+            .get_result(&mut *conn)
+            .await
+            .optional()
+            .map_err(|e| self.fail(e))?;
+        row.map(Row::into_session).transpose()
+    }
+
     /// One attempt of `update`: the compare-and-set statement, and on a miss, a read that says
     /// why.
     async fn update_once(&self, session: &UserSession) -> Result<Updated> {
@@ -435,28 +458,23 @@ impl UserSessionStore for PgSessionStore {
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        let sql = format!(
-            "SELECT {} FROM user_sessions WHERE handle = $1 AND idle_expires_at > {}",
-            columns(""),
-            at(2)
-        );
-        let mut conn = self.conn().await?;
-        let row: Option<Row> = diesel::sql_query(&sql)
-            .bind::<Text, _>(token.handle().as_str())
-            .bind::<BigInt, _>(self.now())
-            .prepared()
-            .get_result(&mut *conn)
-            .await
-            .optional()
-            .map_err(|e| self.fail(e))?;
-        row.map(Row::into_session).transpose()
+        self.read_live(token, self.now()).await
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        // One statement, one round trip, due or not: the UPDATE writes only when the throttle
-        // interval has passed (its WHERE re-checks it, so concurrent touches write once), and the
-        // row as it stands is returned when it did not write.
         let now = self.policy.now();
+        // With a throttle, most touches are not due: a plain read answers them (ADR 0033), and
+        // only a due one goes on to the statement below, which decides again atomically.
+        if !self.policy.touch_interval.is_zero() {
+            match self.read_live(token, ms(now)).await? {
+                None => return Ok(None),
+                Some(session) if !self.policy.touch_due(&session, now) => return Ok(Some(session)),
+                Some(_) => {}
+            }
+        }
+        // One statement: the UPDATE writes only when the throttle interval has passed (its WHERE
+        // re-checks it, so concurrent touches write once), and the row as it stands is returned
+        // when it did not write.
         let due = ms(now).saturating_sub(ms_of(self.policy.touch_interval));
         let mut conn = self.conn().await?;
         let row: Option<TouchRow> = diesel::sql_query(TOUCH.as_str())
