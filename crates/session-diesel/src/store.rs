@@ -244,14 +244,18 @@ impl std::fmt::Debug for PgSessionStore {
 }
 
 impl PgSessionStore {
-    /// The session under `token` if it is live at `now_ms`: one keyed `SELECT`.
-    async fn read_live(&self, token: &SessionToken, now_ms: i64) -> Result<Option<UserSession>> {
-        let mut conn = self.conn().await?;
+    /// The session under `token` if it is live at `now_ms`: one keyed `SELECT` on `conn`.
+    async fn read_live(
+        &self,
+        conn: &mut AsyncPgConnection,
+        token: &SessionToken,
+        now_ms: i64,
+    ) -> Result<Option<UserSession>> {
         let row: Option<Row> = diesel::sql_query(READ_LIVE.as_str())
             .bind::<Text, _>(token.handle().as_str())
             .bind::<BigInt, _>(now_ms)
             .prepared()
-            .get_result(&mut *conn)
+            .get_result(conn)
             .await
             .optional()
             .map_err(|e| self.fail(e))?;
@@ -458,15 +462,19 @@ impl UserSessionStore for PgSessionStore {
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<UserSession>> {
-        self.read_live(token, self.now()).await
+        let mut conn = self.conn().await?;
+        self.read_live(&mut conn, token, self.now()).await
     }
 
     async fn touch(&self, token: &SessionToken) -> Result<Option<UserSession>> {
         let now = self.policy.now();
+        // One checkout for every statement below: a checkout may ping (test_on_checkout, or
+        // after a lost connection), a round trip of its own.
+        let mut conn = self.conn().await?;
         // With a throttle, most touches are not due: a plain read answers them (ADR 0033), and
         // only a due one goes on to the statement below, which decides again atomically.
         if !self.policy.touch_interval.is_zero() {
-            match self.read_live(token, ms(now)).await? {
+            match self.read_live(&mut conn, token, ms(now)).await? {
                 None => return Ok(None),
                 Some(session) if !self.policy.touch_due(&session, now) => return Ok(Some(session)),
                 Some(_) => {}
@@ -476,7 +484,6 @@ impl UserSessionStore for PgSessionStore {
         // re-checks it, so concurrent touches write once), and the row as it stands is returned
         // when it did not write.
         let due = ms(now).saturating_sub(ms_of(self.policy.touch_interval));
-        let mut conn = self.conn().await?;
         let row: Option<TouchRow> = diesel::sql_query(TOUCH.as_str())
             .bind::<Text, _>(token.handle().as_str())
             .bind::<BigInt, _>(ms(now))
@@ -498,8 +505,7 @@ impl UserSessionStore for PgSessionStore {
         if !written && row.last_seen_at_ms <= due {
             // The touch was due but another one wrote first (the WHERE, re-checked after the
             // row lock, refused): the row returned is from before that write; read what stands.
-            drop(conn);
-            return self.get(token).await;
+            return self.read_live(&mut conn, token, self.now()).await;
         }
         row.into_session().map(Some)
     }
