@@ -248,6 +248,29 @@ async fn plain_read(conn: &mut redis::aio::MultiplexedConnection, key: &str, pac
     let _: redis::Value = cmd.query_async(conn).await.unwrap();
 }
 
+/// [`plain_read`]s of `keys` by `tasks` tasks for `seconds`, the tasks spread over `muxed`.
+async fn plain_reads(
+    muxed: &Arc<Vec<redis::aio::MultiplexedConnection>>,
+    keys: &Arc<Vec<String>>,
+    packed: bool,
+    tasks: usize,
+    seconds: u64,
+) -> Outcome {
+    let init = |task: usize| {
+        let (muxed, keys) = (muxed.clone(), keys.clone());
+        async move { (muxed[task % muxed.len()].clone(), keys, task * 7919) }
+    };
+    let step = move |(mut conn, keys, i): (
+        redis::aio::MultiplexedConnection,
+        Arc<Vec<String>>,
+        usize,
+    )| async move {
+        plain_read(&mut conn, &keys[i % keys.len()], packed).await;
+        (conn, keys, i + 1)
+    };
+    drive(tasks, seconds, init, step).await
+}
+
 /// What a layout storing a session as one packed value would buy the read path, on the client:
 /// plain redis-rs `GET` of a string as long as a session's `HMGET` reply (its 14 values, each
 /// behind a length), against that `HMGET` on the same connections, same run. No store, no
@@ -286,25 +309,8 @@ async fn packed_read_rows(
         "# redis/packed: GET of a {packed_len}-byte string (a session's HMGET reply packed) against HMGET of its 14 fields, plain redis-rs, same connections"
     );
     for tasks in CONCURRENCY {
-        let read = |packed: bool| {
-            let keys = if packed { &packed_keys } else { session_keys }.clone();
-            let muxed = muxed.clone();
-            let init = move |task: usize| {
-                let (conn, keys) = (muxed[task % muxed.len()].clone(), keys.clone());
-                async move { (conn, keys, task * 7919) }
-            };
-            let step = move |(mut conn, keys, i): (
-                redis::aio::MultiplexedConnection,
-                Arc<Vec<String>>,
-                usize,
-            )| async move {
-                plain_read(&mut conn, &keys[i % keys.len()], packed).await;
-                (conn, keys, i + 1)
-            };
-            drive(tasks, seconds, init, step)
-        };
-        let packed = read(true).await;
-        let fields = read(false).await;
+        let packed = plain_reads(muxed, &packed_keys, true, tasks, seconds).await;
+        let fields = plain_reads(muxed, session_keys, false, tasks, seconds).await;
         row_named(
             "redis/packed",
             "get",
@@ -681,19 +687,7 @@ async fn bench_redis(seconds: u64) {
         let muxed = Arc::new(muxed);
         for tasks in CONCURRENCY {
             let ours = run_store(&store, &tokens, Op::Get, tasks, seconds).await;
-            let init = |task: usize| {
-                let (muxed, keys) = (muxed.clone(), keys.0.clone());
-                async move { (muxed[task % muxed.len()].clone(), keys, task * 7919) }
-            };
-            let step = |(mut conn, keys, i): (
-                redis::aio::MultiplexedConnection,
-                Arc<Vec<String>>,
-                usize,
-            )| async move {
-                plain_read(&mut conn, &keys[i % keys.len()], false).await;
-                (conn, keys, i + 1)
-            };
-            let limit = drive(tasks, seconds, init, step).await;
+            let limit = plain_reads(&muxed, &keys.0, false, tasks, seconds).await;
             row_named(
                 "redis/driver",
                 "get",
